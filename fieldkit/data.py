@@ -1,0 +1,57 @@
+"""Data buckets: what a route samples its conditions (and, for off-policy baselines, its targets) from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from fieldkit.cond import Cond
+
+
+@dataclass(frozen=True)
+class Batch:
+    """``cond`` of every sample; ``target``: clean images ``x0`` where the bucket has them."""
+
+    cond: Cond
+    target: Tensor | None = None
+
+    def to(self, device: torch.device) -> Batch:
+        target = None if self.target is None else self.target.to(device)
+        return Batch(self.cond.to(device), target)
+
+
+@runtime_checkable
+class DataBucket(Protocol):
+    """Yields batches for one capability. ``shape`` is the per-sample shape of the flow state."""
+
+    shape: tuple[int, ...]
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """A batch drawn with ``generator`` (so runs and resumes are reproducible)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's rows of a global batch: ``[rank n / world, (rank + 1) n / world)``.
+
+    Every process draws the same global batch and the same noise, then keeps its own rows, so ``W`` processes
+    with batch ``b`` compute exactly what one process computes with batch ``W b``.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def rows(self, n: int) -> slice:
+        per = n // self.world
+        if per * self.world != n:
+            raise ValueError(f"a global batch of {n} does not split over {self.world} processes")
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def take(self, batch: Batch) -> Batch:
+        """This shard's rows of ``batch``."""
+        rows = self.rows(batch.cond.batch_size or 0)
+        return Batch(batch.cond.index(rows), None if batch.target is None else batch.target[rows])

@@ -1,0 +1,149 @@
+"""Sigma schedules, the flow interpolation and Euler sampling (with recorded, early-stopped rollouts).
+
+Conventions: ``x_sigma = (1 - sigma) x0 + sigma eps`` with sigma = 1 noise and 0 data; ``v = eps - x0``;
+an Euler step from ``sigma`` to ``sigma_next < sigma`` is ``x <- x + (sigma_next - sigma) v``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fieldkit.cond import Cond
+from fieldkit.field import VelocityField, broadcast_sigma
+
+
+def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
+    """SD3's timestep shift: ``sigma' = shift sigma / (1 + (shift - 1) sigma)`` (shift 1 is the identity)."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def sigma_schedule(steps: int, shift: float = 1.0, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``steps + 1`` sigmas from 1 to 0: ``shift_sigma(linspace(1, 0, steps + 1), shift)``."""
+    if steps < 1:
+        raise ValueError(f"a schedule needs at least one step, got {steps}")
+    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).to(dtype)
+
+
+def interpolate(x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
+    """The flow state ``x_sigma = (1 - sigma) x0 + sigma eps`` (``sigma`` is ``[B]``)."""
+    s = broadcast_sigma(sigma, x0)
+    return (1 - s) * x0 + s * eps
+
+
+def target_velocity(x0: Tensor, eps: Tensor) -> Tensor:
+    """The conditional flow-matching target ``v = eps - x0``."""
+    return eps - x0
+
+
+def euler_step(x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """One Euler step ``x + (sigma_next - sigma) v`` (sigmas are scalars or ``[B]``)."""
+    return x + broadcast_sigma(sigma_next - sigma, x) * v
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """What :func:`euler_sample` returns.
+
+    ``states[i]`` is the pre-step state at ``sigmas[i]`` (shape ``[S, B, ...]``; empty unless recorded) and
+    ``final`` the state after the last step taken (the clean sample when the run was not stopped early).
+    """
+
+    final: Tensor
+    states: Tensor
+    sigmas: Tensor
+    nfe: int
+
+
+def _check_sigmas(sigmas: Tensor) -> None:
+    if sigmas.dim() != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+    if not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise ValueError("sigmas must decrease strictly from noise to data")
+
+
+def euler_sample(
+    field: VelocityField,
+    x: Tensor,
+    cond: Cond,
+    sigmas: Tensor,
+    *,
+    stop_at: int | None = None,
+    record: bool = False,
+) -> Trajectory:
+    """Integrate ``dx/dsigma = field(x, sigma, cond)`` with Euler from ``sigmas[0]`` down the schedule.
+
+    ``stop_at = i`` stops once the pre-step state ``i`` is reached (``i`` NFEs, the state at ``sigmas[i]``
+    is ``final``); ``record`` keeps every pre-step state, never the clean end state.
+    """
+    _check_sigmas(sigmas)
+    steps = sigmas.numel() - 1
+    stop = steps if stop_at is None else stop_at
+    if not 0 <= stop <= steps:
+        raise ValueError(f"stop_at must be in [0, {steps}], got {stop_at}")
+    sigmas = sigmas.to(device=x.device, dtype=x.dtype)
+    batch = x.shape[0]
+    states = []
+    for i in range(stop):
+        if record:
+            states.append(x)
+        sigma = sigmas[i].expand(batch)
+        x = euler_step(x, field(x, sigma, cond), sigmas[i], sigmas[i + 1])
+    if record and stop < steps:
+        states.append(x)
+    stacked = torch.stack(states) if states else x.new_empty((0, *x.shape))
+    return Trajectory(final=x, states=stacked, sigmas=sigmas[: stacked.shape[0]], nfe=stop)
+
+
+def rollout_states(
+    field: VelocityField,
+    noise: Tensor,
+    cond: Cond,
+    sigmas: Tensor,
+    indices: Tensor,
+) -> tuple[Tensor, int]:
+    """Pre-step states of an Euler rollout at per-sample indices, stopping at the last one needed.
+
+    ``indices`` is ``[B, K]`` (values in ``[0, N - 1]``); returns states ``[B, K, ...]`` and the NFEs run,
+    ``max(indices)``. The field is evaluated at most ``max(indices)`` times; no state is kept beyond those
+    asked for.
+    """
+    _check_sigmas(sigmas)
+    steps = sigmas.numel() - 1
+    if indices.dim() != 2 or indices.shape[0] != noise.shape[0]:
+        raise ValueError(f"indices must be [B, K] with B = {noise.shape[0]}, got {tuple(indices.shape)}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= steps):
+        raise ValueError(f"rollout indices must lie in [0, {steps - 1}]")
+    sigmas = sigmas.to(device=noise.device, dtype=noise.dtype)
+    indices = indices.to(noise.device)
+    out = noise.new_empty((*indices.shape, *noise.shape[1:]))
+    last = int(indices.max()) if indices.numel() else -1
+    x = noise
+    batch = noise.shape[0]
+    for i in range(last + 1):
+        hit = indices == i
+        if bool(hit.any()):
+            rows, cols = hit.nonzero(as_tuple=True)
+            out[rows, cols] = x[rows]
+        if i < last:
+            x = euler_step(x, field(x, sigmas[i].expand(batch), cond), sigmas[i], sigmas[i + 1])
+    return out, max(last, 0)
+
+
+@torch.inference_mode()
+def generate(
+    field: VelocityField,
+    cond: Cond,
+    shape: tuple[int, ...],
+    sigmas: Tensor,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Clean samples ``[B, *shape]``: Euler along ``sigmas`` from noise drawn with ``generator``."""
+    batch = cond.batch_size or 0
+    noise = torch.randn((batch, *shape), generator=generator).to(device)
+    return euler_sample(field, noise, cond.to(device), sigmas).final.clone()
