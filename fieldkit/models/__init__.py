@@ -1,0 +1,34 @@
+"""fieldkit's own backbones, built on :mod:`fieldkit.attention` and saved as config + safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fieldkit.errors import CheckpointError
+from fieldkit.models.mmdit import MMDiT, MMDiTConfig
+from fieldkit.models.pretrained import CONFIG_NAME, PretrainedField
+
+MODEL_CLASSES: dict[str, type[PretrainedField]] = {"MMDiT": MMDiT}
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> PretrainedField:
+    """Load any fieldkit model folder; ``config.json``'s ``_class_name`` picks the class."""
+    file = Path(path) / CONFIG_NAME
+    try:
+        name = json.loads(file.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    cls = MODEL_CLASSES.get(str(name))
+    if cls is None:
+        known = ", ".join(MODEL_CLASSES)
+        raise CheckpointError(
+            f"{path}: not a fieldkit model folder ({CONFIG_NAME} missing, unreadable or of class {name!r})",
+            hint=f"point at a folder written by save_pretrained of one of: {known}",
+        )
+    return cls.from_pretrained(path, dtype=dtype)
+
+
+__all__ = ["MODEL_CLASSES", "MMDiT", "MMDiTConfig", "PretrainedField", "load_pretrained"]

@@ -1,0 +1,140 @@
+"""Checkpoints of fieldkit's own models: a folder with ``config.json`` and ``model.safetensors``.
+
+The layout matches diffusers' ``save_pretrained``/``from_pretrained`` for one model. ``config.json`` holds
+the pydantic config plus ``"_class_name"``; the weights are safetensors, never a pickle. A new folder is
+written in a temporary sibling and renamed into place, so a failed save leaves nothing behind and an
+existing folder is only touched once both new files are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from pydantic import BaseModel, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fieldkit.errors import CheckpointError
+from fieldkit.field import ModuleField
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_LAYOUT_HINT = f"a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}, as written by save_pretrained"
+
+
+class PretrainedField(ModuleField):
+    """A :class:`~fieldkit.field.ModuleField` built from a pydantic config, saved as config + safetensors.
+
+    Subclasses set ``config_class`` and build themselves from ``__init__(config)``.
+    """
+
+    config_class: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: BaseModel) -> None:
+        super().__init__()
+        self.config = config
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to folder ``path`` (created if missing)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"cannot save a model to {path}: it exists and is not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            config = {"_class_name": type(self).__name__, **self.config.model_dump(mode="json")}
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            if path.exists():
+                for name in (WEIGHTS_NAME, CONFIG_NAME):  # each replace is atomic; other files stay
+                    os.replace(tmp / name, path / name)
+                tmp.rmdir()
+            else:
+                tmp.chmod(0o755)  # mkdtemp makes it owner-only; a saved model is an ordinary folder
+                os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        dtype: torch.dtype | None = None,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> Self:
+        """Load a folder written by :meth:`save_pretrained`; ``dtype=None`` keeps the stored dtype.
+
+        Raises :class:`~fieldkit.errors.CheckpointError` for a missing or unreadable file, a config of
+        another model or with invalid values, and weights that do not fit the config.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"no model folder at {path}", hint=_LAYOUT_HINT)
+        config = _read_config(path / CONFIG_NAME, cls.__name__, cls.config_class)
+        state = _read_weights(path / WEIGHTS_NAME, device)
+        model = cls(config)
+        _check_fit(model.state_dict(), state, path / WEIGHTS_NAME)
+        stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+        model.to(device=device, dtype=dtype or stored)
+        model.load_state_dict(state)
+        return model.eval()
+
+
+def _read_config(file: Path, class_name: str, config_class: type[BaseModel]) -> Any:
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing", hint=_LAYOUT_HINT)
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is not readable JSON: {err}", hint=_LAYOUT_HINT) from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, got {type(raw).__name__}", hint=_LAYOUT_HINT)
+    kind = raw.pop("_class_name", None)
+    if kind != class_name:
+        raise CheckpointError(f"{file} describes a {kind!r} model, not a {class_name!r}")
+    try:
+        return config_class.model_validate(raw)
+    except ValidationError as err:
+        raise CheckpointError(f"{file} is not a valid {config_class.__name__}: {err}") from err
+
+
+def _read_weights(file: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing", hint=_LAYOUT_HINT)
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file (truncated or corrupted?): {err}",
+            hint="save the model again with save_pretrained",
+        ) from err
+
+
+def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], file: Path) -> None:
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong = [
+        f"{k}: stored {tuple(state[k].shape)}, config gives {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{label} ({len(items)}): {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if items
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{file} does not match its config.json: " + "; ".join(problems),
+            hint="the weights and config come from different models; save the model again",
+        )
