@@ -1,0 +1,1 @@
+"""fieldkit's own CLI commands, one module each, added to the ``fieldkit`` group in :mod:`fieldkit.cli`."""

@@ -1,0 +1,40 @@
+"""Options shared by commands: every command that takes a graph reads ``GRAPH`` and ``--set`` the same way."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from fieldkit.graph.loader import load_graph
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def graph_options(command: F) -> F:
+    """Give a click command a ``GRAPH`` argument and repeatable ``--set KEY.PATH=VALUE`` overrides.
+
+    The command receives the validated graph as ``graph`` (a :class:`~fieldkit.graph.loader.Graph`; nothing
+    is built and no weight is read). A graph that does not validate raises a GraphError, which the CLI prints
+    as one message::
+
+        @click.command()
+        @graph_options
+        def sample(graph: Graph) -> None: ...
+    """
+
+    @click.argument("graph_path", metavar="GRAPH", type=click.Path(path_type=str))
+    @click.option(
+        "--set",
+        "overrides",
+        metavar="KEY.PATH=VALUE",
+        multiple=True,
+        help="Override a value of the graph, e.g. --set run.lr=1e-4 (repeatable; VALUE is read as YAML).",
+    )
+    @functools.wraps(command)
+    def wrapper(*args: Any, graph_path: str, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+        return command(*args, graph=load_graph(graph_path, overrides), **kwargs)
+
+    return wrapper  # type: ignore[return-value]

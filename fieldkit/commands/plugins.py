@@ -1,0 +1,53 @@
+"""``fieldkit plugins``: the loaded plugins, what each registers, and the ones that failed."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import click
+
+from fieldkit.plugins.manager import ALLOW_ENV, get_host
+
+
+@click.command(short_help="List plugins and the types and commands they register.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+def plugins(as_json: bool) -> None:
+    """List plugins: name, version, hooks, and the types and commands each registers.
+
+    Plugins that failed to load or register are listed by name, with the error; fieldkit keeps working
+    without them. FIELDKIT_LOAD_PLUGINS=a,b limits which installed plugins load (empty: none).
+    """
+    host = get_host()
+    infos = host.plugins()
+    problems = host.registry.problems
+    allowed = os.environ.get(ALLOW_ENV)
+    if as_json:
+        out = {
+            "plugins": [asdict(info) for info in infos],
+            "failures": [asdict(failure) for failure in host.failures],
+            "problems": list(problems),
+            "load_plugins": allowed,
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=False)
+    table = Table(title="fieldkit plugins", title_justify="left")
+    for column in ("name", "version", "hooks", "registers"):
+        table.add_column(column)
+    for info in infos:
+        hooks = ", ".join(h.removeprefix("fieldkit_register_") for h in info.hooks)
+        types = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in info.types.items())
+        table.add_row(info.name, info.version, hooks, types)
+    console.print(table)
+    for failure in host.failures:
+        console.print(f"[red]failed: {failure.name}[/red] ({failure.stage}): {failure.error}", markup=True)
+    for problem in problems:
+        console.print(f"[yellow]problem:[/yellow] {problem}")
+    if allowed is not None:
+        console.print(f"{ALLOW_ENV}={allowed!r}: only the installed plugins it names are loaded")

@@ -1,0 +1,45 @@
+"""``fieldkit schema``: the JSON schema of graph files, built from the registered types, for editors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from fieldkit.graph.json_schema import graph_schema
+from fieldkit.plugins.manager import get_host
+
+
+@click.command(short_help="Print the JSON schema of graph files, for editors.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the schema to FILE instead of standard output.",
+)
+def schema(output: Path | None) -> None:
+    """Print the JSON schema of a graph file (draft 2020-12).
+
+    Every `type:` in a graph is checked against the types the loaded plugins register, with each type's
+    own parameters. Point your editor's YAML support at the file, e.g. in VS Code:
+    `# yaml-language-server: $schema=graph.schema.json` as the graph's first line.
+    """
+    text = json.dumps(graph_schema(get_host().registry), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    _write_atomic(output, text)
+    click.echo(f"wrote {output}", err=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,54 @@
+"""``fieldkit validate``: check a graph (keys, types, parameters, references, cycles) without building it."""
+
+from __future__ import annotations
+
+import click
+
+from fieldkit.commands.options import graph_options
+from fieldkit.graph.loader import Graph, Typed
+from fieldkit.graph.refs import find_refs
+
+
+@click.command(short_help="Check a graph without building it or reading weights.")
+@graph_options
+def validate(graph: Graph) -> None:
+    """Check GRAPH: its keys, every type and its parameters, references between fields, and cycles.
+
+    Nothing is built and no weights are read. Prints a short summary and exits with 0 when the graph is
+    valid; otherwise prints what is wrong, with the file and line, and exits with 2.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"[green]valid:[/green] {graph.source.path}")
+
+    fields = Table(title="fields", title_justify="left")
+    for column in ("name", "type", "kind", "plugin", "uses"):
+        fields.add_column(column)
+    for name, typed in graph.nodes.items():
+        reg = typed.registration
+        uses = ", ".join(dict.fromkeys(str(ref) for _, ref in find_refs(typed.params)))
+        fields.add_row(name, reg.name, reg.kind, reg.plugin, uses)
+    console.print(fields)
+
+    if graph.spec.routes:
+        routes = Table(title="routes", title_justify="left")
+        for column in ("name", "field", "data", "weight"):
+            routes.add_column(column)
+        for name, route in graph.spec.routes.items():
+            field = str(route.field) if route.field is not None else "-"
+            routes.add_row(name, field, graph.datasets[name].registration.name, f"{route.weight:g}")
+        console.print(routes)
+
+    console.print(f"router: {_describe(graph.router)}")
+    console.print(f"method: {_describe(graph.method)}")
+    student = graph.spec.student
+    if student is not None:
+        console.print(f"student: init from {student.init!s}, {student.train} training")
+
+
+def _describe(typed: Typed) -> str:
+    """``name (key=value, ...)`` for a typed entry."""
+    params = ", ".join(f"{k}={v}" for k, v in typed.params.model_dump().items())
+    return f"{typed.registration.name} ({params})" if params else typed.registration.name

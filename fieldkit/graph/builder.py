@@ -1,0 +1,63 @@
+"""Build the objects of a validated graph, lazily: a node is built (and its weights read) only when used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fieldkit.errors import FieldkitError, GraphError
+from fieldkit.field import ModuleField, VelocityField
+from fieldkit.graph.loader import Graph, Typed
+
+
+@dataclass
+class BuildContext:
+    """What a factory receives beside its parameters: the graph, the device, and other built nodes."""
+
+    graph: Graph
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _fields: dict[str, VelocityField] = field(default_factory=dict)
+    _building: list[str] = field(default_factory=list)
+
+    def path(self, value: str | Path) -> Path:
+        """A path from the graph, resolved against the graph file's folder when relative."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.graph.root / p
+
+    def field(self, name: str) -> VelocityField:
+        """The built field node ``name`` (built on first use, then shared); frozen, on ``device``."""
+        if name not in self._fields:
+            if name in self._building:
+                raise GraphError(f"cycle while building {' -> '.join([*self._building, name])}")
+            self._building.append(name)
+            try:
+                built = self._build(("fields", name), self.graph.nodes[name])
+            finally:
+                self._building.pop()
+            if isinstance(built, ModuleField):
+                built = built.to(self.device).freeze()
+            self._fields[name] = built
+        return self._fields[name]
+
+    def build(self, loc: tuple[str | int, ...], typed: Typed) -> Any:
+        """Build any typed entry (dataset, router, method, metric) with errors that name where it is."""
+        return self._build(loc, typed)
+
+    def _build(self, loc: tuple[str | int, ...], typed: Typed) -> Any:
+        reg = typed.registration
+        where = f"{self.graph.source.where(loc)}: {'.'.join(map(str, loc))}"
+        try:
+            return typed.build(self)
+        except GraphError:
+            raise
+        except FieldkitError as exc:
+            raise GraphError(f"{where}: {exc.message}", hint=exc.hint) from exc
+        except Exception as exc:
+            raise GraphError(
+                f"{where}: {reg.kind} type {reg.name!r} (plugin {reg.plugin!r}) failed to build: "
+                f"{type(exc).__name__}: {exc}",
+                hint="run with --debug for the traceback",
+            ) from exc

@@ -1,0 +1,252 @@
+"""Load a field graph: YAML -> schema -> per-type parameters -> references and cycles.
+
+Nothing is built and no weight is read here: :func:`load_graph` is what ``fieldkit validate`` runs. Every
+problem is reported as ``file:line: path.to.key: what is wrong`` with the valid choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from fieldkit.errors import GraphError
+from fieldkit.graph.overrides import apply_overrides, parse_override
+from fieldkit.graph.refs import find_refs
+from fieldkit.graph.schema import GraphSpec, TypedSpec
+from fieldkit.graph.yaml_source import Loc, YamlSource, parse_yaml, read_yaml
+from fieldkit.plugins.registry import Registration, Registry, unknown_type_message
+
+FIELD_KINDS = ("source", "operator")
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A registered type with its validated parameters."""
+
+    registration: Registration
+    params: BaseModel
+
+    def build(self, ctx: Any) -> Any:
+        return self.registration.build(self.params, ctx)
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A validated graph: the schema object plus every node, route, router and method resolved to its type."""
+
+    spec: GraphSpec
+    source: YamlSource
+    nodes: dict[str, Typed]
+    datasets: dict[str, Typed]
+    metrics: dict[str, list[Typed]]
+    router: Typed
+    method: Typed
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.source.path.startswith("<") else Path(self.source.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path is not None else "graph"
+
+    @property
+    def root(self) -> Path:
+        """The folder that relative paths in the graph are resolved against."""
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def deps(self, node: str) -> list[str]:
+        """The nodes that ``node`` references, in parameter order."""
+        return [str(ref) for _, ref in find_refs(self.nodes[node].params)]
+
+
+class _Problems:
+    """Collects ``(loc, message)`` pairs and raises them as one GraphError."""
+
+    def __init__(self, source: YamlSource) -> None:
+        self.source = source
+        self.items: list[tuple[Loc, str]] = []
+
+    def add(self, loc: Loc, message: str) -> None:
+        self.items.append((tuple(loc), message))
+
+    def add_validation(self, loc: Loc, error: ValidationError, model: type[BaseModel]) -> None:
+        for err in error.errors():
+            sub = tuple(err["loc"])
+            self.add((*loc, *sub), _describe(err, model, sub))
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        lines = []
+        for loc, message in self.items:
+            dotted = ".".join(str(part) for part in loc)
+            lines.append(f"{self.source.where(loc)}: {dotted + ': ' if dotted else ''}{message}")
+        count = len(lines)
+        head = (
+            lines[0]
+            if count == 1
+            else f"{self.source.path}: {count} problems in the graph\n  " + "\n  ".join(lines)
+        )
+        raise GraphError(head, hint="fix the graph and run `fieldkit validate` again")
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of ``loc`` (for listing its valid keys)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        info = current.model_fields.get(part)
+        annotation = getattr(info, "annotation", None)
+        args = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+        current = annotation if isinstance(annotation, type) else (args[-1] if args else None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(model, loc)
+        valid = ", ".join(owner.model_fields) if owner is not None else ""
+        return f"unknown key {loc[-1]!r}" + (f"; valid keys: {valid}" if valid else "")
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}" if loc else "missing required value"
+    message = err["msg"]
+    if "input" in err and not isinstance(err["input"], dict | list):
+        message += f" (got {err['input']!r})"
+    return message
+
+
+def _lookup(registry: Registry, kinds: Sequence[str], name: str) -> tuple[Registration | None, str]:
+    for kind in kinds:
+        if name in registry.entries[kind]:
+            return registry.entries[kind][name], ""
+    known = sorted(n for kind in kinds for n in registry.names(kind))
+    return None, unknown_type_message(" or ".join(kinds), name, known)
+
+
+def _typed(
+    spec: TypedSpec, kinds: Sequence[str], loc: Loc, registry: Registry, problems: _Problems
+) -> Typed | None:
+    registration, message = _lookup(registry, kinds, spec.type)
+    if registration is None:
+        problems.add((*loc, "type"), message)
+        return None
+    try:
+        params = registration.params.model_validate(spec.params)
+    except ValidationError as exc:
+        problems.add_validation(loc, exc, registration.params)
+        return None
+    return Typed(registration, params)
+
+
+def _check_refs(nodes: dict[str, Typed], spec: GraphSpec, problems: _Problems) -> None:
+    names = sorted(spec.fields)
+    known = f"known fields: {', '.join(names)}"
+    for node, typed in nodes.items():
+        for loc, ref in find_refs(typed.params):
+            if ref not in spec.fields:
+                problems.add(("fields", node, *loc), f"unknown field {str(ref)!r} ({known})")
+    for route, rspec in spec.routes.items():
+        if rspec.field is not None and rspec.field not in spec.fields:
+            problems.add(("routes", route, "field"), f"unknown field {str(rspec.field)!r} ({known})")
+    if spec.student is not None and spec.student.init not in spec.fields:
+        problems.add(("student", "init"), f"unknown field {str(spec.student.init)!r} ({known})")
+
+
+def _check_cycles(nodes: dict[str, Typed], problems: _Problems) -> None:
+    """Depth-first search with colours: a reference back to a node on the current path is a cycle."""
+    colour: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+
+    def visit(node: str, path: list[str]) -> bool:
+        colour[node] = 1
+        for _, ref in find_refs(nodes[node].params):
+            dep = str(ref)
+            if dep not in nodes:
+                continue
+            if colour.get(dep) == 1:
+                loop = " -> ".join([*path[path.index(dep) :], dep])
+                problems.add(("fields", node), f"cycle in the graph: {loop}")
+                return True
+            if dep not in colour and visit(dep, [*path, dep]):
+                return True
+        colour[node] = 2
+        return False
+
+    for start in nodes:
+        if start not in colour and visit(start, [start]):
+            return
+
+
+def validate_source(source: YamlSource, registry: Registry) -> Graph:
+    """Validate parsed YAML against the schema and the registry; raises one GraphError with every problem."""
+    problems = _Problems(source)
+    if not isinstance(source.data, dict):
+        problems.add((), "a graph must be a mapping with at least a 'fields' section")
+        problems.raise_if_any()
+    try:
+        spec = GraphSpec.model_validate(source.data)
+    except ValidationError as exc:
+        problems.add_validation((), exc, GraphSpec)
+        problems.raise_if_any()
+        raise
+    nodes = {}
+    for name, node in spec.fields.items():
+        typed = _typed(node, FIELD_KINDS, ("fields", name), registry, problems)
+        if typed is not None:
+            nodes[name] = typed
+    datasets, metrics = {}, {}
+    for name, route in spec.routes.items():
+        data = _typed(route.data, ("dataset",), ("routes", name, "data"), registry, problems)
+        if data is not None:
+            datasets[name] = data
+        metrics[name] = [
+            m
+            for i, mspec in enumerate(route.metrics)
+            if (m := _typed(mspec, ("metric",), ("routes", name, "metrics", i), registry, problems))
+            is not None
+        ]
+    router = _typed(spec.router, ("router",), ("router",), registry, problems)
+    method = _typed(spec.method, ("method",), ("method",), registry, problems)
+    if method is not None and getattr(method.params, "needs_route_fields", False):
+        for name, route in spec.routes.items():
+            if route.field is None:
+                problems.add(("routes", name), f"method {spec.method.type!r} needs a 'field' on every route")
+    _check_refs(nodes, spec, problems)
+    if not problems.items:
+        _check_cycles(nodes, problems)
+    problems.raise_if_any()
+    assert router is not None and method is not None
+    return Graph(spec, source, nodes, datasets, metrics, router, method)
+
+
+def load_graph(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    registry: Registry | None = None,
+) -> Graph:
+    """Read, override and validate a graph file without building anything or reading any weights."""
+    source = read_yaml(path)
+    return validate_parsed(source, overrides, registry)
+
+
+def loads_graph(text: str, overrides: Sequence[str] = (), registry: Registry | None = None) -> Graph:
+    """:func:`load_graph` for YAML text (relative paths resolve against the working folder)."""
+    return validate_parsed(parse_yaml(text), overrides, registry)
+
+
+def validate_parsed(source: YamlSource, overrides: Sequence[str], registry: Registry | None) -> Graph:
+    """Apply ``--set`` overrides to parsed YAML and validate it."""
+    if registry is None:
+        from fieldkit.plugins.manager import get_host
+
+        registry = get_host().registry
+    data = apply_overrides(source.data, overrides)
+    # The last override of a key path wins, as it does for the data.
+    set_by = {tuple(parse_override(text)[0]): text for text in overrides}
+    return validate_source(YamlSource(data, source.path, source.lines, set_by), registry)

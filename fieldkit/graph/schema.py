@@ -1,0 +1,114 @@
+"""The pydantic schema of a field graph file (the per-type parameters are checked against the registry).
+
+A graph names its fields (sources and operators), binds fields to data buckets as routes, and says how the
+student is trained: router, method, student, flow schedule and run settings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fieldkit.graph.refs import FieldRef
+
+NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TypedSpec(BaseModel):
+    """``{type: NAME, ...params}``: a registered type and its parameters (checked by that type's Params)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(min_length=1, description="a registered type name (see `fieldkit plugins`)")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Everything but ``type``."""
+        return dict(self.model_extra or {})
+
+
+class RouteSpec(Strict):
+    """Binds one field to one data bucket, with a routing weight."""
+
+    field: FieldRef | None = Field(
+        None, description="the field that supervises this route's samples (sft trains on data and needs none)"
+    )
+    data: TypedSpec = Field(description="the data bucket: {type: DATASET, ...params}")
+    weight: float = Field(1.0, gt=0, description="routing weight (probabilities are weights / sum)")
+    metrics: list[TypedSpec] = Field(default_factory=list, description="metrics that score this route")
+
+
+class LoraSpec(Strict):
+    """LoRA adapter settings (peft)."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float | None = Field(None, gt=0, description="defaults to the rank")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] | None = Field(None, description="module names to adapt; default: the model's choice")
+
+
+class StudentSpec(Strict):
+    """The trainable field: a copy of a source node, trained fully or through LoRA."""
+
+    init: FieldRef = Field(description="the node whose weights initialise the student")
+    train: Literal["full", "lora"] = "full"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the student weights, off if unset")
+
+
+class FlowSpec(Strict):
+    """The sampling schedule: ``steps`` Euler steps on SD3-shifted sigmas."""
+
+    steps: int = Field(16, ge=1, le=1000)
+    shift: float = Field(3.0, gt=0)
+
+
+class RunSpec(Strict):
+    """Optimisation and bookkeeping of a run."""
+
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="samples per micro-batch (per process)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    out: str = Field("runs/{graph}", description="output folder; {graph} is the graph file's stem")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    attention: str | None = Field(None, description="attention backend (see fieldkit.attention)")
+    log_every: int = Field(10, ge=1)
+    tensorboard: bool = Field(False, description="also write tensorboard scalars (needs tensorboard)")
+    sample_every: int | None = Field(None, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_last: int = Field(3, ge=1)
+    max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")
+
+
+class GraphSpec(Strict):
+    """A whole field graph file."""
+
+    fields: dict[str, TypedSpec] = Field(min_length=1, description="named sources and operators")
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
+    router: TypedSpec = Field(default_factory=lambda: TypedSpec(type="hard"))
+    method: TypedSpec = Field(default_factory=lambda: TypedSpec(type="danceopd"))
+    student: StudentSpec | None = None
+    flow: FlowSpec = Field(default_factory=FlowSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+
+    @field_validator("fields", "routes")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not re.match(NODE_NAME, str(name)):
+                raise ValueError(
+                    f"{name!r} is not a valid name (letters, digits, '_' and '-'; not first digit)"
+                )
+        return value

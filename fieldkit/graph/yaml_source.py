@@ -1,0 +1,125 @@
+"""Safe YAML reading that remembers the line of every key, so errors can point into the file.
+
+Only the safe loader is used: tags such as ``!!python/object`` are refused, and so are duplicate keys
+(which a plain loader would silently overwrite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fieldkit.errors import GraphError
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class YamlSource:
+    """A parsed YAML document and where each of its keys and items sits (1-based lines)."""
+
+    data: Any
+    path: str
+    lines: dict[Loc, int] = field(default_factory=dict)
+    overrides: dict[Loc, str] = field(default_factory=dict)
+    """``--set`` texts by the key path they set: errors there point at the override, not into the file."""
+
+    def line(self, loc: Loc) -> int | None:
+        """The line of ``loc``, or of its nearest ancestor that has one."""
+        loc = tuple(loc)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return self.lines.get((), None)
+
+    def where(self, loc: Loc) -> str:
+        """``file:line`` for a location (just ``file`` when the line is unknown, ``file (--set ...)`` when the
+        value there, or the key itself, came from a ``--set`` override)."""
+        loc = tuple(loc)
+        in_file = loc
+        while in_file and in_file not in self.lines:
+            in_file = in_file[:-1]
+        step = len(in_file) + 1  # the first key of ``loc`` that the file does not have
+        for path, text in self.overrides.items():
+            if loc[: len(path)] == path or (in_file != loc and path[:step] == loc[:step]):
+                return f"{self.path} (--set {text})"
+        line = self.line(loc)
+        return f"{self.path}:{line}" if line is not None else self.path
+
+
+_PLAIN_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+
+
+def _refuse_tag(node: yaml.Node, path: str) -> GraphError:
+    return GraphError(
+        f"{path}:{node.start_mark.line + 1}: the tag {node.tag!r} is not allowed",
+        hint="graphs are plain YAML data; fieldkit never constructs Python objects from YAML tags",
+    )
+
+
+def _to_python(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str) -> Any:
+    lines[loc] = node.start_mark.line + 1
+    plain_tag = _PLAIN_TAGS.get(type(node))
+    if plain_tag is not None and node.tag != plain_tag:
+        raise _refuse_tag(node, path)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _to_python(key_node, (*loc, "<key>"), {}, path)
+            if not isinstance(key, str | int):
+                raise GraphError(
+                    f"{path}:{key_node.start_mark.line + 1}: mapping keys must be strings, got {key!r}"
+                )
+            if key in out:
+                raise GraphError(
+                    f"{path}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
+                    f" (first at line {lines[(*loc, key)]})",
+                    hint="each key may appear once in a mapping; remove or rename one of them",
+                )
+            out[key] = _to_python(value_node, (*loc, key), lines, path)
+            lines[(*loc, key)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*loc, i), lines, path) for i, item in enumerate(node.value)]
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError:
+        raise _refuse_tag(node, path) from None
+
+
+def parse_yaml(text: str, path: str = "<string>") -> YamlSource:
+    """Parse one YAML document safely, keeping line numbers; any YAML error becomes a GraphError."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise GraphError(
+            f"{path}{line}: malformed YAML: {problem}", hint="fix the YAML syntax there"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise GraphError(f"{path}: malformed YAML: {exc}") from None
+    if node is None:
+        raise GraphError(f"{path}: the file is empty", hint="a graph needs at least a 'fields' section")
+    lines: dict[Loc, int] = {}
+    data = _to_python(node, (), lines, path)
+    return YamlSource(data=data, path=path, lines=lines)
+
+
+def read_yaml(path: str | Path) -> YamlSource:
+    """Read and parse a YAML file; a missing or unreadable file is a GraphError."""
+    p = Path(path)
+    if not p.exists():
+        raise GraphError(f"{p}: no such graph file", hint="check the path")
+    if not p.is_file():
+        raise GraphError(f"{p}: not a graph file (a folder?)", hint="give the path of a YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GraphError(f"{p}: cannot read the graph file: {exc}") from None
+    return parse_yaml(text, str(p))

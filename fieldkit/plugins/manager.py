@@ -1,0 +1,204 @@
+"""The plugin host: one pluggy manager, entry-point discovery, and the registry built from the hooks.
+
+Plugins are found in the entry-point group ``fieldkit`` (via ``importlib.metadata``). Each one loads and
+registers inside its own try/except: a broken plugin is reported by name and the rest keep working.
+``FIELDKIT_LOAD_PLUGINS=a,b`` limits loading to the named entry points or distributions (empty: none).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from fieldkit.errors import PluginError
+from fieldkit.plugins import hookspecs
+from fieldkit.plugins.registry import KINDS, Registry, make_register
+
+ENTRY_POINT_GROUP = "fieldkit"
+ALLOW_ENV = "FIELDKIT_LOAD_PLUGINS"
+BUILTIN_NAME = "fieldkit"
+
+_HOOKS = {kind: f"fieldkit_register_{kind}s" for kind in KINDS}
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that failed to import or to register, reported by name."""
+
+    name: str
+    stage: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.name!r} failed to {self.stage}: {self.error}"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What ``fieldkit plugins`` lists for one plugin."""
+
+    name: str
+    version: str
+    hooks: list[str]
+    types: dict[str, list[str]]
+
+
+@dataclass
+class PluginHost:
+    """Owns the pluggy manager, the load failures and the (cached) registry."""
+
+    pm: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
+    failures: list[PluginFailure] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    _registry: Registry | None = None
+    _commands: dict[str, tuple[str, Any]] | None = None
+
+    def register(self, plugin: Any, name: str, version: str = "") -> None:
+        """Register a plugin object (a module or a class with ``@hookimpl`` methods) under ``name``."""
+        self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin {name!r} implements a hook fieldkit does not define: {exc}") from None
+        self.versions[name] = version
+        self._registry = None
+        self._commands = None
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin by name (tests register plugins inline and remove them in ``finally``)."""
+        self.pm.unregister(name=name)
+        self.versions.pop(name, None)
+        self._registry = None
+        self._commands = None
+
+    def load_entry_points(self) -> None:
+        """Load every allowed entry point of the ``fieldkit`` group, each in its own try/except."""
+        allowed = _allow_list()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = _canonical(ep.dist.name) if ep.dist is not None else ""
+            if allowed is not None and ep.name not in allowed and dist not in allowed:
+                continue
+            if self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must never take down the rest
+                self.failures.append(PluginFailure(ep.name, "import", f"{type(exc).__name__}: {exc}"))
+                continue
+            version = ep.dist.version if ep.dist is not None else ""
+            try:
+                self.register(plugin, ep.name, version)
+            except Exception as exc:
+                self.failures.append(PluginFailure(ep.name, "register", f"{type(exc).__name__}: {exc}"))
+
+    @property
+    def registry(self) -> Registry:
+        """Every type the registered plugins provide; a plugin whose hook raises is reported, not fatal."""
+        if self._registry is None:
+            self._registry = self._collect()
+        return self._registry
+
+    def _collect(self) -> Registry:
+        registry = Registry()
+        self.failures = [f for f in self.failures if f.stage != "register types"]
+        for kind, hook_name in _HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                try:
+                    impl.function(register=make_register(registry, kind, impl.plugin_name))
+                except Exception as exc:
+                    msg = f"{hook_name}: {type(exc).__name__}: {exc}"
+                    self.failures.append(PluginFailure(impl.plugin_name, "register types", msg))
+        return registry
+
+    def commands(self) -> dict[str, Any]:
+        """The click commands plugins add, by name.
+
+        A plugin whose command hook raises is reported in ``failures``, not fatal; of two plugins that add
+        one name, the first wins and the second is reported.
+        """
+        return {name: command for name, (_, command) in self._plugin_commands().items()}
+
+    def _plugin_commands(self) -> dict[str, tuple[str, Any]]:
+        """``{command name: (plugin, click command)}``, collected once per set of registered plugins."""
+        if self._commands is None:
+            import click
+
+            self.failures = [f for f in self.failures if f.stage != "register commands"]
+            group = click.Group("fieldkit")
+            owners: dict[str, tuple[str, Any]] = {}
+            for impl in self.pm.hook.fieldkit_register_commands.get_hookimpls():
+                try:
+                    impl.function(cli=group)
+                except Exception as exc:
+                    msg = f"fieldkit_register_commands: {type(exc).__name__}: {exc}"
+                    self.failures.append(PluginFailure(impl.plugin_name, "register commands", msg))
+                for name, command in list(group.commands.items()):
+                    if name not in owners:
+                        owners[name] = (impl.plugin_name, command)
+                    elif command is not owners[name][1]:
+                        first = owners[name][0]
+                        msg = f"command {name!r} is ignored: plugin {first!r} added that name first"
+                        self.failures.append(PluginFailure(impl.plugin_name, "register commands", msg))
+                        group.commands[name] = owners[name][1]
+            self._commands = owners
+        return self._commands
+
+    def plugins(self) -> list[PluginInfo]:
+        """Name, version, implemented hooks and registered types of every plugin."""
+        by_plugin = self.registry.by_plugin()
+        for name, (plugin, _) in sorted(self._plugin_commands().items()):
+            by_plugin.setdefault(plugin, {}).setdefault("command", []).append(name)
+        infos = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            infos.append(PluginInfo(name, self.versions.get(name, ""), hooks, by_plugin.get(name, {})))
+        return sorted(infos, key=lambda info: (info.name != BUILTIN_NAME, info.name))
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("fieldkit")
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _canonical(name: str) -> str:
+    """A distribution name as packaging normalises it: ``Fieldkit_Plugin.X`` -> ``fieldkit-plugin-x``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _allow_list() -> set[str] | None:
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    names = {name.strip() for name in raw.split(",") if name.strip()}
+    return names | {_canonical(name) for name in names}
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host: fieldkit's own plugin plus the allowed entry points, loaded once."""
+    global _HOST
+    if _HOST is None:
+        from fieldkit import __version__, builtin
+
+        host = PluginHost()
+        host.register(builtin, BUILTIN_NAME, __version__)
+        host.load_entry_points()
+        _HOST = host
+    return _HOST
+
+
+def reset_host() -> None:
+    """Forget the process-wide host, so the next :func:`get_host` loads plugins afresh."""
+    global _HOST
+    _HOST = None

@@ -1,0 +1,360 @@
+"""The ``fieldkit`` CLI through click's runner and, for the console script itself, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fieldkit import __version__
+from fieldkit.cli import cli, graph_options
+from fieldkit.graph import Graph
+from fieldkit.plugins import get_host, hookimpl
+from fieldkit.plugins.manager import ALLOW_ENV
+
+GOOD = """\
+fields:
+  teacher: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}
+  guided: {type: guidance, field: teacher, w: 3.0}
+routes:
+  t2i:
+    field: guided
+    data: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}
+"""
+
+BAD = """\
+fields:
+  teacher: {type: gaussian_mixture, classes: 3, shape: [1]}
+  g: {type: guidanse, field: teacher}
+"""
+
+FIELDKIT = Path(sys.executable).parent / "fieldkit"
+
+
+def invoke(*args: str) -> click.testing.Result:
+    return CliRunner().invoke(cli, list(args), prog_name="fieldkit")
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    return path
+
+
+@pytest.fixture
+def bad(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    return path
+
+
+def test_help_describes_the_tool_with_examples_and_lists_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    out = result.stdout
+    assert "on-policy distillation of flow-matching image models" in out
+    assert "Examples:" in out and "fieldkit validate graph.yaml --set run.lr=1e-4" in out
+    for name in ("plugins", "schema", "validate", "--debug", "--version"):
+        assert name in out
+    assert invoke("-h").stdout == out
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"fieldkit, version {__version__}"
+
+
+def test_plugins_lists_fieldkit_and_its_types():
+    result = invoke("plugins")
+    assert result.exit_code == 0
+    assert "fieldkit" in result.stdout and "guidance" in result.stdout and "gaussian_mixture" in result.stdout
+    assert f"{ALLOW_ENV}=''" in result.stdout
+
+
+def test_plugins_json_is_machine_readable():
+    result = invoke("plugins", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [p["name"] for p in data["plugins"]] == ["fieldkit"]
+    builtin = data["plugins"][0]
+    assert "fieldkit_register_operators" in builtin["hooks"]
+    assert set(builtin["types"]["router"]) == {"hard", "soft"}
+    assert data["failures"] == [] and data["problems"] == []
+    assert data["load_plugins"] == ""
+
+
+def test_plugins_shows_installed_plugins_and_the_broken_one_by_name(use_plugins):
+    use_plugins(None)
+    data = json.loads(invoke("plugins", "--json").stdout)
+    example = next(p for p in data["plugins"] if p["name"] == "example")
+    assert example["version"] == "0.1.0"
+    assert example["types"]["source"] == ["example.constant"]
+    assert example["types"]["command"] == ["example-hello"]
+    assert {"name": "broken", "stage": "import"}.items() <= data["failures"][0].items()
+    assert data["load_plugins"] is None
+    table = invoke("plugins")
+    assert table.exit_code == 0
+    assert "example.negate" in table.stdout
+    assert "failed: broken (import): RuntimeError" in table.stdout
+
+
+def test_plugins_table_and_json_show_duplicate_type_problems():
+    class Duplicate:
+        @hookimpl
+        def fieldkit_register_sources(self, register):
+            register("gaussian_mixture", lambda params, ctx: None)
+
+    host = get_host()
+    host.register(Duplicate(), "dup")
+    try:
+        table = invoke("plugins").stdout
+        data = json.loads(invoke("plugins", "--json").stdout)
+    finally:
+        host.unregister("dup")
+    problem = (
+        "source 'gaussian_mixture' from plugin 'dup' is ignored: plugin 'fieldkit' registered that name first"
+    )
+    assert data["problems"] == [problem]
+    assert "problem: source 'gaussian_mixture' from plugin 'dup' is ignored" in table
+
+
+def test_a_graph_error_notes_plugins_that_failed_to_load(use_plugins, tmp_path):
+    use_plugins(None)
+    path = tmp_path / "g.yaml"
+    path.write_text("fields:\n  c: {type: example.constnat, value: 1}\n")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    assert "did you mean 'example.constant'?" in result.stderr
+    assert "note: some plugins failed to load (broken); see `fieldkit plugins`" in result.stderr
+
+
+def test_validate_prints_a_summary(good):
+    result = invoke("validate", str(good))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"valid: {good}" in out
+    assert "teacher" in out and "gaussian_mixture" in out and "guidance" in out
+    assert "t2i" in out
+    assert "router: hard (granularity=update)" in out
+    assert "method: danceopd (" in out
+    assert result.stderr == ""
+
+
+def test_validate_applies_overrides(good):
+    result = invoke("validate", str(good), "--set", "router.type=soft", "--set", "run.steps=3")
+    assert result.exit_code == 0, result.output
+    assert "router: soft" in result.stdout
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_validate_bad_graph_is_one_message_and_exit_2(bad, debug):
+    result = invoke(*(["--debug"] if debug else []), "validate", str(bad))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    err = result.stderr
+    assert [line for line in err.splitlines() if line.startswith("Error:")] == [err.splitlines()[-2]]
+    assert f"Error: {bad}:3: fields.g.type: unknown source or operator type 'guidanse'" in err
+    assert "hint: fix the graph" in err
+    assert ("Traceback (most recent call last)" in err) is debug
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "run.steps"], "--set 'run.steps': expected KEY.PATH=VALUE"),
+        (["--set", "run.steps=lots"], "(--set run.steps=lots): run.steps: Input should be a valid integer"),
+    ],
+)
+def test_validate_bad_override_is_one_message(good, args, expected):
+    result = invoke("validate", str(good), *args)
+    assert result.exit_code == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_missing_file(tmp_path):
+    result = invoke("validate", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2
+    assert "nope.yaml: no such graph file" in result.stderr
+
+
+def test_a_bad_graph_writes_no_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("bad.yaml").write_text(BAD)
+    Path("good.yaml").write_text(GOOD)
+    assert invoke("validate", "bad.yaml").exit_code == 2
+    assert invoke("validate", "good.yaml", "--set", "run.steps=x").exit_code == 2
+    assert invoke("validate", "good.yaml").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "good.yaml"]
+
+
+def test_usage_errors_keep_clicks_own_handling():
+    missing = invoke("validate")
+    assert missing.exit_code == 2
+    assert "Missing argument 'GRAPH'" in missing.stderr
+    unknown = invoke("distil")
+    assert unknown.exit_code == 2
+    assert "No such command 'distil'" in unknown.stderr
+
+
+class BoomPlugin:
+    """Adds a command that fails with an unexpected (non-fieldkit) error."""
+
+    @hookimpl
+    def fieldkit_register_commands(self, cli):
+        @cli.command()
+        def boom() -> None:
+            """Divide by zero."""
+            print(1 / 0)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_error_exits_1_with_a_hint(debug):
+    host = get_host()
+    host.register(BoomPlugin(), "boom")
+    try:
+        result = invoke(*(["--debug"] if debug else []), "boom")
+    finally:
+        host.unregister("boom")
+    assert result.exit_code == 1
+    assert "Error: unexpected ZeroDivisionError: division by zero" in result.stderr
+    assert ("rerun with `fieldkit --debug" in result.stderr) is not debug
+    assert ("Traceback (most recent call last)" in result.stderr) is debug
+
+
+def test_a_plugin_whose_command_hook_raises_is_reported_not_fatal():
+    class Raises:
+        @hookimpl
+        def fieldkit_register_commands(self, cli):
+            raise RuntimeError("cannot add commands")
+
+    host = get_host()
+    host.register(Raises(), "raises")
+    try:
+        assert invoke("--help").exit_code == 0
+        data = json.loads(invoke("plugins", "--json").stdout)
+    finally:
+        host.unregister("raises")
+    [failure] = data["failures"]
+    assert failure["name"] == "raises" and failure["stage"] == "register commands"
+    assert "RuntimeError: cannot add commands" in failure["error"]
+
+
+def test_graph_options_give_every_command_graph_and_set(tmp_path, monkeypatch):
+    @click.command()
+    @graph_options
+    @click.option("--steps-only", is_flag=True)
+    def show(graph: Graph, steps_only: bool) -> None:
+        click.echo(f"{graph.name} {graph.spec.run.steps} {steps_only}")
+
+    monkeypatch.chdir(tmp_path)
+    Path("g.yaml").write_text(GOOD)
+    runner = CliRunner()
+    result = runner.invoke(show, ["g.yaml", "--set", "run.steps=4", "--steps-only"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "g 4 True\n"
+    usage = runner.invoke(show, ["--help"]).stdout
+    assert "Usage: show [OPTIONS] GRAPH" in usage and "--set KEY.PATH=VALUE" in usage
+
+
+def test_schema_is_a_valid_json_schema_naming_every_registered_type(tmp_path, good):
+    result = invoke("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    consts = {
+        (d["properties"]["type"].get("const"), d["properties"]["type"]["description"].split()[0])
+        for d in schema["$defs"].values()
+        if "type" in d.get("properties", {}) and "const" in d["properties"]["type"]
+    }
+    for reg in get_host().registry:
+        assert (reg.name, reg.kind) in consts
+
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate(yaml.safe_load(good.read_text()))
+    for broken in (
+        "fields:\n  t: {type: guidanse}\n",
+        "fields:\n  t: {type: gaussian_mixture, classes: 3, shape: [1], colour: 1}\n",
+        "fields:\n  t: {type: gaussian_mixture, shape: [1]}\n",
+        "fields:\n  t: {type: toward_source}\nrouter: {type: hard, granularity: 1}\n",
+        "fields:\n  1t: {type: gaussian_mixture, classes: 3, shape: [1]}\n",
+        "fields: {}\n",
+    ):
+        assert not validator.is_valid(yaml.safe_load(broken)), broken
+
+    out = tmp_path / "schemas" / "graph.schema.json"
+    written = invoke("schema", "--output", str(out))
+    assert written.exit_code == 0
+    assert json.loads(out.read_text()) == schema
+    assert written.stdout == ""
+    assert list(out.parent.iterdir()) == [out]
+
+
+def test_schema_includes_plugin_types(use_plugins):
+    use_plugins("example")
+    schema = json.loads(invoke("schema").stdout)
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate({"fields": {"c": {"type": "example.constant", "value": 0.5}}})
+    assert not validator.is_valid({"fields": {"c": {"type": "example.constant", "value": "high"}}})
+
+
+def test_the_example_plugins_command_appears_and_runs(use_plugins):
+    use_plugins("example")
+    assert "example-hello" in invoke("--help").stdout
+    result = invoke("example-hello", "--value", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "hello from fieldkit-plugin-example: one Euler step from noise lands on 2.000\n"
+
+
+# -- the console script in a real process -------------------------------------------------------------------
+
+
+def run_fieldkit(*args: str, site: Path | None = None, allow: str | None = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (ALLOW_ENV, "PYTHONPATH")}
+    if allow is not None:
+        env[ALLOW_ENV] = allow
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    return subprocess.run(
+        [str(FIELDKIT), *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def test_console_script_lists_installed_plugins(plugin_site):
+    proc = run_fieldkit("plugins", "--json", site=plugin_site, allow=None)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    names = [p["name"] for p in data["plugins"]]
+    assert names[0] == "fieldkit" and "example" in names
+    assert "broken" in [f["name"] for f in data["failures"]]
+
+
+def test_console_script_bad_graph_is_one_message_and_exit_2(bad):
+    proc = run_fieldkit("validate", str(bad))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"Error: {bad}:3: fields.g.type: unknown source or operator type 'guidanse'")
+    assert lines[1:] == ["  hint: fix the graph and run `fieldkit validate` again"]
+
+
+def test_importing_the_cli_is_fast_and_loads_no_plugin_or_diffusers():
+    code = (
+        "import sys, fieldkit.cli\n"
+        "heavy = ('diffusers', 'transformers', 'fieldkit.builtin', 'fieldkit.distill')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"
