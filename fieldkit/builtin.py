@@ -1,0 +1,247 @@
+"""fieldkit's own plugin: the built-in sources, operators and data buckets, registered through the same
+hooks a third-party plugin uses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from fieldkit import ops
+from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField, MixtureAccuracy
+from fieldkit.distill.methods import (
+    DenseParams,
+    DistillMethod,
+    DistillParams,
+    OffPolicyParams,
+    SFTMethod,
+    SFTParams,
+)
+from fieldkit.distill.routing import HardRouter, Route, SoftRouter
+from fieldkit.graph.refs import FieldRef
+from fieldkit.models import MMDiT, MMDiTConfig, PretrainedField, load_pretrained
+from fieldkit.plugins.hookspecs import hookimpl
+from fieldkit.plugins.registry import Params
+
+# -- sources ---------------------------------------------------------------------------------------------
+
+
+class GaussianMixtureParams(Params):
+    """A closed-form mixture of isotropic Gaussians, one component per label."""
+
+    classes: int = Field(ge=1, le=1000)
+    shape: list[int] = Field(min_length=1, description="per-sample shape, e.g. [1, 8, 8]")
+    std: float = Field(0.1, gt=0)
+    seed: int = 0
+
+
+def build_gaussian_mixture(p: GaussianMixtureParams, ctx: Any) -> GaussianMixtureField:
+    """The exact velocity of a labelled Gaussian mixture (means drawn with ``seed``)."""
+    return GaussianMixtureField.random(p.classes, tuple(p.shape), std=p.std, seed=p.seed)
+
+
+def build_gaussian_mixture_data(p: GaussianMixtureParams, ctx: Any) -> GaussianMixtureData:
+    """Labels and exact samples of the same Gaussian mixture."""
+    return GaussianMixtureData(build_gaussian_mixture(p, ctx))
+
+
+class CheckpointParams(Params):
+    """A fieldkit model folder (config.json + model.safetensors), as written by save_pretrained."""
+
+    path: str = Field(description="model folder; relative paths resolve against the graph file's folder")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="default: as stored")
+
+
+class MMDiTParams(Params):
+    """A fresh MMDiT (zero output at start) built from its config."""
+
+    config: MMDiTConfig = Field(default_factory=MMDiTConfig)
+    seed: int = 0
+
+
+def build_checkpoint(p: CheckpointParams, ctx: Any) -> PretrainedField:
+    """fieldkit's own model read from a safetensors folder."""
+    return load_pretrained(ctx.path(p.path), dtype=getattr(torch, p.dtype) if p.dtype else None)
+
+
+def build_mmdit(p: MMDiTParams, ctx: Any) -> MMDiT:
+    """A freshly initialised MMDiT (seeded), e.g. the starting point of a teacher trained from scratch."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed)
+        return MMDiT(p.config)
+
+
+def build_mixture_accuracy(p: GaussianMixtureParams, ctx: Any) -> MixtureAccuracy:
+    """Accuracy (nearest component is the asked one) and spread of samples of the Gaussian mixture."""
+    return MixtureAccuracy(build_gaussian_mixture(p, ctx))
+
+
+# -- operators ------------------------------------------------------------------------------------------
+
+
+class GuidanceParams(Params):
+    field: FieldRef
+    w: float = Field(description="guidance weight; 1 is the plain conditional field")
+
+
+class SigmaWeightParams(Params):
+    at_noise: float = Field(ge=0, description="weight at sigma = 1")
+    at_data: float = Field(ge=0, description="weight at sigma = 0")
+
+
+class MixParams(Params):
+    fields: list[FieldRef] = Field(min_length=1)
+    weights: list[float | SigmaWeightParams] | None = Field(None, description="default: equal weights")
+
+
+class MaskedParams(Params):
+    inside: FieldRef
+    outside: FieldRef
+    mask_key: str = "mask"
+
+
+class TowardSourceParams(Params):
+    source_key: str = "source"
+
+
+class TimeSwitchParams(Params):
+    high: FieldRef = Field(description="the field used where sigma >= sigma0 (the noisy end)")
+    low: FieldRef
+    sigma0: float = Field(ge=0, le=1)
+
+
+class ScaleParams(Params):
+    field: FieldRef
+    c: float
+
+
+class SumParams(Params):
+    fields: list[FieldRef] = Field(min_length=1)
+    coefficients: list[float] | None = None
+
+
+def build_guidance(p: GuidanceParams, ctx: Any) -> ops.Guidance:
+    """Classifier-free guidance: ``v_u + w (v_c - v_u)`` in one batched forward."""
+    return ops.Guidance(ctx.field(p.field), p.w)
+
+
+def build_mix(p: MixParams, ctx: Any) -> ops.Mix:
+    """Weighted average of fields (the soft-routing baseline); weights may be linear in sigma."""
+    weights = None
+    if p.weights is not None:
+        weights = [w if isinstance(w, float) else ops.SigmaWeight(w.at_noise, w.at_data) for w in p.weights]
+    return ops.Mix([ctx.field(f) for f in p.fields], weights)
+
+
+def build_masked(p: MaskedParams, ctx: Any) -> ops.Masked:
+    """``m * inside + (1 - m) * outside`` with the mask read from the Cond."""
+    return ops.Masked(ctx.field(p.inside), ctx.field(p.outside), mask_key=p.mask_key)
+
+
+def build_toward_source(p: TowardSourceParams, ctx: Any) -> ops.TowardSource:
+    """``(x - source) / sigma``: the field that carries a state to the edit's source image."""
+    return ops.TowardSource(p.source_key)
+
+
+def build_time_switch(p: TimeSwitchParams, ctx: Any) -> ops.TimeSwitch:
+    """One field above ``sigma0``, another below."""
+    return ops.TimeSwitch(ctx.field(p.high), ctx.field(p.low), p.sigma0)
+
+
+def build_scale(p: ScaleParams, ctx: Any) -> ops.Scale:
+    """``c * v``."""
+    return ops.Scale(ctx.field(p.field), p.c)
+
+
+def build_sum(p: SumParams, ctx: Any) -> ops.Sum:
+    """``sum_i c_i v_i``."""
+    return ops.Sum([ctx.field(f) for f in p.fields], p.coefficients)
+
+
+# -- hooks ----------------------------------------------------------------------------------------------
+
+
+@hookimpl
+def fieldkit_register_sources(register: Any) -> None:
+    register("gaussian_mixture", build_gaussian_mixture, GaussianMixtureParams)
+    register("fieldkit.checkpoint", build_checkpoint, CheckpointParams)
+    register("fieldkit.mmdit", build_mmdit, MMDiTParams)
+
+
+@hookimpl
+def fieldkit_register_operators(register: Any) -> None:
+    register("guidance", build_guidance, GuidanceParams)
+    register("mix", build_mix, MixParams)
+    register("masked", build_masked, MaskedParams)
+    register("toward_source", build_toward_source, TowardSourceParams)
+    register("time_switch", build_time_switch, TimeSwitchParams)
+    register("scale", build_scale, ScaleParams)
+    register("sum", build_sum, SumParams)
+
+
+@hookimpl
+def fieldkit_register_datasets(register: Any) -> None:
+    register("gaussian_mixture", build_gaussian_mixture_data, GaussianMixtureParams)
+
+
+# -- routers and methods -----------------------------------------------------------------------------------
+
+
+class RouterParams(Params):
+    granularity: Literal["update", "sample", "all"] = Field(
+        "update",
+        description="update: one route per optimizer step (G = 1); sample: per micro-batch; all: G = M",
+    )
+
+
+def _routes(ctx: Any) -> list[Route]:
+    graph = ctx.graph
+    return [
+        Route(
+            name,
+            None if spec.field is None else ctx.field(spec.field),
+            ctx.build(("routes", name, "data"), graph.datasets[name]),
+            spec.weight,
+        )
+        for name, spec in graph.spec.routes.items()
+    ]
+
+
+def build_hard_router(p: RouterParams, ctx: Any) -> HardRouter:
+    """Hard routing (DanceOPD): each sample is supervised by its own route's field only."""
+    return HardRouter(_routes(ctx), p.granularity)
+
+
+def build_soft_router(p: RouterParams, ctx: Any) -> SoftRouter:
+    """Soft routing (baseline): every sample is supervised by the weighted mix of all route fields."""
+    return SoftRouter(_routes(ctx), p.granularity)
+
+
+def build_distill_method(p: DistillParams, ctx: Any) -> DistillMethod:
+    """Field distillation on query states (DanceOPD and its state/query/weighting baselines)."""
+    return DistillMethod(p)
+
+
+def build_sft_method(p: SFTParams, ctx: Any) -> SFTMethod:
+    """Plain flow matching on the buckets' data (teacher training, joint-training baseline)."""
+    return SFTMethod(p)
+
+
+@hookimpl
+def fieldkit_register_routers(register: Any) -> None:
+    register("hard", build_hard_router, RouterParams)
+    register("soft", build_soft_router, RouterParams)
+
+
+@hookimpl
+def fieldkit_register_methods(register: Any) -> None:
+    register("danceopd", build_distill_method, DistillParams)
+    register("offpolicy", build_distill_method, OffPolicyParams)
+    register("dense", build_distill_method, DenseParams)
+    register("sft", build_sft_method, SFTParams)
+
+
+@hookimpl
+def fieldkit_register_metrics(register: Any) -> None:
+    register("gaussian_mixture", build_mixture_accuracy, GaussianMixtureParams)

@@ -1,0 +1,109 @@
+"""The ``fieldkit`` command line: a click group with fieldkit's commands and the commands plugins add.
+
+Each command lives in its own small module under :mod:`fieldkit.commands`; a command that takes a graph
+uses :func:`fieldkit.commands.options.graph_options`, so ``GRAPH`` and ``--set`` read the same everywhere.
+A :class:`~fieldkit.errors.FieldkitError` is printed as one message (what is wrong, and a hint) and exits
+with code 2; any other error exits with code 1. Tracebacks are shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import click
+
+from fieldkit import __version__
+from fieldkit.commands.distill import distill
+from fieldkit.commands.evaluate import evaluate
+from fieldkit.commands.options import graph_options
+from fieldkit.commands.plugins import plugins
+from fieldkit.commands.sample import sample
+from fieldkit.commands.schema import schema
+from fieldkit.commands.train import train
+from fieldkit.commands.validate import validate
+from fieldkit.errors import FieldkitError, GraphError
+from fieldkit.plugins.manager import get_host
+
+__all__ = ["cli", "graph_options", "main"]
+
+USER_ERROR = 2
+UNEXPECTED_ERROR = 1
+
+# fieldkit's own commands, one module each under fieldkit/commands/; those that take a graph read it through
+# `graph_options`.
+BUILTIN_COMMANDS: tuple[click.Command, ...] = (distill, evaluate, plugins, sample, schema, train, validate)
+
+
+class FieldkitGroup(click.Group):
+    """The ``fieldkit`` group: fieldkit's commands, then those plugins add, and one-message errors.
+
+    Plugin commands are looked up through the current plugin host each time, so a plugin registered (or a
+    host reset) after this group was built is seen. fieldkit's own commands win a name clash.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *get_host().commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self.commands.get(cmd_name) or get_host().commands().get(cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except FieldkitError as exc:
+            _fail(ctx, exc, USER_ERROR)
+        except Exception as exc:
+            _fail(ctx, exc, UNEXPECTED_ERROR)
+
+
+def _fail(ctx: click.Context, exc: Exception, code: int) -> None:
+    """Print ``exc`` as one message on stderr (after the traceback with ``--debug``); exit with ``code``."""
+    debug = bool(ctx.params.get("debug"))
+    if debug:
+        click.echo(traceback.format_exc(), err=True, nl=False)
+    if isinstance(exc, FieldkitError):
+        message = str(exc)
+        failed = get_host().failures if isinstance(exc, GraphError) else []
+        if failed:
+            names = ", ".join(sorted({f.name for f in failed}))
+            message += f"\n  note: some plugins failed to load ({names}); see `fieldkit plugins`"
+    else:
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        if not debug:
+            message += "\n  hint: rerun with `fieldkit --debug ...` to see the traceback"
+    click.echo(f"{click.style('Error:', fg='red', bold=True)} {message}", err=True)
+    ctx.exit(code)
+
+
+@click.group(
+    cls=FieldkitGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(__version__, "--version", prog_name="fieldkit")
+def cli(debug: bool) -> None:
+    """fieldkit: on-policy distillation of flow-matching image models from a field graph.
+
+    A field graph (YAML) names velocity fields (teachers, and operators such as guidance over them), binds
+    fields to data buckets as routes, and says how the student is trained. Teachers, operators, data and
+    commands come from plugins (`pip install fieldkit-plugin-NAME`).
+
+    \b
+    Examples:
+      fieldkit validate graph.yaml                    check a graph without reading any weights
+      fieldkit validate graph.yaml --set run.lr=1e-4  ... with a value overridden
+      fieldkit plugins                                list plugins and the types they register
+      fieldkit schema --output graph.schema.json      JSON schema of graph files, for editors
+    """
+
+
+for _command in BUILTIN_COMMANDS:
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Entry point of the ``fieldkit`` console script."""
+    cli(prog_name="fieldkit")

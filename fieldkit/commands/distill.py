@@ -1,0 +1,61 @@
+"""``fieldkit distill``: train the graph's student against its routed fields."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from fieldkit.commands.options import graph_options
+from fieldkit.graph.loader import Graph
+
+
+def run_graph(graph: Graph, resume: str | None, dry_run: bool, out: Path | None, progress: bool) -> None:
+    """Run the engine on ``graph`` (``dry_run``: build everything and time one update; write nothing)."""
+    from rich.console import Console
+
+    from fieldkit.distill.engine import Engine
+
+    console = Console(stderr=True, highlight=False)
+    if dry_run:
+        engine = Engine(graph, write=False, show_progress=False)
+        start = time.perf_counter()
+        record = engine.update()
+        seconds = time.perf_counter() - start
+        trainable = sum(p.numel() for p in engine.params)
+        console.print(
+            f"[green]dry run ok:[/] {len(engine.router.routes)} route(s), {trainable:,} trainable "
+            f"parameters, one update {seconds:.3f} s (rollout NFE {record['rollout_nfe']}, "
+            f"loss {record['loss']:.4g}); {graph.spec.run.steps} steps = about "
+            f"{seconds * graph.spec.run.steps / 60:.1f} min. Nothing written."
+        )
+        return
+    result = Engine(graph, out, resume=resume, show_progress=progress).run()
+    if result.out is not None:
+        console.print(f"outputs in {result.out} (metrics.jsonl, samples/, checkpoints/, student/)")
+
+
+@click.command(short_help="Distill the routed fields of a graph into its student.")
+@graph_options
+@click.option(
+    "--resume", metavar="latest|PATH", help="Continue a run from its newest good checkpoint or PATH."
+)
+@click.option("--dry-run", is_flag=True, help="Build everything and time one update; write nothing.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: run.out of the graph).")
+@click.option(
+    "--no-progress", is_flag=True, help="No progress bar or tables (logs still go to metrics.jsonl)."
+)
+def distill(graph: Graph, resume: str | None, dry_run: bool, out: Path | None, no_progress: bool) -> None:
+    """Train the student of GRAPH on its own rollouts against the routed fields (DanceOPD by default).
+
+    Writes metrics.jsonl, sample grids, checkpoints and the exported student under run.out, then prints a
+    table of every route's field and the student on the routes' metrics.
+
+    \b
+    Examples:
+      fieldkit distill examples/quickstart/graph.yaml
+      fieldkit distill graph.yaml --set run.steps=2000 --set method.k=2
+      fieldkit distill graph.yaml --resume latest
+    """
+    run_graph(graph, resume, dry_run, out, not no_progress)

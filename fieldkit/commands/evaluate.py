@@ -1,0 +1,68 @@
+"""``fieldkit eval``: score fields and model folders with the metrics of the graph's routes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from fieldkit.commands.options import graph_options
+from fieldkit.graph.loader import Graph
+
+
+@click.command("eval", short_help="Score fields and checkpoints with the routes' metrics.")
+@graph_options
+@click.option(
+    "--field", "field_names", multiple=True, help="A field to score (repeatable; default: every route's)."
+)
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="A model folder to score, e.g. RUN/student (repeatable).",
+)
+@click.option("--samples", default=64, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON instead of a table.")
+def evaluate(
+    graph: Graph,
+    field_names: tuple[str, ...],
+    checkpoints: tuple[Path, ...],
+    samples: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Score GRAPH's route fields (or the chosen ones) and model folders on every route with metrics.
+
+    Every field sees the same conditions and noise. See each metric's docs for its formula.
+    """
+    from rich.console import Console
+
+    from fieldkit.commands.sources import build_router, collect_fields, default_device
+    from fieldkit.errors import FieldkitError
+    from fieldkit.eval.report import evaluate as score
+    from fieldkit.eval.report import results_table
+    from fieldkit.flow import sigma_schedule
+    from fieldkit.graph.builder import BuildContext
+
+    ctx = BuildContext(graph, device=default_device())
+    router = build_router(graph, ctx)
+    metrics = {
+        name: [ctx.build(("routes", name, "metrics", i), t) for i, t in enumerate(typeds)]
+        for name, typeds in graph.metrics.items()
+    }
+    if not any(metrics.values()):
+        raise FieldkitError(f"no route of {graph.source.path} has metrics", hint="add routes.NAME.metrics")
+    default = [str(s.field) for s in graph.spec.routes.values() if s.field is not None]
+    names = list(dict.fromkeys(field_names or default))
+    fields = collect_fields(graph, ctx, names, checkpoints)
+    sigmas = sigma_schedule(graph.spec.flow.steps, graph.spec.flow.shift)
+    scores = score(fields, router.routes, metrics, sigmas, samples, seed, ctx.device)
+    if as_json:
+        click.echo(json.dumps([{"field": s.field, "route": s.route, **s.values} for s in scores], indent=1))
+    else:
+        Console().print(
+            results_table(scores, f"{graph.source.path}: {samples} samples per route, seed {seed}")
+        )

@@ -1,0 +1,45 @@
+"""What ``sample`` and ``eval`` compare: named fields of a graph and model folders, on the graph's routes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from fieldkit.distill.routing import HardRouter
+from fieldkit.errors import FieldkitError
+from fieldkit.field import VelocityField
+from fieldkit.graph.builder import BuildContext
+from fieldkit.graph.loader import Graph
+
+
+def build_router(graph: Graph, ctx: BuildContext) -> HardRouter:
+    """The graph's routes, built (their fields and data buckets)."""
+    if not graph.spec.routes:
+        raise FieldkitError(f"{graph.source.path} has no routes", hint="add a 'routes' section")
+    return ctx.build(("router",), graph.router)
+
+
+def collect_fields(
+    graph: Graph, ctx: BuildContext, names: Sequence[str], checkpoints: Sequence[Path]
+) -> dict[str, VelocityField]:
+    """``{label: field}`` for graph nodes ``names`` and model folders ``checkpoints`` (loaded, frozen)."""
+    from fieldkit.models import load_pretrained
+
+    fields: dict[str, VelocityField] = {}
+    for name in names:
+        if name not in graph.nodes:
+            raise FieldkitError(
+                f"no field {name!r} in {graph.source.path}", hint=f"known fields: {', '.join(graph.nodes)}"
+            )
+        fields[name] = ctx.field(name)
+    for folder in checkpoints:
+        fields[folder.name if folder.name != "student" else str(folder)] = (
+            load_pretrained(folder).to(ctx.device).freeze()
+        )
+    return fields
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,1 @@
+"""The distillation engine: routing, rollout state sources, query sampling, objectives and the loop."""

@@ -1,0 +1,167 @@
+"""Training checkpoints: safetensors for tensors, JSON for scalars, atomic writes, verified reads.
+
+A checkpoint is a folder ``step-00000100/`` written under a temporary name and renamed when complete.
+``manifest.json`` (written last) records the size and sha256 of every file; a folder whose files do not
+match it is refused, and ``latest`` falls back to the newest checkpoint that verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fieldkit.errors import CheckpointError
+
+PREFIX = "step-"
+MANIFEST = "manifest.json"
+FORMAT = "fieldkit.train-state/1"
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs to continue the same loss curve."""
+
+    step: int
+    student: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Tensor]
+    ema: dict[str, Tensor] | None = None
+    scalars: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, slots in state["state"].items():
+        for key, value in slots.items():
+            name = f"{pid}.{key}"
+            if isinstance(value, Tensor):
+                tensors[name] = value.detach().cpu().contiguous()
+            else:
+                scalars[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    slots: dict[int, dict[str, Any]] = {}
+    for source in (tensors, meta["scalars"]):
+        for name, value in source.items():
+            pid, key = name.split(".", 1)
+            slots.setdefault(int(pid), {})[key] = value
+    return {"state": slots, "param_groups": meta["param_groups"]}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def save_checkpoint(root: Path, state: TrainState, keep_last: int) -> Path:
+    """Write ``root/step-XXXXXXXX`` atomically and keep only the newest ``keep_last`` checkpoints."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{state.step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
+    save_file(_cpu(state.student), tmp / "student.safetensors")
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file(_cpu(state.rng), tmp / "rng.safetensors")
+    if state.ema is not None:
+        save_file(_cpu(state.ema), tmp / "ema.safetensors")
+    meta = {"format": FORMAT, "step": state.step, "optimizer": opt_meta, "scalars": state.scalars}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders under ``root``, oldest first (temporary folders are ignored)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointError unless every file listed in the manifest is present and intact."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(
+            f"{path}: not a complete checkpoint (no {MANIFEST})",
+            hint="it was interrupted while being written; resume from an earlier one",
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{path}: {MANIFEST} is unreadable") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {manifest.get('format')!r}, expected {FORMAT!r}"
+        )
+    for name, info in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+        if file.stat().st_size != info["bytes"]:
+            raise CheckpointError(
+                f"{path}: {name} is truncated ({file.stat().st_size} of {info['bytes']} bytes)"
+            )
+        if _sha256(file) != info["sha256"]:
+            raise CheckpointError(f"{path}: {name} is corrupted (checksum mismatch)")
+
+
+def load_checkpoint(path: Path) -> TrainState:
+    """Read a verified checkpoint folder."""
+    verify_checkpoint(path)
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        student = load_file(path / "student.safetensors")
+        optimizer = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta["optimizer"])
+        rng = load_file(path / "rng.safetensors")
+        ema_file = path / "ema.safetensors"
+        ema = load_file(ema_file) if ema_file.is_file() else None
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {exc}") from None
+    return TrainState(meta["step"], student, optimizer, rng, ema, meta.get("scalars", {}))
+
+
+def resolve_resume(root: Path, which: str) -> tuple[Path | None, list[str]]:
+    """``latest``: the newest checkpoint under ``root`` that verifies (with the reasons others were skipped);
+    a path: that checkpoint, which must verify."""
+    if which != "latest":
+        path = Path(which)
+        verify_checkpoint(path)
+        return path, []
+    skipped = []
+    for path in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        return path, skipped
+    return None, skipped

@@ -1,0 +1,446 @@
+"""The training loop shared by DanceOPD, its baselines and SFT: routing, micro-batches, accumulation,
+clipping, non-finite guards, EMA, logging, sample grids, checkpoints and resume, through accelerate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from fieldkit.attention import use_backend
+from fieldkit.data import Shard
+from fieldkit.distill.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from fieldkit.distill.ema import EMA
+from fieldkit.distill.routing import HardRouter
+from fieldkit.distill.runlog import RunLog
+from fieldkit.distill.student import make_student, trainable_state
+from fieldkit.errors import CheckpointError, FieldkitError
+from fieldkit.eval.grid import save_grid
+from fieldkit.eval.report import Score, evaluate, results_table
+from fieldkit.flow import generate, sigma_schedule
+from fieldkit.graph.builder import BuildContext
+from fieldkit.graph.loader import Graph
+
+GENERATORS = ("router", "data", "noise")
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    out: Path | None
+    step: int
+    bad_steps: int
+    checkpoint: Path | None
+    route_steps: dict[str, int]
+    route_loss: dict[str, float]
+    student: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+
+
+def make_accelerator(device: str, precision: str) -> Accelerator:
+    """An Accelerator for ``run.device`` (auto/cpu/cuda[:N]/mps) and ``run.precision``."""
+    mixed = "bf16" if precision == "bf16" else "no"
+    if device == "cpu":
+        return Accelerator(cpu=True, mixed_precision=mixed)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FieldkitError(f"run.device is {device!r} but CUDA is not available", hint="use run.device=auto")
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device.split(":", 1)[1]))
+    return Accelerator(mixed_precision=mixed)
+
+
+def _output_folder(graph: Graph, out: Path | None, resuming: bool) -> Path:
+    folder = Path(out) if out is not None else Path(graph.spec.run.out.format(graph=graph.name))
+    taken = (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()
+    if taken and not resuming:
+        raise FieldkitError(
+            f"{folder} already holds a run",
+            hint="continue it with --resume latest, or choose another folder with --set run.out=PATH",
+        )
+    return folder
+
+
+class Engine:
+    """Builds a graph's router, method and student and trains the student."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        out: Path | None = None,
+        *,
+        resume: str | None = None,
+        show_progress: bool = True,
+        accelerator: Accelerator | None = None,
+        write: bool = True,
+    ) -> None:
+        spec = graph.spec
+        if spec.student is None:
+            raise FieldkitError("the graph has no 'student' section", hint="add student: {init: FIELD_NAME}")
+        if not spec.routes:
+            raise FieldkitError("the graph has no routes to train on", hint="add a 'routes' section")
+        self.graph = graph
+        self.run_spec = spec.run
+        self.accelerator = accelerator or make_accelerator(spec.run.device, spec.run.precision)
+        acc = self.accelerator
+        self.out = _output_folder(graph, out, resume is not None) if write else None
+        self.shard = Shard(acc.process_index, acc.num_processes)
+        self.ctx = BuildContext(graph, device=acc.device)
+        self.router: HardRouter = self.ctx.build(("router",), graph.router)
+        self.method = self.ctx.build(("method",), graph.method)
+        self.sigmas = sigma_schedule(self.method.rollout_steps(spec.flow.steps), spec.flow.shift).to(
+            acc.device
+        )
+        seed = spec.run.seed
+        # Seeded before the student is made: LoRA adapters are initialised from the global RNG.
+        torch.manual_seed(seed + acc.process_index)
+        student = make_student(self.ctx.field(spec.student.init), spec.student).to(acc.device)
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=spec.run.lr, weight_decay=spec.run.weight_decay)
+        self.model, self.optimizer = acc.prepare(student, optimizer)
+        self.student: nn.Module = acc.unwrap_model(self.model)
+        self.params = params
+        self.ema = EMA(self.student, spec.student.ema) if spec.student.ema else None
+        # Same streams on every process: the global batch is drawn everywhere and sharded (see Shard).
+        self.generators = {
+            name: torch.Generator().manual_seed(seed * 1000 + i) for i, name in enumerate(GENERATORS)
+        }
+        self.step = 0
+        self.bad_steps = 0
+        self.history: list[dict[str, Any]] = []
+        self.checkpoint: Path | None = None
+        self.show_progress = show_progress
+        self._resume_from(resume)
+
+    # -- state ------------------------------------------------------------------------------------------
+    def _rng_state(self) -> dict[str, Tensor]:
+        state = {name: g.get_state() for name, g in self.generators.items()}
+        state["torch"] = torch.get_rng_state()
+        return state
+
+    def _state(self) -> TrainState:
+        scalars = {"bad_steps": self.bad_steps, "processes": self.accelerator.num_processes}
+        ema = self.ema.state_dict() if self.ema is not None else None
+        return TrainState(
+            self.step,
+            trainable_state(self.student),
+            self.optimizer.state_dict(),
+            self._rng_state(),
+            ema,
+            scalars,
+        )
+
+    def _resume_from(self, which: str | None) -> None:
+        if which is None:
+            return
+        assert self.out is not None
+        path, skipped = resolve_resume(self.out / "checkpoints", which)
+        for reason in skipped:
+            self._note(f"[yellow]skipping a bad checkpoint:[/] {reason}", always=True)
+        if path is None:
+            raise CheckpointError(
+                f"{self.out / 'checkpoints'}: no checkpoint to resume from",
+                hint="start without --resume, or point --resume at a checkpoint folder",
+            )
+        state = load_checkpoint(path)
+        missing, unexpected = self.student.load_state_dict(state.student, strict=False)
+        wanted = set(trainable_state(self.student))
+        if unexpected or wanted & set(missing):
+            raise CheckpointError(
+                f"{path}: its weights do not fit this graph's student",
+                hint="resume with the same graph (and student settings) that wrote it",
+            )
+        self.optimizer.load_state_dict(state.optimizer)
+        for name, gen in self.generators.items():
+            gen.set_state(state.rng[name])
+        torch.set_rng_state(state.rng["torch"])
+        if self.ema is not None and state.ema is not None:
+            self.ema.load_state_dict(state.ema)
+        self.step = state.step
+        self.bad_steps = int(state.scalars.get("bad_steps", 0))
+        self.checkpoint = path
+        self._trim_metrics(state.step)
+        self._note(f"resumed from {path} at step {state.step}")
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint we resume from (rewritten atomically)."""
+        assert self.out is not None
+        path = self.out / "metrics.jsonl"
+        if not self.accelerator.is_main_process or not path.exists():
+            return
+        kept = [
+            line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
+        ]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+    def _note(self, message: str, always: bool = False) -> None:
+        """Print on the main process; warnings (``always``) also print when progress output is off."""
+        if self.accelerator.is_main_process and (self.show_progress or always):
+            from rich.console import Console
+
+            Console(stderr=True).print(message)
+
+    # -- one optimizer update ------------------------------------------------------------------------
+    def update(self) -> dict[str, Any]:
+        """One optimizer update (all its micro-batches); returns its log record (``finite``: applied)."""
+        acc, run = self.accelerator, self.run_spec
+        plan = self.router.plan(run.grad_accum, self.generators["router"])
+        losses: dict[str, list[Tensor]] = defaultdict(list)
+        timings: dict[str, float] = defaultdict(float)
+        nfe = 0
+        t_start = time.perf_counter()
+        for i, index in enumerate(plan):
+            route = self.router.routes[index]
+            batch = route.data.sample(run.batch_size * self.shard.world, self.generators["data"]).to(
+                acc.device
+            )
+            sync = acc.no_sync(self.model) if i < len(plan) - 1 else contextlib.nullcontext()
+            with sync, acc.autocast():
+                out = self.method.loss(
+                    self.model,
+                    self.student,
+                    self.router.target(index),
+                    batch,
+                    tuple(route.data.shape),
+                    self.sigmas,
+                    self.generators["noise"],
+                    self.shard,
+                )
+                t0 = time.perf_counter()
+                acc.backward(out.loss / len(plan))
+                timings["student_backward"] += time.perf_counter() - t0
+            losses[route.name].append(out.loss.detach().float())
+            nfe += out.rollout_nfe
+            for key, seconds in out.timings.items():
+                timings[key] += seconds
+        # The global batch's losses (each process's shard averaged in one all-reduce): every process logs
+        # what one process would, and all take the same finite / non-finite decision below.
+        means = [torch.stack(v).mean() for v in losses.values()]
+        means.append(torch.stack([x for v in losses.values() for x in v]).mean())
+        reduced = torch.stack(means)
+        if acc.num_processes > 1:
+            reduced = acc.reduce(reduced, "mean")
+        *route_means, total = reduced.tolist()
+        clip = run.grad_clip if run.grad_clip is not None else math.inf
+        grad_norm = float(acc.clip_grad_norm_(self.params, clip))
+        finite = math.isfinite(total) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.student)
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t_start
+        record: dict[str, Any] = {
+            "step": self.step + 1,
+            "route": "+".join(dict.fromkeys(self.router.routes[i].name for i in plan)),
+            "loss": total,
+            **{f"loss/{name}": value for name, value in zip(losses, route_means, strict=True)},
+            "grad_norm": grad_norm,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "rollout_nfe": nfe,
+            "time/step": elapsed,
+            **{f"time/{k}": v for k, v in timings.items()},
+            "steps_per_s": 1.0 / elapsed if elapsed > 0 else 0.0,
+            "finite": finite,
+        }
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Train to ``run.steps``; returns the result (the student is the unwrapped, trained module)."""
+        run, acc = self.run_spec, self.accelerator
+        main = acc.is_main_process
+        if self.out is not None and main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "graph.json").write_text(self.graph.spec.model_dump_json(indent=1))
+        log = RunLog(
+            self.out,
+            run.steps,
+            self.step,
+            enabled=main,
+            show_progress=self.show_progress,
+            tensorboard=run.tensorboard,
+        )
+        consecutive_bad = 0
+        try:
+            with use_backend(run.attention) if run.attention else contextlib.nullcontext():
+                while self.step < run.steps:
+                    record = self.update()
+                    if not record["finite"]:
+                        self.bad_steps += 1
+                        consecutive_bad += 1
+                        if consecutive_bad >= run.max_bad_steps:
+                            last = self.checkpoint or "none was written"
+                            raise FieldkitError(
+                                f"{consecutive_bad} optimizer steps in a row had a non-finite loss or "
+                                "gradient; "
+                                f"stopped at step {self.step} (last good checkpoint: {last})",
+                                hint="lower run.lr, enable run.grad_clip, or check the teachers' outputs",
+                            )
+                        record["bad_steps"] = self.bad_steps
+                        log.log(record)
+                        continue
+                    consecutive_bad = 0
+                    self.step += 1
+                    self.history.append(record)
+                    log.log(record, write=self.step % run.log_every == 0 or self.step == run.steps)
+                    if run.sample_every and self.step % run.sample_every == 0:
+                        self.sample_grids()
+                    if run.checkpoint_every and self.step % run.checkpoint_every == 0:
+                        self.save()
+        finally:
+            log.close()
+        if self.out is not None:
+            self.save()
+            self.sample_grids()
+            self.export()
+        scores = self.evaluate() if acc.is_main_process else []
+        if acc.is_main_process and self.show_progress:
+            log.console.print(
+                log.summary_table(f"{self.graph.name}: {self.step} steps, {self.bad_steps} skipped")
+            )
+            if scores:
+                log.console.print(results_table(scores, "fields on their routes (same conditions and noise)"))
+        if scores and self.out is not None and acc.is_main_process:
+            rows = [{"field": s.field, "route": s.route, **s.values} for s in scores]
+            (self.out / "results.json").write_text(json.dumps(rows, indent=1))
+        return RunResult(
+            self.out,
+            self.step,
+            self.bad_steps,
+            self.checkpoint,
+            dict(log.route_steps),
+            {r: sum(v[-20:]) / len(v[-20:]) for r, v in log.route_loss.items() if v},
+            self.student,
+            self.history,
+            scores,
+        )
+
+    def evaluate(self, samples: int = 64) -> list[Score]:
+        """Score every route's field and the student with the routes' metrics (empty when none are set)."""
+        metrics = {
+            name: [self.ctx.build(("routes", name, "metrics", i), typed) for i, typed in enumerate(typeds)]
+            for name, typeds in self.graph.metrics.items()
+        }
+        if not any(metrics.values()):
+            return []
+        fields = {
+            self.graph.spec.routes[r.name].field: r.field for r in self.router.routes if r.field is not None
+        }
+        policy = self.student
+        was_training = policy.training
+        policy.eval()
+        try:
+            return evaluate(
+                {**fields, "student": policy},
+                self.router.routes,
+                metrics,
+                self.sigmas,
+                samples,
+                device=self.accelerator.device,
+            )
+        finally:
+            policy.train(was_training)
+
+    # -- outputs (main process writes; every process waits) -----------------------------------------------
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current state (atomic; keeps the newest ``run.keep_last``)."""
+        acc = self.accelerator
+        if self.out is None:
+            return None
+        if acc.is_main_process:
+            self.checkpoint = save_checkpoint(
+                self.out / "checkpoints", self._state(), self.run_spec.keep_last
+            )
+        acc.wait_for_everyone()
+        return self.checkpoint
+
+    def sample_grids(self, n: int = 8, seed: int = 1234) -> list[Path]:
+        """One PNG per route: the route's field (or its data) in the top row, the student below."""
+        acc = self.accelerator
+        paths: list[Path] = []
+        if self.out is None or not acc.is_main_process:
+            return paths
+        policy = self.student
+        was_training = policy.training
+        policy.eval()
+        for route in self.router.routes:
+            batch = route.data.sample(n, torch.Generator().manual_seed(seed))
+            shape = tuple(route.data.shape)
+            rows = []
+            if route.field is not None:
+                rows.append(
+                    generate(
+                        route.field,
+                        batch.cond,
+                        shape,
+                        self.sigmas,
+                        torch.Generator().manual_seed(seed),
+                        acc.device,
+                    )
+                )
+            elif batch.target is not None:
+                rows.append(batch.target)
+            rows.append(
+                generate(
+                    policy, batch.cond, shape, self.sigmas, torch.Generator().manual_seed(seed), acc.device
+                )
+            )
+            paths.append(save_grid(rows, self.out / "samples" / f"step-{self.step:08d}-{route.name}.png"))
+        policy.train(was_training)
+        return paths
+
+    def export(self) -> Path | None:
+        """Save the student (EMA weights when on, LoRA merged) where ``fieldkit.checkpoint`` reads it."""
+        acc = self.accelerator
+        if self.out is None:
+            return None
+        target = self.out / "student"
+        if acc.is_main_process:
+            model = export_model(self.student, self.ema)
+            tmp = self.out / ".student.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(tmp)
+            else:  # a model without its own format: its weights alone
+                tmp.mkdir(parents=True)
+                save_file(
+                    {k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
+                )
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.replace(target)
+        acc.wait_for_everyone()
+        return target
+
+
+def export_model(student: nn.Module, ema: EMA | None = None) -> nn.Module:
+    """A plain copy of the student for export: EMA weights applied, LoRA adapters merged and removed."""
+    import copy
+
+    model = copy.deepcopy(student)
+    if ema is not None:
+        ema.copy_to(model)
+    if any("lora_" in name for name, _ in model.named_parameters()):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, module.get_base_layer())
+    return model.eval()

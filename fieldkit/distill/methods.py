@@ -1,0 +1,199 @@
+"""Methods: how query states are chosen and the loss is formed. Every baseline is a setting of one model.
+
+``danceopd``: states from the current student's own rollout, K low-noise queries, velocity MSE.
+``offpolicy``: data forward-noised to the query sigma. ``dense``: every rollout state, ``dt^2 / 2`` weights
+(DiffusionOPD-style). ``sft``: plain flow matching on data (teacher training and the joint-training baseline).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from fieldkit.data import Batch, Shard
+from fieldkit.distill.queries import Bias, sample_indices
+from fieldkit.errors import FieldkitError
+from fieldkit.field import VelocityField
+from fieldkit.flow import interpolate, rollout_states
+from fieldkit.plugins.registry import Params
+
+SINGLE_PROCESS = Shard()
+
+
+class DistillParams(Params):
+    """Settings shared by the on-policy method and its state/query/weighting baselines."""
+
+    needs_route_fields: ClassVar[bool] = True
+
+    states: Literal["student", "teacher", "data"] = Field(
+        "student", description="where query states come from: the student's rollout, the teacher's, or data"
+    )
+    rollout_steps: int | None = Field(None, ge=1, description="N Euler steps; default: flow.steps")
+    query: Bias = Field("low", description="index bias: low = Beta(5,2), mid, high, uniform, stratified, all")
+    k: int = Field(1, ge=1, description="queries per rollout")
+    weighting: Literal["none", "timestep", "dt2"] = Field(
+        "none", description="loss weights: none, timestep (sigma-weighted), dt2 (DiffusionOPD's dt^2/2)"
+    )
+
+
+class SFTParams(Params):
+    """Plain flow matching on a bucket's data: ``|| v(x_sigma) - (eps - x0) ||^2``."""
+
+    timesteps: Literal["uniform", "logit_normal", "schedule"] = Field(
+        "logit_normal",
+        description="how sigma is drawn: uniform, logit-normal (SD3), or flow-schedule indices",
+    )
+    weighting: Literal["none", "timestep"] = "none"
+
+
+class OffPolicyParams(DistillParams):
+    """DanceOPD with data states: the data forward-noised to the query sigma (off-policy distillation)."""
+
+    states: Literal["student", "teacher", "data"] = "data"
+
+
+class DenseParams(DistillParams):
+    """DiffusionOPD-style: every state of the student's rollout, weighted by ``dt^2 / 2``."""
+
+    query: Bias = "all"
+    weighting: Literal["none", "timestep", "dt2"] = "dt2"
+
+
+@dataclass
+class LossOutput:
+    """A method's loss for one micro-batch and what it cost."""
+
+    loss: Tensor
+    rollout_nfe: int = 0
+    query_sigmas: Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """``mean over elements of (pred - target)^2`` per sample, computed in fp32."""
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def _require_targets(batch: Batch, what: str) -> Tensor:
+    if batch.target is None:
+        raise FieldkitError(
+            f"{what} needs clean target images, but this route's data bucket yields conditions only",
+            hint="use a data bucket with targets, or the on-policy method (states: student)",
+        )
+    return batch.target
+
+
+class DistillMethod:
+    """``L = E || v_student(sg(x_i), sigma_i, c) - v_route(sg(x_i), sigma_i, c) ||^2`` over query states."""
+
+    def __init__(self, params: DistillParams) -> None:
+        self.params = params
+
+    def rollout_steps(self, default: int) -> int:
+        return self.params.rollout_steps or default
+
+    def weights(self, sigmas: Tensor, idx: Tensor) -> Tensor | None:
+        """Per-query loss weights ``[B * K]`` (None: plain mean)."""
+        mode = self.params.weighting
+        if mode == "none":
+            return None
+        if mode == "timestep":
+            return sigmas[idx].flatten().pow(2)
+        dt2 = (sigmas[:-1] - sigmas[1:]).pow(2) / 2
+        return (dt2 / dt2.mean())[idx].flatten()
+
+    def loss(
+        self,
+        student: VelocityField,
+        policy: VelocityField,
+        target: VelocityField | None,
+        batch: Batch,
+        shape: tuple[int, ...],
+        sigmas: Tensor,
+        generator: torch.Generator,
+        shard: Shard = SINGLE_PROCESS,
+    ) -> LossOutput:
+        """``student`` is the module trained (maybe DDP-wrapped); ``policy`` the same weights, unwrapped, for
+        the rollout; ``shape`` the per-sample shape of the flow state."""
+        p = self.params
+        if target is None:
+            raise FieldkitError("this route has no field to distill", hint="give the route a 'field'")
+        steps = sigmas.numel() - 1
+        n = batch.cond.batch_size or 0
+        # Randomness is drawn for the global batch on every process, then sharded (see Shard).
+        idx = sample_indices(steps, n, p.k, p.query, generator)
+        k = idx.shape[1]
+        noise = torch.randn((n, k if p.states == "data" else 1, *shape), generator=generator)
+        rows = shard.rows(n)
+        batch, idx, noise = shard.take(batch), idx[rows].to(sigmas.device), noise[rows].to(sigmas.device)
+        cond, bsz = batch.cond, idx.shape[0]
+        # Tensors that will meet autograd are made outside inference mode.
+        sigma = sigmas[idx].flatten()
+        cond_k = cond if k == 1 else cond.repeat_interleave(k)
+        timings: dict[str, float] = {}
+        nfe = 0
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            if p.states == "data":
+                x0 = _require_targets(batch, "off-policy states").unsqueeze(1)
+                s = sigmas[idx].reshape(bsz, k, *([1] * len(shape)))
+                states = (1 - s) * x0 + s * noise
+            else:
+                roller = policy if p.states == "student" else target
+                states, nfe = rollout_states(roller, noise[:, 0], cond, sigmas, idx)
+            t1 = time.perf_counter()
+            x = states.flatten(0, 1)
+            u = target(x, sigma, cond_k)
+            t2 = time.perf_counter()
+        timings["rollout"], timings["teacher"] = t1 - t0, t2 - t1
+        # Inference tensors cannot enter autograd; one copy makes them ordinary, detached tensors.
+        x, u = x.clone(), u.clone()
+        per_sample = _per_sample_mse(student(x, sigma, cond_k), u)
+        weights = self.weights(sigmas, idx)
+        loss = per_sample.mean() if weights is None else (weights.to(per_sample) * per_sample).mean()
+        return LossOutput(loss, nfe, sigma.detach(), timings)
+
+
+class SFTMethod:
+    """``L = E || v(x_sigma, sigma, c) - (eps - x0) ||^2`` with ``x_sigma = (1 - sigma) x0 + sigma eps``."""
+
+    def __init__(self, params: SFTParams) -> None:
+        self.params = params
+
+    def rollout_steps(self, default: int) -> int:
+        return default
+
+    def sample_sigma(self, n: int, sigmas: Tensor, generator: torch.Generator) -> Tensor:
+        mode = self.params.timesteps
+        if mode == "uniform":
+            return torch.rand(n, generator=generator)
+        if mode == "logit_normal":
+            return torch.sigmoid(torch.randn(n, generator=generator))
+        return sigmas.cpu()[torch.randint(sigmas.numel() - 1, (n,), generator=generator)]
+
+    def loss(
+        self,
+        student: VelocityField,
+        policy: VelocityField,
+        target: VelocityField | None,
+        batch: Batch,
+        shape: tuple[int, ...],
+        sigmas: Tensor,
+        generator: torch.Generator,
+        shard: Shard = SINGLE_PROCESS,
+    ) -> LossOutput:
+        x0 = _require_targets(batch, "sft (flow matching on data)")
+        n = x0.shape[0]
+        sigma, eps = self.sample_sigma(n, sigmas, generator), torch.randn(x0.shape, generator=generator)
+        rows = shard.rows(n)
+        batch, x0 = shard.take(batch), x0[rows]
+        sigma, eps = sigma[rows].to(x0), eps[rows].to(x0)
+        per_sample = _per_sample_mse(student(interpolate(x0, eps, sigma), sigma, batch.cond), eps - x0)
+        if self.params.weighting == "timestep":
+            per_sample = per_sample * sigma.pow(2)
+        return LossOutput(per_sample.mean(), 0, sigma.detach())

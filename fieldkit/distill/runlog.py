@@ -1,0 +1,130 @@
+"""What a run shows and writes: a rich progress bar, ``metrics.jsonl``, optional tensorboard, a summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from fieldkit.errors import FieldkitError
+
+
+class RunLog:
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and drives the progress bar.
+
+    Only the main process writes; other processes get ``enabled=False`` and do nothing.
+    """
+
+    def __init__(
+        self,
+        out: Path | None,
+        total: int,
+        start: int,
+        enabled: bool,
+        console: Console | None = None,
+        show_progress: bool = True,
+        tensorboard: bool = False,
+    ) -> None:
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self.path = out / "metrics.jsonl" if out is not None else None
+        self.route_loss: dict[str, list[float]] = defaultdict(list)
+        self.route_steps: dict[str, int] = defaultdict(int)
+        self._writer = None
+        self._progress: Progress | None = None
+        if not enabled:
+            return
+        if tensorboard and out is not None:
+            self._writer = _tensorboard(out)
+        if show_progress:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("route [cyan]{task.fields[route]}[/] loss {task.fields[loss]}"),
+                TextColumn("{task.fields[rate]} steps/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(
+                "distill", total=total, completed=start, route="-", loss="-", rate="-"
+            )
+            self._progress.start()
+
+    def log(self, record: dict[str, Any], write: bool = True) -> None:
+        """Count a record (step, route, loss, ...) for the summary, advance the bar, and append it to
+        ``metrics.jsonl`` when ``write``."""
+        route = str(record.get("route", "-"))
+        loss = record.get("loss")
+        if isinstance(loss, float) and math.isfinite(loss):
+            for name in route.split("+"):
+                self.route_loss[name].append(loss)
+        for name in route.split("+"):
+            self.route_steps[name] += 1
+        if not self.enabled:
+            return
+        if self.path is not None and write:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if self._writer is not None and write:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "step":
+                    self._writer.add_scalar(key, value, record["step"])
+        if self._progress is not None:
+            rate = record.get("steps_per_s")
+            self._progress.update(
+                self._task,
+                completed=record["step"],
+                route=route,
+                loss=f"{loss:.4f}" if isinstance(loss, float) else "-",
+                rate=f"{rate:.2f}" if isinstance(rate, float) else "-",
+            )
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._writer is not None:
+            self._writer.close()
+
+    def summary_table(self, title: str, tail: int = 20) -> Table:
+        """Per route: optimizer steps routed to it and its mean loss over its last ``tail`` steps."""
+        table = Table(title=title)
+        table.add_column("route")
+        table.add_column("steps", justify="right")
+        table.add_column(f"loss (last {tail})", justify="right")
+        for route in sorted(self.route_steps):
+            losses = self.route_loss.get(route, [])[-tail:]
+            mean = f"{sum(losses) / len(losses):.5f}" if losses else "-"
+            table.add_row(route, str(self.route_steps[route]), mean)
+        return table
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FieldkitError(
+            "run.tensorboard is on but the tensorboard package is not installed",
+            hint="pip install tensorboard, or set run.tensorboard: false",
+        ) from None
+    return SummaryWriter(str(out / "tensorboard"))

@@ -1,0 +1,1 @@
+"""Evaluation: sample grids, metrics and the results table."""
