@@ -1,0 +1,40 @@
+# The two commands of the README, and the pieces they are made of.
+#   make demo   sets everything up and runs the main job
+#   make test   sets everything up and runs the tests (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fieldkit-installed
+RUN    ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(STAMP)
+
+# torch is pinned first: an unpinned torch (or accelerate/peft pulling one) resolves to a CUDA build of
+# several GB; once 2.13.0 (CPU) is in, the library's range `torch>=2.6` installs nothing more.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/fieldkit distill examples/quickstart/graph.yaml --out $(RUN)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: setup
+	$(BIN)/ruff check fieldkit tests benchmarks docs examples
+	$(BIN)/ruff format --check fieldkit tests benchmarks docs examples
+
+bench: setup
+	$(BIN)/python benchmarks/engine_overhead.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
