@@ -72,11 +72,14 @@ class RunLog:
         ``metrics.jsonl`` when ``write``."""
         route = str(record.get("route", "-"))
         loss = record.get("loss")
-        if isinstance(loss, float) and math.isfinite(loss):
-            for name in route.split("+"):
-                self.route_loss[name].append(loss)
+        applied = record.get("finite", True) is not False  # a skipped (non-finite) update is no step
         for name in route.split("+"):
-            self.route_steps[name] += 1
+            # A route's own loss where the update mixed routes (G = M), else the update's loss.
+            value = record.get(f"loss/{name}", loss)
+            if isinstance(value, float) and math.isfinite(value):
+                self.route_loss[name].append(value)
+            if applied:
+                self.route_steps[name] += 1
         if not self.enabled:
             return
         if self.path is not None and write:
