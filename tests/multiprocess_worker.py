@@ -1,0 +1,106 @@
+"""Trains a tiny field graph with the Engine; launched by tests/test_distill_multiprocess.py, either plainly
+(one process) or with ``accelerate launch --multi_gpu --num_processes 2`` (two CPU processes, gloo).
+
+Each process writes ``RESULTS/rank{R}.safetensors`` (its trained student) and ``RESULTS/rank{R}.json``
+(what it saw: world size, history, checkpoint, and whether the frozen fields stayed out of DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from fieldkit import loads_graph
+from fieldkit.cond import Cond
+from fieldkit.distill.engine import Engine
+from fieldkit.field import ModuleField, broadcast_sigma
+from fieldkit.plugins import hookimpl
+from fieldkit.plugins.manager import get_host
+from fieldkit.plugins.registry import Params
+
+GRAPH = """
+fields:
+  ta: {type: mp_linear, seed: 1}
+  tb: {type: mp_linear, seed: 3}
+  init: {type: mp_linear, seed: 2}
+routes:
+  a: {field: ta, data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}}
+  b: {field: tb, weight: 2, data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4], seed: 1}}
+student: {init: init, ema: 0.9}
+router: {type: hard, granularity: sample}
+flow: {steps: 6}
+run: {steps: 8, batch_size: 4, grad_accum: 2, lr: 0.02, log_every: 1, checkpoint_every: 4, device: cpu}
+"""
+
+
+class LinearField(ModuleField):
+    """A per-pixel ``nn.Linear`` over ``[x, sigma, label]``."""
+
+    lora_targets = ("lin",)
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.lin = nn.Linear(3, 1)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(self.lin.weight.shape, generator=g) * 0.5)
+            self.lin.bias.copy_(torch.randn(self.lin.bias.shape, generator=g) * 0.5)
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
+        b, _, h, w = x.shape
+        s = broadcast_sigma(sigma, x).expand(b, 1, h, w)
+        label = cond["label"].to(x).view(-1, 1, 1, 1).expand(b, 1, h, w)
+        return self.lin(torch.cat([x, s, label], dim=1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SeedParams(Params):
+    seed: int = 0
+
+
+class World:
+    @hookimpl
+    def fieldkit_register_sources(self, register) -> None:
+        register("mp_linear", lambda p, ctx: LinearField(p.seed), SeedParams)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args()
+    get_host().register(World(), "mp-world")
+    engine = Engine(loads_graph(GRAPH, args.set), out=args.out, show_progress=False)
+    result = engine.run()
+    rank = engine.accelerator.process_index
+    frozen = {}
+    in_model = {id(m) for m in engine.model.modules()}
+    for name in ("ta", "tb", "init"):
+        field = engine.ctx.field(name)
+        frozen[name] = {
+            "wrapped": isinstance(field, DistributedDataParallel) or id(field) in in_model,
+            "grads": any(p.requires_grad or p.grad is not None for p in field.parameters()),
+        }
+    args.results.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous() for k, v in result.student.state_dict().items()}
+    save_file(weights, args.results / f"rank{rank}.safetensors")
+    info = {
+        "rank": rank,
+        "world": engine.accelerator.num_processes,
+        "model": type(engine.model).__name__,
+        "history": [{k: r[k] for k in ("step", "route", "loss", "grad_norm")} for r in result.history],
+        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
+        "trainable": sorted(n for n, p in result.student.named_parameters() if p.requires_grad),
+        "frozen": frozen,
+    }
+    (args.results / f"rank{rank}.json").write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()

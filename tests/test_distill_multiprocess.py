@@ -1,0 +1,95 @@
+"""Data parallelism through accelerate (DDP, gloo, two CPU processes).
+
+Documented semantics (fieldkit/data.py, Shard): every process draws the same global batch and noise and
+keeps its own rows, so W processes with ``run.batch_size`` b train exactly what one process trains with
+batch W b. Only the main process writes metrics and checkpoints; frozen fields are never wrapped for DDP.
+
+Launched as ``accelerate launch --multi_gpu --num_processes 2 tests/multiprocess_worker.py ...`` (run as
+``python -m accelerate.commands.launch``, the venv's own accelerate): with no GPU visible and
+``run.device: cpu`` both processes run on CPU with the gloo backend. (``accelerate launch --cpu`` starts
+a single process unless MPI is used.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+WORKER = Path(__file__).parent / "multiprocess_worker.py"
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp: Path, name: str, processes: int, *overrides: str) -> tuple[Path, list[dict], list[dict]]:
+    out, results = tmp / name / "run", tmp / name / "results"
+    args = [str(WORKER), "--out", str(out), "--results", str(results)]
+    for text in overrides:
+        args += ["--set", text]
+    if processes == 1:
+        cmd = [sys.executable, *args]
+    else:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+        launcher += ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no"]
+        launcher += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
+        cmd = [*launcher, *args]
+    env = {
+        **os.environ,
+        "FIELDKIT_LOAD_PLUGINS": "",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp / "hf"),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    infos = [json.loads((results / f"rank{r}.json").read_text()) for r in range(processes)]
+    weights = [load_file(results / f"rank{r}.safetensors") for r in range(processes)]
+    return out, infos, weights
+
+
+@pytest.mark.parametrize("student", ["full", "lora"])
+def test_two_processes_with_batch_b_train_what_one_process_trains_with_2b(tmp_path, student):
+    extra = ["student.train=lora", "student.lora.rank=2"] if student == "lora" else []
+    out2, infos2, weights2 = launch(tmp_path, "two", 2, "run.batch_size=4", *extra)
+    _, infos1, weights1 = launch(tmp_path, "one", 1, "run.batch_size=8", *extra)
+    assert [i["world"] for i in infos2] == [2, 2] and infos1[0]["world"] == 1
+    assert infos2[0]["model"] == "DistributedDataParallel" and infos1[0]["model"] != "DistributedDataParallel"
+    # Both ranks hold the same weights, and they are those of one process with the doubled batch.
+    for name, value in weights1[0].items():
+        assert torch.equal(weights2[0][name], weights2[1][name]), name
+        torch.testing.assert_close(weights2[0][name], value, rtol=1e-5, atol=1e-6)
+    trainable = infos1[0]["trainable"]
+    assert trainable == infos2[0]["trainable"]
+    if student == "lora":
+        assert trainable and all("lora_" in n for n in trainable)
+    # Every rank took the same routes and logged the global batch's loss (what one process logs).
+    h1, h2a, h2b = infos1[0]["history"], infos2[0]["history"], infos2[1]["history"]
+    assert [r["route"] for r in h2a] == [r["route"] for r in h2b] == [r["route"] for r in h1]
+    for a, b, ref in zip(h2a, h2b, h1, strict=True):
+        assert a["loss"] == b["loss"]
+        assert a["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
+    # Only the main process wrote: one metrics line per step, checkpoints without leftovers.
+    lines = [json.loads(x) for x in (out2 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 9))
+    assert sorted(p.name for p in (out2 / "checkpoints").iterdir()) == ["step-00000004", "step-00000008"]
+    assert infos2[0]["checkpoint"].endswith("step-00000008") and infos2[1]["checkpoint"] is None
+    ckpt = load_file(out2 / "checkpoints" / "step-00000008" / "student.safetensors")
+    for name, value in ckpt.items():
+        assert torch.equal(value, weights2[0][name])
+    # Frozen fields (teachers, and the init node the student was copied from) stay out of DDP, grad-free.
+    for info in (*infos2, *infos1):
+        assert info["frozen"] == {n: {"wrapped": False, "grads": False} for n in ("ta", "tb", "init")}
