@@ -34,6 +34,13 @@ class DataBucket(Protocol):
         ...
 
 
+def evaluation_bucket(bucket: DataBucket) -> DataBucket:
+    """The bucket that metrics and sample grids draw from: ``bucket.evaluation()`` when the bucket defines it
+    (e.g. held-out images and prompt phrasings that training never sees), else ``bucket`` itself."""
+    held_out = getattr(bucket, "evaluation", None)
+    return held_out() if callable(held_out) else bucket
+
+
 @dataclass(frozen=True)
 class Shard:
     """This process's rows of a global batch: ``[rank n / world, (rank + 1) n / world)``.

@@ -48,6 +48,7 @@ def sample(
     from rich.console import Console
 
     from fieldkit.commands.sources import build_router, collect_fields, default_device
+    from fieldkit.data import evaluation_bucket
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.grid import save_grid
     from fieldkit.flow import generate, sigma_schedule
@@ -64,7 +65,7 @@ def sample(
     fields = collect_fields(graph, ctx, wanted, checkpoints)
     if not fields:
         raise FieldkitError("nothing to sample", hint="give --field NAME or --checkpoint DIR")
-    batch = chosen.data.sample(samples, torch.Generator().manual_seed(seed))
+    batch = evaluation_bucket(chosen.data).sample(samples, torch.Generator().manual_seed(seed))
     sigmas = sigma_schedule(graph.spec.flow.steps, graph.spec.flow.shift)
     rows = [
         generate(

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fieldkit.attention import use_backend
-from fieldkit.data import Shard
+from fieldkit.data import Shard, evaluation_bucket
 from fieldkit.distill.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from fieldkit.distill.ema import EMA
 from fieldkit.distill.routing import HardRouter
@@ -336,7 +336,7 @@ class Engine:
             scores,
         )
 
-    def evaluate(self, samples: int = 64) -> list[Score]:
+    def evaluate(self, samples: int | None = None) -> list[Score]:
         """Score every route's field and the student with the routes' metrics (empty when none are set)."""
         metrics = {
             name: [self.ctx.build(("routes", name, "metrics", i), typed) for i, typed in enumerate(typeds)]
@@ -356,7 +356,7 @@ class Engine:
                 self.router.routes,
                 metrics,
                 self.sigmas,
-                samples,
+                samples or self.run_spec.eval_samples,
                 device=self.accelerator.device,
             )
         finally:
@@ -368,10 +368,12 @@ class Engine:
         acc = self.accelerator
         if self.out is None:
             return None
-        if acc.is_main_process:
-            self.checkpoint = save_checkpoint(
-                self.out / "checkpoints", self._state(), self.run_spec.keep_last
-            )
+        # The state at a step that already has its checkpoint (checkpoint_every, then the end of the run; or
+        # a resumed run with nothing left to do) is that checkpoint: never delete and rewrite it.
+        root = self.out / "checkpoints"
+        done = self.checkpoint is not None and self.checkpoint == root / f"step-{self.step:08d}"
+        if acc.is_main_process and not (done and self.checkpoint.is_dir()):
+            self.checkpoint = save_checkpoint(root, self._state(), self.run_spec.keep_last)
         acc.wait_for_everyone()
         return self.checkpoint
 
@@ -385,9 +387,12 @@ class Engine:
         was_training = policy.training
         policy.eval()
         for route in self.router.routes:
-            batch = route.data.sample(n, torch.Generator().manual_seed(seed))
+            batch = evaluation_bucket(route.data).sample(n, torch.Generator().manual_seed(seed))
             shape = tuple(route.data.shape)
             rows = []
+            source = batch.cond.get("source")
+            if source is not None and source.shape[1:] == shape and bool(source.abs().sum() > 0):
+                rows.append(source)  # an edit route: its source images first
             if route.field is not None:
                 rows.append(
                     generate(

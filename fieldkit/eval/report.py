@@ -9,6 +9,7 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
+from fieldkit.data import evaluation_bucket
 from fieldkit.distill.routing import Route
 from fieldkit.eval.metrics import Metric
 from fieldkit.field import VelocityField
@@ -33,13 +34,17 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> list[Score]:
-    """Every field on every route that has metrics: the same conditions and noise for every field."""
+    """Every field on every route that has metrics: the same conditions and noise for every field.
+
+    Conditions come from each route's evaluation bucket (:func:`~fieldkit.data.evaluation_bucket`).
+    """
     scores = []
     for route in routes:
         route_metrics = metrics.get(route.name, ())
         if not route_metrics:
             continue
-        batch = route.data.sample(samples, torch.Generator().manual_seed(seed))
+        bucket = evaluation_bucket(route.data)
+        batch = bucket.sample(samples, torch.Generator().manual_seed(seed))
         for name, field in fields.items():
             noise_gen = torch.Generator().manual_seed(seed + 1)
             out = generate(field, batch.cond, tuple(route.data.shape), sigmas, noise_gen, device).cpu()
@@ -50,12 +55,32 @@ def evaluate(
     return scores
 
 
+def combined_scores(scores: Sequence[Score]) -> dict[str, float]:
+    """Per field, the mean of its routes' ``score`` values, when every route that reports a ``score`` for
+    some field reports one for this field too (one number to rank fields that serve several routes)."""
+    routes = list(dict.fromkeys(s.route for s in scores if "score" in s.values))
+    per_field: dict[str, dict[str, float]] = {}
+    for s in scores:
+        if "score" in s.values:
+            per_field.setdefault(s.field, {})[s.route] = s.values["score"]
+    return {
+        name: sum(values[r] for r in routes) / len(routes)
+        for name, values in per_field.items()
+        if routes and all(r in values for r in routes)
+    }
+
+
 def results_table(scores: Sequence[Score], title: str = "results") -> Table:
-    """Rows: fields; columns: ``route/metric``."""
+    """Rows: fields; columns: ``route/metric``, and ``combined`` (:func:`combined_scores`) when more than one
+    route reports a ``score``."""
     columns = list(dict.fromkeys(f"{s.route}/{k}" for s in scores for k in s.values))
     rows: dict[str, dict[str, float]] = {}
     for s in scores:
         rows.setdefault(s.field, {}).update({f"{s.route}/{k}": v for k, v in s.values.items()})
+    if len({s.route for s in scores if "score" in s.values}) > 1:
+        columns.append("combined")
+        for name, value in combined_scores(scores).items():
+            rows[name]["combined"] = value
     table = Table(title=title)
     table.add_column("field")
     for column in columns:

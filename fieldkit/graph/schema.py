@@ -87,6 +87,7 @@ class RunSpec(Strict):
     log_every: int = Field(10, ge=1)
     tensorboard: bool = Field(False, description="also write tensorboard scalars (needs tensorboard)")
     sample_every: int | None = Field(None, ge=1)
+    eval_samples: int = Field(64, ge=1, description="samples per route for the metrics at the end of a run")
     checkpoint_every: int | None = Field(None, ge=1)
     keep_last: int = Field(3, ge=1)
     max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")
