@@ -169,6 +169,16 @@ class Engine:
                 hint="resume with the same graph (and student settings) that wrote it",
             )
         self.optimizer.load_state_dict(state.optimizer)
+        for group in self.optimizer.param_groups:  # the graph's settings win over the checkpoint's
+            group["lr"], group["weight_decay"] = self.run_spec.lr, self.run_spec.weight_decay
+        saved_world = int(state.scalars.get("processes", self.shard.world))
+        if saved_world != self.shard.world:
+            self._note(
+                f"[yellow]note:[/] the run was written by {saved_world} process(es) and resumes on "
+                f"{self.shard.world}: the global batch changes from {saved_world * self.run_spec.batch_size} "
+                f"to {self.shard.world * self.run_spec.batch_size}",
+                always=True,
+            )
         for name, gen in self.generators.items():
             gen.set_state(state.rng[name])
         torch.set_rng_state(state.rng["torch"])
@@ -347,20 +357,18 @@ class Engine:
         fields = {
             self.graph.spec.routes[r.name].field: r.field for r in self.router.routes if r.field is not None
         }
-        policy = self.student
-        was_training = policy.training
-        policy.eval()
-        try:
-            return evaluate(
-                {**fields, "student": policy},
-                self.router.routes,
-                metrics,
-                self.sigmas,
-                samples or self.run_spec.eval_samples,
-                device=self.accelerator.device,
-            )
-        finally:
-            policy.train(was_training)
+        return evaluate(
+            {**fields, "student": self.inference_model()},
+            self.router.routes,
+            metrics,
+            self.sigmas,
+            samples or self.run_spec.eval_samples,
+            device=self.accelerator.device,
+        )
+
+    def inference_model(self) -> nn.Module:
+        """The student as it is exported and evaluated: EMA weights when EMA is on, LoRA merged, eval mode."""
+        return export_model(self.student, self.ema)
 
     # -- outputs (main process writes; every process waits) -----------------------------------------------
     def save(self) -> Path | None:
@@ -383,9 +391,7 @@ class Engine:
         paths: list[Path] = []
         if self.out is None or not acc.is_main_process:
             return paths
-        policy = self.student
-        was_training = policy.training
-        policy.eval()
+        policy = self.inference_model()
         for route in self.router.routes:
             batch = evaluation_bucket(route.data).sample(n, torch.Generator().manual_seed(seed))
             shape = tuple(route.data.shape)
@@ -412,7 +418,6 @@ class Engine:
                 )
             )
             paths.append(save_grid(rows, self.out / "samples" / f"step-{self.step:08d}-{route.name}.png"))
-        policy.train(was_training)
         return paths
 
     def export(self) -> Path | None:
@@ -422,7 +427,7 @@ class Engine:
             return None
         target = self.out / "student"
         if acc.is_main_process:
-            model = export_model(self.student, self.ema)
+            model = self.inference_model()
             tmp = self.out / ".student.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             if hasattr(model, "save_pretrained"):

@@ -37,7 +37,10 @@ class DistillParams(Params):
     query: Bias = Field("low", description="index bias: low = Beta(5,2), mid, high, uniform, stratified, all")
     k: int = Field(1, ge=1, description="queries per rollout")
     weighting: Literal["none", "timestep", "dt2"] = Field(
-        "none", description="loss weights: none, timestep (sigma-weighted), dt2 (DiffusionOPD's dt^2/2)"
+        "none",
+        description="per-query loss weights: none; timestep: sigma^2 (the error of the implied "
+        "x0 = x - sigma v); dt2: DiffusionOPD's dt_i^2 / 2, divided by its mean over the schedule "
+        "(so the loss keeps its scale)",
     )
 
 
@@ -48,7 +51,7 @@ class SFTParams(Params):
         "logit_normal",
         description="how sigma is drawn: uniform, logit-normal (SD3), or flow-schedule indices",
     )
-    weighting: Literal["none", "timestep"] = "none"
+    weighting: Literal["none", "timestep"] = Field("none", description="timestep: weight sigma^2 per sample")
 
 
 class OffPolicyParams(DistillParams):

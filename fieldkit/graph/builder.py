@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from fieldkit.errors import FieldkitError, GraphError
-from fieldkit.field import ModuleField, VelocityField
+from fieldkit.field import VelocityField
 from fieldkit.graph.loader import Graph, Typed
 
 
@@ -37,8 +38,8 @@ class BuildContext:
                 built = self._build(("fields", name), self.graph.nodes[name])
             finally:
                 self._building.pop()
-            if isinstance(built, ModuleField):
-                built = built.to(self.device).freeze()
+            if isinstance(built, nn.Module):  # every built field is a frozen teacher
+                built = built.to(self.device).eval().requires_grad_(False)
             self._fields[name] = built
         return self._fields[name]
 
