@@ -19,7 +19,9 @@ from fieldkit.distill.methods import (
     SFTParams,
 )
 from fieldkit.distill.routing import HardRouter, Route, SoftRouter
+from fieldkit.errors import FieldkitError
 from fieldkit.graph.refs import FieldRef
+from fieldkit.merge import merge_models
 from fieldkit.models import MMDiT, MMDiTConfig, PretrainedField, load_pretrained
 from fieldkit.plugins.hookspecs import hookimpl
 from fieldkit.plugins.registry import Params
@@ -75,6 +77,21 @@ def build_mmdit(p: MMDiTParams, ctx: Any) -> MMDiT:
 def build_mixture_accuracy(p: GaussianMixtureParams, ctx: Any) -> MixtureAccuracy:
     """Accuracy (nearest component is the asked one) and spread of samples of the Gaussian mixture."""
     return MixtureAccuracy(build_gaussian_mixture(p, ctx))
+
+
+class MergeParams(Params):
+    """A parameter-space merge of source fields of one architecture (the weight-merge baseline)."""
+
+    fields: list[FieldRef] = Field(min_length=1, description="sources with weights, of one architecture")
+    weights: list[float] | None = Field(None, description="merge weights (normalised); default: equal")
+
+
+def build_merge(p: MergeParams, ctx: Any) -> torch.nn.Module:
+    """``theta = sum_i w_i theta_i`` over the named sources' weights."""
+    models = [ctx.field(name) for name in p.fields]
+    if not all(isinstance(m, torch.nn.Module) for m in models):
+        raise FieldkitError("merge needs sources with weights (e.g. fieldkit.checkpoint), not operators")
+    return merge_models(models, p.weights)
 
 
 # -- operators ------------------------------------------------------------------------------------------
@@ -167,6 +184,7 @@ def fieldkit_register_sources(register: Any) -> None:
     register("gaussian_mixture", build_gaussian_mixture, GaussianMixtureParams)
     register("fieldkit.checkpoint", build_checkpoint, CheckpointParams)
     register("fieldkit.mmdit", build_mmdit, MMDiTParams)
+    register("merge", build_merge, MergeParams)
 
 
 @hookimpl

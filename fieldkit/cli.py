@@ -16,6 +16,7 @@ import click
 from fieldkit import __version__
 from fieldkit.commands.distill import distill
 from fieldkit.commands.evaluate import evaluate
+from fieldkit.commands.merge import merge
 from fieldkit.commands.options import graph_options
 from fieldkit.commands.plugins import plugins
 from fieldkit.commands.sample import sample
@@ -32,7 +33,16 @@ UNEXPECTED_ERROR = 1
 
 # fieldkit's own commands, one module each under fieldkit/commands/; those that take a graph read it through
 # `graph_options`.
-BUILTIN_COMMANDS: tuple[click.Command, ...] = (distill, evaluate, plugins, sample, schema, train, validate)
+BUILTIN_COMMANDS: tuple[click.Command, ...] = (
+    distill,
+    evaluate,
+    merge,
+    plugins,
+    sample,
+    schema,
+    train,
+    validate,
+)
 
 
 class FieldkitGroup(click.Group):

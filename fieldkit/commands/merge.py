@@ -1,0 +1,39 @@
+"""``fieldkit merge``: average the weights of model folders of one architecture (weight merging)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(short_help="Merge model folders in parameter space: theta = sum_i w_i theta_i.")
+@click.argument(
+    "models", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
+)
+@click.option(
+    "-w", "--weight", "weights", multiple=True, type=float, help="One per model (normalised); default equal."
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="The merged model folder."
+)
+def merge(models: tuple[Path, ...], weights: tuple[float, ...], output: Path) -> None:
+    """Average the weights of MODELS (fieldkit model folders of one architecture) into OUTPUT.
+
+    \b
+    Example:
+      fieldkit merge teachers/local teachers/global -w 0.5 -w 0.5 -o teachers/merged
+    """
+    from rich.console import Console
+
+    from fieldkit.errors import FieldkitError
+    from fieldkit.merge import merge_models, merge_weights
+    from fieldkit.models import load_pretrained
+
+    if output.exists() and any(output.iterdir()):
+        raise FieldkitError(f"{output} already exists and is not empty", hint="choose a new output folder")
+    normalised = merge_weights(weights or None, len(models))
+    merged = merge_models([load_pretrained(m) for m in models], normalised)
+    merged.save_pretrained(output)
+    parts = ", ".join(f"{w:.3g} x {m}" for w, m in zip(normalised, models, strict=True))
+    Console(stderr=True).print(f"wrote {output} = {parts}")

@@ -1,0 +1,65 @@
+"""Parameter-space weight merging: the "weight merge" baseline, ``theta = sum_i w_i theta_i``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fieldkit.errors import FieldkitError
+
+
+def merge_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """Normalised merge weights (equal when ``None``); they must be >= 0 and not all zero."""
+    values = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(values) != count:
+        raise FieldkitError(f"{count} models to merge but {len(values)} weights", hint="give one weight each")
+    if any(w < 0 for w in values) or sum(values) <= 0:
+        raise FieldkitError(f"merge weights must be >= 0 with a positive sum, got {values}")
+    total = sum(values)
+    return [w / total for w in values]
+
+
+def merge_state_dicts(
+    states: Sequence[dict[str, Tensor]], weights: Sequence[float] | None = None
+) -> dict[str, Tensor]:
+    """``sum_i w_i state_i`` over floating tensors (others from the first); keys and shapes must match."""
+    if not states:
+        raise FieldkitError("nothing to merge")
+    ws = merge_weights(weights, len(states))
+    first = states[0]
+    for i, other in enumerate(states[1:], start=1):
+        if other.keys() != first.keys():
+            diff = sorted(set(other) ^ set(first))[:3]
+            raise FieldkitError(
+                f"model {i} has other weights than model 0 ({', '.join(diff)}, ...)",
+                hint="only models of one architecture can be merged",
+            )
+        bad = [k for k in first if other[k].shape != first[k].shape]
+        if bad:
+            raise FieldkitError(
+                f"model {i} differs in shape from model 0 at {bad[0]}",
+                hint="only models of one architecture and size can be merged",
+            )
+    merged = {}
+    for key, value in first.items():
+        if value.is_floating_point():
+            acc = sum(w * s[key].to(torch.float32) for w, s in zip(ws, states, strict=True))
+            merged[key] = acc.to(value.dtype)
+        else:
+            merged[key] = value.clone()
+    return merged
+
+
+def merge_models(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
+    """A new model (a copy of the first) holding the weighted average of every model's weights."""
+    if not models:
+        raise FieldkitError("nothing to merge")
+    kinds = {type(m).__name__ for m in models}
+    if len(kinds) > 1:
+        raise FieldkitError(f"cannot merge models of different classes: {', '.join(sorted(kinds))}")
+    merged = copy.deepcopy(models[0])
+    merged.load_state_dict(merge_state_dicts([m.state_dict() for m in models], weights))
+    return merged
