@@ -1,0 +1,160 @@
+"""The commands that run things — distill, train, sample, eval — on the closed-form quickstart world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fieldkit.cli import cli
+
+MODEL = "{in_channels: 1, sample_size: [4, 4], patch_size: 2, hidden: 16, depth: 1, heads: 2, num_classes: 3}"
+WORLD = "{type: gaussian_mixture, classes: 3, shape: [1, 4, 4], std: 0.2}"
+
+DISTILL = f"""\
+fields:
+  mixture: {WORLD}
+  guided: {{type: guidance, field: mixture, w: 2.0}}
+  init: {{type: fieldkit.mmdit, config: {MODEL}}}
+routes:
+  t2i: {{field: guided, data: {WORLD}, metrics: [{WORLD}]}}
+student: {{init: init}}
+flow: {{steps: 4}}
+run: {{steps: 4, batch_size: 4, lr: 1.0e-3, log_every: 1, checkpoint_every: 2, eval_samples: 8, device: cpu}}
+"""
+
+TRAIN = DISTILL.replace("student: {init: init}", "student: {init: init}\nmethod: {type: sft}")
+
+
+def invoke(*args: str) -> click.testing.Result:
+    return CliRunner().invoke(cli, list(args), prog_name="fieldkit")
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Path:
+    path = tmp_path / "graph.yaml"
+    path.write_text(DISTILL)
+    return path
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_distill_writes_metrics_samples_checkpoints_student_and_results(graph: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke("distill", str(graph), "--out", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 5))
+    assert {"loss", "loss/t2i", "grad_norm", "lr", "rollout_nfe", "time/rollout", "time/teacher"} <= set(
+        lines[0]
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert (out / "student" / "model.safetensors").is_file()
+    grid = Image.open(out / "samples" / "step-00000004-t2i.png")
+    assert grid.width > grid.height  # rows: the route's field and the student
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["field"] for r in rows} == {"guided", "student"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+
+
+def test_distill_refuses_a_folder_that_holds_a_run_and_leaves_it_untouched(
+    graph: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    assert invoke("distill", str(graph), "--out", str(out), "--no-progress").exit_code == 0
+    before = files_under(out)
+    again = invoke("distill", str(graph), "--out", str(out), "--no-progress")
+    assert again.exit_code == 2
+    assert "already holds a run" in again.output and "--resume latest" in again.output
+    assert "Traceback" not in again.output
+    assert files_under(out) == before
+
+
+def test_resume_latest_continues_to_the_new_step_count(graph: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert invoke("distill", str(graph), "--out", str(out), "--no-progress").exit_code == 0
+    result = invoke(
+        "distill",
+        str(graph),
+        "--out",
+        str(out),
+        "--resume",
+        "latest",
+        "--set",
+        "run.steps=6",
+        "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+
+
+def test_resume_without_a_checkpoint_is_one_clear_error(graph: Path, tmp_path: Path) -> None:
+    result = invoke("distill", str(graph), "--out", str(tmp_path / "empty"), "--resume", "latest")
+    assert result.exit_code == 2
+    assert "no checkpoint to resume from" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_dry_run_builds_and_times_one_update_and_writes_nothing(graph: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke("distill", str(graph), "--out", str(out), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dry run ok" in result.output and "Nothing written" in result.output
+    assert not out.exists()
+
+
+def test_train_needs_an_sft_recipe(graph: Path, tmp_path: Path) -> None:
+    refused = invoke("train", str(graph), "--out", str(tmp_path / "t"))
+    assert refused.exit_code == 2 and "method: {type: sft}" in refused.output
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TRAIN)
+    result = invoke("train", str(recipe), "--out", str(tmp_path / "t"), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t" / "student" / "config.json").is_file()
+
+
+def test_sample_and_eval_read_the_exported_student(graph: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert invoke("distill", str(graph), "--out", str(out), "--no-progress").exit_code == 0
+    png = tmp_path / "grid.png"
+    result = invoke(
+        "sample",
+        str(graph),
+        "--field",
+        "guided",
+        "--checkpoint",
+        str(out / "student"),
+        "-n",
+        "5",
+        "-o",
+        str(png),
+    )
+    assert result.exit_code == 0, result.output
+    image = Image.open(png)
+    assert image.width > image.height > 0
+    scored = invoke("eval", str(graph), "--checkpoint", str(out / "student"), "--samples", "8", "--json")
+    assert scored.exit_code == 0, scored.output
+    rows = json.loads(scored.output)
+    assert {r["route"] for r in rows} == {"t2i"} and len(rows) == 2
+
+
+def test_sample_names_an_unknown_route_or_field(graph: Path, tmp_path: Path) -> None:
+    result = invoke("sample", str(graph), "--route", "nope", "-o", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "t2i" in result.output
+    result = invoke("sample", str(graph), "--field", "nope", "-o", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "known fields" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_bad_value_in_set_is_reported_before_anything_runs(graph: Path, tmp_path: Path) -> None:
+    result = invoke("distill", str(graph), "--out", str(tmp_path / "run"), "--set", "run.lr=fast")
+    assert result.exit_code == 2
+    assert "run.lr" in result.output and "--set" in result.output
+    assert not (tmp_path / "run").exists()
