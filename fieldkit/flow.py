@@ -108,9 +108,9 @@ def rollout_states(
 ) -> tuple[Tensor, int]:
     """Pre-step states of an Euler rollout at per-sample indices, stopping at the last one needed.
 
-    ``indices`` is ``[B, K]`` (values in ``[0, N - 1]``); returns states ``[B, K, ...]`` and the NFEs run,
-    ``max(indices)``. The field is evaluated at most ``max(indices)`` times; no state is kept beyond those
-    asked for.
+    ``indices`` is ``[B, K]`` (values in ``[0, N - 1]``); returns states ``[B, K, ...]`` and the sequential
+    NFEs run, ``max(indices)``. A sample leaves the batch once its last index is reached, so the field sees
+    ``sum_b max_k indices[b, k]`` samples in all rather than ``B max(indices)`` (fields act per sample).
     """
     _check_sigmas(sigmas)
     steps = sigmas.numel() - 1
@@ -121,17 +121,30 @@ def rollout_states(
     sigmas = sigmas.to(device=noise.device, dtype=noise.dtype)
     indices = indices.to(noise.device)
     out = noise.new_empty((*indices.shape, *noise.shape[1:]))
-    last = int(indices.max()) if indices.numel() else -1
-    x = noise
-    batch = noise.shape[0]
+    if not indices.numel():
+        return out, 0
+    row_last = indices.max(dim=1).values
+    last = int(row_last.max())
+    alive = torch.arange(noise.shape[0], device=noise.device)  # working row -> original row
+    x, live_cond, live_indices = noise, cond, indices
     for i in range(last + 1):
-        hit = indices == i
-        if bool(hit.any()):
-            rows, cols = hit.nonzero(as_tuple=True)
-            out[rows, cols] = x[rows]
-        if i < last:
-            x = euler_step(x, field(x, sigmas[i].expand(batch), cond), sigmas[i], sigmas[i + 1])
-    return out, max(last, 0)
+        rows, cols = (live_indices == i).nonzero(as_tuple=True)
+        if rows.numel():
+            out[alive[rows], cols] = x[rows]
+        if i == last:
+            break
+        keep = row_last[alive] > i
+        if not bool(keep.all()):
+            kept = keep.nonzero().squeeze(1)
+            x, live_cond, live_indices, alive = (
+                x[kept],
+                live_cond.index(kept),
+                live_indices[kept],
+                alive[kept],
+            )
+        v = field(x, sigmas[i].expand(x.shape[0]), live_cond)
+        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+    return out, last
 
 
 @torch.inference_mode()

@@ -101,7 +101,10 @@ def test_rollout_stops_at_the_last_query_and_matches_a_full_rollout(counting, bi
     idx, noise = draws(steps, n, k, bias, seed)
     last = int(idx.max())
     assert out.rollout_nfe == last == policy.calls
-    assert policy.batch_sizes == [n] * last  # one batched forward per Euler step, none past the last query
+    # One forward per Euler step, none past the last query; a sample leaves the batch after its own last one.
+    row_last = idx.max(dim=1).values
+    assert policy.batch_sizes == [int((row_last > i).sum()) for i in range(last)]
+    assert sum(policy.batch_sizes) == int(row_last.sum())
     full = euler_sample(student, noise[:, 0], batch.cond, sigmas, record=True)
     assert full.nfe == steps
     x = gather(full.states, idx)

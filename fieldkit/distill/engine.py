@@ -217,7 +217,7 @@ class Engine:
         plan = self.router.plan(run.grad_accum, self.generators["router"])
         losses: dict[str, list[Tensor]] = defaultdict(list)
         timings: dict[str, float] = defaultdict(float)
-        nfe = 0
+        nfe = rollout_samples = 0
         t_start = time.perf_counter()
         for i, index in enumerate(plan):
             route = self.router.routes[index]
@@ -241,6 +241,7 @@ class Engine:
                 timings["student_backward"] += time.perf_counter() - t0
             losses[route.name].append(out.loss.detach().float())
             nfe += out.rollout_nfe
+            rollout_samples += out.rollout_samples
             for key, seconds in out.timings.items():
                 timings[key] += seconds
         # The global batch's losses (each process's shard averaged in one all-reduce): every process logs
@@ -268,6 +269,7 @@ class Engine:
             "grad_norm": grad_norm,
             "lr": self.optimizer.param_groups[0]["lr"],
             "rollout_nfe": nfe,
+            "rollout_samples": rollout_samples,
             "time/step": elapsed,
             **{f"time/{k}": v for k, v in timings.items()},
             "steps_per_s": 1.0 / elapsed if elapsed > 0 else 0.0,

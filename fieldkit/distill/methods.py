@@ -72,7 +72,8 @@ class LossOutput:
     """A method's loss for one micro-batch and what it cost."""
 
     loss: Tensor
-    rollout_nfe: int = 0
+    rollout_nfe: int = 0  # sequential rollout steps (forwards of the student)
+    rollout_samples: int = 0  # samples those forwards processed, summed (finished samples leave the batch)
     query_sigmas: Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -156,10 +157,13 @@ class DistillMethod:
         timings["rollout"], timings["teacher"] = t1 - t0, t2 - t1
         # Inference tensors cannot enter autograd; one copy makes them ordinary, detached tensors.
         x, u = x.clone(), u.clone()
+        t3 = time.perf_counter()
         per_sample = _per_sample_mse(student(x, sigma, cond_k), u)
+        timings["student_forward"] = time.perf_counter() - t3
         weights = self.weights(sigmas, idx)
         loss = per_sample.mean() if weights is None else (weights.to(per_sample) * per_sample).mean()
-        return LossOutput(loss, nfe, sigma.detach(), timings)
+        samples = int(idx.max(dim=1).values.sum()) if p.states != "data" else 0
+        return LossOutput(loss, nfe, samples, sigma.detach(), timings)
 
 
 class SFTMethod:
@@ -199,4 +203,4 @@ class SFTMethod:
         per_sample = _per_sample_mse(student(interpolate(x0, eps, sigma), sigma, batch.cond), eps - x0)
         if self.params.weighting == "timestep":
             per_sample = per_sample * sigma.pow(2)
-        return LossOutput(per_sample.mean(), 0, sigma.detach())
+        return LossOutput(per_sample.mean(), 0, 0, sigma.detach())
