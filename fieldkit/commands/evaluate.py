@@ -7,24 +7,14 @@ from pathlib import Path
 
 import click
 
-from fieldkit.commands.options import graph_options
+from fieldkit.commands.options import field_options, graph_options
 from fieldkit.graph.loader import Graph
 
 
 @click.command("eval", short_help="Score fields and checkpoints with the routes' metrics.")
 @graph_options
-@click.option(
-    "--field", "field_names", multiple=True, help="A field to score (repeatable; default: every route's)."
-)
-@click.option(
-    "--checkpoint",
-    "checkpoints",
-    multiple=True,
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    help="A model folder to score, e.g. RUN/student (repeatable).",
-)
 @click.option("--samples", default=64, show_default=True, type=click.IntRange(1, 100000))
-@click.option("--seed", default=0, show_default=True, type=int)
+@field_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON instead of a table.")
 def evaluate(
     graph: Graph,

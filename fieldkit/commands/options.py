@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -38,3 +39,25 @@ def graph_options(command: F) -> F:
         return command(*args, graph=load_graph(graph_path, overrides), **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def field_options(command: F) -> F:
+    """Give a command repeatable ``--field NAME`` (a field of the graph) and ``--checkpoint DIR`` (a model
+    folder) options, passed as ``field_names`` and ``checkpoints``; ``--seed`` comes with them."""
+    for option in reversed(
+        (
+            click.option("--field", "field_names", multiple=True, help="A field of the graph (repeatable)."),
+            click.option(
+                "--checkpoint",
+                "checkpoints",
+                multiple=True,
+                type=click.Path(path_type=Path, exists=True, file_okay=False),
+                help="A model folder, e.g. RUN/student (repeatable).",
+            ),
+            click.option(
+                "--seed", default=0, show_default=True, type=int, help="Seed of conditions and noise."
+            ),
+        )
+    ):
+        command = option(command)
+    return command

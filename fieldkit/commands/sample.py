@@ -6,25 +6,15 @@ from pathlib import Path
 
 import click
 
-from fieldkit.commands.options import graph_options
+from fieldkit.commands.options import field_options, graph_options
 from fieldkit.graph.loader import Graph
 
 
 @click.command(short_help="Sample fields or checkpoints on a route's conditions into a PNG grid.")
 @graph_options
 @click.option("--route", help="Route whose conditions are sampled (default: the first).")
-@click.option(
-    "--field", "field_names", multiple=True, help="A field of the graph (repeatable; default: the route's)."
-)
-@click.option(
-    "--checkpoint",
-    "checkpoints",
-    multiple=True,
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    help="A model folder, e.g. RUN/student (repeatable).",
-)
 @click.option("-n", "--samples", default=8, show_default=True, type=click.IntRange(1, 256))
-@click.option("--seed", default=0, show_default=True, type=int)
+@field_options
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=Path("samples.png"), show_default=True
 )

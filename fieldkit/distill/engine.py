@@ -23,6 +23,7 @@ from fieldkit.attention import use_backend
 from fieldkit.data import Shard, evaluation_bucket
 from fieldkit.distill.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from fieldkit.distill.ema import EMA
+from fieldkit.distill.methods import Method
 from fieldkit.distill.routing import HardRouter
 from fieldkit.distill.runlog import RunLog
 from fieldkit.distill.student import make_student, trainable_state
@@ -100,7 +101,7 @@ class Engine:
         self.shard = Shard(acc.process_index, acc.num_processes)
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: HardRouter = self.ctx.build(("router",), graph.router)
-        self.method = self.ctx.build(("method",), graph.method)
+        self.method: Method = self.ctx.build(("method",), graph.method)
         self.sigmas = sigma_schedule(self.method.rollout_steps(spec.flow.steps), spec.flow.shift).to(
             acc.device
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from pydantic import Field
@@ -76,6 +76,32 @@ class LossOutput:
     rollout_samples: int = 0  # samples those forwards processed, summed (finished samples leave the batch)
     query_sigmas: Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    """What a registered method gives the engine (``DistillMethod`` and ``SFTMethod`` are the built-ins).
+
+    ``loss`` gets the module being trained (``student``, maybe DDP-wrapped), the same weights unwrapped for
+    rollouts (``policy``), the route's field (``target``, None for data-only routes), the GLOBAL batch
+    (every process draws the same one; ``shard`` says which rows are this process's), the per-sample state
+    ``shape``, the rollout ``sigmas`` and the noise generator.
+    """
+
+    def rollout_steps(self, default: int) -> int:
+        """The N of the rollout schedule (``default``: the graph's ``flow.steps``)."""
+        ...
+
+    def loss(
+        self,
+        student: VelocityField,
+        policy: VelocityField,
+        target: VelocityField | None,
+        batch: Batch,
+        shape: tuple[int, ...],
+        sigmas: Tensor,
+        generator: torch.Generator,
+        shard: Shard = ...,
+    ) -> LossOutput: ...
 
 
 def _per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
