@@ -65,7 +65,7 @@ BAD = [
             "unknown source or operator type 'guidanse'",
             "did you mean 'guidance'?",
             "(known source or operator types: ",
-            "gaussian_mixture, guidance, masked, mix",
+            "gaussian_mixture, guidance, masked, merge, mix",
         ],
         id="unknown-type",
     ),

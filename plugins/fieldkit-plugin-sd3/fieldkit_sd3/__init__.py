@@ -1,0 +1,120 @@
+"""fieldkit-plugin-sd3: Stable Diffusion 3 / 3.5 teachers and students from diffusers.
+
+Registers:
+
+- source ``sd3``: an ``SD3Transformer2DModel`` (local folder or config) as a velocity field
+  (:mod:`fieldkit_sd3.field`), with fieldkit's attention processor (:mod:`fieldkit_sd3.attention`);
+- source ``sd3.lora``: a LoRA capability over an ``sd3`` base, sharing its weights in memory;
+- dataset ``sd3.prompts``: prompts or edit pairs with cached text embeddings (:mod:`fieldkit_sd3.prompts`);
+- commands ``fieldkit sd3-export-lora`` (a run's LoRA student in diffusers' format,
+  :mod:`fieldkit_sd3.export`)
+  and ``fieldkit sd3-make-tiny`` (tiny random SD3.5 models for the CPU example, :mod:`fieldkit_sd3.tiny`).
+
+diffusers, transformers and peft are imported inside factories and commands, never when fieldkit loads
+the plugin.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fieldkit.plugins import hookimpl
+from fieldkit_sd3.params import PromptParams, SD3LoraParams, SD3Params
+
+__version__ = "0.1.0"
+
+
+def build_sd3(params: SD3Params, ctx: Any) -> Any:
+    """An SD3 / SD3.5 transformer as a field: v = transformer(x, 1000 sigma, text, pooled)."""
+    from fieldkit_sd3.attention import use_fieldkit_attention
+    from fieldkit_sd3.field import SD3Field
+    from fieldkit_sd3.loading import DTYPES, build_transformer, load_transformer
+
+    dtype = DTYPES[params.dtype] if params.dtype else None
+    if params.path is not None:
+        transformer = load_transformer(ctx.path(params.path), params.subfolder, dtype)
+    else:
+        transformer = build_transformer(params.config or {}, params.seed, dtype)
+    if params.attention == "fieldkit":
+        use_fieldkit_attention(transformer)
+    if params.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return SD3Field(transformer)
+
+
+def build_sd3_lora(params: SD3LoraParams, ctx: Any) -> Any:
+    """A LoRA adapter over an sd3 base field; N adapters share one base transformer in memory."""
+    from fieldkit_sd3.field import as_sd3_field
+
+    base = as_sd3_field(ctx.field(params.base), f"sd3.lora's base {str(params.base)!r}")
+    path = ctx.path(params.path)
+    name = params.adapter or re.sub(r"\W", "_", path.name.removesuffix(".safetensors"))
+    return base.with_adapter(path, name, scale=params.scale, weight_name=params.weight_name)
+
+
+def build_prompts(params: PromptParams, ctx: Any) -> Any:
+    """Prompts (or edit pairs) with SD3 text embeddings computed once and cached to safetensors."""
+    from fieldkit_sd3.loading import DTYPES
+    from fieldkit_sd3.prompts import prompt_bucket
+
+    return prompt_bucket(
+        ctx.path(params.file),
+        ctx.path(params.pipeline),
+        tuple(params.shape),
+        template=params.template,
+        cache=ctx.path(params.cache) if params.cache else None,
+        max_sequence_length=params.max_sequence_length,
+        dtype=DTYPES[params.dtype],
+        device=ctx.device,
+    )
+
+
+@hookimpl
+def fieldkit_register_sources(register: Any) -> None:
+    register("sd3", build_sd3, SD3Params)
+    register("sd3.lora", build_sd3_lora, SD3LoraParams)
+
+
+@hookimpl
+def fieldkit_register_datasets(register: Any) -> None:
+    register("sd3.prompts", build_prompts, PromptParams)
+
+
+@hookimpl
+def fieldkit_register_commands(cli: click.Group) -> None:
+    @cli.command(name="sd3-export-lora")
+    @click.argument("run", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+    @click.option(
+        "--checkpoint",
+        type=click.Path(path_type=Path, exists=True, file_okay=False),
+        help="A checkpoint folder of RUN (default: the newest good one).",
+    )
+    def sd3_export_lora(run: Path, out: Path, checkpoint: Path | None) -> None:
+        """Write the LoRA student of RUN to OUT in diffusers' format, for load_lora_weights.
+
+        \b
+        Example:
+          fieldkit sd3-export-lora runs/sd35 runs/sd35/lora
+        """
+        from fieldkit_sd3.export import export_run_lora
+
+        click.echo(f"wrote {export_run_lora(run, out, checkpoint)}")
+
+    @cli.command(name="sd3-make-tiny")
+    @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+    @click.option("--seed", default=0, show_default=True, type=int)
+    def sd3_make_tiny(folder: Path, seed: int) -> None:
+        """Write tiny random SD3.5 models to FOLDER: FOLDER/sd3 (a pipeline) and FOLDER/edit-lora (a LoRA).
+
+        What examples/sd3/tiny.yaml runs on, on a CPU, in seconds (the samples are noise: nothing is trained).
+        """
+        from fieldkit_sd3.tiny import make_tiny_lora, make_tiny_pipeline
+
+        pipeline = make_tiny_pipeline(folder / "sd3", seed=seed)
+        make_tiny_lora(pipeline, folder / "edit-lora", seed=seed + 1)
+        click.echo(f"wrote {pipeline} and {folder / 'edit-lora'}")

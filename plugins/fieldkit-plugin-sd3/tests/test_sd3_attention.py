@@ -1,0 +1,89 @@
+"""fieldkit's attention processor on every SD3 attention layer, and gradient checkpointing."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from fieldkit_sd3.attention import FieldkitJointAttnProcessor, use_fieldkit_attention
+from fieldkit_sd3.field import SD3Field
+from fieldkit_sd3.loading import load_transformer
+
+from fieldkit import Cond
+from fieldkit.attention import AttentionUnavailable, use_backend
+
+X = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+SIGMA = torch.tensor([0.7, 0.2])
+
+
+@pytest.mark.parametrize("folder", ["sd3", "sd3-v1"])
+def test_processor_is_set_everywhere_and_matches_the_stock_one(
+    tiny: Path, prompt_cond: Cond, folder: str
+) -> None:
+    stock = load_transformer(tiny / folder)
+    ours = copy.deepcopy(stock)
+    use_fieldkit_attention(ours)
+    processors = ours.attn_processors
+    joint = sum(1 for block in ours.transformer_blocks for a in (block.attn, block.attn2) if a is not None)
+    assert len(processors) == joint  # SD3.5's dual attention layers too
+    assert all(isinstance(p, FieldkitJointAttnProcessor) for p in processors.values())
+    with torch.inference_mode():
+        want = SD3Field(stock)(X, SIGMA, prompt_cond)
+        for backend in ("sdpa", "sdpa-math", "naive"):
+            with use_backend(backend):
+                got = SD3Field(ours)(X, SIGMA, prompt_cond)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_the_processor_goes_through_fieldkits_dispatcher(tiny: Path, prompt_cond: Cond) -> None:
+    """A backend that cannot run on CPU is refused by fieldkit: proof that the kernel is fieldkit's choice
+    (SD3's stock processor calls SDPA directly and ignores it)."""
+    stock, ours = load_transformer(tiny / "sd3"), load_transformer(tiny / "sd3")
+    use_fieldkit_attention(ours)
+    with torch.inference_mode(), use_backend("sdpa-efficient"):
+        SD3Field(stock)(X, SIGMA, prompt_cond)
+        with pytest.raises(AttentionUnavailable, match="sdpa-efficient"):
+            SD3Field(ours)(X, SIGMA, prompt_cond)
+
+
+def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_gradients(
+    tiny: Path, prompt_cond: Cond
+) -> None:
+    plain = load_transformer(tiny / "sd3").train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.enable_gradient_checkpointing()
+    calls = {"plain": 0, "checkpointed": 0}
+    grads = {}
+    for name, model in (("plain", plain), ("checkpointed", checkpointed)):
+        use_fieldkit_attention(model)
+
+        def count(*_, name=name) -> None:
+            calls[name] += 1
+
+        for block in model.transformer_blocks:
+            block.register_forward_pre_hook(count)  # recomputation stops early: no post-hook
+        SD3Field(model)(X, SIGMA, prompt_cond).square().mean().backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    blocks = len(plain.transformer_blocks)
+    assert calls == {"plain": blocks, "checkpointed": 2 * blocks}  # each block runs again in backward
+    assert grads["plain"].keys() == grads["checkpointed"].keys()
+    for key, grad in grads["plain"].items():
+        torch.testing.assert_close(grads["checkpointed"][key], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_sd3_source_sets_the_processor_and_checkpointing(sd3_plugin, tiny: Path) -> None:
+    from fieldkit import loads_graph
+    from fieldkit.graph import BuildContext
+
+    yaml = f"""
+fields:
+  ours: {{type: sd3, path: '{tiny / "sd3"}', gradient_checkpointing: true}}
+  stock: {{type: sd3, path: '{tiny / "sd3"}', attention: diffusers}}
+"""
+    ctx = BuildContext(loads_graph(yaml))
+    ours, stock = ctx.field("ours").transformer, ctx.field("stock").transformer
+    assert all(isinstance(p, FieldkitJointAttnProcessor) for p in ours.attn_processors.values())
+    assert not any(isinstance(p, FieldkitJointAttnProcessor) for p in stock.attn_processors.values())
+    assert ours.gradient_checkpointing and not stock.gradient_checkpointing
