@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from torch import Tensor
 
 from fieldkit.cond import Cond
@@ -43,16 +44,6 @@ def counting():
 # -- plugins: no test autoloads what happens to be installed ---------------------------------------------
 
 PLUGIN_DISTS = Path(__file__).parent / "plugins"
-
-
-@pytest.fixture(autouse=True)
-def _no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with a fresh plugin host that loads no installed plugin (``FIELDKIT_LOAD_PLUGINS``
-    empty), so only fieldkit's own types exist; a test opts in through ``use_plugins``."""
-    monkeypatch.setenv(ALLOW_ENV, "")
-    reset_host()
-    yield
-    reset_host()
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +87,6 @@ def use_plugins(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[
 
 # -- distillation engine: a small closed-form world (tests/test_distill_*.py) -------------------------------
 
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField  # noqa: E402

@@ -11,26 +11,7 @@ import pytest
 import torch
 
 from fieldkit.cond import Cond
-from fieldkit.plugins.manager import ALLOW_ENV, PluginHost, get_host, reset_host
-
-
-@pytest.fixture(autouse=True)
-def _no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts with a host that loads no installed plugin."""
-    monkeypatch.setenv(ALLOW_ENV, "")
-    reset_host()
-    yield
-    reset_host()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread: with two, each small matmul waits on the other core
-    (measured 12 ms instead of 15 us per 32-wide linear on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from fieldkit.plugins.manager import PluginHost, get_host
 
 
 @pytest.fixture
