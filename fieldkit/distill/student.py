@@ -12,11 +12,15 @@ from fieldkit.graph.schema import LoraSpec, StudentSpec
 
 
 def lora_targets(model: nn.Module) -> list[str]:
-    """The modules LoRA adapts: the model's ``lora_targets`` if it names them, else every ``nn.Linear``."""
+    """The modules LoRA adapts: the model's ``lora_targets`` if it names them, else every ``nn.Linear``.
+
+    Linear layers are named in full (``blocks.0.image.mlp.0``): peft matches a target by name suffix, so a
+    bare last component such as ``0`` (a layer of an ``nn.Sequential``) would also match ``blocks.0``.
+    """
     declared = getattr(model, "lora_targets", None)
     if declared:
         return list(declared)
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+    return sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
 
 
 def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:

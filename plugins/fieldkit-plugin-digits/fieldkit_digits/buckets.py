@@ -1,0 +1,208 @@
+"""The data buckets of the digits world: T2I prompts, local edits and global edits.
+
+Every bucket yields ``Batch(cond, target)`` with flow states shaped ``(1, 8, 16)`` and the same Cond keys:
+
+- ``text`` [B, 16, 384], ``text_mask`` [B, 16], ``pooled`` [B, 384]: the MiniLM embedding of the prompt or
+  instruction (null values: the empty prompt, so ``cond.uncond()`` is classifier-free guidance's condition);
+- ``source`` [B, 1, 8, 16]: the clean source canvas of an edit; all zeros for T2I. Zero is mid-grey, which no
+  real canvas is (their background is -1), so one network tells "no source" from any source;
+- ``mask`` [B, 1, 8, 16]: 1 where the canvas may change (the edited side of a local edit, everywhere else);
+- ``prompt`` [B]: the prompt's row in the text bank (``bank.texts[row]`` is its text; 0 is the empty prompt);
+- ``digits`` [B, 2]: what each side of the target should read as (0-9, ``BLANK``), for the metrics;
+- ``op`` [B] (the edit: index into ``LOCAL_OPS`` / ``GLOBAL_OPS``, -1 for T2I), ``side`` [B] (the edited side,
+  -1 when none), and, for local edits, ``target_text``/``target_text_mask``/``target_pooled``: a T2I prompt
+  that describes the edited canvas (what the training-free operator teacher reads), and ``target_prompt``
+  its row in the text bank.
+
+``split: train`` draws train digits, ``split: heldout`` held-out digits (sources of edits, real canvases).
+``phrasing`` picks the prompt phrasings: ``train`` (what teachers learn), or ``heldout``, one phrasing per
+kind that nothing trains on, a probe of how far the text conditioning generalizes (see docs/digits.md).
+:meth:`evaluation` returns the held-out, no-dropout twin of a bucket (same phrasings): what metrics and
+sample grids read.
+``drop`` replaces the prompt by the empty one with that probability (teacher training, for CFG).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from fieldkit import Cond
+from fieldkit.data import Batch
+from fieldkit.plugins import Params
+from fieldkit_digits.prompts import Prompt, phrasings, render, text_bank
+from fieldkit_digits.world import (
+    BLANK,
+    GLOBAL_OPS,
+    LOCAL_OPS,
+    SHAPE,
+    DigitPool,
+    compose,
+    global_edits,
+    side_mask,
+)
+
+
+class BucketParams(Params):
+    """Settings shared by the digits buckets."""
+
+    split: Literal["train", "heldout"] = Field("train", description="which digits to draw")
+    phrasing: Literal["train", "heldout"] = Field(
+        "train", description="which phrasings of the prompts to use (heldout: the generalization probe)"
+    )
+    drop: float = Field(0.0, ge=0, lt=1, description="probability of the empty prompt (CFG training)")
+    seed: int = Field(0, description="seed of the train / held-out split of the digits")
+    cache_dir: str | None = Field(None, description="text-embedding cache (default ~/.cache/fieldkit-digits)")
+
+
+class T2IParams(BucketParams):
+    single: float = Field(0.3, ge=0, le=1, description="fraction of one-digit prompts (the rest: two digits)")
+
+
+class DigitsBucket:
+    """Common machinery: the digit pool, the text bank and the Cond layout."""
+
+    shape = SHAPE
+    kind = "base"
+
+    def __init__(self, params: BucketParams) -> None:
+        self.params = params
+        self.pool = DigitPool(params.split, params.seed)
+        self.bank = text_bank(params.cache_dir)
+
+    def evaluation(self) -> DigitsBucket:
+        """The bucket metrics and sample grids read: held-out digits, same phrasings, no prompt dropout."""
+        return type(self)(self.params.model_copy(update={"split": "heldout", "drop": 0.0}))
+
+    def _text_rows(self, prompts: list[Prompt], generator: torch.Generator, drop: float) -> Tensor:
+        templates = [phrasings(p.kind, self.params.phrasing) for p in prompts]
+        pick = torch.rand(len(prompts), generator=generator)
+        dropped = torch.rand(len(prompts), generator=generator) < drop
+        rows = [
+            0 if dropped[i] else self.bank.index(render(t[int(pick[i] * len(t))], p))
+            for i, (p, t) in enumerate(zip(prompts, templates, strict=True))
+        ]
+        return torch.tensor(rows)
+
+    def _cond(self, rows: Tensor, **extra: Tensor) -> Cond:
+        nulls = self.bank.nulls()
+        return Cond({**self.bank.rows(rows), "prompt": rows, **extra}, nulls=nulls)
+
+
+class T2IBucket(DigitsBucket):
+    """Prompts such as "a 3 on the left and a 7 on the right" or "a single 5 on the right", with a real
+    canvas that answers each one as target."""
+
+    kind = "t2i"
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        single = torch.rand(batch_size, generator=generator) < self.params.single  # type: ignore[attr-defined]
+        digits = torch.randint(10, (batch_size, 2), generator=generator)
+        sides = torch.randint(2, (batch_size,), generator=generator)
+        prompts = []
+        for i in range(batch_size):
+            if single[i]:
+                s = int(sides[i])
+                digits[i, 1 - s] = BLANK
+                prompts.append(Prompt("single", d=int(digits[i, s]), side=s))
+            else:
+                prompts.append(Prompt("pair", a=int(digits[i, 0]), b=int(digits[i, 1])))
+        rows = self._text_rows(prompts, generator, self.params.drop)
+        target = compose(self.pool.draw(digits[:, 0], generator), self.pool.draw(digits[:, 1], generator))
+        cond = self._cond(
+            rows,
+            source=torch.zeros(batch_size, *SHAPE),
+            mask=torch.ones(batch_size, *SHAPE),
+            digits=digits,
+            op=torch.full((batch_size,), -1),
+            side=torch.full((batch_size,), -1),
+        )
+        return Batch(cond, target)
+
+
+class LocalEditBucket(DigitsBucket):
+    """Replace, remove or add the digit on one side; the other side of the target is the source's, pixel for
+    pixel. Replace: half the edits; remove and add: a quarter each."""
+
+    kind = "local"
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        u = torch.rand(batch_size, generator=generator)
+        ops = torch.where(u < 0.5, 0, torch.where(u < 0.75, 1, 2))
+        sides = torch.randint(2, (batch_size,), generator=generator)
+        a = torch.randint(10, (batch_size,), generator=generator)
+        b = (a + torch.randint(1, 10, (batch_size,), generator=generator)) % 10  # b != a
+        other = torch.randint(10, (batch_size,), generator=generator)
+        other_blank = torch.rand(batch_size, generator=generator) < 0.25
+        other = torch.where((ops == 0) & other_blank, BLANK, other)  # replace may have an empty other side
+        before = torch.where(ops == 2, BLANK, a)
+        after = torch.where(ops == 1, BLANK, b)
+        keep = self.pool.draw(other, generator)
+        src_side = self.pool.draw(before, generator)
+        new_side = self.pool.draw(after, generator)
+        right = sides.bool()[:, None, None]
+        source = compose(torch.where(right, keep, src_side), torch.where(right, src_side, keep))
+        target = compose(torch.where(right, keep, new_side), torch.where(right, new_side, keep))
+        digits = torch.stack(
+            [torch.where(sides == 1, other, after), torch.where(sides == 1, after, other)], 1
+        )
+        prompts, described = [], []
+        for i in range(batch_size):
+            s, op = int(sides[i]), LOCAL_OPS[int(ops[i])]
+            prompts.append(
+                Prompt(
+                    op, a=int(a[i]) if op != "add" else None, b=int(b[i]) if op != "remove" else None, side=s
+                )
+            )
+            left, rightd = int(digits[i, 0]), int(digits[i, 1])
+            if BLANK in (left, rightd):
+                filled = 0 if rightd == BLANK else 1
+                described.append(Prompt("single", d=int(digits[i, filled]), side=filled))
+            else:
+                described.append(Prompt("pair", a=left, b=rightd))
+        rows = self._text_rows(prompts, generator, self.params.drop)
+        target_rows = torch.tensor(
+            [self.bank.index(render(phrasings(p.kind, "train")[0], p)) for p in described]
+        )
+        described_text = self.bank.rows(target_rows)
+        cond = self._cond(
+            rows,
+            source=source,
+            mask=side_mask(sides),
+            digits=digits,
+            op=ops,
+            side=sides,
+            target_prompt=target_rows,
+            target_text=described_text["text"],
+            target_text_mask=described_text["text_mask"],
+            target_pooled=described_text["pooled"],
+        )
+        return Batch(cond, target)
+
+
+class GlobalEditBucket(DigitsBucket):
+    """Invert, embolden, mirror or flip the whole canvas (uniformly); the target is the exact transform."""
+
+    kind = "global"
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        ops = torch.randint(len(GLOBAL_OPS), (batch_size,), generator=generator)
+        digits = torch.randint(10, (batch_size, 2), generator=generator)
+        single = torch.rand(batch_size, generator=generator) < 0.25
+        empty = torch.randint(2, (batch_size,), generator=generator)
+        digits[single, empty[single]] = BLANK
+        source = compose(self.pool.draw(digits[:, 0], generator), self.pool.draw(digits[:, 1], generator))
+        target = global_edits(source, ops)
+        rows = self._text_rows([Prompt(GLOBAL_OPS[int(o)]) for o in ops], generator, self.params.drop)
+        cond = self._cond(
+            rows,
+            source=source,
+            mask=torch.ones(batch_size, *SHAPE),
+            digits=digits,
+            op=ops,
+            side=torch.full((batch_size,), -1),
+        )
+        return Batch(cond, target)
