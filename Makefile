@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fieldkit-installed
-RUN    ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+RUN    ?= runs/digits-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup demo test test-all lint bench clean
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fiel
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/fieldkit distill examples/quickstart/graph.yaml --out $(RUN)
+	$(BIN)/fieldkit distill examples/digits/graph.yaml --out $(RUN)
 
 test: setup
 	$(BIN)/python -m pytest -q
