@@ -325,3 +325,30 @@ def test_no_student_or_routes_is_a_clear_error(distill_world):
     with pytest.raises(FieldkitError, match="has no weights to train"):
         no_weights = text.replace("init: {type: affine, seed: 2}", "init: {type: toward_source}")
         Engine(loads_graph(no_weights), write=False)
+
+
+def test_bf16_precision_runs_the_student_under_autocast_and_keeps_fp32_weights(distill_world):
+    e = engine("run.steps=3", "run.precision=bf16", text=LINEAR)
+    dtypes: list[torch.dtype] = []
+    hook = e.student.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    try:
+        res = e.run()
+    finally:
+        hook.remove()
+    assert res.step == 3 and res.bad_steps == 0
+    assert torch.bfloat16 in dtypes  # the forwards ran in bf16 ...
+    assert all(p.dtype == torch.float32 for p in e.student.parameters())  # ... the weights stay fp32
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in res.history)
+
+
+def test_tensorboard_without_the_package_is_one_clear_error(distill_world, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed here")
+    e = engine("run.steps=1", "run.tensorboard=true", out=tmp_path / "run", write=True)
+    with pytest.raises(FieldkitError, match="pip install tensorboard"):
+        e.run()

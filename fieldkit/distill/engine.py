@@ -52,16 +52,28 @@ class RunResult:
     scores: list[Score] = field(default_factory=list)
 
 
-def make_accelerator(device: str, precision: str) -> Accelerator:
-    """An Accelerator for ``run.device`` (auto/cpu/cuda[:N]/mps) and ``run.precision``."""
-    mixed = "bf16" if precision == "bf16" else "no"
+def make_accelerator(device: str) -> Accelerator:
+    """An Accelerator for ``run.device`` (auto/cpu/cuda[:N]/mps).
+
+    Mixed precision is the engine's own autocast (:func:`precision_context`), not accelerate's: accelerate
+    keeps one process-wide state that refuses a second precision, and a process may run several graphs.
+    """
     if device == "cpu":
-        return Accelerator(cpu=True, mixed_precision=mixed)
+        return Accelerator(cpu=True)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FieldkitError(f"run.device is {device!r} but CUDA is not available", hint="use run.device=auto")
     if device.startswith("cuda:"):
         torch.cuda.set_device(int(device.split(":", 1)[1]))
-    return Accelerator(mixed_precision=mixed)
+    return Accelerator()
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to bf16 for ``run.precision: bf16`` (weights, grads and optimizer stay fp32)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FieldkitError("run.precision is bf16 but this GPU has no bf16 support", hint="use fp32")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _output_folder(graph: Graph, out: Path | None, resuming: bool) -> Path:
@@ -95,7 +107,7 @@ class Engine:
             raise FieldkitError("the graph has no routes to train on", hint="add a 'routes' section")
         self.graph = graph
         self.run_spec = spec.run
-        self.accelerator = accelerator or make_accelerator(spec.run.device, spec.run.precision)
+        self.accelerator = accelerator or make_accelerator(spec.run.device)
         acc = self.accelerator
         self.out = _output_folder(graph, out, resume is not None) if write else None
         self.shard = Shard(acc.process_index, acc.num_processes)
@@ -226,17 +238,18 @@ class Engine:
                 acc.device
             )
             sync = acc.no_sync(self.model) if i < len(plan) - 1 else contextlib.nullcontext()
-            with sync, acc.autocast():
-                out = self.method.loss(
-                    self.model,
-                    self.student,
-                    self.router.target(index),
-                    batch,
-                    tuple(route.data.shape),
-                    self.sigmas,
-                    self.generators["noise"],
-                    self.shard,
-                )
+            with sync:
+                with precision_context(run.precision, acc.device):  # forwards only; backward follows them
+                    out = self.method.loss(
+                        self.model,
+                        self.student,
+                        self.router.target(index),
+                        batch,
+                        tuple(route.data.shape),
+                        self.sigmas,
+                        self.generators["noise"],
+                        self.shard,
+                    )
                 t0 = time.perf_counter()
                 acc.backward(out.loss / len(plan))
                 timings["student_backward"] += time.perf_counter() - t0
