@@ -15,11 +15,15 @@ Every bucket yields ``Batch(cond, target)`` with flow states shaped ``(1, 8, 16)
   its row in the text bank.
 
 ``split: train`` draws train digits, ``split: heldout`` held-out digits (sources of edits, real canvases).
-``phrasing`` picks the prompt phrasings: ``train`` (what teachers learn), or ``heldout``, one phrasing per
-kind that nothing trains on, a probe of how far the text conditioning generalizes (see docs/digits.md).
-:meth:`evaluation` returns the held-out, no-dropout twin of a bucket (same phrasings): what metrics and
-sample grids read.
+``phrasing`` picks the prompt phrasings: ``train`` (eight per kind, what teachers and students learn), or
+``heldout`` (two per kind that nothing trains on). :meth:`evaluation` returns what metrics and sample grids
+read: held-out digits, no prompt dropout and the ``eval_phrasing`` phrasings (by default the held-out ones;
+``eval_phrasing: train`` probes the train phrasings instead).
 ``drop`` replaces the prompt by the empty one with that probability (teacher training, for CFG).
+``targets`` (default: off) restricts what the bucket's *targets* hold, for data-limited baselines:
+``limit: N`` draws every batch from one fixed set of N (condition, target) pairs, ``noise: s`` adds Gaussian
+pixel noise of standard deviation s to the targets (fixed per pair when limited). Conditions-only methods
+(DanceOPD) read the same bucket without it; :meth:`evaluation` always drops it.
 """
 
 from __future__ import annotations
@@ -46,16 +50,28 @@ from fieldkit_digits.world import (
 )
 
 
+class TargetParams(Params):
+    """A limited or noisy view of a bucket's targets (setting (b) of examples/digits/reproduce.py)."""
+
+    limit: int | None = Field(None, ge=1, description="draw batches from this many fixed pairs only")
+    noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to the targets")
+    seed: int = Field(0, description="seed of the fixed pairs and their noise")
+
+
 class BucketParams(Params):
     """Settings shared by the digits buckets."""
 
     split: Literal["train", "heldout"] = Field("train", description="which digits to draw")
     phrasing: Literal["train", "heldout"] = Field(
-        "train", description="which phrasings of the prompts to use (heldout: the generalization probe)"
+        "train", description="which phrasings of the prompts to sample (heldout: those nothing trains on)"
+    )
+    eval_phrasing: Literal["train", "heldout"] = Field(
+        "heldout", description="which phrasings the evaluation twin (metrics, sample grids) reads"
     )
     drop: float = Field(0.0, ge=0, lt=1, description="probability of the empty prompt (CFG training)")
     seed: int = Field(0, description="seed of the train / held-out split of the digits")
     cache_dir: str | None = Field(None, description="text-embedding cache (default ~/.cache/fieldkit-digits)")
+    targets: TargetParams | None = Field(None, description="a small and/or noisy sample of the targets")
 
 
 class T2IParams(BucketParams):
@@ -72,10 +88,36 @@ class DigitsBucket:
         self.params = params
         self.pool = DigitPool(params.split, params.seed)
         self.bank = text_bank(params.cache_dir)
+        self._pairs: Batch | None = None
 
     def evaluation(self) -> DigitsBucket:
-        """The bucket metrics and sample grids read: held-out digits, same phrasings, no prompt dropout."""
-        return type(self)(self.params.model_copy(update={"split": "heldout", "drop": 0.0}))
+        """The bucket metrics and sample grids read: held-out digits, the ``eval_phrasing`` phrasings
+        (held-out by default), no prompt dropout."""
+        update = {"split": "heldout", "phrasing": self.params.eval_phrasing, "drop": 0.0, "targets": None}
+        return type(self)(self.params.model_copy(update=update))
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """A batch drawn with ``generator``; ``targets`` (when set) limits and/or noises the targets."""
+        spec = self.params.targets
+        if spec is None:
+            return self._sample(batch_size, generator)
+        if spec.limit is None:
+            batch = self._sample(batch_size, generator)
+            assert batch.target is not None
+            noise = torch.randn(batch.target.shape, generator=generator)
+            return Batch(batch.cond, batch.target + spec.noise * noise)
+        if self._pairs is None:  # the fixed pairs, drawn once from their own seed
+            fixed = torch.Generator().manual_seed(spec.seed)
+            pairs = self._sample(spec.limit, fixed)
+            assert pairs.target is not None
+            noise = torch.randn(pairs.target.shape, generator=fixed)
+            self._pairs = Batch(pairs.cond, pairs.target + spec.noise * noise)
+        rows = torch.randint(spec.limit, (batch_size,), generator=generator)
+        assert self._pairs.target is not None
+        return Batch(self._pairs.cond.index(rows), self._pairs.target[rows])
+
+    def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
 
     def _text_rows(self, prompts: list[Prompt], generator: torch.Generator, drop: float) -> Tensor:
         templates = [phrasings(p.kind, self.params.phrasing) for p in prompts]
@@ -98,7 +140,7 @@ class T2IBucket(DigitsBucket):
 
     kind = "t2i"
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+    def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         single = torch.rand(batch_size, generator=generator) < self.params.single  # type: ignore[attr-defined]
         digits = torch.randint(10, (batch_size, 2), generator=generator)
         sides = torch.randint(2, (batch_size,), generator=generator)
@@ -129,7 +171,7 @@ class LocalEditBucket(DigitsBucket):
 
     kind = "local"
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+    def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         u = torch.rand(batch_size, generator=generator)
         ops = torch.where(u < 0.5, 0, torch.where(u < 0.75, 1, 2))
         sides = torch.randint(2, (batch_size,), generator=generator)
@@ -188,7 +230,7 @@ class GlobalEditBucket(DigitsBucket):
 
     kind = "global"
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+    def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         ops = torch.randint(len(GLOBAL_OPS), (batch_size,), generator=generator)
         digits = torch.randint(10, (batch_size, 2), generator=generator)
         single = torch.rand(batch_size, generator=generator) < 0.25

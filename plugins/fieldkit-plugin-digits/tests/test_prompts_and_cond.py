@@ -86,4 +86,30 @@ def test_conds_have_fixed_shapes_nulls_and_concatenate():
     dropped = T2IBucket(T2IParams(drop=0.5)).sample(200, gen)
     assert 60 < int((dropped.cond["prompt"] == 0).sum()) < 140
     held = T2IBucket(T2IParams(drop=0.5)).evaluation()
-    assert held.params.split == "heldout" and held.params.drop == 0.0 and held.params.phrasing == "train"
+    assert held.params.split == "heldout" and held.params.drop == 0.0 and held.params.phrasing == "heldout"
+    assert T2IBucket(T2IParams(eval_phrasing="train")).evaluation().params.phrasing == "train"
+    assert all(len(train) == 8 and len(held) == 2 for train, held in TEMPLATES.values())
+
+
+def test_targets_limit_and_noise_restrict_only_the_targets():
+    from fieldkit_digits.buckets import TargetParams
+
+    gen = torch.Generator().manual_seed(0)
+    limited = LocalEditBucket(BucketParams(targets=TargetParams(limit=4)))
+    batch = limited.sample(64, gen)
+    assert batch.target is not None and len({tuple(t.flatten().tolist()) for t in batch.target}) <= 4
+    assert len(set(batch.cond["prompt"].tolist())) <= 4  # the pairs are fixed (condition and target)
+    again = LocalEditBucket(BucketParams(targets=TargetParams(limit=4))).sample(64, gen)
+    assert again.target is not None
+
+    def rows(x: torch.Tensor) -> set[tuple[float, ...]]:
+        return {tuple(t.flatten().tolist()) for t in x}
+
+    assert rows(again.target) <= rows(batch.target)
+    clean = GlobalEditBucket(BucketParams()).sample(8, torch.Generator().manual_seed(1))
+    noisy_bucket = GlobalEditBucket(BucketParams(targets=TargetParams(noise=0.5)))
+    noisy = noisy_bucket.sample(8, torch.Generator().manual_seed(1))
+    assert clean.target is not None and noisy.target is not None
+    assert torch.equal(clean.cond["prompt"], noisy.cond["prompt"])
+    assert 0.3 < float((noisy.target - clean.target).std()) < 0.7
+    assert limited.evaluation().params.targets is None
