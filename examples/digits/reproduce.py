@@ -1,0 +1,702 @@
+"""Reproduce the DanceOPD paper's comparisons at digits scale (docs/reproduction.md).
+
+Every comparison is a list of named runs; a run is a digits graph plus ``--set``-style overrides, trained by
+fieldkit's one engine loop (or, for the weight merge and the teachers, evaluated without training). Each
+finished run appends one JSON line to ``OUT/results.jsonl``; runs already there are skipped, so a long study
+can be stopped, resumed and committed as it lands.
+
+    python examples/digits/reproduce.py --quick --out runs/repro-quick      # smoke test, ~1-2 min
+    python examples/digits/reproduce.py --seeds 0,1,2 --out runs/repro      # the full study
+    python examples/digits/reproduce.py --only composition,routing --seeds 0 --out runs/repro
+    python examples/digits/reproduce.py report --out runs/repro             # tables + PNG plots
+
+Every training run exists twice: at matched optimizer steps (``matched: steps``), and at matched wall-clock
+(``matched: time``), where it trains for as many seconds as the comparison's DanceOPD reference took for its
+steps (or ``--budget-seconds``) and stops there. Training time excludes evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+GRAPHS = {
+    "t2i_edit": HERE / "reproduce" / "t2i_edit.yaml",
+    "local_global": HERE / "reproduce" / "local_global.yaml",
+    "diagnostic": HERE / "graph.yaml",
+    "guidance": HERE / "guidance.yaml",
+    "realism": HERE / "realism.yaml",
+}
+PAIRS = {"t2i_edit": ("t2i", "local"), "local_global": ("local", "global")}
+# Setting (b): the distillation stage sees every bucket's conditions, but methods that read targets (joint
+# SFT, off-policy states) get only a small, noisy sample of them. The teachers saw the full clean pairs.
+SCARCE = "{limit: 64, noise: 0.2}"
+# The three-bucket diagnostic of the paper's ablations starts from the local-edit student.
+DIAGNOSTIC = ("student.init=local",)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One named run: a graph plus overrides, trained (``train``) or only evaluated (``eval``)."""
+
+    comparison: str
+    name: str
+    graph: str
+    overrides: tuple[str, ...] = ()
+    kind: str = "train"  # train | eval (score the init and the route fields, no training)
+    ref: str | None = None  # the run whose wall time a matched-time twin gets (None: this is a reference)
+    betas: tuple[float, ...] = (1.0,)  # inference CFG scales at which the student is scored
+    curve: bool = False  # also score the student at a few checkpoints (metric curves)
+    time_twin: bool = True  # add a matched-wall-clock twin (off where per-step cost is equal by design)
+    teachers: bool = True  # an eval run also scores the route fields (off: only the init, e.g. a merge)
+
+
+def comparisons() -> dict[str, list[Run]]:
+    """Every comparison of the paper (digest sections 4 and 8) as named runs."""
+    out: dict[str, list[Run]] = {}
+    comp: list[Run] = []
+    for pair in ("t2i_edit", "local_global"):
+        ref = f"{pair}/danceopd"
+        comp += [
+            Run("composition", f"{pair}/teachers", pair, kind="eval", time_twin=False),
+            Run(
+                "composition",
+                f"{pair}/merge",
+                pair,
+                ("student.init=merged",),
+                kind="eval",
+                time_twin=False,
+                teachers=False,
+            ),
+            Run("composition", ref, pair),
+        ]
+        for setting in ("a", "b"):
+            targets = (
+                () if setting == "a" else tuple(f"routes.{r}.data.targets={SCARCE}" for r in PAIRS[pair])
+            )
+            comp += [
+                Run(
+                    "composition", f"{pair}/joint-{setting}", pair, ("method={type: sft}", *targets), ref=ref
+                ),
+                Run(
+                    "composition",
+                    f"{pair}/offpolicy-{setting}",
+                    pair,
+                    ("method={type: offpolicy}", *targets),
+                    ref=ref,
+                ),
+            ]
+        comp.append(Run("composition", f"{pair}/dense", pair, ("method={type: dense}",), ref=ref))
+    out["composition"] = comp
+    dref = "diagnostic/danceopd"
+    base = Run("diagnostic", dref, "diagnostic", DIAGNOSTIC, curve=True)
+    out["diagnostic"] = [
+        Run("diagnostic", "diagnostic/teachers", "diagnostic", DIAGNOSTIC, kind="eval"),
+        base,
+    ]
+    out["routing"] = [
+        Run("routing", "routing/soft", "diagnostic", (*DIAGNOSTIC, "router.type=soft"), ref=dref)
+    ]
+    query = []
+    for bias in ("mid", "high"):
+        query.append(
+            Run(
+                "query",
+                f"query/shift3-{bias}",
+                "diagnostic",
+                (*DIAGNOSTIC, f"method.query={bias}"),
+                ref=dref,
+                curve=True,
+            )
+        )
+    lin_ref = "query/linear-low"
+    for bias in ("low", "mid", "high"):
+        query.append(
+            Run(
+                "query",
+                f"query/linear-{bias}",
+                "diagnostic",
+                (*DIAGNOSTIC, "flow.shift=1.0", f"method.query={bias}"),
+                ref=None if bias == "low" else lin_ref,
+                curve=True,
+            )
+        )
+    out["query"] = query
+    out["queries_k"] = [
+        *(
+            Run("queries_k", f"k/k{k}", "diagnostic", (*DIAGNOSTIC, f"method.k={k}"), ref=dref)
+            for k in (2, 4)
+        ),
+        Run("queries_k", "k/k16-all", "diagnostic", (*DIAGNOSTIC, "method.query=all"), ref=dref),
+        Run("queries_k", "k/g-all", "diagnostic", (*DIAGNOSTIC, "router.granularity=all"), ref=dref),
+    ]
+    out["states"] = [
+        Run("states", "states/offpolicy", "diagnostic", (*DIAGNOSTIC, "method={type: offpolicy}"), ref=dref),
+        Run("states", "states/teacher", "diagnostic", (*DIAGNOSTIC, "method.states=teacher"), ref=dref),
+    ]
+    betas = (1.0, 2.0, 4.0)
+    cfg_ref = "cfg/alpha1"
+    out["cfg"] = [
+        Run("cfg", "cfg/teachers", "guidance", kind="eval", betas=betas),
+        *(
+            Run(
+                "cfg",
+                f"cfg/alpha{a:g}",
+                "guidance",
+                (f"fields.guided_t2i.w={a}",),
+                betas=betas,
+                ref=None if a == 1 else cfg_ref,
+            )
+            for a in (1.0, 2.0, 4.0)
+        ),
+    ]
+    out["realism"] = [
+        Run("realism", "realism/teachers", "realism", kind="eval"),
+        Run("realism", "realism/danceopd", "realism", curve=True),
+        Run(
+            "realism",
+            "realism/offpolicy",
+            "realism",
+            ("method={type: offpolicy}",),
+            ref="realism/danceopd",
+            curve=True,
+        ),
+    ]
+    merged = ("fields.merged.type=merge", "fields.merged.fields=[t2i, local, global]")
+    out["init"] = [
+        Run(
+            "init",
+            f"init/{name}",
+            "diagnostic",
+            (*over, f"student.init={name}"),
+            ref=dref,
+            curve=True,
+            time_twin=False,
+        )
+        for name, over in (("t2i", ()), ("global", ()), ("merged", merged))
+    ]
+    out["rollout"] = [
+        Run("rollout", f"rollout/n{n}", "diagnostic", (*DIAGNOSTIC, f"flow.steps={n}"), ref=dref)
+        for n in (8, 28)
+    ]
+    return out
+
+
+# -- running ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """Study-wide settings (``--quick`` shrinks them)."""
+
+    steps: int = 200
+    eval_samples: int = 128
+    curve_points: int = 4
+    curve_samples: int = 64
+    budget_seconds: float | None = None
+    quick: bool = False
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+def world_fingerprint() -> str:
+    """A hash of what the numbers depend on besides this script: the teachers' weights and the digits plugin's
+    sources (buckets, prompts, metrics). A resumed study reruns every run whose world differs."""
+    import hashlib
+
+    import fieldkit_digits
+
+    digest = hashlib.sha1()
+    plugin = Path(fieldkit_digits.__file__).parent
+    files = sorted((HERE / "teachers").glob("*/model.safetensors")) + sorted(plugin.glob("*.py"))
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def run_key(run: Run, seed: int, matched: str, steps: int, world: str) -> str:
+    """What identifies a run in results.jsonl (matched-step count and world included)."""
+    return f"{run.name}|seed={seed}|{matched}|steps={steps}|world={world}"
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _teacher_counter(routes: Sequence[Any]) -> tuple[list[int], list[Any]]:
+    """Forward hooks counting the sample-forwards of every network inside the route fields."""
+    import torch.nn as nn
+
+    from fieldkit.models.pretrained import PretrainedField
+
+    count = [0]
+    handles, seen = [], set()
+    for route in routes:
+        if not isinstance(route.field, nn.Module):
+            continue
+        for module in route.field.modules():
+            if isinstance(module, PretrainedField) and id(module) not in seen:
+                seen.add(id(module))
+
+                def hook(_m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+                    count[0] += int(args[0].shape[0])
+
+                handles.append(module.register_forward_hook(hook))
+    return count, handles
+
+
+def _score(engine: Any, fields: dict[str, Any], samples: int) -> dict[str, dict[str, float]]:
+    """``{field: {route/metric: value, combined: value}}`` on the same conditions and noise."""
+    from fieldkit.eval.report import combined_scores, evaluate
+
+    metrics = {
+        name: [engine.ctx.build(("routes", name, "metrics", i), typed) for i, typed in enumerate(typeds)]
+        for name, typeds in engine.graph.metrics.items()
+    }
+    scores = evaluate(
+        fields, engine.router.routes, metrics, engine.sigmas, samples, device=engine.accelerator.device
+    )
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    for s in scores:
+        table[s.field].update({f"{s.route}/{k}": float(v) for k, v in s.values.items()})
+    for name, value in combined_scores(scores).items():
+        table[name]["combined"] = float(value)
+    return dict(table)
+
+
+def _student_fields(engine: Any, betas: Iterable[float]) -> dict[str, Any]:
+    from fieldkit.ops.guidance import Guidance
+
+    model = engine.inference_model()
+    return {
+        ("student" if b == 1 else f"student@beta={b:g}"): (model if b == 1 else Guidance(model, b))
+        for b in betas
+    }
+
+
+def _curve(history: list[dict[str, Any]], points: int = 40) -> dict[str, list[list[float]]]:
+    """Per-route training loss, averaged in ``points`` windows of steps: ``{route: [[step, loss], ...]}``."""
+    per_route: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for rec in history:
+        for key, value in rec.items():
+            if key.startswith("loss/"):
+                per_route[key[5:]].append((int(rec["step"]), float(value)))
+    out: dict[str, list[list[float]]] = {}
+    for route, values in per_route.items():
+        width = max(1, math.ceil(len(values) / points))
+        out[route] = [
+            [
+                values[min(i + width, len(values)) - 1][0],
+                statistics.fmean(v for _, v in values[i : i + width]),
+            ]
+            for i in range(0, len(values), width)
+        ]
+    return out
+
+
+def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float | None) -> dict[str, Any]:
+    """Train (or only evaluate) one run and return its results record."""
+    import torch
+
+    from fieldkit.distill.engine import Engine
+    from fieldkit.graph import load_graph
+
+    torch.set_num_threads(1)
+    steps = settings.steps if matched == "steps" else 10**9
+    overrides = [
+        *run.overrides,
+        f"run.seed={seed}",
+        f"run.steps={max(steps, 1)}",
+        "run.device=cpu",
+        *settings.extra,
+    ]
+    graph = load_graph(GRAPHS[run.graph], overrides)
+    engine = Engine(graph, None, show_progress=False, write=False)
+    record: dict[str, Any] = {
+        "comparison": run.comparison,
+        "name": run.name,
+        "seed": seed,
+        "matched": matched,
+        "kind": run.kind,
+        "graph": str(GRAPHS[run.graph].relative_to(HERE.parent.parent)),
+        "overrides": list(overrides),
+        "quick": settings.quick,
+        "target_steps": settings.steps,
+    }
+    t_eval = time.perf_counter()
+    if run.kind == "eval":
+        fields = {r.name + "_teacher": r.field for r in engine.router.routes if r.field is not None}
+        if not run.teachers:  # e.g. the weight merge: only the init is new
+            fields = {}
+        if run.betas != (1.0,):  # the guided base teacher at each inference beta (2 NFEs per step)
+            from fieldkit.ops.guidance import Guidance
+
+            base = engine.ctx.field("t2i")
+            fields.update({f"t2i@w={b:g}": Guidance(base, b) for b in run.betas if b != 1})
+        fields["init"] = engine.inference_model()
+        record.update(steps=0, train_seconds=0.0, scores=_score(engine, fields, settings.eval_samples))
+        record["eval_seconds"] = time.perf_counter() - t_eval
+        return record
+    count, handles = _teacher_counter(engine.router.routes)
+    checkpoints = set()
+    if run.curve and matched == "steps":
+        checkpoints = {
+            round(settings.steps * (i + 1) / settings.curve_points) for i in range(settings.curve_points)
+        }
+    metric_curve: list[dict[str, Any]] = []
+    train_seconds = eval_seconds = 0.0
+    if run.curve and matched == "steps":
+        t0 = time.perf_counter()
+        metric_curve.append(
+            {"step": 0, **_score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]}
+        )
+        eval_seconds += time.perf_counter() - t0
+    while engine.step < steps and (budget is None or train_seconds < budget):
+        t0 = time.perf_counter()
+        rec = engine.update()
+        train_seconds += time.perf_counter() - t0
+        if not rec["finite"]:
+            engine.bad_steps += 1
+            continue
+        engine.step += 1
+        engine.history.append(rec)
+        if engine.step in checkpoints and engine.step != steps:
+            t0 = time.perf_counter()
+            values = _score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]
+            metric_curve.append({"step": engine.step, **values})
+            eval_seconds += time.perf_counter() - t0
+    teacher_forwards = count[0]
+    for h in handles:
+        h.remove()
+    t0 = time.perf_counter()
+    scores = _score(engine, _student_fields(engine, run.betas), settings.eval_samples)
+    eval_seconds += time.perf_counter() - t0
+    if run.curve and matched == "steps":
+        metric_curve.append(
+            {
+                "step": engine.step,
+                **_score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"],
+            }
+        )
+    hist = engine.history
+    n = max(len(hist), 1)
+    record.update(
+        steps=engine.step,
+        bad_steps=engine.bad_steps,
+        budget_seconds=budget,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        sec_per_step=train_seconds / n,
+        rollout_nfe_per_step=sum(r["rollout_nfe"] for r in hist) / n,
+        rollout_samples_per_step=sum(r["rollout_samples"] for r in hist) / n,
+        teacher_forwards_per_step=teacher_forwards / n,
+        time_per_step={k[5:]: sum(r.get(k, 0.0) for r in hist) / n for k in hist[0] if k.startswith("time/")}
+        if hist
+        else {},
+        scores=scores,
+        loss_curve=_curve(hist),
+        metric_curve=metric_curve,
+    )
+    return record
+
+
+def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) -> list[tuple[Run, int, str]]:
+    """(run, seed, matched) in an order where every reference precedes its matched-time twins."""
+    table = comparisons()
+    always = (
+        ["diagnostic"]
+        if any(c in selected for c in ("routing", "query", "queries_k", "states", "init", "rollout"))
+        else []
+    )
+    todo: list[tuple[Run, int, str]] = []
+    for seed in seeds:
+        for name in dict.fromkeys([*always, *selected]):
+            runs = table[name]
+            if "steps" in matched:
+                todo += [(r, seed, "steps") for r in runs]
+            if "time" in matched:
+                todo += [(r, seed, "time") for r in runs if r.kind == "train" and r.ref and r.time_twin]
+    return todo
+
+
+def study(args: argparse.Namespace) -> None:
+    settings = Settings(steps=args.steps, budget_seconds=args.budget_seconds, extra=tuple(args.set))
+    if args.quick:
+        settings = Settings(
+            steps=args.steps if args.steps != 200 else 4,
+            eval_samples=8,
+            curve_points=2,
+            curve_samples=8,
+            budget_seconds=args.budget_seconds,
+            quick=True,
+            extra=("run.batch_size=4", *args.set),
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    selected = list(comparisons()) if not args.only else args.only.split(",")
+    unknown = set(selected) - set(comparisons())
+    if unknown:
+        sys.exit(f"unknown comparison(s) {sorted(unknown)}; known: {', '.join(comparisons())}")
+    todo = plan(selected, args.seeds, args.matched.split(","))
+    world = world_fingerprint()
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    groups = sorted({(r.comparison, seed) for r, seed, _ in todo})
+    mine = {g for i, g in enumerate(groups) if i % shards == shard}
+    for run, seed, matched in todo:
+        if (run.comparison, seed) not in mine:
+            continue
+        key = run_key(run, seed, matched, settings.steps, world)
+        done = {run_key_of(r) for r in read_results(results_path)}
+        if key in done:
+            continue
+        budget = None
+        if matched == "time":
+            budget = settings.budget_seconds or _reference_seconds(
+                read_results(results_path), run, seed, settings.steps, world
+            )
+            if budget is None:
+                print(f"skip {key}: its reference {run.ref} has not run yet", flush=True)
+                continue
+        started = time.perf_counter()
+        print(f"run {key}", flush=True)
+        record = execute(run, seed, matched, settings, budget)
+        record["world"] = world
+        record["wall_seconds"] = time.perf_counter() - started
+        with results_path.open("a") as fh:  # one line per run, appended when it finishes
+            fh.write(json.dumps(record) + "\n")
+        summary = record["scores"].get("student", record["scores"].get("init", {}))
+        print(
+            f"  done in {record['wall_seconds']:.0f}s, {record['steps']} steps, "
+            f"combined {summary.get('combined', float('nan')):.3f}",
+            flush=True,
+        )
+
+
+def run_key_of(record: dict[str, Any]) -> str:
+    return (
+        f"{record['name']}|seed={record['seed']}|{record['matched']}|steps={record.get('target_steps')}"
+        f"|world={record.get('world')}"
+    )
+
+
+def _reference_seconds(
+    results: list[dict[str, Any]], run: Run, seed: int, steps: int, world: str
+) -> float | None:
+    for r in results:
+        if (
+            r["name"] == run.ref
+            and r["seed"] == seed
+            and r["matched"] == "steps"
+            and r.get("target_steps") == steps
+            and r.get("world") == world
+        ):
+            return float(r["train_seconds"])
+    return None
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+COLUMNS = {
+    "composition": ["combined", "t2i/score", "local/score", "global/score"],
+    "cfg": ["t2i/score", "t2i/fd", "t2i/realism"],
+    "realism": ["t2i/realism", "t2i/score", "t2i/fd"],
+}
+DIAGNOSTIC_BASED = {"routing", "query", "queries_k", "states", "init", "rollout"}
+DEFAULT_COLUMNS = ["combined", "t2i/score", "local/score", "global/score"]
+
+
+def _fmt(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def report(args: argparse.Namespace) -> str:
+    """Markdown tables (mean ± std over seeds) and PNG curves from ``OUT/results.jsonl``."""
+    out = Path(args.out)
+    results = read_results(out / "results.jsonl")
+    lines = [
+        f"Results from `{out / 'results.jsonl'}` ({len(results)} runs). Mean ± std over seeds; "
+        "a single value is a single seed.",
+        "",
+    ]
+    worlds = sorted({str(r.get("world")) for r in results})
+    if len(worlds) > 1:
+        lines += [
+            f"**Warning: these results come from {len(worlds)} worlds (teachers or plugin sources changed "
+            f"between runs): {', '.join(worlds)}. Do not compare across them.**",
+            "",
+        ]
+    by_comp: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_comp[r["comparison"]].append(r)
+    order = list(comparisons())
+    for comp in order:
+        rows = by_comp.get(comp)
+        if not rows:
+            continue
+        if comp in DIAGNOSTIC_BASED:  # the shared reference (hard, low, K = 1, 16 steps, local init) first
+            rows = [r for r in by_comp.get("diagnostic", []) if r["kind"] == "train"] + rows
+        columns = [
+            c
+            for c in COLUMNS.get(comp, DEFAULT_COLUMNS)
+            if any(c in v for r in rows for v in r["scores"].values())
+        ]
+        lines += [
+            f"### {comp}",
+            "",
+            "| run | field | matched | seeds | steps | s/step | rollout NFE/step | "
+            "rollout samples/step | teacher fwd/step | train s | " + " | ".join(columns) + " |",
+            "|" + "---|" * (10 + len(columns)),
+        ]
+        groups: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, float]]]] = defaultdict(list)
+        for r in rows:
+            for fname, values in r["scores"].items():
+                if r["kind"] == "eval" and fname != "init" and r["name"].endswith("/merge"):
+                    continue  # a merge run: its teachers are the teachers run's rows
+                groups[(r["name"], fname, r["matched"])].append((r, values))
+        for (name, fname, matched), items in groups.items():
+            recs = [r for r, _ in items]
+
+            def mean(key: str, recs: list[dict[str, Any]] = recs) -> str:
+                vals = [float(r.get(key, 0.0)) for r in recs]
+                return f"{statistics.fmean(vals):.3g}"
+
+            cells = [_fmt([v.get(c, float("nan")) for _, v in items]) for c in columns]
+            train = recs[0]["kind"] == "train"
+            lines.append(
+                f"| {name} | {fname} | {matched if train else '–'} | {len(items)} | "
+                f"{mean('steps') if train else '–'} | {mean('sec_per_step') if train else '–'} | "
+                f"{mean('rollout_nfe_per_step') if train else '–'} | "
+                f"{mean('rollout_samples_per_step') if train else '–'} | "
+                f"{mean('teacher_forwards_per_step') if train else '–'} | "
+                f"{mean('train_seconds') if train else '–'} | " + " | ".join(cells) + " |"
+            )
+        lines.append("")
+        if comp == "realism":
+            lines += _realism_gap(rows)
+        for path in _plots(comp, rows, out):
+            lines.append(f"![{comp}]({path.name})")
+        lines.append("")
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def _realism_gap(rows: list[dict[str, Any]]) -> list[str]:
+    """The fraction of the init-to-teacher realism gap each trained run closes (the paper: 85.3%)."""
+    refs = {r["seed"]: r["scores"] for r in rows if r["kind"] == "eval"}
+    gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        ref = refs.get(r["seed"])
+        if r["kind"] != "train" or ref is None:
+            continue
+        init, teacher = ref["init"]["t2i/realism"], ref["t2i_teacher"]["t2i/realism"]
+        student = r["scores"]["student"]["t2i/realism"]
+        if teacher != init:
+            gaps[(r["name"], r["matched"])].append((student - init) / (teacher - init))
+    out = ["| run | matched | gap closed (student - init) / (teacher - init) |", "|---|---|---|"]
+    out += [f"| {name} | {matched} | {_fmt(values)} |" for (name, matched), values in gaps.items()]
+    return [*out, ""]
+
+
+def _plots(comp: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Loss curves (and metric curves where recorded) of a comparison's matched-step runs, seed 0 or first."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are optional; tables are not
+        return []
+    runs = {}
+    for r in rows:
+        if r["kind"] == "train" and r["matched"] == "steps" and r["name"] not in runs:
+            runs[r["name"]] = r
+    if not runs:
+        return []
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in runs.items():
+        for route, pts in r["loss_curve"].items():
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name} [{route}]")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{comp}: training loss per route")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    paths.append(out / f"{comp}-loss.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    curved = {n: r for n, r in runs.items() if r.get("metric_curve")}
+    if curved:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        key = "t2i/realism" if comp == "realism" else "combined"
+        for name, r in curved.items():
+            pts = [(p["step"], p.get(key, p.get("t2i/score"))) for p in r["metric_curve"]]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(key)
+        ax.set_title(f"{comp}: student {key} during training")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / f"{comp}-metric.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "report", "list"])
+    parser.add_argument("--out", default="docs/reproduction", help="results folder (results.jsonl, plots)")
+    parser.add_argument("--quick", action="store_true", help="one seed, 4 steps, tiny evals: a smoke test")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
+    parser.add_argument("--only", default="", help=f"comparisons to run, of: {','.join(comparisons())}")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps of matched-step runs")
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="training seconds of matched-time runs (default: the reference run's)",
+    )
+    parser.add_argument("--matched", default="steps,time", help="steps, time, or both")
+    parser.add_argument("--shard", default="0/1", help="I/N: run only every N-th (comparison, seed) group")
+    parser.add_argument("--set", action="append", default=[], help="extra override for every run")
+    parser.add_argument("--report", action="store_true", help="write the report after the runs")
+    args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.command == "list":
+        for run, seed, matched in plan(list(comparisons()), args.seeds, args.matched.split(",")):
+            print(run_key(run, seed, matched, args.steps, "-"), " ".join(run.overrides), sep="  ")
+        return
+    if args.command == "run":
+        study(args)
+    if args.command == "report" or args.report:
+        print(report(args))
+
+
+if __name__ == "__main__":
+    main()
