@@ -7,16 +7,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from fieldkit.data import Batch, Shard
 from fieldkit.distill.queries import Bias, sample_indices
+from fieldkit.distill.student import merged_lora
 from fieldkit.errors import FieldkitError
 from fieldkit.field import VelocityField
 from fieldkit.flow import interpolate, rollout_states
@@ -175,7 +177,10 @@ class DistillMethod:
                 states = (1 - s) * x0 + s * noise
             else:
                 roller = policy if p.states == "student" else target
-                states, nfe = rollout_states(roller, noise[:, 0], cond, sigmas, idx)
+                # A LoRA student rolls out with its adapters merged: each forward is a plain one.
+                merge = p.states == "student" and isinstance(policy, nn.Module)
+                with merged_lora(policy) if merge else contextlib.nullcontext():
+                    states, nfe = rollout_states(roller, noise[:, 0], cond, sigmas, idx)
             t1 = time.perf_counter()
             x = states.flatten(0, 1)
             u = target(x, sigma, cond_k)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
+import torch
 from torch import Tensor, nn
 
 from fieldkit.errors import GraphError
@@ -60,3 +63,57 @@ def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     if len(params) == sum(1 for _ in model.parameters()):
         return dict(model.state_dict())
     return params
+
+
+def _mergeable(layer: nn.Module) -> list[str]:
+    """The active adapters of a peft LoRA layer whose merge computes exactly what the layer computes:
+    plain LoRA (no DoRA or other variant, no LoRA bias) without active dropout; ``[]`` if any is not."""
+    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+    for a in adapters:
+        dropout = layer.lora_dropout[a]
+        if (
+            a in getattr(layer, "lora_variant", {})
+            or getattr(layer, "use_dora", {}).get(a, False)
+            or getattr(layer, "lora_bias", {}).get(a, False)
+            or not (isinstance(dropout, nn.Identity) or (dropout.p == 0 or not layer.training))
+        ):
+            return []
+    return adapters
+
+
+@contextlib.contextmanager
+def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model``'s LoRA layers as plain layers with merged weights ``W + (alpha / r) B A`` (no grad).
+
+    Un-merged, each adapted layer costs two extra small matmuls, a scale and an add per call; a rollout
+    calls the student ~11 times per step with the same weights, so merging once per rollout makes each of
+    those forwards a plain forward. The base weights are not touched: a merged copy is swapped in for the
+    block and the original parameter object swapped back after it (no merge / unmerge rounding drift), so
+    training continues on exactly the weights it had. Layers whose merge would change what they compute
+    (DoRA, LoRA bias, active dropout) stay as they are. Use under ``torch.no_grad`` or inference mode.
+    """
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # no peft: no LoRA layers
+        yield model
+        return
+    swapped: list[tuple[nn.Module, nn.Module, nn.Parameter]] = []
+    try:
+        for module in model.modules():
+            if not isinstance(module, LoraLayer) or module.merged or module.disable_adapters:
+                continue
+            adapters = _mergeable(module)
+            base = module.get_base_layer()
+            weight = getattr(base, "weight", None)
+            if not adapters or not isinstance(weight, nn.Parameter):
+                continue
+            with torch.autocast(weight.device.type, enabled=False):  # merge in the weights' own dtype
+                merged = weight + sum(module.get_delta_weight(a) for a in adapters)
+            base.weight = nn.Parameter(merged.to(weight.dtype), requires_grad=False)
+            module.merged_adapters = list(adapters)  # peft's forward now calls the base layer alone
+            swapped.append((module, base, weight))
+        yield model
+    finally:
+        for module, base, weight in reversed(swapped):
+            base.weight = weight
+            module.merged_adapters = []
