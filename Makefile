@@ -35,8 +35,9 @@ lint: setup
 	$(BIN)/ruff check fieldkit tests benchmarks docs examples
 	$(BIN)/ruff format --check fieldkit tests benchmarks docs examples
 
+# CPU benchmarks (ratios measured in one process; see docs/performance.md). benchmarks/gpu.sh is for a GPU.
 bench: setup
-	$(BIN)/python benchmarks/engine_overhead.py
+	for b in engine_overhead guidance rollout dense attention; do $(BIN)/python benchmarks/$$b.py --threads 1 || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
