@@ -31,21 +31,9 @@ import torch
 from common import parser, setup, sync
 from rich.console import Console
 from rich.table import Table
+from sd3_memory import SD3_MEDIUM  # the SD3-medium transformer config, one copy for both scripts
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-SD3_MEDIUM = {
-    "sample_size": 128,
-    "patch_size": 2,
-    "in_channels": 16,
-    "out_channels": 16,
-    "num_layers": 24,
-    "attention_head_dim": 64,
-    "num_attention_heads": 24,
-    "joint_attention_dim": 4096,
-    "caption_projection_dim": 1536,
-    "pooled_projection_dim": 2048,
-    "pos_embed_max_size": 192,
-}
 TINY = {
     **SD3_MEDIUM,
     "sample_size": 16,
