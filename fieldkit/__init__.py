@@ -1,8 +1,15 @@
 """fieldkit: on-policy generative field distillation (DanceOPD) of flow-matching image models.
 
-Public API: fields and conditions, the flow utilities, the operator algebra, and graph loading.
+Public API: fields and conditions, the flow utilities, the operator algebra, attention, graph loading and
+:func:`distill_graph` (named so because ``fieldkit.distill`` is the engine package).
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fieldkit.attention import attention, use_backend
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError, GraphError, PluginError
 from fieldkit.field import ModuleField, VelocityField, as_field
@@ -10,7 +17,31 @@ from fieldkit.flow import euler_sample, interpolate, rollout_states, shift_sigma
 from fieldkit.graph.loader import Graph, load_graph, loads_graph
 from fieldkit.ops import Guidance, Masked, Mix, Scale, SigmaWeight, Sum, TimeSwitch, TowardSource
 
+if TYPE_CHECKING:
+    from fieldkit.distill.engine import RunResult
+
 __version__ = "0.1.0"
+
+
+def distill_graph(
+    graph: Graph | str | Path,
+    out: str | Path | None = None,
+    *,
+    overrides: tuple[str, ...] = (),
+    resume: str | None = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Train a graph's student (what ``fieldkit distill GRAPH`` runs) and return the run's result.
+
+    ``graph`` is a validated :class:`Graph` or the path of a YAML file (then ``overrides`` are ``--set``
+    strings such as ``"run.steps=100"``); ``resume="latest"`` continues the run in ``out``.
+    """
+    from fieldkit.distill.engine import Engine  # the engine pulls in accelerate: import it on use
+
+    if not isinstance(graph, Graph):
+        graph = load_graph(graph, overrides)
+    return Engine(graph, None if out is None else Path(out), resume=resume, show_progress=show_progress).run()
+
 
 __all__ = [
     "Cond",
@@ -30,6 +61,8 @@ __all__ = [
     "VelocityField",
     "__version__",
     "as_field",
+    "attention",
+    "distill_graph",
     "euler_sample",
     "interpolate",
     "load_graph",
@@ -37,4 +70,5 @@ __all__ = [
     "rollout_states",
     "shift_sigma",
     "sigma_schedule",
+    "use_backend",
 ]

@@ -158,3 +158,12 @@ def test_a_bad_value_in_set_is_reported_before_anything_runs(graph: Path, tmp_pa
     assert result.exit_code == 2
     assert "run.lr" in result.output and "--set" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_the_python_api_distill_graph_matches_the_command(graph: Path, tmp_path: Path) -> None:
+    import fieldkit
+
+    result = fieldkit.distill_graph(graph, tmp_path / "api", overrides=("run.steps=2",), show_progress=False)
+    assert result.step == 2 and result.out == tmp_path / "api"
+    assert (tmp_path / "api" / "student" / "model.safetensors").is_file()
+    assert {s.field for s in result.scores} == {"guided", "student"}
