@@ -71,20 +71,21 @@ def combined_scores(scores: Sequence[Score]) -> dict[str, float]:
 
 
 def results_table(scores: Sequence[Score], title: str = "results") -> Table:
-    """Rows: fields; columns: ``route/metric``, and ``combined`` (:func:`combined_scores`) when more than one
-    route reports a ``score``."""
-    columns = list(dict.fromkeys(f"{s.route}/{k}" for s in scores for k in s.values))
-    rows: dict[str, dict[str, float]] = {}
+    """Rows: ``route/metric`` (and ``combined``, :func:`combined_scores`, when more than one route reports a
+    ``score``); columns: fields. Fields are few and metrics many, so this keeps the table narrow."""
+    metrics = list(dict.fromkeys(f"{s.route}/{k}" for s in scores for k in s.values))
+    fields: dict[str, dict[str, float]] = {}
     for s in scores:
-        rows.setdefault(s.field, {}).update({f"{s.route}/{k}": v for k, v in s.values.items()})
+        fields.setdefault(s.field, {}).update({f"{s.route}/{k}": v for k, v in s.values.items()})
     if len({s.route for s in scores if "score" in s.values}) > 1:
-        columns.append("combined")
+        metrics.append("combined")
         for name, value in combined_scores(scores).items():
-            rows[name]["combined"] = value
+            fields[name]["combined"] = value
     table = Table(title=title)
-    table.add_column("field")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for name, values in rows.items():
-        table.add_row(name, *(f"{values[c]:.4g}" if c in values else "-" for c in columns))
+    table.add_column("route/metric")
+    for name in fields:
+        table.add_column(name, justify="right")
+    for metric in metrics:
+        cells = (f"{values[metric]:.4g}" if metric in values else "-" for values in fields.values())
+        table.add_row(metric, *cells, style="bold" if metric == "combined" else None)
     return table
