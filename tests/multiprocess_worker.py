@@ -11,24 +11,19 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
-from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from toy_world import DistillWorld
 
 from fieldkit import loads_graph
-from fieldkit.cond import Cond
 from fieldkit.distill.engine import Engine
-from fieldkit.field import ModuleField, broadcast_sigma
-from fieldkit.plugins import hookimpl
 from fieldkit.plugins.manager import get_host
-from fieldkit.plugins.registry import Params
 
 GRAPH = """
 fields:
-  ta: {type: mp_linear, seed: 1}
-  tb: {type: mp_linear, seed: 3}
-  init: {type: mp_linear, seed: 2}
+  ta: {type: linear, seed: 1}
+  tb: {type: linear, seed: 3}
+  init: {type: linear, seed: 2}
 routes:
   a: {field: ta, data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}}
   b: {field: tb, weight: 2, data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4], seed: 1}}
@@ -39,43 +34,13 @@ run: {steps: 8, batch_size: 4, grad_accum: 2, lr: 0.02, log_every: 1, checkpoint
 """
 
 
-class LinearField(ModuleField):
-    """A per-pixel ``nn.Linear`` over ``[x, sigma, label]``."""
-
-    lora_targets = ("lin",)
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.lin = nn.Linear(3, 1)
-        with torch.no_grad():
-            self.lin.weight.copy_(torch.randn(self.lin.weight.shape, generator=g) * 0.5)
-            self.lin.bias.copy_(torch.randn(self.lin.bias.shape, generator=g) * 0.5)
-
-    def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
-        b, _, h, w = x.shape
-        s = broadcast_sigma(sigma, x).expand(b, 1, h, w)
-        label = cond["label"].to(x).view(-1, 1, 1, 1).expand(b, 1, h, w)
-        return self.lin(torch.cat([x, s, label], dim=1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class SeedParams(Params):
-    seed: int = 0
-
-
-class World:
-    @hookimpl
-    def fieldkit_register_sources(self, register) -> None:
-        register("mp_linear", lambda p, ctx: LinearField(p.seed), SeedParams)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
-    get_host().register(World(), "mp-world")
+    get_host().register(DistillWorld(), "distill-world")
     engine = Engine(loads_graph(GRAPH, args.set), out=args.out, show_progress=False)
     result = engine.run()
     rank = engine.accelerator.process_index
