@@ -111,38 +111,46 @@ def rollout_states(
     ``indices`` is ``[B, K]`` (values in ``[0, N - 1]``); returns states ``[B, K, ...]`` and the sequential
     NFEs run, ``max(indices)``. A sample leaves the batch once its last index is reached, so the field sees
     ``sum_b max_k indices[b, k]`` samples in all rather than ``B max(indices)`` (fields act per sample).
+
+    The schedule is planned once, on the host: the rows are sorted by their last index, longest first, so
+    the rows still running are always a prefix and the batch shrinks by slicing. The loop has no gather and
+    no device-to-host sync, which on a GPU would stall the queue of kernel launches.
     """
     _check_sigmas(sigmas)
     steps = sigmas.numel() - 1
     if indices.dim() != 2 or indices.shape[0] != noise.shape[0]:
         raise ValueError(f"indices must be [B, K] with B = {noise.shape[0]}, got {tuple(indices.shape)}")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= steps):
+    plan = indices.detach().cpu()
+    if plan.numel() and (int(plan.min()) < 0 or int(plan.max()) >= steps):
         raise ValueError(f"rollout indices must lie in [0, {steps - 1}]")
     sigmas = sigmas.to(device=noise.device, dtype=noise.dtype)
-    indices = indices.to(noise.device)
-    out = noise.new_empty((*indices.shape, *noise.shape[1:]))
-    if not indices.numel():
+    batch, k = plan.shape
+    out = noise.new_empty((batch, k, *noise.shape[1:]))
+    if not plan.numel():
         return out, 0
-    row_last = indices.max(dim=1).values
+    row_last = plan.max(dim=1).values
     last = int(row_last.max())
-    alive = torch.arange(noise.shape[0], device=noise.device)  # working row -> original row
-    x, live_cond, live_indices = noise, cond, indices
+    order = torch.argsort(row_last, descending=True, stable=True)
+    running = [int((row_last > i).sum()) for i in range(last)]  # rows that take step i: a prefix
+    # Every (row, column) to record, grouped by the step that reaches it: its row in the sorted batch and
+    # its place in ``out`` (original order, flattened over K); one host-to-device copy for all steps.
+    flat = plan[order].flatten()
+    by_step = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=last + 1).tolist()
+    plan_dev = torch.stack([by_step // k, order[by_step // k] * k + by_step % k]).to(noise.device)
+    records = plan_dev.split(counts, dim=1)
+    flat_out = out.view(batch * k, *noise.shape[1:])
+    x, live_cond = noise[order.to(noise.device)], cond.index(order.to(noise.device))
     for i in range(last + 1):
-        rows, cols = (live_indices == i).nonzero(as_tuple=True)
-        if rows.numel():
-            out[alive[rows], cols] = x[rows]
+        if counts[i]:
+            rows, slots = records[i]
+            flat_out[slots] = x[rows]
         if i == last:
             break
-        keep = row_last[alive] > i
-        if not bool(keep.all()):
-            kept = keep.nonzero().squeeze(1)
-            x, live_cond, live_indices, alive = (
-                x[kept],
-                live_cond.index(kept),
-                live_indices[kept],
-                alive[kept],
-            )
-        v = field(x, sigmas[i].expand(x.shape[0]), live_cond)
+        n = running[i]
+        if n < x.shape[0]:
+            x, live_cond = x[:n], live_cond.index(slice(0, n))
+        v = field(x, sigmas[i].expand(n), live_cond)
         x = euler_step(x, v, sigmas[i], sigmas[i + 1])
     return out, last
 

@@ -110,22 +110,28 @@ def test_rollout_nfe_is_the_last_queried_index_and_states_follow_the_student(dis
         idx = torch.searchsorted(-sigmas, -query["sigma"])
         torch.testing.assert_close(sigmas[idx], query["sigma"], rtol=0, atol=0)
         assert len(calls) == int(idx.max())  # stopped at the last queried index
-        # States queried before the stop are the rollout's own pre-step states.
-        # A sample leaves the rollout batch after its last query: call i sees only the rows still needed.
+        # States queried before the stop are the rollout's own pre-step states. The rollout sorts its rows
+        # by last index (longest first) and a sample leaves after its last query: call i sees the prefix
+        # of that order still needed.
         rows = torch.arange(8).repeat_interleave(2)
         row_last = idx.view(8, 2).max(dim=1).values
+        order = torch.argsort(row_last, descending=True, stable=True).tolist()
         for j, (row, i) in enumerate(zip(rows.tolist(), idx.tolist(), strict=True)):
             if i < int(row_last[row]):
-                alive = (row_last > i).nonzero().squeeze(1).tolist()
-                assert calls[i]["x"].shape[0] == len(alive)
-                torch.testing.assert_close(query["x"][j], calls[i]["x"][alive.index(row)], rtol=0, atol=0)
+                running = int((row_last > i).sum())
+                assert calls[i]["x"].shape[0] == running
+                assert row in order[:running]
+                torch.testing.assert_close(query["x"][j], calls[i]["x"][order.index(row)], rtol=0, atol=0)
     nfe = [len(calls) for calls, _ in micro]
     assert [r["rollout_nfe"] for r in res.history] == [nfe[i] + nfe[i + 1] for i in range(0, 8, 2)]
     # The first micro-batch ran with the initial weights (the frozen init node's): a full recorded rollout
     # of init from the same noise gives every queried state.
     calls, query = micro[0]
-    full = euler_sample(e.ctx.field("init"), calls[0]["x"], query_cond(e), sigmas, record=True).states
     idx = torch.searchsorted(-sigmas, -query["sigma"]).view(8, 2)
+    order = torch.argsort(idx.max(dim=1).values, descending=True, stable=True)
+    noise = torch.empty_like(calls[0]["x"])
+    noise[order] = calls[0]["x"]  # the first call holds every row, in the rollout's order
+    full = euler_sample(e.ctx.field("init"), noise, query_cond(e), sigmas, record=True).states
     want = full[idx, torch.arange(8).unsqueeze(1)].flatten(0, 1)
     torch.testing.assert_close(query["x"], want)
 
