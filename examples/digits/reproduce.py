@@ -433,7 +433,13 @@ def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) 
 
 
 def study(args: argparse.Namespace) -> None:
-    settings = Settings(steps=args.steps, budget_seconds=args.budget_seconds, extra=tuple(args.set))
+    settings = Settings(
+        steps=args.steps,
+        eval_samples=args.eval_samples,
+        curve_samples=args.curve_samples,
+        budget_seconds=args.budget_seconds,
+        extra=tuple(args.set),
+    )
     if args.quick:
         settings = Settings(
             steps=args.steps if args.steps != 200 else 4,
@@ -453,37 +459,97 @@ def study(args: argparse.Namespace) -> None:
         sys.exit(f"unknown comparison(s) {sorted(unknown)}; known: {', '.join(comparisons())}")
     todo = plan(selected, args.seeds, args.matched.split(","))
     world = world_fingerprint()
-    shard, shards = (int(x) for x in args.shard.split("/"))
-    groups = sorted({(r.comparison, seed) for r, seed, _ in todo})
-    mine = {g for i, g in enumerate(groups) if i % shards == shard}
-    for run, seed, matched in todo:
-        if (run.comparison, seed) not in mine:
-            continue
-        key = run_key(run, seed, matched, settings.steps, world)
-        done = {run_key_of(r) for r in read_results(results_path)}
-        if key in done:
-            continue
-        budget = None
-        if matched == "time":
-            budget = settings.budget_seconds or _reference_seconds(
-                read_results(results_path), run, seed, settings.steps, world
-            )
-            if budget is None:
-                print(f"skip {key}: its reference {run.ref} has not run yet", flush=True)
+    claims = out / "claims"
+    claims.mkdir(exist_ok=True)
+    waiting = todo
+    idle_since = time.monotonic()
+    while waiting:
+        deferred = []
+        for run, seed, matched in waiting:
+            key = run_key(run, seed, matched, settings.steps, world)
+            if key in {run_key_of(r) for r in read_results(results_path)}:
                 continue
-        started = time.perf_counter()
-        print(f"run {key}", flush=True)
-        record = execute(run, seed, matched, settings, budget)
-        record["world"] = world
-        record["wall_seconds"] = time.perf_counter() - started
-        with results_path.open("a") as fh:  # one line per run, appended when it finishes
-            fh.write(json.dumps(record) + "\n")
-        summary = record["scores"].get("student", record["scores"].get("init", {}))
-        print(
-            f"  done in {record['wall_seconds']:.0f}s, {record['steps']} steps, "
-            f"combined {summary.get('combined', float('nan')):.3f}",
-            flush=True,
+            if not _has_reference(run, seed, matched, settings, world, results_path):
+                deferred.append((run, seed, matched))
+            elif _claim(claims, key):
+                # Re-read after claiming: another process may have finished it since the check above.
+                if key not in {run_key_of(r) for r in read_results(results_path)}:
+                    _run_one(run, seed, matched, settings, world, results_path)
+                    idle_since = time.monotonic()
+                _release(claims, key)
+        if deferred and time.monotonic() - idle_since > args.wait_minutes * 60:
+            for run, seed, matched in deferred:
+                key = run_key(run, seed, matched, settings.steps, world)
+                print(f"skip {key}: its reference {run.ref} has not run (run the study again once it has)")
+            return
+        if deferred:  # their references are running in another process: poll results.jsonl
+            time.sleep(20)
+        waiting = deferred
+
+
+def _claim(claims: Path, key: str) -> bool:
+    """Take ``key`` for this process (a file holding its pid); False while another live process holds it.
+
+    Several processes started on the same ``--out`` share the plan this way, each taking the next run
+    nobody holds, in plan order; a claim left by a process that died is taken over.
+    """
+    path = _claim_path(claims, key)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            holder = int(path.read_text() or 0)
+            os.kill(holder, 0)
+            return False
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            path.write_text(str(os.getpid()))  # stale: its process is gone
+            return True
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    return True
+
+
+def _release(claims: Path, key: str) -> None:
+    _claim_path(claims, key).unlink(missing_ok=True)
+
+
+def _claim_path(claims: Path, key: str) -> Path:
+    import hashlib
+
+    return claims / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _has_reference(
+    run: Run, seed: int, matched: str, settings: Settings, world: str, results_path: Path
+) -> bool:
+    if matched != "time" or settings.budget_seconds:
+        return True
+    return _reference_seconds(read_results(results_path), run, seed, settings.steps, world) is not None
+
+
+def _run_one(run: Run, seed: int, matched: str, settings: Settings, world: str, results_path: Path) -> None:
+    """Train (or evaluate) one run and append its record to results.jsonl."""
+    key = run_key(run, seed, matched, settings.steps, world)
+    budget = None
+    if matched == "time":
+        budget = settings.budget_seconds or _reference_seconds(
+            read_results(results_path), run, seed, settings.steps, world
         )
+    started = time.perf_counter()
+    print(f"run {key}", flush=True)
+    record = execute(run, seed, matched, settings, budget)
+    record["world"] = world
+    record["wall_seconds"] = time.perf_counter() - started
+    with results_path.open("a") as fh:  # one line per run, appended when it finishes
+        fh.write(json.dumps(record) + "\n")
+    summary = record["scores"].get("student", record["scores"].get("init", {}))
+    print(
+        f"  done in {record['wall_seconds']:.0f}s, {record['steps']} steps, "
+        f"combined {summary.get('combined', float('nan')):.3f}",
+        flush=True,
+    )
 
 
 def run_key_of(record: dict[str, Any]) -> str:
@@ -682,7 +748,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="training seconds of matched-time runs (default: the reference run's)",
     )
     parser.add_argument("--matched", default="steps,time", help="steps, time, or both")
-    parser.add_argument("--shard", default="0/1", help="I/N: run only every N-th (comparison, seed) group")
+    parser.add_argument("--eval-samples", type=int, default=128, help="samples per route for final scores")
+    parser.add_argument("--curve-samples", type=int, default=64, help="samples per route at curve points")
+    parser.add_argument(
+        "--wait-minutes",
+        type=float,
+        default=30.0,
+        help="how long to wait for a reference that another process is running before giving up",
+    )
     parser.add_argument("--set", action="append", default=[], help="extra override for every run")
     parser.add_argument("--report", action="store_true", help="write the report after the runs")
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -70,3 +71,24 @@ def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path):
     # Resuming skips what is done: a second call runs nothing new.
     repro.main(["--quick", "--out", str(tmp_path)])
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_claims_share_the_plan_between_processes(tmp_path):
+    """A run held by a live process is not taken; one left by a dead process is; release frees it."""
+    import subprocess
+
+    repro = _load()
+    assert repro._claim(tmp_path, "a")
+    assert repro._claim(tmp_path, "b")  # another key is free
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        repro._claim_path(tmp_path, "held").write_text(str(other.pid))
+        assert not repro._claim(tmp_path, "held")  # a live holder keeps it
+    finally:
+        other.kill()
+        other.wait()
+    assert repro._claim(tmp_path, "held")  # its holder is gone: taken over
+    assert repro._claim_path(tmp_path, "held").read_text() == str(os.getpid())
+    repro._release(tmp_path, "a")
+    assert not repro._claim_path(tmp_path, "a").exists()
+    assert repro._claim(tmp_path, "a")
