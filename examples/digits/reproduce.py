@@ -598,6 +598,8 @@ def report(args: argparse.Namespace) -> str:
     """Markdown tables (mean ± std over seeds) and PNG curves from ``OUT/results.jsonl``."""
     out = Path(args.out)
     results = read_results(out / "results.jsonl")
+    if not results:
+        sys.exit(f"no results in {out / 'results.jsonl'}: run the study with --out {out} first")
     lines = [
         f"Results from `{out / 'results.jsonl'}` ({len(results)} runs). Mean ± std over seeds; "
         "a single value is a single seed.",

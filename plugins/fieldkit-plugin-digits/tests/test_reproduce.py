@@ -92,3 +92,11 @@ def test_claims_share_the_plan_between_processes(tmp_path):
     repro._release(tmp_path, "a")
     assert not repro._claim_path(tmp_path, "a").exists()
     assert repro._claim(tmp_path, "a")
+
+
+def test_report_without_results_says_so_and_writes_nothing(tmp_path: Path):
+    repro = _load()
+    with pytest.raises(SystemExit) as err:
+        repro.main(["report", "--out", str(tmp_path / "nothing")])
+    assert "no results in" in str(err.value) and "run the study" in str(err.value)
+    assert not (tmp_path / "nothing").exists()
