@@ -52,7 +52,7 @@ def test_every_comparison_is_planned_and_references_precede_their_twins():
 
 
 def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path):
-    """The whole study in --quick mode (every run, 4 steps, 8 samples): in the default suite, so it cannot rot."""
+    """The whole --quick study (every run, 4 steps, 8 samples), in the default suite so it cannot rot."""
     repro = _load()
     repro.main(["--quick", "--out", str(tmp_path), "--report"])
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
