@@ -701,17 +701,25 @@ def _plots(comp: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     if not runs:
         return []
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in runs.items():
-        for route, pts in r["loss_curve"].items():
+    # One panel per route: the routes' losses differ by orders of magnitude; one colour per run across panels.
+    routes = sorted({route for r in runs.values() for route, pts in r["loss_curve"].items() if pts})
+    fig, axes = plt.subplots(1, len(routes), figsize=(3.6 * len(routes) + 2.4, 3.6), squeeze=False)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(runs)}
+    styles = {name: "-" if i < 10 else "--" for i, name in enumerate(runs)}
+    for ax, route in zip(axes[0], routes, strict=True):
+        for name, r in runs.items():
+            pts = r["loss_curve"].get(route)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name} [{route}]")
-    ax.set_yscale("log")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{comp}: training loss per route")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
+                steps, losses = [p[0] for p in pts], [p[1] for p in pts]
+                ax.plot(steps, losses, styles[name], color=colours[name], label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"route {route}", fontsize=9)
+    axes[0][0].set_ylabel("training loss")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=6)
+    fig.suptitle(f"{comp}: training loss per route (seed {next(iter(runs.values()))['seed']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (3.6 * len(routes) + 2.4), 1))
     paths.append(out / f"{comp}-loss.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)

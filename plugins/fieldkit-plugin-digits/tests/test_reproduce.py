@@ -68,6 +68,9 @@ def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path):
     report = (tmp_path / "report.md").read_text()
     for comparison in repro.comparisons():
         assert f"### {comparison}" in report
+    # Plots (matplotlib is a dev dependency): one loss figure per comparison, metric curves where recorded.
+    assert (tmp_path / "composition-loss.png").stat().st_size > 0
+    assert (tmp_path / "query-metric.png").stat().st_size > 0
     # Resuming skips what is done: a second call runs nothing new.
     repro.main(["--quick", "--out", str(tmp_path)])
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(records)
