@@ -120,6 +120,15 @@ def make_inputs(config: dict, batch: int, latent: int, text_tokens: int, device:
     }
 
 
+def training_step(net, inputs: dict, target: torch.Tensor, optimizer, device: torch.device) -> None:
+    """One full training step: bf16-autocast forward, velocity MSE in fp32, backward, AdamW step."""
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = net(**inputs)[0]
+    (out.float() - target).square().mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         step()
@@ -173,12 +182,7 @@ def main() -> None:
         target = torch.randn_like(inputs["hidden_states"])
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                out = model(**inputs)[0]
-            (out.float() - target).square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            del out
+            training_step(model, inputs, target, optimizer, device)
             break
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -215,14 +219,7 @@ def main() -> None:
         )
 
     def train_step(net) -> Callable[[], None]:
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                out = net(**inputs)[0]
-            (out.float() - target).square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return step
+        return lambda: training_step(net, inputs, target, optimizer, device)
 
     def rollout_forward(net) -> Callable[[], None]:
         def step() -> None:
