@@ -467,14 +467,20 @@ def study(args: argparse.Namespace) -> None:
         deferred = []
         for run, seed, matched in waiting:
             key = run_key(run, seed, matched, settings.steps, world)
-            if key in {run_key_of(r) for r in read_results(results_path)}:
+            results = read_results(results_path)
+            if key in {run_key_of(r) for r in results}:
                 continue
-            if not _has_reference(run, seed, matched, settings, world, results_path):
-                deferred.append((run, seed, matched))
-            elif _claim(claims, key):
+            budget = None  # training seconds of a matched-time twin: its reference's
+            if matched == "time":
+                reference = _reference_seconds(results, run, seed, settings.steps, world)
+                budget = settings.budget_seconds or reference
+                if budget is None:
+                    deferred.append((run, seed, matched))
+                    continue
+            if _claim(claims, key):
                 # Re-read after claiming: another process may have finished it since the check above.
                 if key not in {run_key_of(r) for r in read_results(results_path)}:
-                    _run_one(run, seed, matched, settings, world, results_path)
+                    _run_one(run, seed, matched, settings, world, results_path, budget)
                     idle_since = time.monotonic()
                 _release(claims, key)
         if deferred and time.monotonic() - idle_since > args.wait_minutes * 60:
@@ -521,22 +527,17 @@ def _claim_path(claims: Path, key: str) -> Path:
     return claims / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def _has_reference(
-    run: Run, seed: int, matched: str, settings: Settings, world: str, results_path: Path
-) -> bool:
-    if matched != "time" or settings.budget_seconds:
-        return True
-    return _reference_seconds(read_results(results_path), run, seed, settings.steps, world) is not None
-
-
-def _run_one(run: Run, seed: int, matched: str, settings: Settings, world: str, results_path: Path) -> None:
-    """Train (or evaluate) one run and append its record to results.jsonl."""
+def _run_one(
+    run: Run,
+    seed: int,
+    matched: str,
+    settings: Settings,
+    world: str,
+    results_path: Path,
+    budget: float | None,
+) -> None:
+    """Train (or evaluate) one run, for at most ``budget`` training seconds, and append its record."""
     key = run_key(run, seed, matched, settings.steps, world)
-    budget = None
-    if matched == "time":
-        budget = settings.budget_seconds or _reference_seconds(
-            read_results(results_path), run, seed, settings.steps, world
-        )
     started = time.perf_counter()
     print(f"run {key}", flush=True)
     record = execute(run, seed, matched, settings, budget)
