@@ -162,7 +162,9 @@ class DistillMethod:
         k = idx.shape[1]
         noise = torch.randn((n, k if p.states == "data" else 1, *shape), generator=generator)
         rows = shard.rows(n)
-        batch, idx, noise = shard.take(batch), idx[rows].to(sigmas.device), noise[rows].to(sigmas.device)
+        # The rollout plans its early stop from the indices on the host: keep them there too (no device sync).
+        batch, plan = shard.take(batch), idx[rows]
+        idx, noise = plan.to(sigmas.device), noise[rows].to(sigmas.device)
         cond, bsz = batch.cond, idx.shape[0]
         # Tensors that will meet autograd are made outside inference mode.
         sigma = sigmas[idx].flatten()
@@ -180,7 +182,7 @@ class DistillMethod:
                 # A LoRA student rolls out with its adapters merged: each forward is a plain one.
                 merge = p.states == "student" and isinstance(policy, nn.Module)
                 with merged_lora(policy) if merge else contextlib.nullcontext():
-                    states, nfe = rollout_states(roller, noise[:, 0], cond, sigmas, idx)
+                    states, nfe = rollout_states(roller, noise[:, 0], cond, sigmas, plan)
             t1 = time.perf_counter()
             x = states.flatten(0, 1)
             u = target(x, sigma, cond_k)
@@ -193,7 +195,7 @@ class DistillMethod:
         timings["student_forward"] = time.perf_counter() - t3
         weights = self.weights(sigmas, idx)
         loss = per_sample.mean() if weights is None else (weights.to(per_sample) * per_sample).mean()
-        samples = int(idx.max(dim=1).values.sum()) if p.states != "data" else 0
+        samples = int(plan.max(dim=1).values.sum()) if p.states != "data" else 0
         return LossOutput(loss, nfe, samples, sigma.detach(), timings)
 
 
