@@ -137,10 +137,11 @@ def rollout_states(
     flat = plan[order].flatten()
     by_step = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=last + 1).tolist()
-    plan_dev = torch.stack([by_step // k, order[by_step // k] * k + by_step % k]).to(noise.device)
-    records = plan_dev.split(counts, dim=1)
+    src = by_step // k
+    records = torch.stack([src, order[src] * k + by_step % k]).to(noise.device).split(counts, dim=1)
     flat_out = out.view(batch * k, *noise.shape[1:])
-    x, live_cond = noise[order.to(noise.device)], cond.index(order.to(noise.device))
+    order = order.to(noise.device)
+    x, live_cond = noise[order], cond.index(order)
     for i in range(last + 1):
         if counts[i]:
             rows, slots = records[i]
