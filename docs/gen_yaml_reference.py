@@ -24,7 +24,16 @@ from pydantic.fields import FieldInfo
 
 from fieldkit import __version__, builtin
 from fieldkit.graph.refs import FieldRef
-from fieldkit.graph.schema import FlowSpec, GraphSpec, LoraSpec, RouteSpec, RunSpec, StudentSpec, TypedSpec
+from fieldkit.graph.schema import (
+    FlowSpec,
+    GraphSpec,
+    LoraSpec,
+    OptimizerSpec,
+    RouteSpec,
+    RunSpec,
+    StudentSpec,
+    TypedSpec,
+)
 from fieldkit.plugins.manager import BUILTIN_NAME, PluginHost
 from fieldkit.plugins.registry import KINDS
 
@@ -37,6 +46,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("student.lora", LoraSpec),
     ("flow", FlowSpec),
     ("run", RunSpec),
+    ("run.optimizer", OptimizerSpec),
 ]
 
 SECTION_OF = {model: where for where, model in SECTIONS}

@@ -24,6 +24,7 @@ from fieldkit.data import Shard, evaluation_bucket
 from fieldkit.distill.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from fieldkit.distill.ema import EMA
 from fieldkit.distill.methods import Method
+from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_schedule
 from fieldkit.distill.routing import HardRouter
 from fieldkit.distill.runlog import RunLog
 from fieldkit.distill.student import make_student, trainable_state
@@ -122,9 +123,8 @@ class Engine:
         torch.manual_seed(seed + acc.process_index)
         student = make_student(self.ctx.field(spec.student.init), spec.student).to(acc.device)
         params = [p for p in student.parameters() if p.requires_grad]
-        # The fused kernel (CPU and CUDA) updates every tensor in one pass instead of a loop over them.
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        optimizer = torch.optim.AdamW(params, lr=spec.run.lr, weight_decay=spec.run.weight_decay, fused=fused)
+        optimizer = make_optimizer(params, spec.run)
+        self.lr_schedule = make_lr_schedule(optimizer, spec.run)
         self.model, self.optimizer = acc.prepare(student, optimizer)
         self.student: nn.Module = acc.unwrap_model(self.model)
         self.params = params
@@ -147,7 +147,11 @@ class Engine:
         return state
 
     def _state(self) -> TrainState:
-        scalars = {"bad_steps": self.bad_steps, "processes": self.accelerator.num_processes}
+        scalars = {
+            "bad_steps": self.bad_steps,
+            "processes": self.accelerator.num_processes,
+            "lr_schedule": self.lr_schedule.state_dict(),
+        }
         ema = self.ema.state_dict() if self.ema is not None else None
         return TrainState(
             self.step,
@@ -183,7 +187,8 @@ class Engine:
             )
         self.optimizer.load_state_dict(state.optimizer)
         for group in self.optimizer.param_groups:  # the graph's settings win over the checkpoint's
-            group["lr"], group["weight_decay"] = self.run_spec.lr, self.run_spec.weight_decay
+            group["weight_decay"] = self.run_spec.weight_decay
+        restore_lr_schedule(self.lr_schedule, state.scalars.get("lr_schedule"), state.step, self.run_spec)
         saved_world = int(state.scalars.get("processes", self.shard.world))
         if saved_world != self.shard.world:
             self._note(
@@ -269,8 +274,10 @@ class Engine:
         clip = run.grad_clip if run.grad_clip is not None else math.inf
         grad_norm = float(acc.clip_grad_norm_(self.params, clip))
         finite = math.isfinite(total) and math.isfinite(grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
         if finite:
             self.optimizer.step()
+            self.lr_schedule.step()
             if self.ema is not None:
                 self.ema.update(self.student)
         self.optimizer.zero_grad(set_to_none=True)
@@ -281,7 +288,7 @@ class Engine:
             "loss": total,
             **{f"loss/{name}": value for name, value in zip(losses, route_means, strict=True)},
             "grad_norm": grad_norm,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "rollout_nfe": nfe,
             "rollout_samples": rollout_samples,
             "time/step": elapsed,

@@ -116,7 +116,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...])
         return f"unknown key {loc[-1]!r}" + (f"; valid keys: {valid}" if valid else "")
     if kind == "missing":
         return f"missing required key {loc[-1]!r}" if loc else "missing required value"
-    message = err["msg"]
+    message = err["msg"].removeprefix("Value error, ")  # a validator's own sentence needs no prefix
     if "input" in err and not isinstance(err["input"], dict | list):
         message += f" (got {err['input']!r})"
     return message

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fieldkit.graph.refs import FieldRef
 
@@ -70,13 +70,44 @@ class FlowSpec(Strict):
     shift: float = Field(3.0, gt=0)
 
 
+OPTIMIZER_PARAMS = {"adamw": ("betas", "eps"), "sgd": ("momentum", "nesterov"), "adafactor": ()}
+
+
+class OptimizerSpec(Strict):
+    """The optimizer (torch.optim), e.g. ``{type: sgd, momentum: 0.9}``; ``run.lr`` and ``run.weight_decay``
+    apply to every type, the other keys to the type they name."""
+
+    type: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw: moment decay rates, each in [0, 1)")
+    eps: float = Field(1e-8, gt=0, description="adamw: added to the denominator")
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd: momentum factor")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum (needs momentum > 0)")
+
+    @model_validator(mode="after")
+    def _params_fit_type(self) -> OptimizerSpec:
+        for key in sorted(self.model_fields_set - {"type"}):
+            owner = next(t for t, keys in OPTIMIZER_PARAMS.items() if key in keys)
+            if owner != self.type:
+                raise ValueError(f"{key!r} is a parameter of {owner}, not of {self.type}; remove it")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must each be in [0, 1), got {list(self.betas)}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0; set momentum (e.g. 0.9)")
+        return self
+
+
 class RunSpec(Strict):
     """Optimisation and bookkeeping of a run."""
 
     steps: int = Field(200, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="samples per micro-batch (per process)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (the schedule multiplies it)")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="decay after warmup: constant, cosine or linear to 0 at run.steps"
+    )
+    warmup_steps: int = Field(0, ge=0, description="updates over which the lr ramps linearly from 0")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="adamw, sgd or adafactor")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     seed: int = 0
@@ -91,6 +122,14 @@ class RunSpec(Strict):
     checkpoint_every: int | None = Field(None, ge=1)
     keep_last: int = Field(3, ge=1)
     max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_fits(cls, value: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if steps is not None and value >= steps:
+            raise ValueError(f"warmup_steps ({value}) must be below steps ({steps}); lower warmup_steps")
+        return value
 
 
 class GraphSpec(Strict):
