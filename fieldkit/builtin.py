@@ -80,14 +80,18 @@ def build_mixture_accuracy(p: GaussianMixtureParams, ctx: Any) -> MixtureAccurac
 
 
 class MergeParams(Params):
-    """A parameter-space merge of source fields of one architecture (the weight-merge baseline)."""
+    """A parameter-space merge of source fields of one architecture: an average or task arithmetic."""
 
     fields: list[FieldRef] = Field(min_length=1, description="sources with weights, of one architecture")
-    weights: list[float] | None = Field(None, description="merge weights (normalised); default: equal")
+    weights: list[float] | None = Field(
+        None,
+        description="merge weights, divided by their sum; default: equal. Negative weights are task "
+        "arithmetic: fields [a, b, base] with weights [1, 1, -1] give a + b - base",
+    )
 
 
 def build_merge(p: MergeParams, ctx: Any) -> torch.nn.Module:
-    """``theta = sum_i w_i theta_i`` over the named sources' weights."""
+    """``theta = sum_i w_i theta_i / sum_i w_i`` over the named sources' weights."""
     models = [ctx.field(name) for name in p.fields]
     if not all(isinstance(m, torch.nn.Module) for m in models):
         raise FieldkitError("merge needs sources with weights (e.g. fieldkit.checkpoint), not operators")

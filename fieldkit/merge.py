@@ -1,8 +1,14 @@
-"""Parameter-space weight merging: the "weight merge" baseline, ``theta = sum_i w_i theta_i``."""
+"""Parameter-space weight merging, ``theta = sum_i w_i theta_i`` with ``sum_i w_i = 1``.
+
+Non-negative weights give the weight-merge baseline (an average). Negative weights give task arithmetic:
+for two fine-tunes ``a`` and ``b`` of one ``base``, ``a + b - base = base + (a - base) + (b - base)`` is the
+merge of ``[a, b, base]`` with weights ``[1, 1, -1]``.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,13 +18,18 @@ from fieldkit.errors import FieldkitError
 
 
 def merge_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    """Normalised merge weights (equal when ``None``); they must be >= 0 and not all zero."""
+    """Weights divided by their sum (equal when ``None``): finite, any sign, with a positive sum."""
     values = [1.0] * count if weights is None else [float(w) for w in weights]
     if len(values) != count:
         raise FieldkitError(f"{count} models to merge but {len(values)} weights", hint="give one weight each")
-    if any(w < 0 for w in values) or sum(values) <= 0:
-        raise FieldkitError(f"merge weights must be >= 0 with a positive sum, got {values}")
+    if not all(math.isfinite(w) for w in values):
+        raise FieldkitError(f"merge weights must be finite numbers, got {values}")
     total = sum(values)
+    if total <= 0:
+        raise FieldkitError(
+            f"merge weights must have a positive sum (they are divided by it), got {values} (sum {total:g})",
+            hint="an average has weights >= 0; task arithmetic a + b - base is weights [1, 1, -1]",
+        )
     return [w / total for w in values]
 
 
@@ -54,7 +65,7 @@ def merge_state_dicts(
 
 
 def merge_models(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
-    """A new model (a copy of the first) holding the weighted average of every model's weights."""
+    """A new model (a copy of the first) holding ``sum_i w_i theta_i`` (weights normalised to sum 1)."""
     if not models:
         raise FieldkitError("nothing to merge")
     kinds = {type(m).__name__ for m in models}

@@ -53,12 +53,35 @@ def test_non_floating_tensors_come_from_the_first_model() -> None:
     torch.testing.assert_close(merged["w"], torch.full((2,), 0.5))
 
 
+def test_negative_weights_are_task_arithmetic() -> None:
+    a, b, base = random_model(0), random_model(1), random_model(2)
+    merged = merge_models([a, b, base], [1.0, 1.0, -1.0])
+    for name, value in merged.state_dict().items():
+        sa, sb, s0 = (m.state_dict()[name] for m in (a, b, base))
+        torch.testing.assert_close(value, s0 + (sa - s0) + (sb - s0))
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, -1.0], [2.0, 0.5, -0.5], [0.2, 0.3, 0.5]])
+def test_weights_are_divided_by_their_sum(weights: list[float]) -> None:
+    normalised = merge_weights(weights, 3)
+    assert sum(normalised) == pytest.approx(1.0)
+    ratios = [n / w for n, w in zip(normalised, weights, strict=True)]
+    assert ratios == pytest.approx([1 / sum(weights)] * 3)
+
+
 @pytest.mark.parametrize(
-    ("weights", "count"),
-    [([1.0], 2), ([-1.0, 2.0], 2), ([0.0, 0.0], 2)],
+    ("weights", "count", "message"),
+    [
+        ([1.0], 2, "2 models to merge but 1 weights"),
+        ([-2.0, 1.0], 2, "positive sum"),
+        ([1.0, -1.0], 2, "positive sum"),
+        ([0.0, 0.0], 2, "positive sum"),
+        ([float("inf"), 1.0], 2, "finite"),
+        ([float("nan"), 1.0], 2, "finite"),
+    ],
 )
-def test_bad_weights_are_refused(weights: list[float], count: int) -> None:
-    with pytest.raises(FieldkitError):
+def test_bad_weights_are_refused(weights: list[float], count: int, message: str) -> None:
+    with pytest.raises(FieldkitError, match=message):
         merge_weights(weights, count)
 
 
@@ -89,11 +112,43 @@ fields:
     assert not any(p.requires_grad for p in merged.parameters())
 
 
-def test_merge_command_writes_a_loadable_folder_and_never_overwrites(tmp_path) -> None:
+def test_task_arithmetic_in_a_graph(tmp_path) -> None:
+    for i, name in enumerate(("a", "b", "base")):
+        random_model(i).save_pretrained(tmp_path / name)
+    graph = loads_graph(
+        f"""
+fields:
+  a: {{type: fieldkit.checkpoint, path: {tmp_path / "a"}}}
+  b: {{type: fieldkit.checkpoint, path: {tmp_path / "b"}}}
+  base: {{type: fieldkit.checkpoint, path: {tmp_path / "base"}}}
+  arith: {{type: merge, fields: [a, b, base], weights: [1, 1, -1]}}
+"""
+    )
+    ctx = BuildContext(graph)
+    name = "proj_out.weight"
+    a, b, base = (ctx.field(n).state_dict()[name] for n in ("a", "b", "base"))
+    torch.testing.assert_close(ctx.field("arith").state_dict()[name], a + b - base)
+
+
+def merge_args(tmp_path, *weights: str) -> list[str]:
+    """``fieldkit merge a b -w .. -o ab`` over two random model folders saved under ``tmp_path``."""
     random_model(0).save_pretrained(tmp_path / "a")
     random_model(1).save_pretrained(tmp_path / "b")
+    flags = [arg for w in weights for arg in ("-w", w)]
+    return ["merge", str(tmp_path / "a"), str(tmp_path / "b"), *flags, "-o", str(tmp_path / "ab")]
+
+
+def test_merge_command_refuses_weights_without_a_positive_sum(tmp_path) -> None:
     out = tmp_path / "ab"
-    args = ["merge", str(tmp_path / "a"), str(tmp_path / "b"), "-w", "1", "-w", "3", "-o", str(out)]
+    result = CliRunner().invoke(cli, merge_args(tmp_path, "1", "-1"))
+    assert result.exit_code == 2, result.output
+    assert "positive sum" in result.output
+    assert not out.exists()
+
+
+def test_merge_command_writes_a_loadable_folder_and_never_overwrites(tmp_path) -> None:
+    out = tmp_path / "ab"
+    args = merge_args(tmp_path, "1", "3")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     merged = load_pretrained(out)

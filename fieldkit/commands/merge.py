@@ -12,17 +12,26 @@ import click
     "models", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
 )
 @click.option(
-    "-w", "--weight", "weights", multiple=True, type=float, help="One per model (normalised); default equal."
+    "-w",
+    "--weight",
+    "weights",
+    multiple=True,
+    type=float,
+    help="One per model, divided by their sum; default equal. Negative: task arithmetic.",
 )
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path), help="The merged model folder."
 )
 def merge(models: tuple[Path, ...], weights: tuple[float, ...], output: Path) -> None:
-    """Average the weights of MODELS (fieldkit model folders of one architecture) into OUTPUT.
+    """Merge the weights of MODELS (fieldkit model folders of one architecture) into OUTPUT.
+
+    OUTPUT = sum_i w_i MODEL_i with the weights divided by their sum: an average, or with negative weights
+    task arithmetic (a + b - base).
 
     \b
     Example:
       fieldkit merge teachers/local teachers/global -w 0.5 -w 0.5 -o teachers/merged
+      fieldkit merge teachers/local teachers/global teachers/t2i -w 1 -w 1 -w -1 -o teachers/arith
     """
     from rich.console import Console
 
