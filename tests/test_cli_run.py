@@ -167,3 +167,34 @@ def test_the_python_api_distill_graph_matches_the_command(graph: Path, tmp_path:
     assert result.step == 2 and result.out == tmp_path / "api"
     assert (tmp_path / "api" / "student" / "model.safetensors").is_file()
     assert {s.field for s in result.scores} == {"guided", "student"}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_eval_scores_a_half_precision_folder_as_its_float32_copy(
+    graph: Path, tmp_path: Path, dtype: str
+) -> None:
+    import torch
+
+    from fieldkit.models import MMDiT, MMDiTConfig
+
+    torch.manual_seed(0)
+    model = MMDiT(
+        MMDiTConfig(
+            in_channels=1, sample_size=(4, 4), patch_size=2, hidden=16, depth=1, heads=2, num_classes=3
+        )
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    half = model.to(getattr(torch, dtype))
+    half.save_pretrained(tmp_path / "half")
+    half.float().save_pretrained(tmp_path / "full")
+    rows = {}
+    for name in ("half", "full"):
+        result = invoke("eval", str(graph), "--checkpoint", str(tmp_path / name), "--samples", "8", "--json")
+        assert result.exit_code == 0, result.output
+        rows[name] = [r for r in json.loads(result.output) if r["field"] == name]
+    assert len(rows["half"]) == 1
+    assert {k: v for k, v in rows["half"][0].items() if k != "field"} == {
+        k: v for k, v in rows["full"][0].items() if k != "field"
+    }

@@ -24,7 +24,11 @@ def build_router(graph: Graph, ctx: BuildContext) -> HardRouter:
 def collect_fields(
     graph: Graph, ctx: BuildContext, names: Sequence[str], checkpoints: Sequence[Path]
 ) -> dict[str, VelocityField]:
-    """``{label: field}`` for graph nodes ``names`` and model folders ``checkpoints`` (loaded, frozen)."""
+    """``{label: field}`` for graph nodes ``names`` and model folders ``checkpoints`` (loaded, frozen).
+
+    Model folders are loaded in float32, the dtype fields are sampled in, whatever dtype they were saved
+    in (a student saved in float16 or bfloat16 would otherwise meet float32 states).
+    """
     from fieldkit.models import load_pretrained
 
     fields: dict[str, VelocityField] = {}
@@ -36,7 +40,7 @@ def collect_fields(
         fields[name] = ctx.field(name)
     for folder in checkpoints:
         fields[folder.name if folder.name != "student" else str(folder)] = (
-            load_pretrained(folder).to(ctx.device).freeze()
+            load_pretrained(folder, dtype=torch.float32).to(ctx.device).freeze()
         )
     return fields
 
