@@ -18,6 +18,9 @@ from fieldkit.graph.loader import Graph, load_graph, loads_graph
 from fieldkit.ops import Guidance, Masked, Mix, Scale, SigmaWeight, Sum, TimeSwitch, TowardSource
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from fieldkit.distill.callbacks import Callback
     from fieldkit.distill.engine import RunResult
 
 __version__ = "0.1.0"
@@ -30,17 +33,20 @@ def distill_graph(
     overrides: tuple[str, ...] = (),
     resume: str | None = None,
     show_progress: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Train a graph's student (what ``fieldkit distill GRAPH`` runs) and return the run's result.
 
     ``graph`` is a validated :class:`Graph` or the path of a YAML file (then ``overrides`` are ``--set``
-    strings such as ``"run.steps=100"``); ``resume="latest"`` continues the run in ``out``.
+    strings such as ``"run.steps=100"``); ``resume="latest"`` continues the run in ``out``; ``callbacks``
+    run after the default ones (see :mod:`fieldkit.distill.callbacks`).
     """
     from fieldkit.distill.engine import Engine  # the engine pulls in accelerate: import it on use
 
     if not isinstance(graph, Graph):
         graph = load_graph(graph, overrides)
-    return Engine(graph, None if out is None else Path(out), resume=resume, show_progress=show_progress).run()
+    engine = Engine(graph, None if out is None else Path(out), resume=resume, show_progress=show_progress)
+    return engine.run(callbacks)
 
 
 __all__ = [

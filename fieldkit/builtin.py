@@ -3,6 +3,7 @@ hooks a third-party plugin uses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -18,13 +19,14 @@ from fieldkit.distill.methods import (
     SFTMethod,
     SFTParams,
 )
-from fieldkit.distill.routing import HardRouter, Route, SoftRouter
+from fieldkit.distill.routing import HardRouter, SoftRouter
 from fieldkit.errors import FieldkitError
 from fieldkit.graph.refs import FieldRef
 from fieldkit.merge import merge_models
 from fieldkit.models import MMDiT, MMDiTConfig, PretrainedField, load_pretrained
 from fieldkit.plugins.hookspecs import hookimpl
 from fieldkit.plugins.registry import Params
+from fieldkit.protocols import Route
 
 # -- sources ---------------------------------------------------------------------------------------------
 
@@ -217,27 +219,14 @@ class RouterParams(Params):
     )
 
 
-def _routes(ctx: Any) -> list[Route]:
-    graph = ctx.graph
-    return [
-        Route(
-            name,
-            None if spec.field is None else ctx.field(spec.field),
-            ctx.build(("routes", name, "data"), graph.datasets[name]),
-            spec.weight,
-        )
-        for name, spec in graph.spec.routes.items()
-    ]
-
-
-def build_hard_router(p: RouterParams, ctx: Any) -> HardRouter:
+def build_hard_router(p: RouterParams, routes: Sequence[Route], ctx: Any) -> HardRouter:
     """Hard routing (DanceOPD): each sample is supervised by its own route's field only."""
-    return HardRouter(_routes(ctx), p.granularity)
+    return HardRouter(routes, p.granularity)
 
 
-def build_soft_router(p: RouterParams, ctx: Any) -> SoftRouter:
+def build_soft_router(p: RouterParams, routes: Sequence[Route], ctx: Any) -> SoftRouter:
     """Soft routing (baseline): every sample is supervised by the weighted mix of all route fields."""
-    return SoftRouter(_routes(ctx), p.granularity)
+    return SoftRouter(routes, p.granularity)
 
 
 def build_distill_method(p: DistillParams, ctx: Any) -> DistillMethod:

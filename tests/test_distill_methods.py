@@ -22,6 +22,7 @@ from fieldkit.distill.queries import sample_indices
 from fieldkit.errors import FieldkitError
 from fieldkit.field import FunctionField, ModuleField, broadcast_sigma
 from fieldkit.flow import euler_sample, sigma_schedule
+from fieldkit.protocols import LossInputs
 
 SHAPE = (1, 4, 4)
 
@@ -96,7 +97,7 @@ def test_rollout_stops_at_the_last_query_and_matches_a_full_rollout(counting, bi
     student = GaussianMixtureField.random(3, SHAPE, seed=7)
     policy, target = counting(student), Recorder(teacher)
     out = DistillMethod(DistillParams(query=bias, k=k)).loss(
-        student, policy, target, batch, SHAPE, sigmas, gen(seed)
+        LossInputs(student, policy, target, batch, SHAPE, sigmas, gen(seed))
     )
     idx, noise = draws(steps, n, k, bias, seed)
     last = int(idx.max())
@@ -123,7 +124,9 @@ def test_query_of_state_zero_needs_no_student_call(counting):
     teacher, batch, sigmas = setup()
     policy = counting(GaussianMixtureField.random(3, SHAPE, seed=7))
     # One step: the only pre-step state is the noise itself.
-    out = DistillMethod(DistillParams()).loss(policy, policy, teacher, batch, SHAPE, sigmas[[0, -1]], gen(0))
+    out = DistillMethod(DistillParams()).loss(
+        LossInputs(policy, policy, teacher, batch, SHAPE, sigmas[[0, -1]], gen(0))
+    )
     assert out.rollout_nfe == 0
     assert policy.calls == 1  # the loss forward only
 
@@ -136,7 +139,7 @@ def test_teacher_states_come_from_the_target_rollout():
     target = Recorder(teacher)
     student = GaussianMixtureField.random(3, SHAPE, seed=7)
     out = DistillMethod(DistillParams(states="teacher", query="uniform", k=2)).loss(
-        student, student, target, batch, SHAPE, sigmas, gen(4)
+        LossInputs(student, student, target, batch, SHAPE, sigmas, gen(4))
     )
     idx, noise = draws(sigmas.numel() - 1, 6, 2, "uniform", 4)
     assert out.rollout_nfe == int(idx.max())
@@ -149,7 +152,9 @@ def test_offpolicy_states_are_forward_noised_data():
     teacher, batch, sigmas = setup(seed=5)
     target = Recorder(teacher)
     student = GaussianMixtureField.random(3, SHAPE, seed=7)
-    out = DistillMethod(OffPolicyParams(k=3)).loss(student, student, target, batch, SHAPE, sigmas, gen(5))
+    out = DistillMethod(OffPolicyParams(k=3)).loss(
+        LossInputs(student, student, target, batch, SHAPE, sigmas, gen(5))
+    )
     idx, noise = draws(sigmas.numel() - 1, 6, 3, "low", 5, data_states=True)
     assert out.rollout_nfe == 0 and len(target.xs) == 1
     s = sigmas[idx].view(6, 3, 1, 1, 1)
@@ -163,7 +168,7 @@ def test_dense_uses_every_state_with_dt2_weights():
     student = GaussianMixtureField.random(3, SHAPE, seed=7)
     method = DistillMethod(DenseParams())
     assert method.params.query == "all" and method.params.weighting == "dt2"
-    out = method.loss(student, student, teacher, batch, SHAPE, sigmas, gen(6))
+    out = method.loss(LossInputs(student, student, teacher, batch, SHAPE, sigmas, gen(6)))
     assert out.rollout_nfe == steps - 1  # the last pre-step state; the clean end is never queried
     # Weights: DiffusionOPD's dt_i^2 / 2 for the step taken from state i, normalised to mean one.
     dt = (sigmas[:-1] - sigmas[1:]).double()
@@ -184,12 +189,12 @@ def test_timestep_weighting_is_sigma_squared():
     student = GaussianMixtureField.random(3, SHAPE, seed=7)
     target = Recorder(teacher)
     params = DistillParams(weighting="timestep", query="uniform", k=2)
-    out = DistillMethod(params).loss(student, student, target, batch, SHAPE, sigmas, gen(7))
+    out = DistillMethod(params).loss(LossInputs(student, student, target, batch, SHAPE, sigmas, gen(7)))
     x, s, cond = target.xs[0], target.sigmas[0], target.conds[0]
     per = mse_rows(student(x, s, cond), teacher(x, s, cond))
     torch.testing.assert_close(out.loss, (s**2 * per).mean())
     plain = DistillMethod(DistillParams(query="uniform", k=2)).loss(
-        student, student, teacher, batch, SHAPE, sigmas, gen(7)
+        LossInputs(student, student, teacher, batch, SHAPE, sigmas, gen(7))
     )
     torch.testing.assert_close(plain.loss, per.mean())
 
@@ -197,7 +202,9 @@ def test_timestep_weighting_is_sigma_squared():
 def test_gradient_flows_through_the_loss_forward_only():
     teacher, batch, sigmas = setup(seed=8)
     student, target = Linear(), Recorder(teacher)
-    out = DistillMethod(DistillParams(k=2)).loss(student, student, target, batch, SHAPE, sigmas, gen(8))
+    out = DistillMethod(DistillParams(k=2)).loss(
+        LossInputs(student, student, target, batch, SHAPE, sigmas, gen(8))
+    )
     got = torch.autograd.grad(out.loss, list(student.parameters()))
     # (the recorded inputs were made under inference mode; clones outside it are ordinary tensors)
     x, s, cond = target.xs[0].clone(), target.sigmas[0].clone(), target.conds[0]
@@ -213,12 +220,14 @@ def test_missing_targets_and_fields_are_clear_errors():
     teacher, batch, sigmas = setup()
     conds_only = Batch(batch.cond)
     with pytest.raises(FieldkitError, match="clean target images") as err:
-        DistillMethod(OffPolicyParams()).loss(teacher, teacher, teacher, conds_only, SHAPE, sigmas, gen(0))
+        DistillMethod(OffPolicyParams()).loss(
+            LossInputs(teacher, teacher, teacher, conds_only, SHAPE, sigmas, gen(0))
+        )
     assert "states: student" in (err.value.hint or "")
     with pytest.raises(FieldkitError, match="clean target images"):
-        SFTMethod(SFTParams()).loss(teacher, teacher, None, conds_only, SHAPE, sigmas, gen(0))
+        SFTMethod(SFTParams()).loss(LossInputs(teacher, teacher, None, conds_only, SHAPE, sigmas, gen(0)))
     with pytest.raises(FieldkitError, match="no field to distill"):
-        DistillMethod(DistillParams()).loss(teacher, teacher, None, batch, SHAPE, sigmas, gen(0))
+        DistillMethod(DistillParams()).loss(LossInputs(teacher, teacher, None, batch, SHAPE, sigmas, gen(0)))
 
 
 # -- SFT: plain flow matching ------------------------------------------------------------------------------
@@ -230,7 +239,7 @@ def test_sft_loss_is_the_flow_matching_formula(timesteps, weighting):
     _, batch, sigmas = setup(batch=8, seed=9)
     student = Linear()
     out = SFTMethod(SFTParams(timesteps=timesteps, weighting=weighting)).loss(
-        student, student, None, batch, SHAPE, sigmas, gen(9)
+        LossInputs(student, student, None, batch, SHAPE, sigmas, gen(9))
     )
     g = gen(9)
     if timesteps == "uniform":
@@ -268,12 +277,13 @@ def test_sft_loss_is_the_flow_matching_formula(timesteps, weighting):
 def test_shards_average_to_the_global_batch_loss(method):
     teacher, batch, sigmas = setup(batch=8, seed=10)
     student = Linear()
-    full = method.loss(student, student, teacher, batch, SHAPE, sigmas, gen(10))
+    full = method.loss(LossInputs(student, student, teacher, batch, SHAPE, sigmas, gen(10)))
     halves = [
-        method.loss(student, student, teacher, batch, SHAPE, sigmas, gen(10), Shard(r, 2)) for r in (0, 1)
+        method.loss(LossInputs(student, student, teacher, batch, SHAPE, sigmas, gen(10), Shard(r, 2)))
+        for r in (0, 1)
     ]
     torch.testing.assert_close((halves[0].loss + halves[1].loss) / 2, full.loss)
     torch.testing.assert_close(torch.cat([h.query_sigmas for h in halves]), full.query_sigmas)
     assert max(h.rollout_nfe for h in halves) == full.rollout_nfe
     with pytest.raises(ValueError, match="does not split"):
-        method.loss(student, student, teacher, batch, SHAPE, sigmas, gen(10), Shard(0, 3))
+        method.loss(LossInputs(student, student, teacher, batch, SHAPE, sigmas, gen(10), Shard(0, 3)))

@@ -16,6 +16,7 @@ from fieldkit.distill.student import add_lora, merged_lora
 from fieldkit.flow import sigma_schedule
 from fieldkit.graph.schema import LoraSpec
 from fieldkit.models.mmdit import MMDiT, MMDiTConfig
+from fieldkit.protocols import LossInputs
 
 CONFIG = MMDiTConfig(sample_size=(4, 4), patch_size=2, hidden=16, depth=2, heads=2, text_dim=8, pooled_dim=8)
 
@@ -95,7 +96,7 @@ def test_danceopd_loss_is_the_same_with_and_without_the_merge(monkeypatch):
 
     def loss():
         g = torch.Generator().manual_seed(0)
-        return method.loss(student, student, teacher, batch, (1, 4, 4), sigmas, g)
+        return method.loss(LossInputs(student, student, teacher, batch, (1, 4, 4), sigmas, g))
 
     merged = loss()
     monkeypatch.setattr(methods, "merged_lora", lambda model: contextlib.nullcontext(model))

@@ -262,13 +262,7 @@ def _score(engine: Any, fields: dict[str, Any], samples: int) -> dict[str, dict[
     """``{field: {route/metric: value, combined: value}}`` on the same conditions and noise."""
     from fieldkit.eval.report import combined_scores, evaluate
 
-    metrics = {
-        name: [engine.ctx.build(("routes", name, "metrics", i), typed) for i, typed in enumerate(typeds)]
-        for name, typeds in engine.graph.metrics.items()
-    }
-    scores = evaluate(
-        fields, engine.router.routes, metrics, engine.sigmas, samples, device=engine.accelerator.device
-    )
+    scores = evaluate(fields, engine.router.routes, engine.sigmas, samples, device=engine.accelerator.device)
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for s in scores:
         table[s.field].update({f"{s.route}/{k}": float(v) for k, v in s.values.items()})
@@ -364,20 +358,17 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
             {"step": 0, **_score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]}
         )
         eval_seconds += time.perf_counter() - t0
-    while engine.step < steps and (budget is None or train_seconds < budget):
-        t0 = time.perf_counter()
-        rec = engine.update()
+    t0 = time.perf_counter()
+    for report in engine.steps():  # the engine's own loop: its counters and its bad-step policy
         train_seconds += time.perf_counter() - t0
-        if not rec["finite"]:
-            engine.bad_steps += 1
-            continue
-        engine.step += 1
-        engine.history.append(rec)
-        if engine.step in checkpoints and engine.step != steps:
-            t0 = time.perf_counter()
+        if report.applied and report.step in checkpoints and report.step != steps:
+            t1 = time.perf_counter()
             values = _score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]
-            metric_curve.append({"step": engine.step, **values})
-            eval_seconds += time.perf_counter() - t0
+            metric_curve.append({"step": report.step, **values})
+            eval_seconds += time.perf_counter() - t1
+        if budget is not None and train_seconds >= budget:
+            engine.request_stop("time budget spent")
+        t0 = time.perf_counter()
     teacher_forwards = count[0]
     for h in handles:
         h.remove()

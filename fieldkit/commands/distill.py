@@ -21,7 +21,9 @@ def run_graph(graph: Graph, resume: str | None, dry_run: bool, out: Path | None,
     if dry_run:
         engine = Engine(graph, write=False, show_progress=False)
         start = time.perf_counter()
-        record = engine.update()
+        loop = engine.steps()
+        record = next(loop).record
+        loop.close()
         seconds = time.perf_counter() - start
         trainable = sum(p.numel() for p in engine.params)
         console.print(

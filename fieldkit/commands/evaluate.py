@@ -30,7 +30,7 @@ def evaluate(
     """
     from rich.console import Console
 
-    from fieldkit.commands.sources import build_router, collect_fields, default_device
+    from fieldkit.commands.sources import collect_fields, default_device
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.report import evaluate as score
     from fieldkit.eval.report import results_table
@@ -38,18 +38,14 @@ def evaluate(
     from fieldkit.graph.builder import BuildContext
 
     ctx = BuildContext(graph, device=default_device())
-    router = build_router(graph, ctx)
-    metrics = {
-        name: [ctx.build(("routes", name, "metrics", i), t) for i, t in enumerate(typeds)]
-        for name, typeds in graph.metrics.items()
-    }
-    if not any(metrics.values()):
+    routes = ctx.routes()
+    if not any(route.metrics for route in routes):
         raise FieldkitError(f"no route of {graph.source.path} has metrics", hint="add routes.NAME.metrics")
     default = [str(s.field) for s in graph.spec.routes.values() if s.field is not None]
     names = list(dict.fromkeys(field_names or default))
     fields = collect_fields(graph, ctx, names, checkpoints)
     sigmas = sigma_schedule(graph.spec.flow.steps, graph.spec.flow.shift)
-    scores = score(fields, router.routes, metrics, sigmas, samples, seed, ctx.device)
+    scores = score(fields, routes, sigmas, samples, seed, ctx.device)
     if as_json:
         click.echo(json.dumps([{"field": s.field, "route": s.route, **s.values} for s in scores], indent=1))
     else:

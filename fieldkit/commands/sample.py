@@ -37,7 +37,7 @@ def sample(
     import torch
     from rich.console import Console
 
-    from fieldkit.commands.sources import build_router, collect_fields, default_device
+    from fieldkit.commands.sources import collect_fields, default_device
     from fieldkit.data import evaluation_bucket
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.grid import save_grid
@@ -45,9 +45,9 @@ def sample(
     from fieldkit.graph.builder import BuildContext
 
     ctx = BuildContext(graph, device=default_device())
-    router = build_router(graph, ctx)
-    names = [r.name for r in router.routes]
-    chosen = next((r for r in router.routes if r.name == (route or names[0])), None)
+    routes = ctx.routes()
+    names = [r.name for r in routes]
+    chosen = next((r for r in routes if r.name == (route or names[0])), None)
     if chosen is None:
         raise FieldkitError(f"no route {route!r} in {graph.source.path}", hint=f"routes: {', '.join(names)}")
     spec_field = graph.spec.routes[chosen.name].field

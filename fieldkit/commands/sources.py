@@ -7,18 +7,10 @@ from pathlib import Path
 
 import torch
 
-from fieldkit.distill.routing import HardRouter
 from fieldkit.errors import FieldkitError
 from fieldkit.field import VelocityField
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
-
-
-def build_router(graph: Graph, ctx: BuildContext) -> HardRouter:
-    """The graph's routes, built (their fields and data buckets)."""
-    if not graph.spec.routes:
-        raise FieldkitError(f"{graph.source.path} has no routes", hint="add a 'routes' section")
-    return ctx.build(("router",), graph.router)
 
 
 def collect_fields(

@@ -72,10 +72,15 @@ def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
+def checkpoint_path(root: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives under ``root``."""
+    return root / f"{PREFIX}{step:08d}"
+
+
 def save_checkpoint(root: Path, state: TrainState, keep_last: int) -> Path:
     """Write ``root/step-XXXXXXXX`` atomically and keep only the newest ``keep_last`` checkpoints."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{state.step:08d}"
+    final = checkpoint_path(root, state.step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -1,5 +1,21 @@
 """The training loop shared by DanceOPD, its baselines and SFT: routing, micro-batches, accumulation,
-clipping, non-finite guards, EMA, logging, sample grids, checkpoints and resume, through accelerate."""
+clipping, non-finite guards, EMA and resume, through accelerate.
+
+The loop is public: :meth:`Engine.steps` yields a :class:`~fieldkit.distill.callbacks.StepReport` after every
+optimizer update and calls the hooks of the callbacks it is given; :meth:`Engine.run` is that loop with the
+default callbacks (``metrics.jsonl`` and the console, sample grids, checkpoints, export, evaluation and
+``results.json``). A study script drives the same loop::
+
+    engine = Engine(graph, write=False)
+    for report in engine.steps([MyCallback()]):
+        if report.applied and report.step % 100 == 0:
+            print(report.step, report.record["loss"])
+
+Only the engine moves its counters (``step``, ``bad_steps``); the bad-step policy (``run.max_bad_steps``
+non-finite updates in a row end the run with an error) lives inside the loop. A callback or the loop body ends
+the run early with ``engine.request_stop(reason)``: the loop stops after the current update and the callbacks'
+``on_run_end`` hooks run as at ``run.steps``. See :mod:`fieldkit.distill.callbacks` for the hooks.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +25,7 @@ import math
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,19 +38,24 @@ from torch import Tensor, nn
 
 from fieldkit.attention import use_backend
 from fieldkit.data import Shard, evaluation_bucket
-from fieldkit.distill.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from fieldkit.distill.callbacks import Callback, RunLogger, StepReport, default_callbacks
+from fieldkit.distill.checkpoint import (
+    TrainState,
+    checkpoint_path,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from fieldkit.distill.ema import EMA
-from fieldkit.distill.methods import Method
 from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_schedule
-from fieldkit.distill.routing import HardRouter
-from fieldkit.distill.runlog import RunLog
 from fieldkit.distill.student import make_student, trainable_state
 from fieldkit.errors import CheckpointError, FieldkitError
 from fieldkit.eval.grid import save_grid
-from fieldkit.eval.report import Score, evaluate, results_table
+from fieldkit.eval.report import Score, evaluate
 from fieldkit.flow import generate, sigma_schedule
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
+from fieldkit.protocols import LossInputs, Method, Router
 
 GENERATORS = ("router", "data", "noise")
 
@@ -113,7 +135,7 @@ class Engine:
         self.out = _output_folder(graph, out, resume is not None) if write else None
         self.shard = Shard(acc.process_index, acc.num_processes)
         self.ctx = BuildContext(graph, device=acc.device)
-        self.router: HardRouter = self.ctx.build(("router",), graph.router)
+        self.router: Router = self.ctx.router()
         self.method: Method = self.ctx.build(("method",), graph.method)
         self.sigmas = sigma_schedule(self.method.rollout_steps(spec.flow.steps), spec.flow.shift).to(
             acc.device
@@ -133,12 +155,29 @@ class Engine:
         self.generators = {
             name: torch.Generator().manual_seed(seed * 1000 + i) for i, name in enumerate(GENERATORS)
         }
-        self.step = 0
-        self.bad_steps = 0
+        self._step = 0
+        self._bad_steps = 0
         self.history: list[dict[str, Any]] = []
         self.checkpoint: Path | None = None
+        self.scores: list[Score] = []
         self.show_progress = show_progress
+        self._callbacks: list[Callback] = []
+        self._stop: str | None = None
         self._resume_from(resume)
+
+    @property
+    def step(self) -> int:
+        """Optimizer updates applied so far (read-only: only the loop moves it)."""
+        return self._step
+
+    @property
+    def bad_steps(self) -> int:
+        """Updates skipped for a non-finite loss or gradient so far (read-only)."""
+        return self._bad_steps
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """End :meth:`steps` after the current update, as if ``run.steps`` were reached."""
+        self._stop = reason
 
     # -- state ------------------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Tensor]:
@@ -202,8 +241,8 @@ class Engine:
         torch.set_rng_state(state.rng["torch"])
         if self.ema is not None and state.ema is not None:
             self.ema.load_state_dict(state.ema)
-        self.step = state.step
-        self.bad_steps = int(state.scalars.get("bad_steps", 0))
+        self._step = state.step
+        self._bad_steps = int(state.scalars.get("bad_steps", 0))
         self.checkpoint = path
         self._trim_metrics(state.step)
         self._note(f"resumed from {escape(str(path))} at step {state.step}")
@@ -245,16 +284,17 @@ class Engine:
             sync = acc.no_sync(self.model) if i < len(plan) - 1 else contextlib.nullcontext()
             with sync:
                 with precision_context(run.precision, acc.device):  # forwards only; backward follows them
-                    out = self.method.loss(
-                        self.model,
-                        self.student,
-                        self.router.target(index),
-                        batch,
-                        tuple(route.data.shape),
-                        self.sigmas,
-                        self.generators["noise"],
-                        self.shard,
+                    inputs = LossInputs(
+                        student=self.model,
+                        policy=self.student,
+                        target=self.router.target(index),
+                        batch=batch,
+                        shape=tuple(route.data.shape),
+                        sigmas=self.sigmas,
+                        generator=self.generators["noise"],
+                        shard=self.shard,
                     )
+                    out = self.method.loss(inputs)
                 t0 = time.perf_counter()
                 acc.backward(out.loss / len(plan))
                 timings["student_backward"] += time.perf_counter() - t0
@@ -299,64 +339,57 @@ class Engine:
         return record
 
     # -- the loop ---------------------------------------------------------------------------------------
-    def run(self) -> RunResult:
-        """Train to ``run.steps``; returns the result (the student is the unwrapped, trained module)."""
-        run, acc = self.run_spec, self.accelerator
-        main = acc.is_main_process
-        if self.out is not None and main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "graph.json").write_text(self.graph.spec.model_dump_json(indent=1))
-        log = RunLog(
-            self.out,
-            run.steps,
-            self.step,
-            enabled=main,
-            show_progress=self.show_progress,
-            tensorboard=run.tensorboard,
-        )
+    def steps(self, callbacks: Sequence[Callback] = ()) -> Iterator[StepReport]:
+        """Train to ``run.steps`` (or a requested stop), yielding a report after every optimizer update.
+
+        ``callbacks`` get their hooks called in order (see :mod:`fieldkit.distill.callbacks`). Breaking out of
+        the loop ends it without ``on_run_end``; ``request_stop`` ends it with it.
+        """
+        run = self.run_spec
+        self._callbacks, self._stop = list(callbacks), None
         consecutive_bad = 0
         try:
+            for cb in self._callbacks:
+                cb.on_run_start(self)
             with use_backend(run.attention) if run.attention else contextlib.nullcontext():
-                while self.step < run.steps:
+                while self._step < run.steps and self._stop is None:
                     record = self.update()
-                    if not record["finite"]:
-                        self.bad_steps += 1
+                    applied = bool(record["finite"])
+                    if applied:
+                        consecutive_bad = 0
+                        self._step += 1
+                        self.history.append(record)
+                    else:
+                        self._bad_steps += 1
                         consecutive_bad += 1
                         if consecutive_bad >= run.max_bad_steps:
                             last = self.checkpoint or "none was written"
                             raise FieldkitError(
                                 f"{consecutive_bad} optimizer steps in a row had a non-finite loss or "
                                 "gradient; "
-                                f"stopped at step {self.step} (last good checkpoint: {last})",
+                                f"stopped at step {self._step} (last good checkpoint: {last})",
                                 hint="lower run.lr, enable run.grad_clip, or check the teachers' outputs",
                             )
-                        record["bad_steps"] = self.bad_steps
-                        log.log(record)
-                        continue
-                    consecutive_bad = 0
-                    self.step += 1
-                    self.history.append(record)
-                    log.log(record, write=self.step % run.log_every == 0 or self.step == run.steps)
-                    if run.sample_every and self.step % run.sample_every == 0:
-                        self.sample_grids()
-                    if run.checkpoint_every and self.step % run.checkpoint_every == 0:
-                        self.save()
+                        record["bad_steps"] = self._bad_steps
+                    report = StepReport(self._step, applied, self._bad_steps, record)
+                    for cb in self._callbacks:
+                        cb.on_update_end(self, report)
+                    yield report
+            for cb in self._callbacks:
+                cb.on_run_end(self)
         finally:
-            log.close()
-        if self.out is not None:
-            self.save()
-            self.sample_grids()
-            self.export()
-        scores = self.evaluate() if acc.is_main_process else []
-        if acc.is_main_process and self.show_progress:
-            log.console.print(
-                log.summary_table(f"{self.graph.name}: {self.step} steps, {self.bad_steps} skipped")
-            )
-            if scores:
-                log.console.print(results_table(scores, "fields on their routes (same conditions and noise)"))
-        if scores and self.out is not None and acc.is_main_process:
-            rows = [{"field": s.field, "route": s.route, **s.values} for s in scores]
-            (self.out / "results.json").write_text(json.dumps(rows, indent=1))
+            callbacks_now, self._callbacks = self._callbacks, []
+            for cb in callbacks_now:
+                cb.teardown(self)
+
+    def run(self, callbacks: Sequence[Callback] = ()) -> RunResult:
+        """:meth:`steps` with the default callbacks (then ``callbacks``); returns the result (the student is
+        the unwrapped, trained module)."""
+        everything = [*default_callbacks(), *callbacks]
+        for _ in self.steps(everything):
+            pass
+        log = next(cb.log for cb in everything if isinstance(cb, RunLogger))
+        assert log is not None
         return RunResult(
             self.out,
             self.step,
@@ -366,28 +399,26 @@ class Engine:
             {r: sum(v[-20:]) / len(v[-20:]) for r, v in log.route_loss.items() if v},
             self.student,
             self.history,
-            scores,
+            self.scores,
         )
 
     def evaluate(self, samples: int | None = None) -> list[Score]:
-        """Score every route's field and the student with the routes' metrics (empty when none are set)."""
-        metrics = {
-            name: [self.ctx.build(("routes", name, "metrics", i), typed) for i, typed in enumerate(typeds)]
-            for name, typeds in self.graph.metrics.items()
-        }
-        if not any(metrics.values()):
+        """Score every route's field and the student with the routes' metrics (empty when none are set);
+        the callbacks' ``on_evaluation`` hooks see the scores."""
+        routes = self.router.routes
+        if not any(r.metrics for r in routes):
             return []
-        fields = {
-            self.graph.spec.routes[r.name].field: r.field for r in self.router.routes if r.field is not None
-        }
-        return evaluate(
+        fields = {self.graph.spec.routes[r.name].field: r.field for r in routes if r.field is not None}
+        self.scores = evaluate(
             {**fields, "student": self.inference_model()},
-            self.router.routes,
-            metrics,
+            routes,
             self.sigmas,
             samples or self.run_spec.eval_samples,
             device=self.accelerator.device,
         )
+        for cb in self._callbacks:
+            cb.on_evaluation(self, self.scores)
+        return self.scores
 
     def inference_model(self) -> nn.Module:
         """The student as it is exported and evaluated: EMA weights when EMA is on, LoRA merged, eval mode."""
@@ -402,10 +433,13 @@ class Engine:
         # The state at a step that already has its checkpoint (checkpoint_every, then the end of the run; or
         # a resumed run with nothing left to do) is that checkpoint: never delete and rewrite it.
         root = self.out / "checkpoints"
-        done = self.checkpoint is not None and self.checkpoint == root / f"step-{self.step:08d}"
-        if acc.is_main_process and not (done and self.checkpoint.is_dir()):
-            self.checkpoint = save_checkpoint(root, self._state(), self.run_spec.keep_last)
+        done = self.checkpoint == checkpoint_path(root, self.step)
+        if acc.is_main_process and not (done and self.checkpoint is not None and self.checkpoint.is_dir()):
+            save_checkpoint(root, self._state(), self.run_spec.keep_last)
         acc.wait_for_everyone()
+        self.checkpoint = checkpoint_path(root, self.step)
+        for cb in self._callbacks:
+            cb.on_checkpoint(self, self.checkpoint)
         return self.checkpoint
 
     def sample_grids(self, n: int = 8, seed: int = 1234) -> list[Path]:

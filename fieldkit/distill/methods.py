@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from fieldkit.data import Batch, Shard
+from fieldkit.cond import Cond
+from fieldkit.data import Batch
 from fieldkit.distill.queries import Bias, sample_indices
 from fieldkit.distill.student import merged_lora
 from fieldkit.errors import FieldkitError
-from fieldkit.field import VelocityField
-from fieldkit.flow import interpolate, rollout_states
+from fieldkit.flow import interpolate, rollout_states, target_velocity
 from fieldkit.plugins.registry import Params
-
-SINGLE_PROCESS = Shard()
+from fieldkit.protocols import LossInputs, LossOutput
 
 
 class DistillParams(Params):
@@ -69,41 +68,17 @@ class DenseParams(DistillParams):
     weighting: Literal["none", "timestep", "dt2"] = "dt2"
 
 
-@dataclass
-class LossOutput:
-    """A method's loss for one micro-batch and what it cost."""
+@dataclass(frozen=True)
+class QueryStates:
+    """Detached query states ``x`` ``[B * K, ...]`` at ``sigma`` ``[B * K]`` with their conditions, the
+    schedule indices ``index`` ``[B, K]`` they sit at, and what producing them cost."""
 
-    loss: Tensor
-    rollout_nfe: int = 0  # sequential rollout steps (forwards of the student)
-    rollout_samples: int = 0  # samples those forwards processed, summed (finished samples leave the batch)
-    query_sigmas: Tensor | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class Method(Protocol):
-    """What a registered method gives the engine (``DistillMethod`` and ``SFTMethod`` are the built-ins).
-
-    ``loss`` gets the module being trained (``student``, maybe DDP-wrapped), the same weights unwrapped for
-    rollouts (``policy``), the route's field (``target``, None for data-only routes), the GLOBAL batch
-    (every process draws the same one; ``shard`` says which rows are this process's), the per-sample state
-    ``shape``, the rollout ``sigmas`` and the noise generator.
-    """
-
-    def rollout_steps(self, default: int) -> int:
-        """The N of the rollout schedule (``default``: the graph's ``flow.steps``)."""
-        ...
-
-    def loss(
-        self,
-        student: VelocityField,
-        policy: VelocityField,
-        target: VelocityField | None,
-        batch: Batch,
-        shape: tuple[int, ...],
-        sigmas: Tensor,
-        generator: torch.Generator,
-        shard: Shard = ...,
-    ) -> LossOutput: ...
+    x: Tensor
+    sigma: Tensor
+    cond: Cond
+    index: Tensor
+    rollout_nfe: int = 0
+    rollout_samples: int = 0
 
 
 def _per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -139,64 +114,56 @@ class DistillMethod:
         dt2 = (sigmas[:-1] - sigmas[1:]).pow(2) / 2
         return (dt2 / dt2.mean())[idx].flatten()
 
-    def loss(
-        self,
-        student: VelocityField,
-        policy: VelocityField,
-        target: VelocityField | None,
-        batch: Batch,
-        shape: tuple[int, ...],
-        sigmas: Tensor,
-        generator: torch.Generator,
-        shard: Shard = SINGLE_PROCESS,
-    ) -> LossOutput:
-        """``student`` is the module trained (maybe DDP-wrapped); ``policy`` the same weights, unwrapped, for
-        the rollout; ``shape`` the per-sample shape of the flow state."""
-        p = self.params
-        if target is None:
-            raise FieldkitError("this route has no field to distill", hint="give the route a 'field'")
+    def query_states(self, inputs: LossInputs) -> QueryStates:
+        """This shard's query states, chosen by ``states`` (the student's or the teacher's rollout, or data
+        forward-noised), at indices drawn by ``query`` and ``k``. The states are inference tensors."""
+        p, sigmas, generator = self.params, inputs.sigmas, inputs.generator
         steps = sigmas.numel() - 1
-        n = batch.cond.batch_size or 0
+        n = inputs.batch.cond.batch_size or 0
         # Randomness is drawn for the global batch on every process, then sharded (see Shard).
         idx = sample_indices(steps, n, p.k, p.query, generator)
         k = idx.shape[1]
-        noise = torch.randn((n, k if p.states == "data" else 1, *shape), generator=generator)
-        rows = shard.rows(n)
+        noise = torch.randn((n, k if p.states == "data" else 1, *inputs.shape), generator=generator)
+        rows = inputs.shard.rows(n)
         # The rollout plans its early stop from the indices on the host: keep them there too (no device sync).
-        batch, plan = shard.take(batch), idx[rows]
+        batch, plan = inputs.shard.take(inputs.batch), idx[rows]
         idx, noise = plan.to(sigmas.device), noise[rows].to(sigmas.device)
-        cond, bsz = batch.cond, idx.shape[0]
         # Tensors that will meet autograd are made outside inference mode.
         sigma = sigmas[idx].flatten()
-        cond_k = cond if k == 1 else cond.repeat_interleave(k)
-        timings: dict[str, float] = {}
-        nfe = 0
+        cond = batch.cond if k == 1 else batch.cond.repeat_interleave(k)
         with torch.inference_mode():
-            t0 = time.perf_counter()
             if p.states == "data":
-                x0 = _require_targets(batch, "off-policy states").unsqueeze(1)
-                s = sigmas[idx].reshape(bsz, k, *([1] * len(shape)))
-                states = (1 - s) * x0 + s * noise
-            else:
-                roller = policy if p.states == "student" else target
-                # A LoRA student rolls out with its adapters merged: each forward is a plain one.
-                merge = p.states == "student" and isinstance(policy, nn.Module)
-                with merged_lora(policy) if merge else contextlib.nullcontext():
-                    states, nfe = rollout_states(roller, noise[:, 0], cond, sigmas, plan)
-            t1 = time.perf_counter()
-            x = states.flatten(0, 1)
-            u = target(x, sigma, cond_k)
-            t2 = time.perf_counter()
-        timings["rollout"], timings["teacher"] = t1 - t0, t2 - t1
+                x0 = _require_targets(batch, "off-policy states").repeat_interleave(k, 0)
+                return QueryStates(interpolate(x0, noise.flatten(0, 1), sigma), sigma, cond, idx)
+            roller = inputs.policy if p.states == "student" else inputs.target
+            if roller is None:
+                raise FieldkitError("this route has no field to roll out", hint="give the route a 'field'")
+            # A LoRA student rolls out with its adapters merged: each forward is a plain one.
+            merge = p.states == "student" and isinstance(inputs.policy, nn.Module)
+            with merged_lora(inputs.policy) if merge else contextlib.nullcontext():
+                states, nfe = rollout_states(roller, noise[:, 0], batch.cond, sigmas, plan)
+        samples = int(plan.max(dim=1).values.sum())
+        return QueryStates(states.flatten(0, 1), sigma, cond, idx, nfe, samples)
+
+    def loss(self, inputs: LossInputs) -> LossOutput:
+        """The route field's velocity at the query states is the target of the student's."""
+        target = inputs.target
+        if target is None:
+            raise FieldkitError("this route has no field to distill", hint="give the route a 'field'")
+        t0 = time.perf_counter()
+        q = self.query_states(inputs)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            u = target(q.x, q.sigma, q.cond)
+        t2 = time.perf_counter()
         # Inference tensors cannot enter autograd; one copy makes them ordinary, detached tensors.
-        x, u = x.clone(), u.clone()
+        x, u = q.x.clone(), u.clone()
         t3 = time.perf_counter()
-        per_sample = _per_sample_mse(student(x, sigma, cond_k), u)
-        timings["student_forward"] = time.perf_counter() - t3
-        weights = self.weights(sigmas, idx)
+        per_sample = _per_sample_mse(inputs.student(x, q.sigma, q.cond), u)
+        timings = {"rollout": t1 - t0, "teacher": t2 - t1, "student_forward": time.perf_counter() - t3}
+        weights = self.weights(inputs.sigmas, q.index)
         loss = per_sample.mean() if weights is None else (weights.to(per_sample) * per_sample).mean()
-        samples = int(plan.max(dim=1).values.sum()) if p.states != "data" else 0
-        return LossOutput(loss, nfe, samples, sigma.detach(), timings)
+        return LossOutput(loss, q.rollout_nfe, q.rollout_samples, q.sigma.detach(), timings)
 
 
 class SFTMethod:
@@ -216,24 +183,18 @@ class SFTMethod:
             return torch.sigmoid(torch.randn(n, generator=generator))
         return sigmas.cpu()[torch.randint(sigmas.numel() - 1, (n,), generator=generator)]
 
-    def loss(
-        self,
-        student: VelocityField,
-        policy: VelocityField,
-        target: VelocityField | None,
-        batch: Batch,
-        shape: tuple[int, ...],
-        sigmas: Tensor,
-        generator: torch.Generator,
-        shard: Shard = SINGLE_PROCESS,
-    ) -> LossOutput:
-        x0 = _require_targets(batch, "sft (flow matching on data)")
+    def loss(self, inputs: LossInputs) -> LossOutput:
+        x0 = _require_targets(inputs.batch, "sft (flow matching on data)")
         n = x0.shape[0]
-        sigma, eps = self.sample_sigma(n, sigmas, generator), torch.randn(x0.shape, generator=generator)
+        generator, shard = inputs.generator, inputs.shard
+        sigma = self.sample_sigma(n, inputs.sigmas, generator)
+        eps = torch.randn(x0.shape, generator=generator)
         rows = shard.rows(n)
-        batch, x0 = shard.take(batch), x0[rows]
+        batch, x0 = shard.take(inputs.batch), x0[rows]
         sigma, eps = sigma[rows].to(x0), eps[rows].to(x0)
-        per_sample = _per_sample_mse(student(interpolate(x0, eps, sigma), sigma, batch.cond), eps - x0)
+        per_sample = _per_sample_mse(
+            inputs.student(interpolate(x0, eps, sigma), sigma, batch.cond), target_velocity(x0, eps)
+        )
         if self.params.weighting == "timestep":
             per_sample = per_sample * sigma.pow(2)
         return LossOutput(per_sample.mean(), 0, 0, sigma.detach())

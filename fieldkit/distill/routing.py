@@ -7,25 +7,14 @@ Hard routing (DanceOPD) gives every sample exactly one field, the one bound to i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from fieldkit.data import DataBucket
 from fieldkit.field import VelocityField
 from fieldkit.ops import Mix
-
-
-@dataclass(frozen=True)
-class Route:
-    """One capability: a name, its supervising field, its data bucket and its routing weight."""
-
-    name: str
-    field: VelocityField | None
-    data: DataBucket
-    weight: float
+from fieldkit.protocols import Route
 
 
 class HardRouter:

@@ -10,10 +10,9 @@ from rich.table import Table
 from torch import Tensor
 
 from fieldkit.data import evaluation_bucket
-from fieldkit.distill.routing import Route
-from fieldkit.eval.metrics import Metric
 from fieldkit.field import VelocityField
 from fieldkit.flow import generate
+from fieldkit.protocols import Route
 
 
 @dataclass(frozen=True)
@@ -28,20 +27,19 @@ class Score:
 def evaluate(
     fields: Mapping[str, VelocityField],
     routes: Sequence[Route],
-    metrics: Mapping[str, Sequence[Metric]],
     sigmas: Tensor,
     samples: int = 64,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> list[Score]:
-    """Every field on every route that has metrics: the same conditions and noise for every field.
+    """Every field on every route that has metrics (``route.metrics``): the same conditions and noise for
+    every field.
 
     Conditions come from each route's evaluation bucket (:func:`~fieldkit.data.evaluation_bucket`).
     """
     scores = []
     for route in routes:
-        route_metrics = metrics.get(route.name, ())
-        if not route_metrics:
+        if not route.metrics:
             continue
         bucket = evaluation_bucket(route.data)
         batch = bucket.sample(samples, torch.Generator().manual_seed(seed))
@@ -49,7 +47,7 @@ def evaluate(
             noise_gen = torch.Generator().manual_seed(seed + 1)
             out = generate(field, batch.cond, tuple(route.data.shape), sigmas, noise_gen, device).cpu()
             values: dict[str, float] = {}
-            for metric in route_metrics:
+            for metric in route.metrics:
                 values.update(metric(out, batch))
             scores.append(Score(name, route.name, values))
     return scores

@@ -12,6 +12,7 @@ from torch import nn
 from fieldkit.errors import FieldkitError, GraphError
 from fieldkit.field import VelocityField
 from fieldkit.graph.loader import Graph, Typed
+from fieldkit.protocols import Route, Router
 
 
 @dataclass
@@ -22,6 +23,7 @@ class BuildContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _fields: dict[str, VelocityField] = field(default_factory=dict)
     _building: list[str] = field(default_factory=list)
+    _routes: list[Route] | None = None
 
     def path(self, value: str | Path) -> Path:
         """A path from the graph, resolved against the graph file's folder when relative."""
@@ -44,14 +46,40 @@ class BuildContext:
         return self._fields[name]
 
     def build(self, loc: tuple[str | int, ...], typed: Typed) -> Any:
-        """Build any typed entry (dataset, router, method, metric) with errors that name where it is."""
+        """Build any typed entry (dataset, method, metric) with errors that name where it is."""
         return self._build(loc, typed)
 
-    def _build(self, loc: tuple[str | int, ...], typed: Typed) -> Any:
+    def routes(self) -> list[Route]:
+        """The routes in YAML order: each one's field, data bucket, weight and metrics (built once)."""
+        if self._routes is None:
+            graph = self.graph
+            if not graph.spec.routes:
+                raise FieldkitError(f"{graph.source.path} has no routes", hint="add a 'routes' section")
+            self._routes = [
+                Route(
+                    name,
+                    None if spec.field is None else self.field(spec.field),
+                    self.build(("routes", name, "data"), graph.datasets[name]),
+                    spec.weight,
+                    tuple(
+                        self.build(("routes", name, "metrics", i), typed)
+                        for i, typed in enumerate(graph.metrics.get(name, ()))
+                    ),
+                )
+                for name, spec in graph.spec.routes.items()
+            ]
+        return self._routes
+
+    def router(self) -> Router:
+        """The graph's router: its factory receives :meth:`routes` (``factory(params, routes, ctx)``)."""
+        routes = self.routes()
+        return self._build(("router",), self.graph.router, routes)
+
+    def _build(self, loc: tuple[str | int, ...], typed: Typed, *inputs: Any) -> Any:
         reg = typed.registration
         where = f"{self.graph.source.where(loc)}: {'.'.join(map(str, loc))}"
         try:
-            return typed.build(self)
+            return typed.registration.factory(typed.params, *inputs, self)
         except GraphError:
             raise
         except FieldkitError as exc:

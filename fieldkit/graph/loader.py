@@ -30,9 +30,6 @@ class Typed:
     registration: Registration
     params: BaseModel
 
-    def build(self, ctx: Any) -> Any:
-        return self.registration.build(self.params, ctx)
-
 
 @dataclass(frozen=True)
 class Graph:

@@ -35,10 +35,6 @@ class Registration:
     plugin: str
     description: str = ""
 
-    def build(self, params: BaseModel, ctx: Any) -> Any:
-        """Call the factory with validated parameters and the build context."""
-        return self.factory(params, ctx)
-
 
 @dataclass
 class Registry:

@@ -1,0 +1,163 @@
+"""Callbacks: what happens around the engine's loop. The run's outputs are default callbacks.
+
+A callback subclasses :class:`Callback` and overrides the hooks it needs; every hook gets the engine, runs on
+every process (write on ``engine.accelerator.is_main_process`` only, and decide the same way on every process
+when a hook calls a collective such as ``engine.save()``), and may call ``engine.request_stop(reason)``.
+
+- ``on_run_start(engine)``: before the first update of :meth:`Engine.steps`.
+- ``on_update_end(engine, report)``: after every optimizer update, applied or skipped (``report.applied``).
+- ``on_checkpoint(engine, path)``: after :meth:`Engine.save` wrote (or found) the checkpoint of this step.
+- ``on_evaluation(engine, scores)``: after :meth:`Engine.evaluate` scored the fields.
+- ``on_run_end(engine)``: when the loop reached ``run.steps`` or a stop was requested (not on errors, and not
+  when the caller breaks out of the iterator).
+- ``teardown(engine)``: always, last, also after an error (close files, stop progress bars).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fieldkit.distill.runlog import RunLog
+from fieldkit.eval.report import Score, results_table
+
+if TYPE_CHECKING:
+    from fieldkit.distill.engine import Engine
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One optimizer update as the loop saw it: ``step`` counts applied updates so far; ``applied`` is False
+    for an update skipped for a non-finite loss or gradient (then ``bad_steps`` counted it); ``record`` is its
+    log record (loss, per-route losses, grad norm, timings, ...)."""
+
+    step: int
+    applied: bool
+    bad_steps: int
+    record: dict[str, Any]
+
+
+class Callback:
+    """Hooks around the engine's loop; every hook does nothing unless overridden."""
+
+    def on_run_start(self, engine: Engine) -> None:
+        """Before the first update."""
+
+    def on_update_end(self, engine: Engine, report: StepReport) -> None:
+        """After each optimizer update (applied or skipped)."""
+
+    def on_checkpoint(self, engine: Engine, path: Path) -> None:
+        """After a checkpoint of the current step exists at ``path``."""
+
+    def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
+        """After the fields were scored on the routes' metrics."""
+
+    def on_run_end(self, engine: Engine) -> None:
+        """When the loop finished normally (``run.steps`` reached or a stop requested)."""
+
+    def teardown(self, engine: Engine) -> None:
+        """Always, after everything else, also after an error."""
+
+
+def _every(step: int, period: int | None) -> bool:
+    """Whether ``step`` is a multiple of ``period`` (never for a period of None or 0)."""
+    return period is not None and period > 0 and step % period == 0
+
+
+class RunLogger(Callback):
+    """``graph.json``, ``metrics.jsonl`` (every ``run.log_every`` steps and every skipped update), the
+    progress bar, optional tensorboard, and the summary and results tables on the console."""
+
+    def __init__(self) -> None:
+        self.log: RunLog | None = None
+
+    def on_run_start(self, engine: Engine) -> None:
+        run, main = engine.run_spec, engine.accelerator.is_main_process
+        if engine.out is not None and main:
+            engine.out.mkdir(parents=True, exist_ok=True)
+            (engine.out / "graph.json").write_text(engine.graph.spec.model_dump_json(indent=1))
+        self.log = RunLog(
+            engine.out,
+            run.steps,
+            engine.step,
+            enabled=main,
+            show_progress=engine.show_progress,
+            tensorboard=run.tensorboard,
+        )
+
+    def on_update_end(self, engine: Engine, report: StepReport) -> None:
+        assert self.log is not None
+        run = engine.run_spec
+        write = not report.applied or _every(report.step, run.log_every) or report.step == run.steps
+        self.log.log(report.record, write=write)
+
+    def on_run_end(self, engine: Engine) -> None:
+        assert self.log is not None
+        self.log.close()
+        if engine.accelerator.is_main_process and engine.show_progress:
+            title = f"{engine.graph.name}: {engine.step} steps, {engine.bad_steps} skipped"
+            self.log.console.print(self.log.summary_table(title))
+
+    def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
+        if self.log is not None and scores and engine.accelerator.is_main_process and engine.show_progress:
+            self.log.console.print(
+                results_table(scores, "fields on their routes (same conditions and noise)")
+            )
+
+    def teardown(self, engine: Engine) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+class SampleGrids(Callback):
+    """A grid per route every ``run.sample_every`` steps and at the end of the run."""
+
+    def on_update_end(self, engine: Engine, report: StepReport) -> None:
+        if report.applied and _every(report.step, engine.run_spec.sample_every):
+            engine.sample_grids()
+
+    def on_run_end(self, engine: Engine) -> None:
+        engine.sample_grids()
+
+
+class Checkpoints(Callback):
+    """A checkpoint every ``run.checkpoint_every`` steps and at the end of the run."""
+
+    def on_update_end(self, engine: Engine, report: StepReport) -> None:
+        if report.applied and _every(report.step, engine.run_spec.checkpoint_every):
+            engine.save()
+
+    def on_run_end(self, engine: Engine) -> None:
+        engine.save()
+
+
+class Export(Callback):
+    """The student (EMA weights, LoRA merged) as a model folder at the end of the run."""
+
+    def on_run_end(self, engine: Engine) -> None:
+        engine.export()
+
+
+class Evaluation(Callback):
+    """The route fields and the student scored on the routes' metrics at the end of the run (main process)."""
+
+    def on_run_end(self, engine: Engine) -> None:
+        if engine.accelerator.is_main_process:
+            engine.evaluate()
+
+
+class ResultsFile(Callback):
+    """``results.json``: one row per field and route with its metric values."""
+
+    def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
+        if scores and engine.out is not None and engine.accelerator.is_main_process:
+            rows = [{"field": s.field, "route": s.route, **s.values} for s in scores]
+            (engine.out / "results.json").write_text(json.dumps(rows, indent=1))
+
+
+def default_callbacks() -> list[Callback]:
+    """What :meth:`Engine.run` does around the loop, in order: log, grids, checkpoints, export, evaluation and
+    results.json."""
+    return [RunLogger(), SampleGrids(), Checkpoints(), Export(), Evaluation(), ResultsFile()]
