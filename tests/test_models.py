@@ -11,8 +11,10 @@ from pydantic import ValidationError
 
 from fieldkit.attention import available_backends, use_backend
 from fieldkit.cond import Cond
-from fieldkit.errors import CheckpointError, FieldkitError
+from fieldkit.distill.student import make_student
+from fieldkit.errors import CheckpointError, FieldkitError, GraphError
 from fieldkit.field import ModuleField, VelocityField
+from fieldkit.graph.schema import StudentSpec
 from fieldkit.models import MMDiT, MMDiTConfig
 
 TINY = {"hidden": 32, "depth": 2, "heads": 2, "text_dim": 24, "pooled_dim": 12, "frequency_dim": 32}
@@ -253,3 +255,50 @@ def test_a_few_hundred_steps_fit_a_fixed_batch() -> None:
         opt.step()
     after = held_out_loss()
     assert after < 0.35 * before, (before, after)
+
+
+def _saved_tensors_and_grads(model: MMDiT) -> tuple[int, torch.Tensor, dict[str, torch.Tensor]]:
+    """How many tensors autograd keeps for the backward pass, the loss, and every parameter's gradient."""
+    saved = 0
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += 1
+        return t
+
+    x, sigma, cond = _inputs(3)
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        loss = model(x, sigma, cond).square().mean()
+    loss.backward()
+    return saved, loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("train", ["full", "lora"])
+def test_gradient_checkpointing_keeps_loss_and_grads_and_saves_fewer_activations(train: str) -> None:
+    model = _model(depth=3)
+    torch.manual_seed(0)  # LoRA adapters are initialised from the global RNG: the same in both students
+    plain = make_student(model, StudentSpec(init="m", train=train))
+    torch.manual_seed(0)
+    checkpointed = make_student(model, StudentSpec(init="m", train=train, gradient_checkpointing=True))
+    assert checkpointed.gradient_checkpointing and not plain.gradient_checkpointing
+    saved_plain, loss_plain, grads_plain = _saved_tensors_and_grads(plain)
+    saved_ckpt, loss_ckpt, grads_ckpt = _saved_tensors_and_grads(checkpointed)
+    torch.testing.assert_close(loss_ckpt, loss_plain, rtol=0, atol=0)
+    assert grads_ckpt.keys() == grads_plain.keys() and grads_plain
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-7)
+    # Each block keeps only its inputs; its inner activations are recomputed in the backward pass.
+    assert saved_ckpt < saved_plain / 2
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_clear_error() -> None:
+    class Plain(ModuleField):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x, sigma, cond):
+            return self.w * x
+
+    with pytest.raises(GraphError, match="has no enable_gradient_checkpointing"):
+        make_student(Plain(), StudentSpec(init="plain", gradient_checkpointing=True))

@@ -61,6 +61,9 @@ class StudentSpec(Strict):
     train: Literal["full", "lora"] = "full"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the student weights, off if unset")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (less memory, about 1/3 more compute)"
+    )
 
 
 class FlowSpec(Strict):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from fieldkit.attention import attention
 from fieldkit.cond import Cond
@@ -169,6 +170,8 @@ class MMDiT(PretrainedField):
 
     config_class = MMDiTConfig
     config: MMDiTConfig
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them (less memory)."""
 
     def __init__(self, config: MMDiTConfig | None = None) -> None:
         config = config or MMDiTConfig()
@@ -227,11 +230,18 @@ class MMDiT(PretrainedField):
                 keep = text_mask.to(dtype=torch.bool)
                 mask = torch.cat([keep.new_ones(batch, tokens.shape[1]), keep], dim=1)[:, None, None, :]
         for block in self.blocks:
-            tokens, txt = block(tokens, txt, c, mask)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens, txt = checkpoint(block, tokens, txt, c, mask, use_reentrant=False)
+            else:
+                tokens, txt = block(tokens, txt, c, mask)
 
         shift, scale = self.modulation_out(c).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
         return self._unpatchify(out)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Turn on :attr:`gradient_checkpointing` (the name diffusers' models use for the same switch)."""
+        self.gradient_checkpointing = True
 
     def _unpatchify(self, out: Tensor) -> Tensor:
         """``[B, h * w, p * p * C]`` -> ``[B, C, h * p, w * p]``."""
