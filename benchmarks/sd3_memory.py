@@ -99,9 +99,11 @@ def text_encoders() -> dict[str, int]:
 
 def measured_tiny(adapters: int) -> tuple[int, int]:
     """Parameter bytes of a tiny base with ``adapters`` LoRA fields over it, and of as many full copies."""
-    from fieldkit_sd3.field import SD3Field, parameter_bytes
+    from fieldkit_sd3.field import SD3Field
     from fieldkit_sd3.loading import load_transformer
     from fieldkit_sd3.tiny import make_tiny_lora, make_tiny_pipeline
+
+    from fieldkit.models.adapters import parameter_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

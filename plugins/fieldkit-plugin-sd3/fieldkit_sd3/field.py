@@ -13,20 +13,12 @@ capabilities cost one base plus N adapters in memory instead of N full models.
 
 from __future__ import annotations
 
-import copy
-import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError
-from fieldkit.field import ModuleField
-
-if TYPE_CHECKING:
-    from diffusers import SD3Transformer2DModel
+from fieldkit.models.adapters import SharedAdapterField, as_shared_field
 
 #: The projections LoRA adapts by default: every attention projection of SD3's joint (and dual) attention,
 #: the targets of diffusers' SD3 LoRA training script.
@@ -36,47 +28,7 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 TIMESTEP_SCALE = 1000.0
 
 
-def tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The peft LoRA layers of ``model`` with their qualified names."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
-
-
-class AdapterSwitch:
-    """The LoRA adapters hosted by one shared transformer, and which one is active.
-
-    Every field over the transformer holds this same object. :meth:`activate` changes the peft layers only
-    when another adapter (or the base alone) is asked for, so consecutive calls of one field cost nothing.
-    """
-
-    def __init__(self) -> None:
-        self.hosted: list[str] = []
-        self.active: str | None = None
-        self._layers: list[nn.Module] | None = None
-
-    def add(self, name: str) -> None:
-        """Record a newly loaded adapter (peft activates what it loads; the next call resets the state)."""
-        self.hosted.append(name)
-        self._layers = None
-        self.active = "\0stale"
-
-    def activate(self, transformer: nn.Module, name: str | None) -> None:
-        """Run the transformer with adapter ``name`` alone, or with none (``None``: the base)."""
-        if not self.hosted or name == self.active:
-            return
-        if self._layers is None:
-            self._layers = [m for _, m in tuner_layers(transformer)]
-        for layer in self._layers:
-            if name is None:
-                layer.enable_adapters(False)
-            else:
-                layer.enable_adapters(True)
-                layer.set_adapter(name, inference_mode=True)  # teacher adapters never train
-        self.active = name
-
-
-class SD3Field(ModuleField):
+class SD3Field(SharedAdapterField):
     """``v = transformer(x, timestep = 1000 sigma, text, pooled)`` of one adapter of a shared transformer.
 
     ``adapter = None`` is the base model. ``lora_targets`` names the projections a LoRA student adapts.
@@ -84,18 +36,9 @@ class SD3Field(ModuleField):
     its own adapter merged into the copied weights, the adapters of the other fields sharing the base dropped.
     """
 
+    lora_pipeline = "StableDiffusion3Pipeline"
     lora_targets = LORA_TARGETS
-
-    def __init__(
-        self,
-        transformer: SD3Transformer2DModel,
-        switch: AdapterSwitch | None = None,
-        adapter: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.transformer = transformer
-        self.switch = switch or AdapterSwitch()
-        self.adapter = adapter
+    backbone = "SD3"
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         for key in ("text", "pooled"):
@@ -105,7 +48,7 @@ class SD3Field(ModuleField):
                     hint="use the sd3.prompts data bucket, or pass prompt_embeds as 'text' and "
                     "pooled_prompt_embeds as 'pooled'",
                 )
-        self.switch.activate(self.transformer, self.adapter)
+        self.activate()
         dtype = self.compute_dtype()
         if sigma.dim() == 0:
             sigma = sigma.expand(x.shape[0])
@@ -131,96 +74,7 @@ class SD3Field(ModuleField):
             return self.transformer.dtype
         return weight.dtype
 
-    def with_adapter(
-        self, path: str | Path, name: str, *, scale: float = 1.0, weight_name: str | None = None
-    ) -> SD3Field:
-        """A field over this field's transformer with the LoRA at ``path`` (diffusers / peft format) loaded
-        as adapter ``name`` (scaled by ``scale``); this field and the new one share every base weight."""
-        from diffusers import StableDiffusion3Pipeline
-
-        if self.adapter is not None:
-            raise FieldkitError(
-                f"adapter {name!r} must be loaded over a base field, not over adapter {self.adapter!r}"
-            )
-        if name in self.switch.hosted:
-            raise FieldkitError(
-                f"this SD3 base already has an adapter named {name!r}", hint="choose another name"
-            )
-        path = Path(path)
-        if path.is_file():
-            path, weight_name = path.parent, weight_name or path.name
-        state, metadata = StableDiffusion3Pipeline.lora_state_dict(
-            str(path), weight_name=weight_name, return_lora_metadata=True, local_files_only=True
-        )
-        if not any(k.startswith("transformer.") for k in state):
-            raise FieldkitError(f"{path}: no transformer LoRA weights (keys starting with 'transformer.')")
-        with warnings.catch_warnings():  # several adapters on one model is the point here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            self.transformer.load_lora_adapter(
-                state, prefix="transformer", adapter_name=name, metadata=metadata
-            )
-        self.switch.add(name)
-        for _, layer in tuner_layers(self.transformer):
-            layer.set_scale(name, scale)
-        self.transformer.requires_grad_(False)
-        return SD3Field(self.transformer, self.switch, name)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the transformer as a diffusers model folder (``config.json`` + safetensors)."""
-        if self.switch.hosted:
-            raise FieldkitError(
-                "this SD3 field shares its transformer with LoRA adapters; save a copy of it",
-                hint="copy.deepcopy(field) merges the field's own adapter and drops the others",
-            )
-        self.transformer.save_pretrained(str(path), safe_serialization=True)
-        return Path(path)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> SD3Field:
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            new.__dict__[key] = copy.deepcopy(value, memo)
-        new._own_weights()
-        return new
-
-    def _own_weights(self) -> None:
-        """Merge this field's adapter into the base weights, drop every hosted adapter, and stop sharing."""
-        hosted = set(self.switch.hosted)
-        if hosted:
-            for name, layer in tuner_layers(self.transformer):
-                present = set(layer._all_available_adapter_names())
-                if self.adapter in present:
-                    layer.merge(adapter_names=[self.adapter])
-                with warnings.catch_warnings():  # peft warns when the active adapter goes
-                    warnings.simplefilter("ignore")
-                    for adapter in sorted(hosted & present):
-                        layer.delete_adapter(adapter)
-                if not layer._all_available_adapter_names():
-                    parent_name, _, child = name.rpartition(".")
-                    parent = self.transformer.get_submodule(parent_name) if parent_name else self.transformer
-                    setattr(parent, child, layer.get_base_layer())
-            configs = getattr(self.transformer, "peft_config", {})
-            for adapter in hosted:
-                configs.pop(adapter, None)
-            if not configs:
-                self.transformer._hf_peft_config_loaded = False
-        self.switch = AdapterSwitch()
-        self.adapter = None
-
-    def extra_repr(self) -> str:
-        return f"adapter={self.adapter!r}" if self.adapter is not None else "base"
-
-
-def parameter_bytes(module: nn.Module) -> int:
-    """Bytes held by the distinct parameters and buffers of ``module`` (shared tensors counted once)."""
-    seen: dict[int, int] = {}
-    for tensor in [*module.parameters(), *module.buffers()]:
-        seen[id(tensor)] = tensor.numel() * tensor.element_size()
-    return sum(seen.values())
-
 
 def as_sd3_field(field: object, what: str) -> SD3Field:
     """``field`` when it is an :class:`SD3Field`, else a FieldkitError naming ``what`` needed it."""
-    if not isinstance(field, SD3Field):
-        raise FieldkitError(f"{what} needs an sd3 field, got {type(field).__name__}")
-    return field
+    return as_shared_field(field, SD3Field, what, "an sd3")

@@ -120,23 +120,10 @@ def make_tiny_pipeline(folder: Path, *, sd35: bool = True, seed: int = 0) -> Pat
 def make_tiny_lora(pipeline: Path, out: Path, *, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:
     """Write a random LoRA (diffusers / peft format, ``B != 0``) for the tiny pipeline's transformer: a
     stand-in for an edit or style LoRA trained elsewhere."""
-    from diffusers import StableDiffusion3Pipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
+    from fieldkit.models.lora_files import random_lora
     from fieldkit_sd3.loading import load_transformer
 
     transformer = load_transformer(pipeline)
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS))
-    transformer.add_adapter(config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in transformer.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=g) * std)
-    StableDiffusion3Pipeline.save_lora_weights(
-        str(out),
-        transformer_lora_layers=get_peft_model_state_dict(transformer),
-        transformer_lora_adapter_metadata=config.to_dict(),
+    return random_lora(
+        "StableDiffusion3Pipeline", transformer, LORA_TARGETS, out, rank=rank, seed=seed, std=std
     )
-    return out

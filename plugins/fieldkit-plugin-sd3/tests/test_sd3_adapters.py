@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fieldkit_sd3.field import SD3Field, parameter_bytes, tuner_layers
+from fieldkit_sd3.field import SD3Field
 from fieldkit_sd3.loading import load_transformer
 from torch import nn
 
@@ -16,6 +16,7 @@ from fieldkit.distill.student import make_student
 from fieldkit.errors import GraphError
 from fieldkit.graph import BuildContext
 from fieldkit.graph.schema import StudentSpec
+from fieldkit.models.adapters import parameter_bytes, tuner_layers
 
 
 def merged_copy(tiny: Path, lora: str, scale: float = 1.0) -> SD3Field:
