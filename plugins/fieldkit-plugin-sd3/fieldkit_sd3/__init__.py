@@ -30,9 +30,10 @@ __version__ = "0.1.0"
 
 def build_sd3(params: SD3Params, ctx: Any) -> Any:
     """An SD3 / SD3.5 transformer as a field: v = transformer(x, 1000 sigma, text, pooled)."""
+    from fieldkit.models.diffusers_loading import DTYPES
     from fieldkit_sd3.attention import use_fieldkit_attention
     from fieldkit_sd3.field import SD3Field
-    from fieldkit_sd3.loading import DTYPES, build_transformer, load_transformer
+    from fieldkit_sd3.loading import build_transformer, load_transformer
 
     dtype = DTYPES[params.dtype] if params.dtype else None
     if params.path is not None:
@@ -58,7 +59,7 @@ def build_sd3_lora(params: SD3LoraParams, ctx: Any) -> Any:
 
 def build_prompts(params: PromptParams, ctx: Any) -> Any:
     """Prompts (or edit pairs) with SD3 text embeddings computed once and cached to safetensors."""
-    from fieldkit_sd3.loading import DTYPES
+    from fieldkit.models.diffusers_loading import DTYPES
     from fieldkit_sd3.prompts import prompt_bucket
 
     return prompt_bucket(

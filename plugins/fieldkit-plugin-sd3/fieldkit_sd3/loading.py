@@ -8,18 +8,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fieldkit.errors import FieldkitError
+from fieldkit.models.diffusers_loading import load_model
 
 if TYPE_CHECKING:
     from diffusers import SD3Transformer2DModel
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def transformer_subfolder(path: Path, subfolder: str | None) -> str | None:
-    """``subfolder`` if given; else ``transformer`` for a pipeline folder; else the folder itself."""
-    if subfolder is not None:
-        return subfolder or None
-    return "transformer" if (path / "transformer" / "config.json").is_file() else None
 
 
 def load_transformer(
@@ -30,24 +22,13 @@ def load_transformer(
     ``path`` is a pipeline folder (its ``transformer/`` is used) or a transformer folder (``config.json``
     and safetensors, e.g. an exported student). ``dtype=None`` keeps the stored dtype.
     """
-    from diffusers import SD3Transformer2DModel
-
-    sub = transformer_subfolder(path, subfolder)
-    folder = path / sub if sub else path
-    if not (folder / "config.json").is_file():
-        raise FieldkitError(
-            f"no SD3 transformer at {folder} (config.json missing)",
-            hint="point `path` at an SD3 / SD3.5 pipeline folder or a transformer folder saved by diffusers",
-        )
-    model = SD3Transformer2DModel.from_pretrained(
-        str(path), subfolder=sub, dtype=dtype, local_files_only=True
+    return load_model(
+        "SD3Transformer2DModel",
+        path,
+        subfolder,
+        dtype,
+        hint="point `path` at an SD3 / SD3.5 pipeline folder or a transformer folder saved by diffusers",
     )
-    if dtype is not None and model.dtype != dtype:
-        raise FieldkitError(
-            f"{folder} loaded as {model.dtype}, not the asked {dtype}",
-            hint="install accelerate (without it diffusers may ignore the dtype)",
-        )
-    return model.eval()
 
 
 def build_transformer(

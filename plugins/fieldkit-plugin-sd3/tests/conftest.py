@@ -11,29 +11,20 @@ import pytest
 import torch
 
 from fieldkit.cond import Cond
-from fieldkit.plugins.manager import PluginHost, get_host
+from fieldkit.plugins.manager import PluginHost
+from fieldkit.testing import quiet_diffusers, registered
 
 
 @pytest.fixture
 def sd3_plugin() -> Iterator[PluginHost]:
     """The host with this plugin registered inline (removed afterwards)."""
-    host = get_host()
-    host.register(fieldkit_sd3, "sd3", fieldkit_sd3.__version__)
-    try:
+    with registered(fieldkit_sd3, "sd3") as host:
         yield host
-    finally:
-        host.unregister("sd3")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_diffusers() -> None:
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    dlog.disable_progress_bar()
-    dlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    tlog.set_verbosity_error()
+    quiet_diffusers()
 
 
 @pytest.fixture(scope="session")

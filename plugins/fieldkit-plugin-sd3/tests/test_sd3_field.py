@@ -39,7 +39,7 @@ def test_dtype_is_applied_and_checked_and_a_transformer_folder_loads_without_sub
     load_transformer(tiny / "sd3").save_pretrained(str(tmp_path / "t"))
     alone = graph_field(f"fields:\n  base: {{type: sd3, path: '{tmp_path / 't'}'}}\n")
     assert alone.transformer.dtype == torch.float32
-    with pytest.raises(GraphError, match="no SD3 transformer"):
+    with pytest.raises(GraphError, match="no SD3Transformer2DModel at"):
         graph_field(f"fields:\n  base: {{type: sd3, path: '{tiny / 'sd3'}', subfolder: ''}}\n")
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from importlib import metadata
 
 from click.testing import CliRunner
 
 from fieldkit.cli import cli
+from fieldkit.testing import entry_point_report
 
 
 def test_the_entry_point_is_declared_by_the_installed_distribution() -> None:
@@ -22,18 +20,7 @@ def test_the_entry_point_is_declared_by_the_installed_distribution() -> None:
 def test_fieldkit_loads_the_plugin_through_its_entry_point_without_importing_diffusers() -> None:
     """A fresh process finds the plugin by its entry point and lists its types, and neither
     importing fieldkit nor loading the plugin imports diffusers, transformers or peft."""
-    code = (
-        "import sys, json\n"
-        "import fieldkit, fieldkit.cli\n"
-        "from fieldkit.plugins import get_host\n"
-        "host = get_host()\n"
-        "heavy = sorted(m for m in ('diffusers', 'transformers', 'peft') if m in sys.modules)\n"
-        "print(json.dumps({'types': host.registry.by_plugin().get('sd3'), 'failures': [str(f) for f in "
-        "host.failures], 'heavy': heavy}))\n"
-    )
-    env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": "sd3"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    report = json.loads(out.stdout)
+    report = entry_point_report("sd3")
     assert report["failures"] == []
     assert report["types"] == {"source": ["sd3", "sd3.lora"], "dataset": ["sd3.prompts"]}
     assert report["heavy"] == []

@@ -1,0 +1,57 @@
+"""Helpers for plugins' test suites: register a plugin inline, silence diffusers, and ask a fresh process what
+fieldkit loads through the entry points. Nothing here is imported by fieldkit itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from fieldkit.plugins.manager import PluginHost, get_host
+
+#: Modules a plugin must not import when fieldkit loads it (they take seconds).
+HEAVY = ("diffusers", "transformers", "peft")
+
+
+@contextmanager
+def registered(module: ModuleType, name: str) -> Iterator[PluginHost]:
+    """The plugin host with ``module`` registered inline as plugin ``name`` (removed afterwards)."""
+    host = get_host()
+    host.register(module, name, getattr(module, "__version__", ""))
+    try:
+        yield host
+    finally:
+        host.unregister(name)
+
+
+def quiet_diffusers() -> None:
+    """No progress bars and errors only from diffusers and transformers."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+
+
+def entry_point_report(name: str) -> dict[str, Any]:
+    """In a fresh process with ``FIELDKIT_LOAD_PLUGINS=name``: the types plugin ``name`` registered, the load
+    failures, and which of :data:`HEAVY` importing fieldkit and loading the plugin imported."""
+    code = (
+        "import sys, json\n"
+        "import fieldkit, fieldkit.cli\n"
+        "from fieldkit.plugins import get_host\n"
+        "host = get_host()\n"
+        f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        f"print(json.dumps({{'types': host.registry.by_plugin().get({name!r}), 'failures': [str(f) for f in "
+        "host.failures], 'heavy': heavy}))\n"
+    )
+    env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": name}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout)

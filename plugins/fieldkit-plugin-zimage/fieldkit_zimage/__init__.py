@@ -1,0 +1,110 @@
+"""fieldkit-plugin-zimage: Z-Image (diffusers) text-to-image and image-edit teachers and students.
+
+Registers:
+
+- source ``zimage``: a ``ZImageTransformer2DModel`` (local folder or config) as a velocity field
+  (:mod:`fieldkit_zimage.field`); T2I, or an edit when the batch carries a source image;
+- source ``zimage.edit``: the same as an edit field (``ZImageOmniPipeline``'s call), from its own folder or
+  sharing the transformer of a ``base`` field;
+- source ``zimage.lora``: a LoRA capability over a zimage base, sharing its weights in memory;
+- operator ``zimage.guidance``: classifier-free guidance as the pipelines apply it
+  (:mod:`fieldkit_zimage.guidance`);
+- command ``fieldkit zimage-make-tiny`` (tiny random pipelines for the CPU example,
+  :mod:`fieldkit_zimage.tiny`).
+
+diffusers, transformers and peft are imported inside factories and commands, never when fieldkit loads
+the plugin.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fieldkit.plugins import hookimpl
+from fieldkit_zimage.params import GuidanceParams, ZImageEditParams, ZImageLoraParams, ZImageParams
+
+__version__ = "0.1.0"
+
+
+def _load(params: ZImageParams | ZImageEditParams, ctx: Any, edit: bool) -> Any:
+    from fieldkit.models.diffusers_loading import DTYPES
+    from fieldkit_zimage.field import ZImageField
+    from fieldkit_zimage.loading import build_transformer, load_transformer, scheduler_config
+
+    dtype = DTYPES[params.dtype] if params.dtype else None
+    scheduler = None
+    if params.path is not None:
+        path = ctx.path(params.path)
+        transformer = load_transformer(path, params.subfolder, dtype)
+        scheduler = scheduler_config(path)
+    else:
+        transformer = build_transformer(params.config or {}, params.seed, dtype)
+    if params.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return ZImageField(transformer, edit=edit, scheduler=scheduler)
+
+
+def build_zimage(params: ZImageParams, ctx: Any) -> Any:
+    """A Z-Image transformer as a field: ``v = -transformer(x, 1 - sigma, text)`` (T2I, or an edit batch)."""
+    return _load(params, ctx, edit=False)
+
+
+def build_zimage_edit(params: ZImageEditParams, ctx: Any) -> Any:
+    """A Z-Image Omni transformer as an edit field; with ``base``, over that field's transformer."""
+    from fieldkit_zimage.field import as_zimage_field
+
+    if params.base is None:
+        return _load(params, ctx, edit=True)
+    base = as_zimage_field(ctx.field(params.base), f"zimage.edit's base {str(params.base)!r}")
+    return base.spawn(base.adapter, edit=True)
+
+
+def build_zimage_lora(params: ZImageLoraParams, ctx: Any) -> Any:
+    """A LoRA adapter over a zimage base field; N adapters share one base transformer in memory."""
+    from fieldkit_zimage.field import as_zimage_field
+
+    base = as_zimage_field(ctx.field(params.base), f"zimage.lora's base {str(params.base)!r}")
+    path = ctx.path(params.path)
+    name = params.adapter or re.sub(r"\W", "_", path.name.removesuffix(".safetensors"))
+    field = base.with_adapter(path, name, scale=params.scale, weight_name=params.weight_name)
+    return field if params.task is None else field.spawn(name, edit=params.task == "edit")
+
+
+def build_guidance(params: GuidanceParams, ctx: Any) -> Any:
+    """Guidance as the Z-Image pipelines apply it (scale, cfg_normalization, cfg_truncation)."""
+    from fieldkit_zimage.guidance import ZImageGuidance
+
+    return ZImageGuidance(
+        ctx.field(params.field), params.scale, params.cfg_normalization, params.cfg_truncation
+    )
+
+
+@hookimpl
+def fieldkit_register_sources(register: Any) -> None:
+    register("zimage", build_zimage, ZImageParams)
+    register("zimage.edit", build_zimage_edit, ZImageEditParams)
+    register("zimage.lora", build_zimage_lora, ZImageLoraParams)
+
+
+@hookimpl
+def fieldkit_register_operators(register: Any) -> None:
+    register("zimage.guidance", build_guidance, GuidanceParams)
+
+
+@hookimpl
+def fieldkit_register_commands(cli: click.Group) -> None:
+    @cli.command(name="zimage-make-tiny")
+    @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+    @click.option("--seed", default=0, show_default=True, type=int)
+    def zimage_make_tiny(folder: Path, seed: int) -> None:
+        """Write tiny random Z-Image pipelines to FOLDER: FOLDER/t2i (ZImagePipeline) and FOLDER/omni
+        (ZImageOmniPipeline), for the CPU example (the samples are noise: nothing is trained)."""
+        from fieldkit_zimage.tiny import make_tiny_pipeline
+
+        t2i = make_tiny_pipeline(folder / "t2i", seed=seed)
+        omni = make_tiny_pipeline(folder / "omni", omni=True, seed=seed)
+        click.echo(f"wrote {t2i} and {omni}")

@@ -1,0 +1,87 @@
+"""The parameters of the plugin's types, as graphs write them (plain data; nothing heavy is imported)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from fieldkit.graph.refs import FieldRef
+from fieldkit.plugins.registry import Params
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class ZImageParams(Params):
+    """A Z-Image transformer, loaded from a local folder or built from a config."""
+
+    path: str | None = Field(
+        None,
+        description="pipeline folder (its transformer/ and scheduler/ are used) or transformer folder; "
+        "relative to the graph",
+    )
+    subfolder: str | None = Field(
+        None, description="default: 'transformer' when `path` has one, else `path` itself; '' forces `path`"
+    )
+    config: dict[str, Any] | None = Field(
+        None, description="build a freshly initialised transformer from these ZImageTransformer2DModel keys"
+    )
+    seed: int = Field(0, description="initialisation seed when built from `config`")
+    dtype: DType | None = Field(None, description="load or cast to this dtype (checked); default: as stored")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in the backward pass (a student that trains)"
+    )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> ZImageParams:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give exactly one of `path` (load weights) or `config` (build from a config)")
+        return self
+
+
+class ZImageEditParams(Params):
+    """A Z-Image Omni transformer as an edit field: its own (path / config) or the one of a `base` field."""
+
+    base: FieldRef | None = Field(None, description="a zimage field whose transformer (and adapter) to share")
+    path: str | None = Field(None, description="ZImageOmniPipeline folder or Omni transformer folder")
+    subfolder: str | None = Field(None, description="as for zimage")
+    config: dict[str, Any] | None = Field(
+        None, description="build from these config keys (siglip_feat_dim set)"
+    )
+    seed: int = Field(0, description="initialisation seed when built from `config`")
+    dtype: DType | None = Field(None, description="load or cast to this dtype (checked); default: as stored")
+    gradient_checkpointing: bool = Field(False, description="as for zimage")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> ZImageEditParams:
+        if sum(x is not None for x in (self.base, self.path, self.config)) != 1:
+            raise ValueError("give exactly one of `base` (share a field), `path` or `config`")
+        return self
+
+
+class ZImageLoraParams(Params):
+    """A LoRA capability over a zimage base field, sharing the base's weights in memory."""
+
+    base: FieldRef = Field(
+        description="the zimage (or zimage.edit) field whose transformer hosts the adapter"
+    )
+    path: str = Field(description="LoRA folder or file in the diffusers / peft format (pytorch_lora_weights)")
+    weight_name: str | None = Field(None, description="the weights file inside `path`, if not the default")
+    adapter: str | None = Field(
+        None, description="adapter name; default: from the LoRA's folder or file name"
+    )
+    scale: float = Field(1.0, description="LoRA scale: W x + scale (alpha / r) B A x")
+    task: Literal["t2i", "edit"] | None = Field(
+        None, description="edit: refuse batches without a source image; default: the base's"
+    )
+
+
+class GuidanceParams(Params):
+    """Classifier-free guidance with the Z-Image pipelines' parameters."""
+
+    field: FieldRef
+    scale: float = Field(
+        ge=0, description="the pipelines' guidance_scale s: v = v_c + s (v_c - v_u); 0 is off"
+    )
+    cfg_normalization: float = Field(0.0, ge=0, description="cap |v| at c |v_c| per sample; 0 is off")
+    cfg_truncation: float = Field(1.0, description="no guidance where 1 - sigma > this; 1 is off")

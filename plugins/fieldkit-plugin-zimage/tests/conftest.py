@@ -1,0 +1,69 @@
+"""Fixtures of the Z-Image plugin's tests: tiny random pipelines built from configs (no hub), their
+encoders, and the plugin registered inline, never autoloaded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import fieldkit_zimage
+import numpy as np
+import pytest
+from PIL import Image
+
+from fieldkit.plugins.manager import PluginHost
+from fieldkit.testing import quiet_diffusers, registered
+
+
+@pytest.fixture
+def zimage_plugin() -> Iterator[PluginHost]:
+    """The host with this plugin registered inline (removed afterwards)."""
+    with registered(fieldkit_zimage, "zimage") as host:
+        yield host
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_diffusers() -> None:
+    quiet_diffusers()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``t2i`` (tiny ZImagePipeline) and ``omni`` (tiny ZImageOmniPipeline)."""
+    from fieldkit_zimage.tiny import make_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-zimage")
+    make_tiny_pipeline(root / "t2i")
+    make_tiny_pipeline(root / "omni", omni=True, seed=3)
+    return root
+
+
+def random_image(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A random RGB image of ``size`` (width, height)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="session")
+def make_image() -> Callable[..., Image.Image]:
+    """:func:`random_image`, for tests."""
+    return random_image
+
+
+@pytest.fixture(scope="session")
+def t2i_pipe(tiny: Path):
+    from diffusers import ZImagePipeline
+
+    return ZImagePipeline.from_pretrained(str(tiny / "t2i"), local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def omni_pipe(tiny: Path):
+    """The tiny Omni pipeline with its VAE in bfloat16 (its prepare_image_latents encodes bfloat16 images)."""
+    import torch
+    from diffusers import AutoencoderKL, ZImageOmniPipeline
+
+    vae = AutoencoderKL.from_pretrained(
+        str(tiny / "omni"), subfolder="vae", dtype=torch.bfloat16, local_files_only=True
+    )
+    return ZImageOmniPipeline.from_pretrained(str(tiny / "omni"), vae=vae, local_files_only=True)
