@@ -6,9 +6,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from fieldkit.errors import GraphError
+from fieldkit.graph.yaml_source import parse_value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -17,13 +16,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [part for part in key.strip().split(".")]
     if not sep or not all(path):
         raise GraphError(f"--set {text!r}: expected KEY.PATH=VALUE", hint="for example --set run.steps=100")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise GraphError(
-            f"--set {text!r}: the value is not valid YAML", hint="quote strings with ':' or '#'"
-        ) from None
-    return path, value
+    if not raw.strip():
+        return path, ""
+    return path, parse_value(raw, f"--set {text!r}")
 
 
 def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:

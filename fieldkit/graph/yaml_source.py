@@ -1,7 +1,9 @@
 """Safe YAML reading that remembers the line of every key, so errors can point into the file.
 
 Only the safe loader is used: tags such as ``!!python/object`` are refused, and so are duplicate keys
-(which a plain loader would silently overwrite).
+(which a plain loader would silently overwrite). Reading is bounded: the file's size, how deep values nest,
+and how many values the document holds once aliases are expanded (a few hundred bytes of nested aliases
+would otherwise expand to billions of values).
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ from typing import Any
 import yaml
 
 from fieldkit.errors import GraphError
+from fieldkit.files import MiB, read_text
 
 Loc = tuple[str | int, ...]
+
+MAX_BYTES = 2 * MiB
+"""The largest graph file read (graphs are a few kilobytes; data lives in the files they name)."""
+MAX_VALUES = 50_000
+"""The most values (mappings, lists and scalars, aliases counted at every use) a document may hold."""
+MAX_DEPTH = 64
+"""The deepest nesting of mappings and lists."""
 
 
 @dataclass
@@ -61,7 +71,33 @@ def _refuse_tag(node: yaml.Node, path: str) -> GraphError:
     )
 
 
-def _to_python(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str) -> Any:
+class _Budget:
+    """Counts the values built so far; raises a GraphError past :data:`MAX_VALUES`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.left = MAX_VALUES
+        self.scalars = yaml.SafeLoader("")  # one constructor for every scalar of the document
+
+    def spend(self, node: yaml.Node, depth: int) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise GraphError(
+                f"{self.path}: the graph expands to more than {MAX_VALUES:,} values (aliases of aliases?)",
+                hint="a graph is small; write values out instead of nesting YAML aliases",
+            )
+        if depth > MAX_DEPTH:
+            raise GraphError(
+                f"{self.path}:{node.start_mark.line + 1}: values nest more than {MAX_DEPTH} levels deep",
+                hint="a graph nests a few levels; check the brackets there",
+            )
+
+
+def _to_python(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str, budget: _Budget | None = None
+) -> Any:
+    budget = budget or _Budget(path)
+    budget.spend(node, len(loc))
     lines[loc] = node.start_mark.line + 1
     plain_tag = _PLAIN_TAGS.get(type(node))
     if plain_tag is not None and node.tag != plain_tag:
@@ -69,7 +105,7 @@ def _to_python(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str) -> A
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _to_python(key_node, (*loc, "<key>"), {}, path)
+            key = _to_python(key_node, (*loc, "<key>"), {}, path, budget)
             if not isinstance(key, str | int):
                 raise GraphError(
                     f"{path}:{key_node.start_mark.line + 1}: mapping keys must be strings, got {key!r}"
@@ -80,21 +116,44 @@ def _to_python(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str) -> A
                     f" (first at line {lines[(*loc, key)]})",
                     hint="each key may appear once in a mapping; remove or rename one of them",
                 )
-            out[key] = _to_python(value_node, (*loc, key), lines, path)
+            out[key] = _to_python(value_node, (*loc, key), lines, path, budget)
             lines[(*loc, key)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*loc, i), lines, path) for i, item in enumerate(node.value)]
+        return [_to_python(item, (*loc, i), lines, path, budget) for i, item in enumerate(node.value)]
     try:
-        return yaml.SafeLoader("").construct_object(node, deep=True)
+        return budget.scalars.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError:
         raise _refuse_tag(node, path) from None
 
 
+def parse_value(text: str, where: str) -> Any:
+    """One YAML value (a ``--set`` value), read with the same bounds as a graph; blank text is ``None``."""
+    if not text.strip() or text.lstrip().startswith("#"):
+        return None
+    try:
+        return parse_yaml(text, where).data
+    except GraphError as exc:
+        if "malformed YAML" not in exc.message:
+            raise
+        raise GraphError(
+            f"{where}: the value is not valid YAML", hint="quote strings with ':' or '#'"
+        ) from None
+
+
 def parse_yaml(text: str, path: str = "<string>") -> YamlSource:
     """Parse one YAML document safely, keeping line numbers; any YAML error becomes a GraphError."""
+    if len(text) > MAX_BYTES:
+        raise GraphError(
+            f"{path}: the graph is {len(text):,} characters, more than the {MAX_BYTES:,} allowed",
+            hint="a graph is small; data belongs in the files its buckets read",
+        )
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise GraphError(
+            f"{path}: values nest too deeply to read", hint="a graph nests a few levels; check the brackets"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -112,14 +171,5 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlSource:
 
 
 def read_yaml(path: str | Path) -> YamlSource:
-    """Read and parse a YAML file; a missing or unreadable file is a GraphError."""
-    p = Path(path)
-    if not p.exists():
-        raise GraphError(f"{p}: no such graph file", hint="check the path")
-    if not p.is_file():
-        raise GraphError(f"{p}: not a graph file (a folder?)", hint="give the path of a YAML file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GraphError(f"{p}: cannot read the graph file: {exc}") from None
-    return parse_yaml(text, str(p))
+    """Read and parse a YAML file; a missing, unreadable, irregular or oversized file is a GraphError."""
+    return parse_yaml(read_text(path, MAX_BYTES, "graph file", GraphError), str(Path(path)))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from fieldkit.errors import CheckpointError
 from fieldkit.models.mmdit import MMDiT, MMDiTConfig
-from fieldkit.models.pretrained import CONFIG_NAME, PretrainedField
+from fieldkit.models.pretrained import CONFIG_NAME, PretrainedField, read_config_json
 
 MODEL_CLASSES: dict[str, type[PretrainedField]] = {"MMDiT": MMDiT}
 
@@ -17,10 +16,8 @@ MODEL_CLASSES: dict[str, type[PretrainedField]] = {"MMDiT": MMDiT}
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> PretrainedField:
     """Load any fieldkit model folder; ``config.json``'s ``_class_name`` picks the class."""
     file = Path(path) / CONFIG_NAME
-    try:
-        name = json.loads(file.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        name = None
+    raw = read_config_json(file) if file.exists() else None  # a FIFO or a device is refused, never read
+    name = raw.get("_class_name") if isinstance(raw, dict) else None
     cls = MODEL_CLASSES.get(str(name))
     if cls is None:
         known = ", ".join(MODEL_CLASSES)

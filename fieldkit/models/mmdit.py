@@ -194,6 +194,17 @@ class MMDiT(PretrainedField):
         self.modulation_out = _zero(nn.Linear(hidden, 2 * hidden))
         self.proj_out = _zero(nn.Linear(hidden, p * p * config.in_channels))
 
+    @classmethod
+    def state_numel(cls, config: BaseModel) -> int:
+        """Values in the state dict, counted on the meta device from a model of depth at most 2: every
+        block but the last one is the same size, so deeper models add copies of the first block."""
+        assert isinstance(config, MMDiTConfig)
+        small = min(config.depth, 2)
+        with torch.device("meta"):
+            model = cls(config.model_copy(update={"depth": small}))
+        block = sum(t.numel() for t in model.blocks[0].state_dict().values())
+        return sum(t.numel() for t in model.state_dict().values()) + (config.depth - small) * block
+
     def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         """The velocity ``[B, C, H, W]`` at state ``x`` ``[B, C, H, W]`` and noise level ``sigma`` ``[B]``."""
         cfg = self.config

@@ -9,6 +9,7 @@ existing folder is only touched once both new files are complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,14 +18,16 @@ from typing import Any, ClassVar, Self
 
 import torch
 from pydantic import BaseModel, ValidationError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fieldkit.errors import CheckpointError
 from fieldkit.field import ModuleField
+from fieldkit.files import MiB, check_regular, read_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MAX_CONFIG_BYTES = MiB
 _LAYOUT_HINT = f"a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}, as written by save_pretrained"
 
 
@@ -39,6 +42,13 @@ class PretrainedField(ModuleField):
     def __init__(self, config: BaseModel) -> None:
         super().__init__()
         self.config = config
+
+    @classmethod
+    def state_numel(cls, config: BaseModel) -> int:
+        """How many values the state dict of a model built from ``config`` holds, without allocating it
+        (built on the meta device; subclasses with repeated blocks may count faster)."""
+        with torch.device("meta"):
+            return _numel(cls(config))
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to folder ``path`` (created if missing)."""
@@ -81,6 +91,7 @@ class PretrainedField(ModuleField):
         if not path.is_dir():
             raise CheckpointError(f"no model folder at {path}", hint=_LAYOUT_HINT)
         config = _read_config(path / CONFIG_NAME, cls.__name__, cls.config_class)
+        _check_size(cls.state_numel(config), path / WEIGHTS_NAME)  # before anything is allocated
         state = _read_weights(path / WEIGHTS_NAME, device)
         model = cls(config)
         _check_fit(model.state_dict(), state, path / WEIGHTS_NAME)
@@ -90,13 +101,26 @@ class PretrainedField(ModuleField):
         return model.eval()
 
 
+def _numel(module: torch.nn.Module) -> int:
+    return sum(t.numel() for t in module.state_dict().values())
+
+
+def read_config_json(file: Path) -> Any:
+    """The JSON in a model folder's ``config.json`` (a regular file of at most a MiB)."""
+    text = read_text(file, MAX_CONFIG_BYTES, CONFIG_NAME, CheckpointError)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{file} is not readable JSON: {err}", hint=_LAYOUT_HINT) from err
+
+
 def _read_config(file: Path, class_name: str, config_class: type[BaseModel]) -> Any:
-    if not file.is_file():
+    if not file.exists():
         raise CheckpointError(f"{file} is missing", hint=_LAYOUT_HINT)
     try:
-        raw = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file} is not readable JSON: {err}", hint=_LAYOUT_HINT) from err
+        raw = read_config_json(file)
+    except CheckpointError as err:
+        raise CheckpointError(err.message, hint=err.hint or _LAYOUT_HINT) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file} must hold a JSON object, got {type(raw).__name__}", hint=_LAYOUT_HINT)
     kind = raw.pop("_class_name", None)
@@ -108,9 +132,30 @@ def _read_config(file: Path, class_name: str, config_class: type[BaseModel]) -> 
         raise CheckpointError(f"{file} is not a valid {config_class.__name__}: {err}") from err
 
 
-def _read_weights(file: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
-    if not file.is_file():
+def _check_size(expected: int, file: Path) -> None:
+    """Refuse, from the safetensors header alone, a config that describes a model much larger than its
+    weights file (one no larger than twice the file, plus a MiB of values, is built so that the check of
+    every tensor can name what differs)."""
+    if not file.exists():
         raise CheckpointError(f"{file} is missing", hint=_LAYOUT_HINT)
+    check_regular(file, "weights file", CheckpointError)
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            stored = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file (truncated or corrupted?): {err}",
+            hint="save the model again with save_pretrained",
+        ) from err
+    if expected > 2 * stored + MiB:
+        raise CheckpointError(
+            f"{file} does not match its config.json: it holds {stored:,} values, the config describes a "
+            f"model of {expected:,}",
+            hint="the weights and config come from different models; save the model again",
+        )
+
+
+def _read_weights(file: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file), device=str(device))
     except (SafetensorError, OSError) as err:
