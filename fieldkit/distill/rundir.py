@@ -1,0 +1,257 @@
+"""Run folders: where a run may write, and the lock that keeps it the only writer.
+
+A run writes only into an empty folder or one of its own run folders (marked by ``fieldkit-run.json``);
+an unrelated non-empty folder, a file, or an empty path is refused before anything is written. While a
+run is going its folder holds an advisory lock (``.fieldkit.lock``, POSIX ``lockf``, with the owner's pid
+inside): a second run, or a ``--resume`` of the same folder, is refused while the first one lives. The
+kernel drops the lock when its owner dies, so a lock left by a killed run is taken over with a note.
+
+Under the lock the folder is put in order: temporary folders of interrupted writes are removed, and a
+run folder without any checkpoint (killed or failed before its first one) is restarted, with a note,
+whether or not ``--resume`` was asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fieldkit.distill.checkpoint import list_checkpoints
+from fieldkit.errors import FieldkitError
+
+MARKER = "fieldkit-run.json"
+LOCK = ".fieldkit.lock"
+FORMAT = "fieldkit.run/1"
+# What a run writes at the top of its folder: a restart removes these and nothing else.
+OUTPUTS = (
+    "metrics.jsonl",
+    "graph.json",
+    "results.json",
+    "samples",
+    "checkpoints",
+    "student",
+    "tensorboard",
+    ".student.tmp",
+)
+# Write failures that are the user's to fix (space, permissions, a file where a folder should be).
+USER_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "a file grew past the size this process may write",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EEXIST: "a file is in the way",
+}
+_WRITE_HINT = "free some space or choose a writable folder with --out, then resume with --resume latest"
+
+
+def write_error(exc: OSError, what: str = "cannot write the run") -> FieldkitError | None:
+    """A user error for a write that failed for a reason the user can fix (None for other errors)."""
+    reason = USER_ERRNOS.get(exc.errno or 0)
+    if reason is None:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    return FieldkitError(f"{what}: {reason}{where}", hint=_WRITE_HINT)
+
+
+@dataclass
+class RunFolder:
+    """An output folder held by this process: ``resume`` is what to resume from after the checks."""
+
+    path: Path
+    resume: str | None
+    notes: list[str] = field(default_factory=list)
+    _fd: int | None = None
+
+    def release(self) -> None:
+        """Drop the lock (the lock file stays, empty: deleting it would let two runs lock two files)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):  # the lock is dropped with the descriptor either way
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def open_run_folder(out: str | os.PathLike[str], resume: str | None) -> RunFolder:
+    """Check ``out``, lock it for this process and put it in order; see the module docstring.
+
+    Raises a FieldkitError (and writes nothing) for an empty path, a file, an unrelated non-empty folder,
+    a folder another live run holds, and a folder that holds a finished run when not resuming.
+    """
+    folder = _checked_path(out)
+    _refuse_foreign(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, f"cannot create the output folder {folder}") or exc from None
+    run = RunFolder(folder, resume)
+    run._fd = _lock(folder, run.notes)
+    try:
+        _refuse_foreign(folder)  # another process may have written it before we held the lock
+        _settle(run)
+    except OSError as exc:
+        run.release()
+        raise write_error(exc, f"cannot prepare the output folder {folder}") or exc from None
+    except BaseException:
+        run.release()
+        raise
+    return run
+
+
+def _checked_path(out: str | os.PathLike[str]) -> Path:
+    text = os.fspath(out)
+    if not text.strip():
+        raise FieldkitError(
+            "the output folder is an empty path",
+            hint="give a folder name, e.g. --out runs/mine (use --out . to mean this folder)",
+        )
+    folder = Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise FieldkitError(
+            f"{folder} is a file, not a folder", hint="choose another output folder with --out"
+        )
+    for parent in folder.parents:
+        if parent.exists() and not parent.is_dir():
+            raise FieldkitError(
+                f"cannot create the output folder {folder}: {parent} is a file",
+                hint="choose another output folder with --out",
+            )
+    return folder
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` was made by a fieldkit run (it holds the run marker)."""
+    return (folder / MARKER).is_file()
+
+
+def _refuse_foreign(folder: Path) -> None:
+    if not folder.is_dir() or is_run_folder(folder):
+        return
+    entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK)
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise FieldkitError(
+            f"{folder} is not empty ({shown}) and is not a fieldkit run folder; fieldkit writes only into "
+            "an empty folder or one of its own runs, so nothing there is touched",
+            hint="choose another output folder with --out (or --set run.out=PATH)",
+        )
+
+
+def _lock(folder: Path, notes: list[str]) -> int:
+    path = folder / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise write_error(exc, f"cannot create the lock file of {folder}") or exc from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        owner = _read_pid(fd)
+        os.close(fd)
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise write_error(exc, f"cannot lock {path}") or exc from None
+        who = f"pid {owner}" if owner else "another process"
+        raise FieldkitError(
+            f"{folder} is in use by another fieldkit run ({who}); two runs never write one folder",
+            hint="wait for that run to end, or choose another output folder with --out",
+        ) from None
+    previous = _read_pid(fd)
+    if previous and previous != os.getpid():
+        notes.append(
+            f"{folder}: took over the lock of pid {previous}, which ended without releasing it "
+            "(killed or crashed)"
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _read_pid(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _settle(run: RunFolder) -> None:
+    """Under the lock: decide between refusing, resuming and (re)starting; clean temporary folders."""
+    folder = run.path
+    _remove_temporaries(folder, run.notes)
+    has_checkpoint = bool(list_checkpoints(folder / "checkpoints"))
+    if run.resume is None and has_checkpoint:
+        raise FieldkitError(
+            f"{folder} already holds a run",
+            hint="continue it with --resume latest, or choose another folder with --set run.out=PATH",
+        )
+    if run.resume == "latest" and not has_checkpoint:
+        run.notes.append(f"{folder} has no checkpoint to resume from: starting the run afresh")
+        run.resume = None
+    if run.resume is None:
+        stale = [name for name in OUTPUTS if (folder / name).exists()]
+        if stale and is_run_folder(folder):
+            run.notes.append(
+                f"{folder}: the earlier run there wrote no checkpoint; its outputs are replaced "
+                f"({', '.join(stale)})"
+            )
+        for name in stale:
+            _remove(folder / name)
+    _write_marker(folder)
+
+
+def _remove_temporaries(folder: Path, notes: list[str]) -> None:
+    found = [p for p in (folder / "checkpoints").glob(".tmp-*")] + [folder / ".student.tmp"]
+    found = [p for p in found if p.exists()]
+    for path in found:
+        _remove(path)
+    if found:
+        notes.append(f"removed {len(found)} unfinished temporary folder(s) of an interrupted write")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _write_marker(folder: Path) -> None:
+    marker = folder / MARKER
+    if marker.is_file():
+        return
+    tmp = folder / f".{MARKER}.tmp"
+    info: dict[str, Any] = {"format": FORMAT}
+    tmp.write_text(json.dumps(info) + "\n")
+    tmp.replace(marker)
+
+
+def open_for_processes(out: str | os.PathLike[str], resume: str | None, accelerator: Any) -> RunFolder:
+    """:func:`open_run_folder` on the main process only (the one that writes); every other process of a
+    multi-process run receives its decision, or raises its error, so all of them agree."""
+    if accelerator.num_processes == 1:
+        return open_run_folder(out, resume)
+    from accelerate.utils import broadcast_object_list
+
+    held: RunFolder | None = None
+    decision: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            held = open_run_folder(out, resume)
+            decision = [(held.resume, None, None)]
+        except FieldkitError as exc:
+            decision = [(None, exc.message, exc.hint)]
+    broadcast_object_list(decision, from_process=0)
+    chosen, message, hint = decision[0]
+    if message is not None:
+        raise FieldkitError(message, hint=hint)
+    return held if held is not None else RunFolder(Path(os.fspath(out)), chosen)
