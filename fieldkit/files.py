@@ -8,8 +8,10 @@ and a file larger than the caller's bound is refused instead of read into memory
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
+from typing import Any
 
 from fieldkit.errors import FieldkitError
 
@@ -104,3 +106,19 @@ def read_text(
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path}: the {what} is not UTF-8 text: {exc}") from None
+
+
+def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str], **kwargs: Any) -> None:
+    """``safetensors.torch.save_file``, whose write failures (disk full, a file too large, a read-only
+    folder) surface as the OSError they are instead of a SafetensorError that hides the errno."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), **kwargs)
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc

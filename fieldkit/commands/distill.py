@@ -11,11 +11,14 @@ from fieldkit.commands.options import graph_options
 from fieldkit.graph.loader import Graph
 
 
-def run_graph(graph: Graph, resume: str | None, dry_run: bool, out: Path | None, progress: bool) -> None:
+def run_graph(
+    graph: Graph, resume: str | None, dry_run: bool, out: str | Path | None, progress: bool
+) -> None:
     """Run the engine on ``graph`` (``dry_run``: build everything and time one update; write nothing)."""
     from rich.console import Console
 
     from fieldkit.distill.engine import Engine
+    from fieldkit.distill.rundir import write_error
 
     console = Console(stderr=True, highlight=False)
     if dry_run:
@@ -33,7 +36,13 @@ def run_graph(graph: Graph, resume: str | None, dry_run: bool, out: Path | None,
             f"{seconds * graph.spec.run.steps / 60:.1f} min. Nothing written."
         )
         return
-    result = Engine(graph, out, resume=resume, show_progress=progress).run()
+    try:
+        result = Engine(graph, out, resume=resume, show_progress=progress).run()
+    except OSError as exc:  # disk full, read-only, ...: the user's to fix, and the last checkpoint is intact
+        error = write_error(exc)
+        if error is None:
+            raise
+        raise error from exc
     if result.out is not None:
         console.print(f"outputs in {result.out} (metrics.jsonl, samples/, checkpoints/, student/)")
 
@@ -44,11 +53,11 @@ def run_graph(graph: Graph, resume: str | None, dry_run: bool, out: Path | None,
     "--resume", metavar="latest|PATH", help="Continue a run from its newest good checkpoint or PATH."
 )
 @click.option("--dry-run", is_flag=True, help="Build everything and time one update; write nothing.")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: run.out of the graph).")
+@click.option("--out", type=click.Path(path_type=str), help="Output folder (default: run.out of the graph).")
 @click.option(
     "--no-progress", is_flag=True, help="No progress bar or tables (logs still go to metrics.jsonl)."
 )
-def distill(graph: Graph, resume: str | None, dry_run: bool, out: Path | None, no_progress: bool) -> None:
+def distill(graph: Graph, resume: str | None, dry_run: bool, out: str | None, no_progress: bool) -> None:
     """Train the student of GRAPH on its own rollouts against the routed fields (DanceOPD by default).
 
     Writes metrics.jsonl, sample grids, checkpoints and the exported student under run.out, then prints a

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from fieldkit.commands.distill import run_graph
@@ -18,11 +16,9 @@ from fieldkit.graph.loader import Graph
     "--resume", metavar="latest|PATH", help="Continue a run from its newest good checkpoint or PATH."
 )
 @click.option("--dry-run", is_flag=True, help="Build everything and time one update; write nothing.")
-@click.option(
-    "--out", type=click.Path(path_type=Path), help="Output folder (default: run.out of the recipe)."
-)
+@click.option("--out", type=click.Path(path_type=str), help="Output folder (default: run.out of the recipe).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or tables.")
-def train(graph: Graph, resume: str | None, dry_run: bool, out: Path | None, no_progress: bool) -> None:
+def train(graph: Graph, resume: str | None, dry_run: bool, out: str | None, no_progress: bool) -> None:
     """Train the student of RECIPE (a graph whose method is sft) on its routes' data.
 
     The trained model is exported to OUT/student, where a `fieldkit.checkpoint` source reads it.

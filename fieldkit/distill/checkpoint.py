@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from fieldkit.errors import CheckpointError
+from fieldkit.files import save_safetensors
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
@@ -84,22 +85,30 @@ def save_checkpoint(root: Path, state: TrainState, keep_last: int) -> Path:
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
-    save_file(_cpu(state.student), tmp / "student.safetensors")
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    save_file(_cpu(state.rng), tmp / "rng.safetensors")
-    if state.ema is not None:
-        save_file(_cpu(state.ema), tmp / "ema.safetensors")
-    meta = {"format": FORMAT, "step": state.step, "optimizer": opt_meta, "scalars": state.scalars}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-    (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
+    try:
+        _write_state(tmp, state)
+    except BaseException:  # a failed write (disk full, ...) leaves no half folder to fill the disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_state(tmp: Path, state: TrainState) -> None:
+    opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
+    save_safetensors(_cpu(state.student), tmp / "student.safetensors")
+    save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+    save_safetensors(_cpu(state.rng), tmp / "rng.safetensors")
+    if state.ema is not None:
+        save_safetensors(_cpu(state.ema), tmp / "ema.safetensors")
+    meta = {"format": FORMAT, "step": state.step, "optimizer": opt_meta, "scalars": state.scalars}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
 def list_checkpoints(root: Path) -> list[Path]:

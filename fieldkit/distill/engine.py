@@ -48,6 +48,7 @@ from fieldkit.distill.checkpoint import (
 )
 from fieldkit.distill.ema import EMA
 from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_schedule
+from fieldkit.distill.rundir import open_for_processes
 from fieldkit.distill.student import make_student, trainable_state
 from fieldkit.errors import CheckpointError, FieldkitError
 from fieldkit.eval.grid import save_grid
@@ -99,15 +100,8 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _output_folder(graph: Graph, out: Path | None, resuming: bool) -> Path:
-    folder = Path(out) if out is not None else Path(graph.spec.run.out.format(graph=graph.name))
-    taken = (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()
-    if taken and not resuming:
-        raise FieldkitError(
-            f"{folder} already holds a run",
-            hint="continue it with --resume latest, or choose another folder with --set run.out=PATH",
-        )
-    return folder
+def _output_path(graph: Graph, out: str | Path | None) -> str:
+    return str(out) if out is not None else graph.spec.run.out.format(graph=graph.name)
 
 
 class Engine:
@@ -116,7 +110,7 @@ class Engine:
     def __init__(
         self,
         graph: Graph,
-        out: Path | None = None,
+        out: str | Path | None = None,
         *,
         resume: str | None = None,
         show_progress: bool = True,
@@ -132,7 +126,10 @@ class Engine:
         self.run_spec = spec.run
         self.accelerator = accelerator or make_accelerator(spec.run.device)
         acc = self.accelerator
-        self.out = _output_folder(graph, out, resume is not None) if write else None
+        # Checked and locked before anything is built; only the main process writes into it.
+        self.folder = open_for_processes(_output_path(graph, out), resume, acc) if write else None
+        self.out = self.folder.path if self.folder is not None else None
+        resume = self.folder.resume if self.folder is not None else None
         self.shard = Shard(acc.process_index, acc.num_processes)
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: Router = self.ctx.router()
@@ -163,6 +160,8 @@ class Engine:
         self.show_progress = show_progress
         self._callbacks: list[Callback] = []
         self._stop: str | None = None
+        for note in self.folder.notes if self.folder is not None else []:
+            self._note(f"[yellow]note:[/] {escape(note)}", always=True)
         self._resume_from(resume)
 
     @property
@@ -381,6 +380,8 @@ class Engine:
             callbacks_now, self._callbacks = self._callbacks, []
             for cb in callbacks_now:
                 cb.teardown(self)
+            if self.folder is not None:  # the run is over, however it ended: the folder is free
+                self.folder.release()
 
     def run(self, callbacks: Sequence[Callback] = ()) -> RunResult:
         """:meth:`steps` with the default callbacks (then ``callbacks``); returns the result (the student is

@@ -19,11 +19,11 @@ from typing import Any, ClassVar, Self
 import torch
 from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fieldkit.errors import CheckpointError
 from fieldkit.field import ModuleField
-from fieldkit.files import MiB, check_regular, read_text
+from fieldkit.files import MiB, check_regular, read_text, save_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -61,7 +61,7 @@ class PretrainedField(ModuleField):
             config = {"_class_name": type(self).__name__, **self.config.model_dump(mode="json")}
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
             if path.exists():
                 for name in (WEIGHTS_NAME, CONFIG_NAME):  # each replace is atomic; other files stay
                     os.replace(tmp / name, path / name)
