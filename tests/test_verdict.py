@@ -68,6 +68,12 @@ def test_decided_only_with_three_seeds_of_one_sign(d: list[float]) -> None:
         assert all(x > 0 for x in d) or all(x < 0 for x in d)
 
 
+def test_a_claimed_tie_is_only_ever_within_noise_or_disagrees() -> None:
+    assert verdict(paired([0.62, 0.60, 0.64], [0.35, 0.36, 0.34]), 0) == DISAGREES
+    assert verdict(paired([0.35, 0.36, 0.34], [0.62, 0.60, 0.64]), 0) == DISAGREES
+    assert verdict(paired([0.62, 0.60, 0.64], [0.60, 0.62, 0.63]), 0) == WITHIN_NOISE
+
+
 def test_unpaired_values_are_refused() -> None:
     with pytest.raises(ValueError, match="one value per seed"):
         paired([1.0, 2.0, 3.0], [1.0, 2.0])

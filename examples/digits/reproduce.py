@@ -24,11 +24,14 @@ import os
 import statistics
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fieldkit.eval.verdict import Paired
 
 HERE = Path(__file__).resolve().parent
 GRAPHS = {
@@ -190,6 +193,71 @@ def comparisons() -> dict[str, list[Run]]:
         Run("rollout", f"rollout/n{n}", "diagnostic", (*DIAGNOSTIC, f"flow.steps={n}"), ref=dref)
         for n in (8, 28)
     ]
+    return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One direction the paper reports: run ``a`` above (``expected`` +1) or below (-1) run ``b`` on
+    ``metric``, or level with it (0: the paper finds no difference); each run at its ``matched`` mode
+    ("steps", "time", or "-" for an evaluated, untrained run)."""
+
+    comparison: str
+    paper: str
+    a: tuple[str, str]
+    b: tuple[str, str]
+    metric: str = "combined"
+    expected: int = 1
+
+
+def claims() -> list[Claim]:
+    """The paper's directions that the study checks, each at matched steps and (where it has a twin) time."""
+    out: list[Claim] = []
+
+    def both(comp: str, paper: str, a: str, b: str, metric: str = "combined", expected: int = 1) -> None:
+        out.append(Claim(comp, paper, (a, "steps"), (b, "steps"), metric, expected))
+        out.append(Claim(comp, paper, (a, "steps"), (b, "time"), metric, expected))
+
+    for pair in ("t2i_edit", "local_global"):
+        ref = f"{pair}/danceopd"
+        paper = "DanceOPD above every baseline (Table 2A / 2B)"
+        for base in ("joint-a", "joint-b", "offpolicy-a", "offpolicy-b", "dense"):
+            both("composition", paper, ref, f"{pair}/{base}")
+        out.append(Claim("composition", paper, (ref, "steps"), (f"{pair}/merge", "-")))
+    dref = "diagnostic/danceopd"
+    both("routing", "hard above soft routing (+15%)", dref, "routing/soft")
+    for low, schedule in ((dref, "shift3"), ("query/linear-low", "linear")):
+        for bias in ("mid", "high"):
+            both("query", "low-noise query above mid and high", low, f"query/{schedule}-{bias}")
+    both("query", "high above mid", "query/shift3-high", "query/shift3-mid")
+    for k in ("k2", "k4", "k16-all"):
+        both("queries_k", "K = 1 above K > 1", dref, f"k/{k}")
+    both("queries_k", "G = 1 above G = M", dref, "k/g-all")
+    for states in ("offpolicy", "teacher"):
+        both("states", "on-policy states above off-policy ones", dref, f"states/{states}")
+    cfg = "the absorbed 1-NFE student moves toward the guided teacher"
+    for matched in ("steps", "time"):  # alpha 1 is the reference; alpha 2 has the time twin
+        out.append(Claim("cfg", cfg, ("cfg/alpha2", matched), ("cfg/alpha1", "steps"), "t2i/realism"))
+    both(
+        "realism",
+        "DanceOPD closes more of the realism gap",
+        "realism/danceopd",
+        "realism/offpolicy",
+        "t2i/realism",
+    )
+    init = "init: local >> merged > global > T2I"
+    for a, b in (
+        ("local", "merged"),
+        ("local", "global"),
+        ("local", "t2i"),
+        ("merged", "global"),
+        ("global", "t2i"),
+    ):
+        out.append(
+            Claim("init", init, (dref if a == "local" else f"init/{a}", "steps"), (f"init/{b}", "steps"))
+        )
+    for n in ("n8", "n28"):
+        both("rollout", "8 / 16 / 28 rollout steps in one band", dref, f"rollout/{n}", expected=0)
     return out
 
 
@@ -586,6 +654,172 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _value(record: dict[str, Any], metric: str) -> float:
+    """A run's score on ``metric``: the student's, or the init's for an evaluated (untrained) run."""
+    scores = record["scores"]
+    return float(scores["student" if "student" in scores else "init"].get(metric, math.nan))
+
+
+def _init_name(record: dict[str, Any]) -> str | None:
+    """The last ``student.init=NAME`` override of a run (None: the graph's own init)."""
+    names = [o.split("=", 1)[1] for o in record["overrides"] if o.startswith("student.init=")]
+    return names[-1] if names else None
+
+
+def _init_value(
+    record: dict[str, Any], teachers: dict[tuple[str, int], dict[str, Any]], metric: str
+) -> float:
+    """The score of the weights a run started from, NaN when it was not measured: the ``init`` row of its
+    graph's teachers run (same seed and init), the teacher it was initialised from, or its metric curve's
+    step 0."""
+    ref = teachers.get((record["graph"], record["seed"]))
+    name = _init_name(record)
+    if ref is not None:
+        if name == _init_name(ref):
+            return float(ref["scores"]["init"].get(metric, math.nan))
+        if f"{name}_teacher" in ref["scores"]:
+            return float(ref["scores"][f"{name}_teacher"].get(metric, math.nan))
+    curve = record.get("metric_curve") or []
+    if curve and curve[0]["step"] == 0:
+        return float(curve[0].get(metric, math.nan))
+    return math.nan
+
+
+def _signed(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:+.3f}" for v in values)
+
+
+def _rows_of(comp: str, by_comp: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A comparison's records, the diagnostic reference's first where the comparison is built on it."""
+    rows = by_comp.get(comp, [])
+    if comp in DIAGNOSTIC_BASED:  # the shared reference (hard, low, K = 1, 16 steps, local init) first
+        rows = [r for r in by_comp.get("diagnostic", []) if r["kind"] == "train"] + rows
+    return rows
+
+
+def runs_table(comp: str, rows: list[dict[str, Any]], teachers: dict[tuple[str, int], dict[str, Any]]) -> str:
+    """Mean ± std over seeds of every run of a comparison, with each trained run's gain over its init."""
+    columns = [
+        c
+        for c in COLUMNS.get(comp, DEFAULT_COLUMNS)
+        if any(c in v for r in rows for v in r["scores"].values())
+    ]
+    head = ["run", "matched", "n", "steps", columns[0], f"gain over init ({columns[0]})", *columns[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, float]]]] = defaultdict(list)
+    for r in rows:
+        for fname, values in r["scores"].items():
+            if r["kind"] == "train" and fname != "student":
+                continue  # the student at other inference scales: in report.md
+            if r["kind"] == "eval" and fname != "init" and r["name"].endswith("/merge"):
+                continue  # a merge run: its teachers are the teachers run's rows
+            groups[(r["name"], fname, r["matched"])].append((r, values))
+    first = {name: i for i, (name, _, _) in reversed(list(enumerate(groups)))}
+    order = sorted(groups, key=lambda g: (g[2] == "time", first[g[0]]))
+    for name, fname, matched in order:
+        items = groups[(name, fname, matched)]
+        recs = [r for r, _ in items]
+        train = recs[0]["kind"] == "train"
+        label = name if train or name.endswith("/merge") else f"{name} {fname}"
+        gains = [v.get(columns[0], math.nan) - _init_value(r, teachers, columns[0]) for r, v in items]
+        steps = f"{statistics.fmean(r['steps'] for r in recs):.0f}" if train else "–"
+        cells = [_fmt([v.get(c, math.nan) for _, v in items]) for c in columns]
+        lines.append(
+            f"| {label} | {matched if train else '–'} | {len(items)} | {steps} | {cells[0]} | "
+            f"{_fmt(gains) if train else '–'} | " + " | ".join(cells[1:]) + " |"
+        )
+    return "\n".join(lines)
+
+
+def verdict_rows(results: list[dict[str, Any]]) -> list[tuple[Claim, Paired | None, str]]:
+    """Every claim of :func:`claims` with its paired per-seed differences and the rule's verdict."""
+    from fieldkit.eval.verdict import paired, verdict
+
+    index = {(r["name"], r["matched"] if r["kind"] == "train" else "-", r["seed"]): r for r in results}
+    out = []
+    for claim in claims():
+        seeds = sorted(s for (n, m, s) in index if (n, m) == claim.a and (claim.b[0], claim.b[1], s) in index)
+        if not seeds:
+            out.append((claim, None, "not run"))
+            continue
+        a = [_value(index[(*claim.a, s)], claim.metric) for s in seeds]
+        b = [_value(index[(*claim.b, s)], claim.metric) for s in seeds]
+        diff = paired(a, b)
+        out.append((claim, diff, verdict(diff, claim.expected)))
+    return out
+
+
+def verdict_table(rows: list[tuple[Claim, Paired | None, str]]) -> str:
+    """One line per claim: both runs, the per-seed differences ``a - b``, their mean ± SE, the verdict."""
+    sign = {1: "a > b", -1: "a < b", 0: "a = b"}
+    head = "| paper | a | b | metric | seeds | a - b per seed | mean ± SE | verdict |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for claim, diff, word in rows:
+        a, b = (f"{n} ({m})" if m != "-" else n for n, m in (claim.a, claim.b))
+        if diff is None:
+            lines.append(
+                f"| {claim.paper}: {sign[claim.expected]} | {a} | {b} | {claim.metric} | 0 | – | – | {word} |"
+            )
+            continue
+        lines.append(
+            f"| {claim.paper}: {sign[claim.expected]} | {a} | {b} | {claim.metric} | {diff.n} | "
+            f"{_signed(diff.differences)} | {diff.mean:+.3f} ± {diff.stderr:.3f} | {word} |"
+        )
+    return "\n".join(lines)
+
+
+def summary_table(rows: list[tuple[Claim, Paired | None, str]]) -> str:
+    """Per comparison and matched mode of ``b``: how many claims agree, disagree or are within noise."""
+    from fieldkit.eval.verdict import AGREES, DISAGREES, WITHIN_NOISE
+
+    counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for claim, _, word in rows:
+        matched = "time" if "time" in (claim.a[1], claim.b[1]) else "steps"
+        counts[(claim.comparison, matched)][word] += 1
+    lines = [
+        "| comparison | matched | agrees | disagrees | within noise | not run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (comp, matched), c in counts.items():
+        lines.append(
+            f"| {comp} | {matched} | {c[AGREES]} | {c[DISAGREES]} | {c[WITHIN_NOISE]} | {c['not run']} |"
+        )
+    return "\n".join(lines)
+
+
+def page_tables(results: list[dict[str, Any]]) -> dict[str, str]:
+    """The tables of docs/reproduction.md: the summary, then per comparison its runs and its verdicts."""
+    by_comp: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_comp[r["comparison"]].append(r)
+    teachers = {
+        (r["graph"], r["seed"]): r for r in results if r["kind"] == "eval" and r["name"].endswith("/teachers")
+    }
+    verdicts = verdict_rows(results)
+    tables = {"summary": summary_table(verdicts)}
+    for comp in comparisons():
+        rows = _rows_of(comp, by_comp)
+        if not by_comp.get(comp):
+            continue
+        own = [v for v in verdicts if v[0].comparison == comp]
+        tables[comp] = runs_table(comp, rows, teachers) + ("\n\n" + verdict_table(own) if own else "")
+    return tables
+
+
+def fill_page(text: str, tables: dict[str, str]) -> str:
+    """``text`` with the block between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` replaced by
+    ``tables[NAME]`` for every marked block (``report --page FILE`` rewrites a page's tables this way)."""
+    import re
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in tables:
+            raise KeyError(f"the page marks a table {name!r} that the results do not give")
+        return f"<!-- table:{name} -->\n{tables[name]}\n<!-- /table:{name} -->"
+
+    return re.sub(r"<!-- table:([\w-]+) -->\n.*?<!-- /table:\1 -->", fill, text, flags=re.S)
+
+
 def report(args: argparse.Namespace) -> str:
     """Markdown tables (mean ± std over seeds) and PNG curves from ``OUT/results.jsonl``."""
     out = Path(args.out)
@@ -607,13 +841,19 @@ def report(args: argparse.Namespace) -> str:
     by_comp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_comp[r["comparison"]].append(r)
-    order = list(comparisons())
-    for comp in order:
-        rows = by_comp.get(comp)
-        if not rows:
+    tables = page_tables(results)
+    lines += [
+        "Verdicts: a comparison agrees or disagrees with the paper only when the paired per-seed difference "
+        "has one sign on every seed (at least 3) and its mean exceeds twice its standard error; otherwise "
+        "it is within noise (`fieldkit.eval.verdict`).",
+        "",
+        tables["summary"],
+        "",
+    ]
+    for comp in comparisons():
+        if not by_comp.get(comp):
             continue
-        if comp in DIAGNOSTIC_BASED:  # the shared reference (hard, low, K = 1, 16 steps, local init) first
-            rows = [r for r in by_comp.get("diagnostic", []) if r["kind"] == "train"] + rows
+        rows = _rows_of(comp, by_comp)
         columns = [
             c
             for c in COLUMNS.get(comp, DEFAULT_COLUMNS)
@@ -621,6 +861,10 @@ def report(args: argparse.Namespace) -> str:
         ]
         lines += [
             f"### {comp}",
+            "",
+            tables[comp],
+            "",
+            "Costs:",
             "",
             "| run | field | matched | seeds | steps | s/step | rollout NFE/step | "
             "rollout samples/step | teacher fwd/step | train s | " + " | ".join(columns) + " |",
@@ -760,6 +1004,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--set", action="append", default=[], help="extra override for every run")
     parser.add_argument("--report", action="store_true", help="write the report after the runs")
+    parser.add_argument(
+        "--page", default=None, help="a page whose <!-- table:NAME --> blocks the report rewrites"
+    )
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -771,6 +1018,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         study(args)
     if args.command == "report" or args.report:
         print(report(args))
+        if args.page:
+            page = Path(args.page)
+            tables = page_tables(read_results(Path(args.out) / "results.jsonl"))
+            page.write_text(fill_page(page.read_text(), tables))
 
 
 if __name__ == "__main__":

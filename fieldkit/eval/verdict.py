@@ -56,10 +56,11 @@ def paired(a: Sequence[float], b: Sequence[float]) -> Paired:
 
 
 def verdict(diff: Paired, expected: int) -> Verdict:
-    """ "agrees" when the rule decides the direction ``expected`` (+1: a above b; -1: a below b),
-    "disagrees" when it decides the other one, else "within noise"."""
-    if expected not in (1, -1):
-        raise ValueError(f"expected must be +1 or -1, got {expected}")
+    """Against the direction ``expected`` (+1: a above b, -1: a below b, 0: no difference): "agrees" when
+    the rule decides that direction, "disagrees" when it decides another one (any, for 0), else
+    "within noise" (for 0, the rule cannot confirm a tie: "within noise" is all it can say)."""
+    if expected not in (1, -1, 0):
+        raise ValueError(f"expected must be +1, -1 or 0, got {expected}")
     if diff.sign == 0:
         return WITHIN_NOISE
     return AGREES if diff.sign == expected else DISAGREES

@@ -103,3 +103,34 @@ def test_report_without_results_says_so_and_writes_nothing(tmp_path: Path):
         repro.main(["report", "--out", str(tmp_path / "nothing")])
     assert "no results in" in str(err.value) and "run the study" in str(err.value)
     assert not (tmp_path / "nothing").exists()
+
+
+def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints():
+    """docs/reproduction.md's tables are regenerated from the committed results.jsonl, verdicts included."""
+    repro = _load()
+    root = SCRIPT.parents[2]
+    results = repro.read_results(root / "docs" / "reproduction" / "results.jsonl")
+    page = (root / "docs" / "reproduction.md").read_text()
+    tables = repro.page_tables(results)
+    assert set(tables) >= {"summary", *repro.comparisons()}
+    for name, table in tables.items():
+        assert table in page, f"docs/reproduction.md lacks the {name} table as the report prints it"
+    # No verdict on the page that the rule did not give: every verdict cell comes from a printed table.
+    printed = "\n".join(tables.values())
+    for line in page.splitlines():
+        if line.startswith("| ") and line.rstrip().endswith(
+            ("| agrees |", "| disagrees |", "| within noise |")
+        ):
+            assert line in printed, line
+
+
+def test_verdicts_follow_the_rule_on_the_committed_results():
+    from fieldkit.eval.verdict import AGREES, DISAGREES
+
+    repro = _load()
+    results = repro.read_results(SCRIPT.parents[2] / "docs" / "reproduction" / "results.jsonl")
+    for _claim, diff, word in repro.verdict_rows(results):
+        if word in (AGREES, DISAGREES):
+            assert diff.n >= 3
+            assert len({d > 0 for d in diff.differences}) == 1 and 0 not in diff.differences
+            assert abs(diff.mean) > 2 * diff.stderr
