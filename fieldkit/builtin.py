@@ -11,6 +11,7 @@ from pydantic import Field
 
 from fieldkit import ops
 from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField, MixtureAccuracy
+from fieldkit.distill.flowopd import FlowOPDMethod, FlowOPDParams
 from fieldkit.distill.methods import (
     DenseParams,
     DistillMethod,
@@ -234,6 +235,11 @@ def build_distill_method(p: DistillParams, ctx: Any) -> DistillMethod:
     return DistillMethod(p)
 
 
+def build_flowopd_method(p: FlowOPDParams, ctx: Any) -> FlowOPDMethod:
+    """Flow-OPD: a clipped policy gradient over SDE rollouts with a -KL(student || teacher) reward."""
+    return FlowOPDMethod(p)
+
+
 def build_sft_method(p: SFTParams, ctx: Any) -> SFTMethod:
     """Plain flow matching on the buckets' data (teacher training, joint-training baseline)."""
     return SFTMethod(p)
@@ -250,6 +256,7 @@ def fieldkit_register_methods(register: Any) -> None:
     register("danceopd", build_distill_method, DistillParams)
     register("offpolicy", build_distill_method, OffPolicyParams)
     register("dense", build_distill_method, DenseParams)
+    register("flowopd", build_flowopd_method, FlowOPDParams)
     register("sft", build_sft_method, SFTParams)
 
 
