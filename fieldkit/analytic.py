@@ -80,6 +80,10 @@ class GaussianMixtureData:
         nulls = {"label": torch.tensor([-1])} if self.null_label else None
         return Batch(Cond({"label": label}, nulls=nulls), target)
 
+    def captions(self, batch: Batch) -> list[str]:
+        """``component K`` for each sample's label (sample grids show them)."""
+        return [f"component {int(k)}" for k in batch.cond["label"]]
+
 
 class MixtureAccuracy:
     """Prompt-following on the mixture: ``accuracy = mean[argmin_k |x - m_k| == label]`` and the mean

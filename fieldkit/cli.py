@@ -19,6 +19,7 @@ from fieldkit.commands.evaluate import evaluate
 from fieldkit.commands.merge import merge
 from fieldkit.commands.options import graph_options
 from fieldkit.commands.plugins import plugins
+from fieldkit.commands.report import report
 from fieldkit.commands.sample import sample
 from fieldkit.commands.schema import schema
 from fieldkit.commands.train import train
@@ -38,6 +39,7 @@ BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     evaluate,
     merge,
     plugins,
+    report,
     sample,
     schema,
     train,

@@ -41,6 +41,13 @@ def evaluation_bucket(bucket: DataBucket) -> DataBucket:
     return held_out() if callable(held_out) else bucket
 
 
+def batch_captions(bucket: DataBucket, batch: Batch) -> list[str]:
+    """One caption per sample of ``batch`` (its prompt or instruction): ``bucket.captions(batch)`` when the
+    bucket defines it, else none."""
+    captions = getattr(bucket, "captions", None)
+    return [str(c) for c in captions(batch)] if callable(captions) else []
+
+
 @dataclass(frozen=True)
 class Shard:
     """This process's rows of a global batch: ``[rank n / world, (rank + 1) n / world)``.

@@ -44,7 +44,9 @@ def run_graph(
             raise
         raise error from exc
     if result.out is not None:
-        console.print(f"outputs in {result.out} (metrics.jsonl, samples/, checkpoints/, student/)")
+        console.print(
+            f"outputs in {result.out} (report.html, metrics.jsonl, samples/, checkpoints/, student/)"
+        )
 
 
 @click.command(short_help="Distill the routed fields of a graph into its student.")

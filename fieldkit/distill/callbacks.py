@@ -157,7 +157,17 @@ class ResultsFile(Callback):
             (engine.out / "results.json").write_text(json.dumps(rows, indent=1))
 
 
+class HtmlReport(Callback):
+    """``report.html`` at the end of the run (after results.json): see :mod:`fieldkit.eval.run_report`."""
+
+    def on_run_end(self, engine: Engine) -> None:
+        if engine.out is not None and engine.accelerator.is_main_process:
+            from fieldkit.eval.run_report import write_report
+
+            write_report([engine.out], engine.out / "report.html")
+
+
 def default_callbacks() -> list[Callback]:
-    """What :meth:`Engine.run` does around the loop, in order: log, grids, checkpoints, export, evaluation and
-    results.json."""
-    return [RunLogger(), SampleGrids(), Checkpoints(), Export(), Evaluation(), ResultsFile()]
+    """What :meth:`Engine.run` does around the loop, in order: log, grids, checkpoints, export, evaluation,
+    results.json and report.html."""
+    return [RunLogger(), SampleGrids(), Checkpoints(), Export(), Evaluation(), ResultsFile(), HtmlReport()]

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fieldkit.attention import use_backend
-from fieldkit.data import Shard, evaluation_bucket
+from fieldkit.data import Shard, batch_captions, evaluation_bucket
 from fieldkit.distill.callbacks import Callback, RunLogger, StepReport, default_callbacks
 from fieldkit.distill.checkpoint import (
     TrainState,
@@ -451,13 +451,17 @@ class Engine:
             return paths
         policy = self.inference_model()
         for route in self.router.routes:
-            batch = evaluation_bucket(route.data).sample(n, torch.Generator().manual_seed(seed))
+            bucket = evaluation_bucket(route.data)
+            batch = bucket.sample(n, torch.Generator().manual_seed(seed))
             shape = tuple(route.data.shape)
-            rows = []
+            rows, labels = [], []
             source = batch.cond.get("source")
             if source is not None and source.shape[1:] == shape and bool(source.abs().sum() > 0):
                 rows.append(source)  # an edit route: its source images first
+                labels.append("source")
+            field_name = self.graph.spec.routes[route.name].field
             if route.field is not None:
+                labels.append(f"teacher: {field_name}")
                 rows.append(
                     generate(
                         route.field,
@@ -470,12 +474,15 @@ class Engine:
                 )
             elif batch.target is not None:
                 rows.append(batch.target)
+                labels.append("data")
             rows.append(
                 generate(
                     policy, batch.cond, shape, self.sigmas, torch.Generator().manual_seed(seed), acc.device
                 )
             )
-            paths.append(save_grid(rows, self.out / "samples" / f"step-{self.step:08d}-{route.name}.png"))
+            labels.append("student")
+            path = self.out / "samples" / f"step-{self.step:08d}-{route.name}.png"
+            paths.append(save_grid(rows, path, row_labels=labels, captions=batch_captions(bucket, batch)))
         return paths
 
     def export(self) -> Path | None:

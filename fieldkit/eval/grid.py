@@ -1,14 +1,26 @@
-"""Sample grids as PNG: rows of samples (one row per field), images in [-1, 1] mapped to [0, 255]."""
+"""Sample grids as PNG: rows of samples (one row per field), images in [-1, 1] mapped to [0, 255].
+
+A saved grid is labelled: each row's name (source / teacher / student ...) on its left, column numbers
+above, and each column's caption (its prompt or instruction) below. The labels are also written beside the
+PNG as JSON (``step-...-route.json``), so a report can show them as text.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+BACKGROUND = (32, 32, 32)
+INK = (235, 235, 235)
+FONT_SIZE = 12
+LINE = FONT_SIZE + 4
+MARGIN = 6
 
 
 def to_image(x: Tensor) -> Tensor:
@@ -34,10 +46,58 @@ def grid(rows: Sequence[Tensor], pad: int = 1, scale: int = 4) -> Tensor:
     return out.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
 
 
-def save_grid(rows: Sequence[Tensor], path: Path, scale: int = 4) -> Path:
-    """Write the grid of ``rows`` as a PNG (atomically) and return its path."""
+def labelled_grid(
+    rows: Sequence[Tensor],
+    row_labels: Sequence[str] = (),
+    captions: Sequence[str] = (),
+    pad: int = 1,
+    scale: int = 4,
+) -> Image.Image:
+    """:func:`grid` with ``row_labels`` on the left, column numbers on top and ``n: caption`` lines below."""
+    if row_labels and len(row_labels) != len(rows):
+        raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
+    tiles = Image.fromarray(np.asarray(grid(rows, pad=pad, scale=scale)))
+    font = ImageFont.load_default(size=FONT_SIZE)
+    measure = ImageDraw.Draw(tiles)
+    left = max((int(measure.textlength(label, font=font)) for label in row_labels), default=0)
+    left = left + 2 * MARGIN if left else 0
+    top = LINE if captions else 0
+    lines = [f"{j + 1}: {text}" for j, text in enumerate(captions)]
+    width = max(
+        [tiles.width + left, *(int(measure.textlength(line, font=font)) + 2 * MARGIN for line in lines)]
+    )
+    height = tiles.height + top + (len(lines) * LINE + MARGIN if lines else 0)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    canvas.paste(tiles, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    cell_h, cell_w = (s * scale + pad * scale for s in rows[0].shape[-2:])
+    for i, label in enumerate(row_labels):
+        middle = top + pad * scale + i * cell_h + (cell_h - pad * scale) // 2
+        draw.text((MARGIN, middle), label, fill=INK, font=font, anchor="lm")
+    if captions:
+        for j in range(len(captions)):
+            centre = left + pad * scale + j * cell_w + (cell_w - pad * scale) // 2
+            draw.text((centre, LINE // 2), str(j + 1), fill=INK, font=font, anchor="mm")
+    for k, line in enumerate(lines):
+        draw.text((MARGIN, top + tiles.height + MARGIN // 2 + k * LINE), line, fill=INK, font=font)
+    return canvas
+
+
+def save_grid(
+    rows: Sequence[Tensor],
+    path: Path,
+    scale: int = 4,
+    row_labels: Sequence[str] = (),
+    captions: Sequence[str] = (),
+) -> Path:
+    """Write the labelled grid of ``rows`` as a PNG, and its labels as JSON beside it (both atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.asarray(grid(rows, scale=scale))).save(tmp, format="PNG")
+    labelled_grid(rows, row_labels, captions, scale=scale).save(tmp, format="PNG")
     tmp.replace(path)
+    if row_labels or captions:
+        side = path.with_suffix(".json")
+        tmp_side = side.with_name(f".{side.name}.tmp")
+        tmp_side.write_text(json.dumps({"rows": list(row_labels), "captions": list(captions)}, indent=1))
+        tmp_side.replace(side)
     return path

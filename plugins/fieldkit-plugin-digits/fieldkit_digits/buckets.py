@@ -119,6 +119,10 @@ class DigitsBucket:
     def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         raise NotImplementedError
 
+    def captions(self, batch: Batch) -> list[str]:
+        """Each sample's prompt or edit instruction as text (sample grids show them)."""
+        return [self.bank.texts[int(row)] or "(no prompt)" for row in batch.cond["prompt"]]
+
     def _text_rows(self, prompts: list[Prompt], generator: torch.Generator, drop: float) -> Tensor:
         templates = [phrasings(p.kind, self.params.phrasing) for p in prompts]
         pick = torch.rand(len(prompts), generator=generator)

@@ -1,0 +1,35 @@
+"""``fieldkit report``: one self-contained HTML page for a run, or a comparison of runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(short_help="Write an HTML report of one run, or a comparison of runs.")
+@click.argument("runs", metavar="RUN [RUN ...]", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The HTML file to write (default: RUN/report.html for one run, report.html for several).",
+)
+def report(runs: tuple[Path, ...], output: Path | None) -> None:
+    """Write one self-contained HTML page for the run folder RUN, or a comparison of several: the loss of
+    each route and the training metrics over steps, the results table, the newest sample grid of each
+    route with its row names and captions, and the graph. The page embeds its plots and images and loads
+    nothing from the network. `fieldkit distill` writes RUN/report.html at the end of every run.
+
+    \b
+    Examples:
+      fieldkit report runs/digits
+      fieldkit report runs/danceopd runs/soft -o compare.html
+    """
+    from rich.console import Console
+
+    from fieldkit.eval.run_report import write_report
+
+    target = output or (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
+    write_report(list(runs), target)
+    Console(stderr=True, highlight=False).print(f"wrote {target}")

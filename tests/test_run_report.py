@@ -1,0 +1,151 @@
+"""``fieldkit report`` and the report.html every run writes: one self-contained page that a real headless
+browser (Chromium, driven by playwright) renders with no console errors and with plots and images that are
+not blank; labelled sample grids; a comparison of runs; clear errors for folders that are not runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli_run import DISTILL, invoke
+
+from fieldkit.eval.grid import BACKGROUND, grid, labelled_grid, save_grid
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two short runs of the quickstart world (the second shorter, with a cosine schedule)."""
+    root = tmp_path_factory.mktemp("runs")
+    graph = root / "graph.yaml"
+    graph.write_text(DISTILL)
+    cosine = ["--set", "run.lr_schedule=cosine", "--set", "run.steps=2"]
+    for name, extra in (("constant", []), ("cosine", cosine)):
+        result = invoke("distill", str(graph), "--out", str(root / name), "--no-progress", *extra)
+        assert result.exit_code == 0, result.output
+    return root / "constant", root / "cosine"
+
+
+def browser():
+    """A headless Chromium from the system packages, through playwright; skip when there is none."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])"
+    )
+    executable = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    if executable is None:
+        pytest.skip("no Chromium found (apt-get install chromium); .ci/run installs it")
+    return sync_api, executable
+
+
+def test_every_run_writes_a_report_that_a_browser_renders(runs: tuple[Path, Path]) -> None:
+    sync_api, executable = browser()
+    page_file = runs[0] / "report.html"
+    assert page_file.is_file()
+    text = page_file.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # nothing loaded from the network
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = chromium.new_page(viewport={"width": 1200, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            page.goto(page_file.as_uri())
+            page.wait_for_load_state("load")
+            assert problems == []
+            widths = page.eval_on_selector_all(
+                "figure img", "imgs => imgs.map(i => i.complete && i.naturalWidth)"
+            )
+            assert widths and all(w > 0 for w in widths)  # every grid decoded
+            shots = {
+                "plot": page.locator(".plot svg").first.screenshot(),
+                "grid": page.locator("figure img").first.screenshot(),
+                "page": page.screenshot(full_page=True),
+            }
+        finally:
+            chromium.close()
+    for name, png in shots.items():
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32)
+        assert pixels.std() > 20, f"the {name} screenshot is blank"
+    # The plot has dark lines and text on white: a few percent of its pixels are ink.
+    plot = np.asarray(Image.open(io.BytesIO(shots["plot"])).convert("L"))
+    assert 0.01 < (plot < 128).mean() < 0.5
+
+
+def test_the_report_holds_losses_results_labelled_grids_and_the_graph(runs: tuple[Path, Path]) -> None:
+    text = (runs[0] / "report.html").read_text()
+    assert "loss: route t2i" in text and text.count("<svg") == 1
+    results = json.loads((runs[0] / "results.json").read_text())
+    for row in results:
+        assert f"<th>{row['field']}</th>" in text
+    assert "rows: teacher: guided / student" in text
+    assert "<li>component " in text  # the captions of the grid's columns
+    assert "lr_schedule: constant" in text  # the graph, as YAML
+
+
+def test_report_compares_runs_in_one_page(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "compare.html"
+    result = invoke("report", *map(str, runs), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "comparison of constant, cosine" in text
+    assert "<th>constant: student</th>" in text and "<th>cosine: student</th>" in text
+    assert text.count("<figure>") == 2 and "Graph: cosine" in text
+    assert "lr_schedule: cosine" in text
+
+
+def test_report_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -> None:
+    result = invoke("report", str(tmp_path), "-o", str(tmp_path / "r.html"))
+    assert result.exit_code == 2
+    assert "not a run folder (no graph.json)" in result.output
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_run_without_metrics_says_there_are_no_results(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(runs[0], bare)
+    (bare / "results.json").unlink()
+    shutil.rmtree(bare / "samples")
+    assert invoke("report", str(bare)).exit_code == 0
+    text = (bare / "report.html").read_text()
+    assert "No route has metrics" in text and "No sample grids" in text
+
+
+def test_labelled_grid_keeps_the_tiles_and_adds_ink_for_labels(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.rand(3, 1, 4, 6, generator=g) * 2 - 1 for _ in range(2)]
+    tiles = grid(rows).numpy()
+    plain = np.asarray(labelled_grid(rows))
+    np.testing.assert_array_equal(plain, tiles)  # no labels: the grid as it was
+    image = np.asarray(labelled_grid(rows, ["teacher", "student"], ["a", "b", "c"]))
+    left = image.shape[1] - tiles.shape[1]
+    top = next(i for i in range(image.shape[0]) if (image[i, left:] == tiles[0]).all())
+    np.testing.assert_array_equal(image[top : top + tiles.shape[0], left:], tiles)
+    assert left > 0 and top > 0
+    ink = np.abs(image.astype(int) - BACKGROUND).sum(-1) > 100
+    assert ink[top:, :left].any()  # row names on the left
+    assert ink[:top, left:].any()  # column numbers on top
+    assert ink[top + tiles.shape[0] :].any()  # the captions below
+    path = save_grid(rows, tmp_path / "g.png", row_labels=["teacher", "student"], captions=["a", "b", "c"])
+    assert json.loads(path.with_suffix(".json").read_text()) == {
+        "rows": ["teacher", "student"],
+        "captions": ["a", "b", "c"],
+    }
+    with pytest.raises(ValueError, match="3 row labels for 2 rows"):
+        labelled_grid(rows, ["a", "b", "c"])
