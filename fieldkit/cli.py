@@ -16,6 +16,7 @@ import click
 from fieldkit import __version__
 from fieldkit.commands.distill import distill
 from fieldkit.commands.evaluate import evaluate
+from fieldkit.commands.export import export
 from fieldkit.commands.merge import merge
 from fieldkit.commands.options import graph_options
 from fieldkit.commands.plugins import plugins
@@ -37,6 +38,7 @@ UNEXPECTED_ERROR = 1
 BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     distill,
     evaluate,
+    export,
     merge,
     plugins,
     report,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli_run import DISTILL, invoke
+from test_cli_run import invoke
 
 from fieldkit.eval.grid import BACKGROUND, grid, labelled_grid, save_grid
 
@@ -28,19 +28,6 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two short runs of the quickstart world (the second shorter, with a cosine schedule)."""
-    root = tmp_path_factory.mktemp("runs")
-    graph = root / "graph.yaml"
-    graph.write_text(DISTILL)
-    cosine = ["--set", "run.lr_schedule=cosine", "--set", "run.steps=2"]
-    for name, extra in (("constant", []), ("cosine", cosine)):
-        result = invoke("distill", str(graph), "--out", str(root / name), "--no-progress", *extra)
-        assert result.exit_code == 0, result.output
-    return root / "constant", root / "cosine"
-
-
 def browser():
     """A headless Chromium from the system packages, through playwright; skip when there is none."""
     sync_api = pytest.importorskip(
@@ -52,9 +39,9 @@ def browser():
     return sync_api, executable
 
 
-def test_every_run_writes_a_report_that_a_browser_renders(runs: tuple[Path, Path]) -> None:
+def test_every_run_writes_a_report_that_a_browser_renders(quickstart_runs: tuple[Path, Path]) -> None:
     sync_api, executable = browser()
-    page_file = runs[0] / "report.html"
+    page_file = quickstart_runs[0] / "report.html"
     assert page_file.is_file()
     text = page_file.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # nothing loaded from the network
@@ -88,10 +75,12 @@ def test_every_run_writes_a_report_that_a_browser_renders(runs: tuple[Path, Path
     assert 0.01 < (plot < 128).mean() < 0.5
 
 
-def test_the_report_holds_losses_results_labelled_grids_and_the_graph(runs: tuple[Path, Path]) -> None:
-    text = (runs[0] / "report.html").read_text()
+def test_the_report_holds_losses_results_labelled_grids_and_the_graph(
+    quickstart_runs: tuple[Path, Path],
+) -> None:
+    text = (quickstart_runs[0] / "report.html").read_text()
     assert "loss: route t2i" in text and text.count("<svg") == 1
-    results = json.loads((runs[0] / "results.json").read_text())
+    results = json.loads((quickstart_runs[0] / "results.json").read_text())
     for row in results:
         assert f"<th>{row['field']}</th>" in text
     assert "rows: teacher: guided / student" in text
@@ -99,9 +88,9 @@ def test_the_report_holds_losses_results_labelled_grids_and_the_graph(runs: tupl
     assert "lr_schedule: constant" in text  # the graph, as YAML
 
 
-def test_report_compares_runs_in_one_page(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_report_compares_runs_in_one_page(quickstart_runs: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "compare.html"
-    result = invoke("report", *map(str, runs), "-o", str(out))
+    result = invoke("report", *map(str, quickstart_runs), "-o", str(out))
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert "comparison of constant, cosine" in text
@@ -117,9 +106,11 @@ def test_report_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -
     assert not (tmp_path / "r.html").exists()
 
 
-def test_a_run_without_metrics_says_there_are_no_results(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_run_without_metrics_says_there_are_no_results(
+    quickstart_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     bare = tmp_path / "bare"
-    shutil.copytree(runs[0], bare)
+    shutil.copytree(quickstart_runs[0], bare)
     (bare / "results.json").unlink()
     shutil.rmtree(bare / "samples")
     assert invoke("report", str(bare)).exit_code == 0

@@ -1,0 +1,56 @@
+"""``fieldkit export``: a run's student as a diffusers folder or a peft adapter, with a model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(short_help="Export a run's student (diffusers or peft) with a model card.")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["diffusers", "peft"]),
+    default="diffusers",
+    show_default=True,
+    help="diffusers: a pipeline (or model) folder; peft: the LoRA adapter alone.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="A new folder (default: RUN/export-FORMAT)."
+)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="The diffusers pipeline folder to put the student in (default: the student's init source's path).",
+)
+@click.option("--push-to-hub", "repo", metavar="REPO", help="Also upload the folder to this Hub repository.")
+@click.option("--private", is_flag=True, help="Create the Hub repository as private.")
+def export(
+    run: Path, fmt: str, output: Path | None, base: Path | None, repo: str | None, private: bool
+) -> None:
+    """Export the student of the run folder RUN with a README.md model card (routes, teachers, results,
+    sample grids, the graph).
+
+    With --format diffusers, a diffusers student goes back into its pipeline folder, which
+    DiffusionPipeline.from_pretrained loads; fieldkit's own MMDiT has no diffusers class and keeps the
+    config.json + model.safetensors layout that fieldkit.models.load_pretrained reads. With --format peft,
+    a LoRA student's adapter is written for peft.PeftModel.from_pretrained. --push-to-hub uploads the
+    folder through huggingface_hub (log in first with `huggingface-cli login` or set HF_TOKEN).
+
+    \b
+    Examples:
+      fieldkit export runs/digits
+      fieldkit export runs/sd35 --base models/sd35 -o sd35-distilled --push-to-hub me/sd35-distilled
+      fieldkit export runs/lora --format peft
+    """
+    from rich.console import Console
+
+    from fieldkit.export import export_run, push_to_hub
+
+    console = Console(stderr=True, highlight=False)
+    exported = export_run(run, fmt, output or run / f"export-{fmt}", base)
+    console.print(f"wrote {exported.folder}: {exported.kind}")
+    if repo:
+        console.print(f"pushed to {push_to_hub(exported.folder, repo, private=private)}")

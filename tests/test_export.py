@@ -1,0 +1,141 @@
+"""``fieldkit export``: a fieldkit student keeps its own model layout, a diffusers student goes back into its
+pipeline (which diffusers loads), a LoRA student's adapter loads with peft and computes what the merged
+student computes; every export has a model card; pushing goes through huggingface_hub's HfApi."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
+from test_cli_run import DISTILL, invoke
+
+from fieldkit import loads_graph
+from fieldkit.cond import Cond
+from fieldkit.export import export_run, push_to_hub
+from fieldkit.graph.builder import BuildContext
+from fieldkit.models import load_pretrained
+
+
+def test_a_fieldkit_student_exports_in_its_own_layout_with_a_card(quickstart_runs, tmp_path: Path) -> None:
+    run = quickstart_runs[0]
+    out = tmp_path / "export"
+    result = invoke("export", str(run), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "fieldkit MMDiT folder" in result.output
+    loaded, student = load_pretrained(out), load_pretrained(run / "student")
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: fieldkit\n")
+    assert "no diffusers pipeline or model class" in card  # says what format it gets and why
+    assert "| t2i | guided | gaussian_mixture | 1.0 |" in card  # routes and teachers
+    for row in json.loads((run / "results.json").read_text()):
+        assert "| t2i/accuracy |" in card and f"{row['accuracy']:.4g}" in card
+    assert "![samples of route t2i](samples/t2i.png)" in card and (out / "samples" / "t2i.png").is_file()
+    assert "Rows: teacher: guided / student." in card and "1: component " in card
+    assert "## Graph" in card and "lr_schedule: constant" in card
+
+
+def test_export_refuses_an_existing_folder_and_a_peft_export_of_a_full_student(
+    quickstart_runs, tmp_path: Path
+) -> None:
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    result = invoke("export", str(quickstart_runs[0]), "-o", str(taken))
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+    result = invoke("export", str(quickstart_runs[0]), "--format", "peft", "-o", str(tmp_path / "p"))
+    assert result.exit_code == 2 and "trained in full" in result.output
+    assert not (tmp_path / "p").exists() and not any(p.name.startswith(".p") for p in tmp_path.iterdir())
+
+
+def test_a_lora_student_exports_a_peft_adapter_that_computes_the_merged_student(tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    graph_text = DISTILL.replace(
+        "student: {init: init}", "student: {init: init, train: lora, lora: {rank: 2}}"
+    )
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(graph_text)
+    run = tmp_path / "run"
+    assert invoke("distill", str(graph), "--out", str(run), "--no-progress").exit_code == 0
+    out = tmp_path / "adapter"
+    result = invoke("export", str(run), "--format", "peft", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert all(".lora_" in k for k in load_file(out / "adapter_model.safetensors"))
+    base = BuildContext(loads_graph(graph_text)).field("init")
+    x, sigma = torch.randn(3, 1, 4, 4), torch.rand(3)
+    cond = Cond({"label": torch.tensor([0, 1, 2])})
+    merged = load_pretrained(run / "student")
+    with torch.no_grad():
+        before = base(x, sigma, cond).clone()
+        adapted = PeftModel.from_pretrained(base, str(out)).eval()
+        torch.testing.assert_close(adapted(x, sigma, cond), merged(x, sigma, cond), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(before, merged(x, sigma, cond))  # the adapter is what training changed
+
+
+def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(tmp_path: Path) -> None:
+    tiny = pytest.importorskip("fieldkit_sd3.tiny", reason="the sd3 plugin is not installed")
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    pipeline = tiny.make_tiny_pipeline(tmp_path / "base")
+    run = tmp_path / "run"
+    student = SD3Transformer2DModel.from_pretrained(pipeline / "transformer")
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01)
+    student.save_pretrained(run / "student")
+    graph = {
+        "fields": {"init": {"type": "sd3", "path": str(pipeline)}},
+        "student": {"init": "init", "train": "full"},
+    }
+    (run / "graph.json").write_text(json.dumps(graph))
+    out = tmp_path / "export"
+    result = invoke("export", str(run), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "StableDiffusion3Pipeline folder" in result.output
+    loaded = StableDiffusion3Pipeline.from_pretrained(out, vae=None)  # the tiny pipeline has no VAE
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(loaded.transformer.state_dict()[name], value, rtol=0, atol=0)
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "DiffusionPipeline.from_pretrained" in card
+    assert "no sample grids" in card.lower() and "No route had metrics" in card
+
+
+class RecordingHfApi(HfApi):
+    """huggingface_hub's client with the network boundary (creating a repo, uploading) recorded instead."""
+
+    def __init__(self) -> None:
+        super().__init__(token="hf_offline_test")
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, repo_id: str, **kwargs):  # type: ignore[override]
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kwargs):  # type: ignore[override]
+        files = sorted(
+            str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*")
+        )
+        self.calls.append(("upload_folder", {**kwargs, "files": files}))
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_the_folder_with_its_card(
+    quickstart_runs, tmp_path: Path
+) -> None:
+    exported = export_run(quickstart_runs[0], "diffusers", tmp_path / "export")
+    api = RecordingHfApi()
+    url = push_to_hub(exported.folder, "someone/quickstart-student", api=api, private=True)
+    assert url == "https://huggingface.co/someone/quickstart-student"
+    (create, created), (upload, uploaded) = api.calls
+    assert create == "create_repo" and created["private"] is True and created["exist_ok"] is True
+    assert upload == "upload_folder" and uploaded["repo_id"] == "someone/quickstart-student"
+    assert {"README.md", "config.json", "model.safetensors", "samples/t2i.png"} <= set(uploaded["files"])
