@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fiel
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,trackers]"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-sd3
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-digits
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-zimage

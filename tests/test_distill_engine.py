@@ -345,16 +345,3 @@ def test_bf16_precision_runs_the_student_under_autocast_and_keeps_fp32_weights(d
     assert torch.bfloat16 in dtypes  # the forwards ran in bf16 ...
     assert all(p.dtype == torch.float32 for p in e.student.parameters())  # ... the weights stay fp32
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in res.history)
-
-
-def test_tensorboard_without_the_package_is_one_clear_error(distill_world, tmp_path):
-    pytest.importorskip("torch")
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("tensorboard is installed here")
-    e = engine("run.steps=1", "run.tensorboard=true", out=tmp_path / "run", write=True)
-    with pytest.raises(FieldkitError, match="pip install tensorboard"):
-        e.run()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fieldkit.distill.interval import IntervalMeans
 from fieldkit.distill.runlog import RunLog
 from fieldkit.eval.report import Score, results_table
 
@@ -66,12 +67,19 @@ def _every(step: int, period: int | None) -> bool:
     return period is not None and period > 0 and step % period == 0
 
 
+def log_now(engine: Engine, report: StepReport) -> bool:
+    """Whether ``report``'s update ends a logging interval (every ``run.log_every`` steps, and the last)."""
+    run = engine.run_spec
+    return _every(report.step, run.log_every) or report.step == run.steps
+
+
 class RunLogger(Callback):
-    """``graph.json``, ``metrics.jsonl`` (every ``run.log_every`` steps and every skipped update), the
-    progress bar, optional tensorboard, and the summary and results tables on the console."""
+    """``graph.json``, ``metrics.jsonl`` (the means of every ``run.log_every`` updates, and every skipped
+    update), the progress bar, and the summary and results tables on the console."""
 
     def __init__(self) -> None:
         self.log: RunLog | None = None
+        self.interval = IntervalMeans()
 
     def on_run_start(self, engine: Engine) -> None:
         run, main = engine.run_spec, engine.accelerator.is_main_process
@@ -84,14 +92,17 @@ class RunLogger(Callback):
             engine.step,
             enabled=main,
             show_progress=engine.show_progress,
-            tensorboard=run.tensorboard,
         )
 
     def on_update_end(self, engine: Engine, report: StepReport) -> None:
         assert self.log is not None
-        run = engine.run_spec
-        write = not report.applied or _every(report.step, run.log_every) or report.step == run.steps
-        self.log.log(report.record, write=write)
+        self.log.log(report.record)
+        if not report.applied:
+            self.log.write(report.record)
+            return
+        self.interval.add(report.record)
+        if log_now(engine, report) and (means := self.interval.flush()) is not None:
+            self.log.write(means)
 
     def on_run_end(self, engine: Engine) -> None:
         assert self.log is not None
@@ -169,5 +180,16 @@ class HtmlReport(Callback):
 
 def default_callbacks() -> list[Callback]:
     """What :meth:`Engine.run` does around the loop, in order: log, grids, checkpoints, export, evaluation,
-    results.json and report.html."""
-    return [RunLogger(), SampleGrids(), Checkpoints(), Export(), Evaluation(), ResultsFile(), HtmlReport()]
+    results.json, report.html and the trackers of ``run.report_to``."""
+    from fieldkit.distill.trackers import Trackers  # it builds on this module's Callback
+
+    return [
+        RunLogger(),
+        SampleGrids(),
+        Checkpoints(),
+        Export(),
+        Evaluation(),
+        ResultsFile(),
+        HtmlReport(),
+        Trackers(),
+    ]

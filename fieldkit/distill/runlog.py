@@ -1,4 +1,4 @@
-"""What a run shows and writes: a rich progress bar, ``metrics.jsonl``, optional tensorboard, a summary."""
+"""What a run shows and writes: a rich progress bar, ``metrics.jsonl`` and a summary table."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from fieldkit.errors import FieldkitError
-
 
 class RunLog:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and drives the progress bar.
@@ -36,19 +34,15 @@ class RunLog:
         enabled: bool,
         console: Console | None = None,
         show_progress: bool = True,
-        tensorboard: bool = False,
     ) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self.path = out / "metrics.jsonl" if out is not None else None
         self.route_loss: dict[str, list[float]] = defaultdict(list)
         self.route_steps: dict[str, int] = defaultdict(int)
-        self._writer = None
         self._progress: Progress | None = None
         if not enabled:
             return
-        if tensorboard and out is not None:
-            self._writer = _tensorboard(out)
         if show_progress:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -67,9 +61,8 @@ class RunLog:
             )
             self._progress.start()
 
-    def log(self, record: dict[str, Any], write: bool = True) -> None:
-        """Count a record (step, route, loss, ...) for the summary, advance the bar, and append it to
-        ``metrics.jsonl`` when ``write``."""
+    def log(self, record: dict[str, Any]) -> None:
+        """Count an update's record (step, route, loss, ...) for the summary and advance the bar."""
         route = str(record.get("route", "-"))
         loss = record.get("loss")
         applied = record.get("finite", True) is not False  # a skipped (non-finite) update is no step
@@ -80,16 +73,7 @@ class RunLog:
                 self.route_loss[name].append(value)
             if applied:
                 self.route_steps[name] += 1
-        if not self.enabled:
-            return
-        if self.path is not None and write:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if self._writer is not None and write:
-            for key, value in record.items():
-                if isinstance(value, int | float) and key != "step":
-                    self._writer.add_scalar(key, value, record["step"])
-        if self._progress is not None:
+        if self._progress is not None and self.enabled:
             rate = record.get("steps_per_s")
             self._progress.update(
                 self._task,
@@ -99,6 +83,12 @@ class RunLog:
                 rate=f"{rate:.2f}" if isinstance(rate, float) else "-",
             )
 
+    def write(self, record: dict[str, Any]) -> None:
+        """Append a record (an interval's means, or a skipped update) to ``metrics.jsonl``."""
+        if self.enabled and self.path is not None:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
     def note(self, message: str) -> None:
         if self.enabled:
             self.console.print(message)
@@ -106,8 +96,6 @@ class RunLog:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
-        if self._writer is not None:
-            self._writer.close()
 
     def summary_table(self, title: str, tail: int = 20) -> Table:
         """Per route: optimizer steps routed to it and its mean loss over its last ``tail`` steps."""
@@ -120,14 +108,3 @@ class RunLog:
             mean = f"{sum(losses) / len(losses):.5f}" if losses else "-"
             table.add_row(route, str(self.route_steps[route]), mean)
         return table
-
-
-def _tensorboard(out: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise FieldkitError(
-            "run.tensorboard is on but the tensorboard package is not installed",
-            hint="pip install tensorboard, or set run.tensorboard: false",
-        ) from None
-    return SummaryWriter(str(out / "tensorboard"))

@@ -119,7 +119,11 @@ class RunSpec(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     attention: str | None = Field(None, description="attention backend (see fieldkit.attention)")
     log_every: int = Field(10, ge=1)
-    tensorboard: bool = Field(False, description="also write tensorboard scalars (needs tensorboard)")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="trackers (accelerate's) that get the interval means, sample grids, eval metrics and "
+        "the graph as hyperparameters; pip install 'fieldkit[trackers]'",
+    )
     sample_every: int | None = Field(None, ge=1)
     eval_samples: int = Field(64, ge=1, description="samples per route for the metrics at the end of a run")
     checkpoint_every: int | None = Field(None, ge=1)
