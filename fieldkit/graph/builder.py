@@ -84,7 +84,9 @@ class BuildContext:
             raise
         except FieldkitError as exc:
             raise GraphError(f"{where}: {exc.message}", hint=exc.hint) from exc
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a factory calling sys.exit is the plugin's failure too
             raise GraphError(
                 f"{where}: {reg.kind} type {reg.name!r} (plugin {reg.plugin!r}) failed to build: "
                 f"{type(exc).__name__}: {exc}",

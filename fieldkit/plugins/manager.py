@@ -1,7 +1,9 @@
 """The plugin host: one pluggy manager, entry-point discovery, and the registry built from the hooks.
 
 Plugins are found in the entry-point group ``fieldkit`` (via ``importlib.metadata``). Each one loads and
-registers inside its own try/except: a broken plugin is reported by name and the rest keep working.
+registers inside its own try/except: a broken plugin is reported by name and the rest keep working. The
+except clauses catch BaseException, so a plugin that calls ``sys.exit`` is contained too; only
+KeyboardInterrupt (the user's Ctrl-C) goes through.
 ``FIELDKIT_LOAD_PLUGINS=a,b`` limits loading to the named entry points or distributions (empty: none).
 """
 
@@ -88,13 +90,17 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must never take down the rest
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin, even one calling sys.exit, spares the rest
                 self.failures.append(PluginFailure(ep.name, "import", f"{type(exc).__name__}: {exc}"))
                 continue
             version = ep.dist.version if ep.dist is not None else ""
             try:
                 self.register(plugin, ep.name, version)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 self.failures.append(PluginFailure(ep.name, "register", f"{type(exc).__name__}: {exc}"))
 
     @property
@@ -111,7 +117,9 @@ class PluginHost:
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 try:
                     impl.function(register=make_register(registry, kind, impl.plugin_name))
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     msg = f"{hook_name}: {type(exc).__name__}: {exc}"
                     self.failures.append(PluginFailure(impl.plugin_name, "register types", msg))
         return registry
@@ -135,7 +143,9 @@ class PluginHost:
             for impl in self.pm.hook.fieldkit_register_commands.get_hookimpls():
                 try:
                     impl.function(cli=group)
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     msg = f"fieldkit_register_commands: {type(exc).__name__}: {exc}"
                     self.failures.append(PluginFailure(impl.plugin_name, "register commands", msg))
                 for name, command in list(group.commands.items()):
