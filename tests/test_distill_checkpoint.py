@@ -211,3 +211,143 @@ def test_resuming_a_finished_run_rewrites_no_checkpoint(three_checkpoints):
     assert res.step == 6 and res.checkpoint == out / "checkpoints" / "step-00000006"
     assert snapshot(out / "checkpoints") == before  # not deleted and written again
     assert [r["step"] for r in metrics(out)] == list(range(1, 7))
+
+
+# -- checkpoints whose manifest is consistent but whose content is not --------------------------------------
+
+
+def reseal(path: Path) -> None:
+    """Recompute the manifest, as a writer that wrote bad content consistently would have."""
+    import hashlib
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name in manifest["files"]:
+        data = (path / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rewrite_state(path: Path, **changes) -> None:
+    meta = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps({**meta, **changes}))
+
+
+def rewrite_tensors(path: Path, name: str, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / name)
+    change(tensors)
+    save_file(tensors, path / name)
+
+
+def _wrong_moment(tensors):
+    key = next(k for k in tensors if k.endswith(".exp_avg"))
+    tensors[key] = torch.zeros(3, 3)
+
+
+def _short_rng(tensors):
+    tensors["noise"] = tensors["noise"][:10]
+
+
+def _float_rng(tensors):
+    tensors["data"] = tensors["data"].float()
+
+
+def _fewer_params(path: Path) -> None:
+    meta = json.loads((path / "state.json").read_text())
+    meta["optimizer"]["param_groups"][0]["params"] = meta["optimizer"]["param_groups"][0]["params"][:1]
+    (path / "state.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: rewrite_state(p, step=-3), "no valid step"),
+        (lambda p: rewrite_state(p, step="six"), "no valid step"),
+        (lambda p: rewrite_state(p, step=5), "says step 5, the folder step 6"),
+        (lambda p: rewrite_tensors(p, "rng.safetensors", _short_rng), "RNG states do not fit"),
+        (lambda p: rewrite_tensors(p, "rng.safetensors", _float_rng), "not a byte vector"),
+        (lambda p: rewrite_tensors(p, "optimizer.safetensors", _wrong_moment), r"exp_avg has shape \(3, 3\)"),
+        (_fewer_params, "optimizer state is for 1 parameter tensors"),
+    ],
+    ids=[
+        "negative-step",
+        "text-step",
+        "other-step",
+        "short-rng",
+        "float-rng",
+        "moment-shape",
+        "fewer-params",
+    ],
+)
+def test_a_consistent_checkpoint_with_bad_content_falls_back_to_the_previous_one(
+    three_checkpoints, damage, message, capsys, monkeypatch
+):
+    out = three_checkpoints
+    newest = list_checkpoints(out / "checkpoints")[-1]
+    damage(newest)
+    reseal(newest)
+    verify_checkpoint(newest)  # the manifest agrees with the files: only their content is wrong
+    with pytest.raises(CheckpointError, match=message):
+        engine(out, "run.steps=10", resume=str(newest))
+    monkeypatch.setenv("COLUMNS", "400")
+    capsys.readouterr()
+    e = engine(out, "run.steps=10", resume="latest")
+    assert e.step == 4 and e.checkpoint.name == "step-00000004"
+    assert "skipping a bad checkpoint" in capsys.readouterr().err
+    assert e.run().step == 10
+
+
+def test_a_manifest_that_names_a_file_outside_the_checkpoint_is_refused(three_checkpoints):
+    out = three_checkpoints
+    newest = list_checkpoints(out / "checkpoints")[-1]
+    (out / "checkpoints" / "secret").write_text("x")
+    manifest = json.loads((newest / "manifest.json").read_text())
+    manifest["files"]["../secret"] = {"bytes": 1, "sha256": "0" * 64}
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="outside the checkpoint"):
+        verify_checkpoint(newest)
+    assert engine(out, "run.steps=10", resume="latest").step == 4
+
+
+# -- metrics.jsonl -------------------------------------------------------------------------------------------
+
+
+def strict_json(line: str) -> dict:
+    def refuse(name: str):
+        raise AssertionError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_values_are_written_as_strict_json(tmp_path):
+    from fieldkit.distill.runlog import RunLog
+
+    log = RunLog(tmp_path, 2, 0, enabled=True, show_progress=False)
+    log.log({"step": 1, "loss": float("nan"), "grad_norm": float("inf"), "loss/a": -float("inf"), "ok": 1.5})
+    log.close()
+    record = strict_json((tmp_path / "metrics.jsonl").read_text())
+    assert record == {"step": 1, "loss": None, "grad_norm": None, "loss/a": None, "ok": 1.5}
+
+
+def test_a_torn_last_metrics_line_is_repaired_on_resume_with_a_note(three_checkpoints, capsys, monkeypatch):
+    out = three_checkpoints
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 7, "route": "a", "lo')  # a write cut short by a full disk
+    monkeypatch.setenv("COLUMNS", "400")
+    capsys.readouterr()
+    e = engine(out, "run.steps=8", resume="latest")
+    assert "metrics.jsonl:7: dropped a torn last line" in capsys.readouterr().err
+    e.run()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [strict_json(line)["step"] for line in lines] == list(range(1, 9))
+
+
+def test_a_damaged_metrics_line_before_the_last_names_the_file_and_line(three_checkpoints):
+    out = three_checkpoints
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:15]
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FieldkitError, match=r"metrics\.jsonl:3: not a line of metrics") as err:
+        engine(out, "run.steps=8", resume="latest")
+    assert "fix or delete that line" in err.value.hint

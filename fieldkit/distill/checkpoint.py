@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
@@ -137,6 +139,8 @@ def verify_checkpoint(path: Path) -> None:
             f"{path}: unknown checkpoint format {manifest.get('format')!r}, expected {FORMAT!r}"
         )
     for name, info in files.items():
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise CheckpointError(f"{path}: {MANIFEST} names a file outside the checkpoint: {name!r}")
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
@@ -158,9 +162,74 @@ def load_checkpoint(path: Path) -> TrainState:
         rng = load_file(path / "rng.safetensors")
         ema_file = path / "ema.safetensors"
         ema = load_file(ema_file) if ema_file.is_file() else None
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+    except (SafetensorError, OSError, KeyError, ValueError, AttributeError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc}") from None
-    return TrainState(meta["step"], student, optimizer, rng, ema, meta.get("scalars", {}))
+    state = TrainState(meta.get("step"), student, optimizer, rng, ema, meta.get("scalars", {}))
+    _check_state(path, state)
+    return state
+
+
+def _check_state(path: Path, state: TrainState) -> None:
+    """What a checkpoint must hold whatever graph resumes it: its own step, RNG states, scalars."""
+    step = state.step
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: state.json has no valid step ({step!r})")
+    named = path.name[len(PREFIX) :]
+    if path.name.startswith(PREFIX) and named.isdigit() and int(named) != step:
+        raise CheckpointError(f"{path}: state.json says step {step}, the folder step {int(named)}")
+    for name, tensor in state.rng.items():
+        if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+            raise CheckpointError(f"{path}: the RNG state {name!r} is not a byte vector")
+    if not isinstance(state.scalars, dict):
+        raise CheckpointError(f"{path}: state.json has no valid scalars")
+
+
+# Optimizer slots that hold one value per parameter entry (Adam's moments, SGD's momentum).
+_PARAM_SHAPED = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+def check_optimizer_state(path: Path, optimizer: dict[str, Any], params: list[Tensor]) -> None:
+    """Raise CheckpointError unless the optimizer state covers ``params`` with slots of their shapes."""
+    groups = optimizer.get("param_groups") or []
+    listed = sum(len(g.get("params", [])) for g in groups)
+    if listed != len(params):
+        raise CheckpointError(
+            f"{path}: its optimizer state is for {listed} parameter tensors, this run trains {len(params)}"
+        )
+    for pid, slots in optimizer.get("state", {}).items():
+        if not 0 <= int(pid) < len(params):
+            raise CheckpointError(f"{path}: its optimizer state names parameter {pid}, which does not exist")
+        for key in _PARAM_SHAPED:
+            value = slots.get(key)
+            if isinstance(value, Tensor) and value.shape != params[int(pid)].shape:
+                raise CheckpointError(
+                    f"{path}: optimizer slot {pid}.{key} has shape {tuple(value.shape)}, "
+                    f"its parameter {tuple(params[int(pid)].shape)}"
+                )
+        step = slots.get("step")
+        if isinstance(step, Tensor) and not bool(torch.isfinite(step).all()):
+            raise CheckpointError(f"{path}: optimizer slot {pid}.step is not finite")
+
+
+def load_resumable(
+    root: Path, which: str, check: Callable[[Path, TrainState], None]
+) -> tuple[Path | None, TrainState | None, list[CheckpointError]]:
+    """The checkpoint to resume from, read and accepted by ``check`` (which raises CheckpointError for a
+    state that does not fit the run): for ``latest`` the newest such one, older ones standing in for those
+    that fail (their errors are returned, newest first); a path must itself pass."""
+    candidates = [Path(which)] if which != "latest" else list(reversed(list_checkpoints(root)))
+    skipped: list[CheckpointError] = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+            check(path, state)
+        except CheckpointError as exc:
+            if which != "latest":
+                raise
+            skipped.append(exc)
+            continue
+        return path, state, skipped
+    return None, None, skipped
 
 
 def resolve_resume(root: Path, which: str) -> tuple[Path | None, list[str]]:

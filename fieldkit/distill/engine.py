@@ -20,8 +20,8 @@ the run early with ``engine.request_stop(reason)``: the loop stops after the cur
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -41,14 +41,15 @@ from fieldkit.data import Shard, batch_captions, evaluation_bucket
 from fieldkit.distill.callbacks import Callback, RunLogger, StepReport, default_callbacks
 from fieldkit.distill.checkpoint import (
     TrainState,
+    check_optimizer_state,
     checkpoint_path,
-    load_checkpoint,
-    resolve_resume,
+    load_resumable,
     save_checkpoint,
 )
 from fieldkit.distill.ema import EMA
 from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_schedule
 from fieldkit.distill.rundir import open_for_processes
+from fieldkit.distill.runlog import trim_metrics
 from fieldkit.distill.student import make_student, trainable_state
 from fieldkit.errors import CheckpointError, FieldkitError
 from fieldkit.eval.grid import save_grid
@@ -76,19 +77,37 @@ class RunResult:
     scores: list[Score] = field(default_factory=list)
 
 
-def make_accelerator(device: str) -> Accelerator:
+def make_accelerator(device: str, precision: str = "fp32") -> Accelerator:
     """An Accelerator for ``run.device`` (auto/cpu/cuda[:N]/mps).
 
     Mixed precision is the engine's own autocast (:func:`precision_context`), not accelerate's: accelerate
     keeps one process-wide state that refuses a second precision, and a process may run several graphs.
+    A launcher's ``--mixed_precision`` (``ACCELERATE_MIXED_PRECISION``) that disagrees with ``run.precision``
+    is refused rather than silently changing the losses that graph.json says were fp32.
     """
-    if device == "cpu":
-        return Accelerator(cpu=True)
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched not in ("no", {"fp32": "no"}.get(precision, precision)):
+        raise FieldkitError(
+            f"accelerate was launched with mixed precision {launched!r} (ACCELERATE_MIXED_PRECISION) but "
+            f"run.precision is {precision!r}; fieldkit applies precision itself, from the graph",
+            hint=f"set run.precision: {launched} in the graph, or launch with --mixed_precision no",
+        )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FieldkitError(f"run.device is {device!r} but CUDA is not available", hint="use run.device=auto")
     if device.startswith("cuda:"):
         torch.cuda.set_device(int(device.split(":", 1)[1]))
-    return Accelerator()
+    cpu = device == "cpu" or (
+        device == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    )
+    acc = Accelerator(cpu=cpu, mixed_precision="no")
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_world != acc.num_processes:
+        raise FieldkitError(
+            f"launched as {launched_world} processes, but accelerate joined {acc.num_processes} "
+            f"(run.device is {device!r}); each process would train and write on its own",
+            hint="on CPUs set run.device: cpu; on GPUs check that every process sees one",
+        )
+    return acc
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -124,7 +143,7 @@ class Engine:
             raise FieldkitError("the graph has no routes to train on", hint="add a 'routes' section")
         self.graph = graph
         self.run_spec = spec.run
-        self.accelerator = accelerator or make_accelerator(spec.run.device)
+        self.accelerator = accelerator or make_accelerator(spec.run.device, spec.run.precision)
         acc = self.accelerator
         # Checked and locked before anything is built; only the main process writes into it.
         self.folder = open_for_processes(_output_path(graph, out), resume, acc) if write else None
@@ -204,26 +223,17 @@ class Engine:
         if which is None:
             return
         assert self.out is not None
-        path, skipped = resolve_resume(self.out / "checkpoints", which)
+        path, state, skipped = load_resumable(self.out / "checkpoints", which, self._load_fitting)
         for reason in skipped:
-            self._note(f"[yellow]skipping a bad checkpoint:[/] {escape(reason)}", always=True)
-        if path is None:
+            self._note(f"[yellow]skipping a bad checkpoint:[/] {escape(reason.message)}", always=True)
+        if path is None or state is None:
+            newest = skipped[0].message if skipped else None
             raise CheckpointError(
-                f"{self.out / 'checkpoints'}: no checkpoint to resume from",
-                hint="start without --resume, or point --resume at a checkpoint folder",
+                f"{self.out / 'checkpoints'}: no checkpoint to resume from"
+                + (f" (the newest one: {newest})" if newest else ""),
+                hint=(skipped[0].hint if skipped else None)
+                or "start without --resume, or point --resume at a checkpoint folder",
             )
-        state = load_checkpoint(path)
-        try:
-            missing, unexpected = self.student.load_state_dict(state.student, strict=False)
-        except RuntimeError:  # shape mismatches raise even when not strict
-            missing, unexpected = [], ["(a tensor of another shape)"]
-        wanted = set(trainable_state(self.student))
-        if unexpected or wanted & set(missing):
-            raise CheckpointError(
-                f"{path}: its weights do not fit this graph's student",
-                hint="resume with the same graph (and student settings) that wrote it",
-            )
-        self.optimizer.load_state_dict(state.optimizer)
         for group in self.optimizer.param_groups:  # the graph's settings win over the checkpoint's
             group["weight_decay"] = self.run_spec.weight_decay
         restore_lr_schedule(self.lr_schedule, state.scalars.get("lr_schedule"), state.step, self.run_spec)
@@ -246,18 +256,39 @@ class Engine:
         self._trim_metrics(state.step)
         self._note(f"resumed from {escape(str(path))} at step {state.step}")
 
+    def _load_fitting(self, path: Path, state: TrainState) -> None:
+        """Load a checkpoint's student and optimizer state, or raise CheckpointError (changing nothing)
+        when they, or its RNG states, do not fit this run."""
+        fresh = {name: g.get_state() for name, g in self.generators.items()}
+        fresh["torch"] = torch.get_rng_state()
+        if any(name not in state.rng or state.rng[name].shape != t.shape for name, t in fresh.items()):
+            raise CheckpointError(f"{path}: its RNG states do not fit this run")
+        trained = {k: v.clone() for k, v in trainable_state(self.student).items()}
+        try:
+            missing, unexpected = self.student.load_state_dict(state.student, strict=False)
+        except RuntimeError:  # shape mismatches raise even when not strict
+            missing, unexpected = [], ["(a tensor of another shape)"]
+        try:
+            if unexpected or set(trained) & set(missing):
+                raise CheckpointError(
+                    f"{path}: its weights do not fit this graph's student",
+                    hint="resume with the same graph (and student settings) that wrote it",
+                )
+            check_optimizer_state(path, state.optimizer, self.params)
+            try:
+                self.optimizer.load_state_dict(state.optimizer)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise CheckpointError(f"{path}: its optimizer state does not fit this run: {exc}") from None
+        except CheckpointError:
+            self.student.load_state_dict(trained, strict=False)
+            raise
+
     def _trim_metrics(self, step: int) -> None:
-        """Drop metric lines written after the checkpoint we resume from (rewritten atomically)."""
+        """Drop metric lines written after the checkpoint we resume from (a torn last line too)."""
         assert self.out is not None
-        path = self.out / "metrics.jsonl"
-        if not self.accelerator.is_main_process or not path.exists():
-            return
-        kept = [
-            line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
-        ]
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        if self.accelerator.is_main_process:
+            for note in trim_metrics(self.out / "metrics.jsonl", step):
+                self._note(f"[yellow]note:[/] {escape(note)}", always=True)
 
     def _note(self, message: str, always: bool = False) -> None:
         """Print on the main process; warnings (``always``) also print when progress output is off."""

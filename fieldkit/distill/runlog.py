@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from fieldkit.errors import FieldkitError
+
 
 class RunLog:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and drives the progress bar.
@@ -87,7 +89,7 @@ class RunLog:
         """Append a record (an interval's means, or a skipped update) to ``metrics.jsonl``."""
         if self.enabled and self.path is not None:
             with self.path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+                fh.write(json_line(record))
 
     def note(self, message: str) -> None:
         if self.enabled:
@@ -108,3 +110,50 @@ class RunLog:
             mean = f"{sum(losses) / len(losses):.5f}" if losses else "-"
             table.add_row(route, str(self.route_steps[route]), mean)
         return table
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One line of strict JSON: a non-finite float (NaN, inf) is written as ``null``, never as the
+    ``NaN``/``Infinity`` that Python's json writes by default and that JSON does not have."""
+    return json.dumps(_finite(record), allow_nan=False) + "\n"
+
+
+def trim_metrics(path: Path, step: int) -> list[str]:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (the checkpoint a run resumes from), rewritten
+    atomically; returns notes. A torn last line (a write cut short by a kill or a full disk) is dropped
+    with a note; an unreadable line before the last one is an error that names the file and line."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept, notes = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if number == len(lines):
+                notes.append(f"{path}:{number}: dropped a torn last line (an interrupted write)")
+                continue
+            raise FieldkitError(
+                f"{path}:{number}: not a line of metrics ({exc})",
+                hint="fix or delete that line (the checkpoints do not depend on it), then resume again",
+            ) from None
+        if record.get("step", 0) <= step:
+            kept.append(json_line(record))
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
+    return notes
