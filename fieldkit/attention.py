@@ -116,6 +116,11 @@ def available_backends(device: torch.device | str, dtype: torch.dtype, *, masked
     return [b.name for b in _BACKENDS.values() if b.refusal(device, dtype, 4, masked) is None]
 
 
+def known_backends() -> list[str]:
+    """The names of every registered backend (whether or not it can run here)."""
+    return list(_BACKENDS)
+
+
 def current_backend() -> str:
     """The backend a call without ``backend=`` would use now (context > default > env var > "sdpa")."""
     return _context.get() or _default or os.environ.get(ENV_VAR) or FALLBACK

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fieldkit import ops
 from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField, MixtureAccuracy
@@ -117,6 +117,17 @@ class SigmaWeightParams(Params):
 class MixParams(Params):
     fields: list[FieldRef] = Field(min_length=1)
     weights: list[float | SigmaWeightParams] | None = Field(None, description="default: equal weights")
+
+    @model_validator(mode="after")
+    def _weights_sum_positive(self) -> MixParams:
+        """The weights are normalised by their sum, which is linear in sigma: it must be > 0 at both ends."""
+        if self.weights is None:
+            return self
+        for end in ("at_noise", "at_data"):
+            total = sum(w if isinstance(w, float) else getattr(w, end) for w in self.weights)
+            if total <= 0:
+                raise ValueError(f"the weights sum to {total:g} ({end}); at least one must be > 0")
+        return self
 
 
 class MaskedParams(Params):

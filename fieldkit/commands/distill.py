@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from fieldkit.commands.options import graph_options
+from fieldkit.errors import FieldkitError
 from fieldkit.graph.loader import Graph
 
 
@@ -28,6 +29,12 @@ def run_graph(
         record = next(loop).record
         loop.close()
         seconds = time.perf_counter() - start
+        if not record["finite"]:
+            raise FieldkitError(
+                f"dry run failed: the update's loss ({record['loss']}) or gradient norm "
+                f"({record['grad_norm']}) is not finite, so a run would skip every step",
+                hint="check the routes' fields for NaN/inf outputs (a teacher's weights?), and run.lr",
+            )
         trainable = sum(p.numel() for p in engine.params)
         console.print(
             f"[green]dry run ok:[/] {len(engine.router.routes)} route(s), {trainable:,} trainable "

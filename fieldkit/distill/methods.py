@@ -34,7 +34,7 @@ class DistillParams(Params):
     states: Literal["student", "teacher", "data"] = Field(
         "student", description="where query states come from: the student's rollout, the teacher's, or data"
     )
-    rollout_steps: int | None = Field(None, ge=1, description="N Euler steps; default: flow.steps")
+    rollout_steps: int | None = Field(None, ge=1, le=1000, description="N Euler steps; default: flow.steps")
     query: Bias = Field("low", description="index bias: low = Beta(5,2), mid, high, uniform, stratified, all")
     k: int = Field(1, ge=1, description="queries per rollout")
     weighting: Literal["none", "timestep", "dt2"] = Field(

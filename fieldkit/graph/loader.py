@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from fieldkit.errors import GraphError
+from fieldkit.graph.checks import check_graph
 from fieldkit.graph.overrides import apply_overrides, parse_override
 from fieldkit.graph.refs import find_refs
 from fieldkit.graph.schema import GraphSpec, TypedSpec
@@ -217,6 +218,10 @@ def validate_source(source: YamlSource, registry: Registry) -> Graph:
     _check_refs(nodes, spec, problems)
     if not problems.items:
         _check_cycles(nodes, problems)
+    if not problems.items:
+        root = Path.cwd() if source.path.startswith("<") else Path(source.path).parent
+        for loc, message in check_graph(spec, nodes, datasets, root):
+            problems.add(loc, message)
     problems.raise_if_any()
     assert router is not None and method is not None
     return Graph(spec, source, nodes, datasets, metrics, router, method)

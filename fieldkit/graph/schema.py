@@ -14,12 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from fieldkit.graph.refs import FieldRef
 
 NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+DEVICE = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors."""
+    """Unknown keys are errors, and so are non-finite numbers (``.inf``, ``.nan``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TypedSpec(BaseModel):
@@ -102,9 +103,9 @@ class OptimizerSpec(Strict):
 class RunSpec(Strict):
     """Optimisation and bookkeeping of a run."""
 
-    steps: int = Field(200, ge=1, description="optimizer steps")
-    batch_size: int = Field(16, ge=1, description="samples per micro-batch (per process)")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    steps: int = Field(200, ge=1, le=10**9, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, le=2**16, description="samples per micro-batch (per process)")
+    grad_accum: int = Field(1, ge=1, le=2**16, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0, description="peak learning rate (the schedule multiplies it)")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field(
         "constant", description="decay after warmup: constant, cosine or linear to 0 at run.steps"
@@ -114,8 +115,10 @@ class RunSpec(Strict):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     seed: int = 0
-    out: str = Field("runs/{graph}", description="output folder; {graph} is the graph file's stem")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
+    out: str = Field(
+        "runs/{graph}", min_length=1, description="output folder; {graph} is the graph file's stem"
+    )
+    device: str = Field("auto", pattern=DEVICE, description="auto, cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16"] = "fp32"
     attention: str | None = Field(None, description="attention backend (see fieldkit.attention)")
     log_every: int = Field(10, ge=1)
@@ -125,10 +128,24 @@ class RunSpec(Strict):
         "the graph as hyperparameters; pip install 'fieldkit[trackers]'",
     )
     sample_every: int | None = Field(None, ge=1)
-    eval_samples: int = Field(64, ge=1, description="samples per route for the metrics at the end of a run")
+    eval_samples: int = Field(
+        64, ge=1, le=2**20, description="samples per route for the metrics at the end of a run"
+    )
     checkpoint_every: int | None = Field(None, ge=1)
     keep_last: int = Field(3, ge=1)
     max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")
+
+    @field_validator("out")
+    @classmethod
+    def _out_placeholders(cls, value: str) -> str:
+        try:
+            value.format(graph="graph")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"run.out may hold the placeholder {{graph}} and no other ({type(exc).__name__}: {exc}); "
+                "write a literal brace as {{ or }}"
+            ) from None
+        return value
 
     @field_validator("warmup_steps")
     @classmethod

@@ -19,9 +19,10 @@ KINDS: tuple[str, ...] = ("source", "operator", "router", "method", "dataset", "
 
 
 class Params(BaseModel):
-    """Base of every type's parameters: unknown keys are errors, never silently ignored."""
+    """Base of every type's parameters: unknown keys are errors, never silently ignored, and so are
+    non-finite numbers (``.inf``, ``.nan``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
