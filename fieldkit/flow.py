@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fieldkit.cond import Cond
+from fieldkit.errors import FieldkitError
 from fieldkit.field import VelocityField, broadcast_sigma
 
 
@@ -27,6 +28,28 @@ def sigma_schedule(steps: int, shift: float = 1.0, *, dtype: torch.dtype = torch
     if steps < 1:
         raise ValueError(f"a schedule needs at least one step, got {steps}")
     return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).to(dtype)
+
+
+def rollout_sigmas(schedule: str, steps: int, shift: float, field: object, shape: tuple[int, ...]) -> Tensor:
+    """The ``steps + 1`` sigmas a rollout steps through.
+
+    ``shift``: :func:`sigma_schedule` (an even grid, shifted). ``model``: the sigmas ``field``'s own pipeline
+    samples latents of ``shape`` with at inference, ``field.sampling_sigmas(steps, shape)`` (its scheduler's
+    shift or dynamic shifting); an error when the field has none. ``auto``: ``model`` when the field has
+    them, else ``shift``.
+    """
+    if schedule not in ("auto", "model", "shift"):
+        raise ValueError(f"unknown schedule {schedule!r}; use auto, model or shift")
+    own = getattr(field, "sampling_sigmas", None) if schedule != "shift" else None
+    sigmas = own(steps, shape) if callable(own) else None
+    if sigmas is not None:
+        return sigmas.to(torch.float32)
+    if schedule == "model":
+        raise FieldkitError(
+            f"flow.schedule is 'model' but the student's init ({type(field).__name__}) has no scheduler",
+            hint="load student.init from a pipeline folder (with scheduler/), or use flow.schedule: shift",
+        )
+    return sigma_schedule(steps, shift)
 
 
 def interpolate(x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:

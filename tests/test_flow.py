@@ -321,3 +321,33 @@ def test_bad_rollout_indices_raise(indices):
     noise, cond = setup()
     with pytest.raises(ValueError):
         rollout_states(wiggly, noise, cond, sigma_schedule(4), indices)
+
+
+class _Scheduled:
+    """A field whose pipeline samples on its own sigmas (as the sd3 and zimage fields loaded from folders)."""
+
+    def __init__(self, sigmas: torch.Tensor | None) -> None:
+        self.sigmas = sigmas
+        self.asked: list[tuple[int, tuple[int, ...]]] = []
+
+    def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> torch.Tensor | None:
+        self.asked.append((steps, shape))
+        return self.sigmas
+
+
+def test_rollout_sigmas_take_the_models_own_schedule_unless_asked_for_the_shift_grid() -> None:
+    from fieldkit.errors import FieldkitError
+    from fieldkit.flow import rollout_sigmas
+
+    own = torch.tensor([1.0, 0.9, 0.5, 0.0], dtype=torch.float64)
+    field = _Scheduled(own)
+    for schedule in ("auto", "model"):
+        got = rollout_sigmas(schedule, 3, 3.0, field, (16, 8, 8))
+        assert got.dtype == torch.float32 and torch.equal(got, own.float())
+    assert field.asked == [(3, (16, 8, 8))] * 2
+    torch.testing.assert_close(rollout_sigmas("shift", 3, 3.0, field, (16, 8, 8)), sigma_schedule(3, 3.0))
+    assert len(field.asked) == 2  # the shift grid never asks the field
+    for plain in (_Scheduled(None), object()):
+        torch.testing.assert_close(rollout_sigmas("auto", 3, 3.0, plain, (1,)), sigma_schedule(3, 3.0))
+        with pytest.raises(FieldkitError, match=r"flow\.schedule is 'model'"):
+            rollout_sigmas("model", 3, 3.0, plain, (1,))

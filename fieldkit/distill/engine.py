@@ -54,7 +54,7 @@ from fieldkit.distill.student import make_student, trainable_state
 from fieldkit.errors import CheckpointError, FieldkitError
 from fieldkit.eval.grid import save_grid
 from fieldkit.eval.report import Score, evaluate
-from fieldkit.flow import generate, sigma_schedule
+from fieldkit.flow import generate, rollout_sigmas
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
 from fieldkit.protocols import LossInputs, Method, Router
@@ -153,13 +153,13 @@ class Engine:
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: Router = self.ctx.router()
         self.method: Method = self.ctx.build(("method",), graph.method)
-        self.sigmas = sigma_schedule(self.method.rollout_steps(spec.flow.steps), spec.flow.shift).to(
-            acc.device
-        )
+        init = self.ctx.field(spec.student.init)
+        steps, shape = self.method.rollout_steps(spec.flow.steps), tuple(self.router.routes[0].data.shape)
+        self.sigmas = rollout_sigmas(spec.flow.schedule, steps, spec.flow.shift, init, shape).to(acc.device)
         seed = spec.run.seed
         # Seeded before the student is made: LoRA adapters are initialised from the global RNG.
         torch.manual_seed(seed + acc.process_index)
-        student = make_student(self.ctx.field(spec.student.init), spec.student).to(acc.device)
+        student = make_student(init, spec.student).to(acc.device)
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, spec.run)
         self.lr_schedule = make_lr_schedule(optimizer, spec.run)

@@ -68,10 +68,17 @@ class StudentSpec(Strict):
 
 
 class FlowSpec(Strict):
-    """The sampling schedule: ``steps`` Euler steps on SD3-shifted sigmas."""
+    """The sampling schedule: ``steps`` Euler steps, on the student's own scheduler's sigmas or on
+    SD3-shifted even sigmas."""
 
     steps: int = Field(16, ge=1, le=1000)
-    shift: float = Field(3.0, gt=0)
+    shift: float = Field(3.0, gt=0, description="the shift of the `shift` schedule")
+    schedule: Literal["auto", "model", "shift"] = Field(
+        "auto",
+        description="model: the sigmas the student's pipeline samples with at inference (its scheduler's "
+        "shift or dynamic shifting); shift: shift_sigma(linspace(1, 0, steps + 1), shift); auto: model "
+        "when the student's field has a scheduler (zimage, sd3 from a pipeline folder), else shift",
+    )
 
 
 OPTIMIZER_PARAMS = {"adamw": ("betas", "eps"), "sgd": ("momentum", "nesterov"), "adafactor": ()}

@@ -74,6 +74,8 @@ class SharedAdapterField(ModuleField):
     LoRA files of this backbone) and :attr:`lora_targets`, and call :meth:`activate` first in ``forward``.
     A deep copy (what fieldkit's student is made from) is a standalone field computing the same velocity: its
     own adapter merged into the copied weights, the adapters of the other fields sharing the base dropped.
+    ``scheduler`` is the pipeline's scheduler config, when the field was loaded from a pipeline folder: a
+    subclass's ``sampling_sigmas(steps, shape)`` turns it into the sigmas the pipeline samples with.
     """
 
     lora_pipeline: ClassVar[str]
@@ -82,12 +84,18 @@ class SharedAdapterField(ModuleField):
     backbone: ClassVar[str]
 
     def __init__(
-        self, transformer: nn.Module, switch: AdapterSwitch | None = None, adapter: str | None = None
-    ):
+        self,
+        transformer: nn.Module,
+        switch: AdapterSwitch | None = None,
+        adapter: str | None = None,
+        *,
+        scheduler: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.transformer = transformer
         self.switch = switch or AdapterSwitch()
         self.adapter = adapter
+        self.scheduler = scheduler
 
     def activate(self) -> None:
         """Switch the shared transformer to this field's adapter."""
@@ -95,7 +103,7 @@ class SharedAdapterField(ModuleField):
 
     def spawn(self, adapter: str | None) -> SharedAdapterField:
         """A field of the same kind over the same transformer and switch, running ``adapter``."""
-        return type(self)(self.transformer, self.switch, adapter)
+        return type(self)(self.transformer, self.switch, adapter, scheduler=self.scheduler)
 
     def with_adapter(
         self, path: str | Path, name: str, *, scale: float = 1.0, weight_name: str | None = None

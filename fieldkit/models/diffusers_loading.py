@@ -4,6 +4,7 @@ asked dtype is checked after loading (without accelerate, diffusers may silently
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,14 @@ def load_model(
             hint="install accelerate (without it diffusers may ignore the dtype)",
         )
     return model.eval()
+
+
+def scheduler_config(path: Path) -> dict[str, Any] | None:
+    """The ``scheduler/scheduler_config.json`` of a pipeline folder, or ``None`` when it has none."""
+    file = path / "scheduler" / "scheduler_config.json"
+    if not file.is_file():
+        return None
+    try:
+        return dict(json.loads(file.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as err:
+        raise FieldkitError(f"{file}: not a readable scheduler config ({err})") from None

@@ -30,21 +30,24 @@ __version__ = "0.1.0"
 
 def build_sd3(params: SD3Params, ctx: Any) -> Any:
     """An SD3 / SD3.5 transformer as a field: v = transformer(x, 1000 sigma, text, pooled)."""
-    from fieldkit.models.diffusers_loading import DTYPES
+    from fieldkit.models.diffusers_loading import DTYPES, scheduler_config
     from fieldkit_sd3.attention import use_fieldkit_attention
     from fieldkit_sd3.field import SD3Field
     from fieldkit_sd3.loading import build_transformer, load_transformer
 
     dtype = DTYPES[params.dtype] if params.dtype else None
+    scheduler = None
     if params.path is not None:
-        transformer = load_transformer(ctx.path(params.path), params.subfolder, dtype)
+        path = ctx.path(params.path)
+        transformer = load_transformer(path, params.subfolder, dtype)
+        scheduler = scheduler_config(path)
     else:
         transformer = build_transformer(params.config or {}, params.seed, dtype)
     if params.attention == "fieldkit":
         use_fieldkit_attention(transformer)
     if params.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    return SD3Field(transformer)
+    return SD3Field(transformer, scheduler=scheduler)
 
 
 def build_sd3_lora(params: SD3LoraParams, ctx: Any) -> Any:

@@ -61,6 +61,14 @@ class SD3Field(SharedAdapterField):
         )[0]
         return out.to(x.dtype)
 
+    def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> Tensor | None:
+        """The ``steps + 1`` sigmas the pipeline samples ``shape`` latents with (``None``: no scheduler)."""
+        from fieldkit_sd3.schedule import pipeline_sigmas
+
+        if self.scheduler is None:
+            return None
+        return pipeline_sigmas(self.scheduler, steps, shape, self.transformer.config.patch_size)
+
     def compute_dtype(self) -> torch.dtype:
         """The dtype the transformer's inputs take: its patch embedding's weight dtype.
 

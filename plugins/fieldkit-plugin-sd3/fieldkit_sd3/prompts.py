@@ -15,21 +15,17 @@ field (a LoRA teacher, see docs/sd3.md).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from fieldkit.cond import Cond
 from fieldkit.data import Batch
 from fieldkit.errors import FieldkitError
+from fieldkit.tables import CachedRows, cached_fingerprint, digest_folders, read_texts, write_cache
 
 CACHE_FORMAT = "fieldkit-sd3.prompts/1"
 TEXT_ENCODERS = (
@@ -42,56 +38,11 @@ TEXT_ENCODERS = (
 )
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` of a CSV file (a header row, then one row per text) or a JSONL file."""
-    if not path.is_file():
-        raise FieldkitError(f"no prompt file at {path}", hint="give a .csv (with a header) or .jsonl file")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                yield reader.line_num, {k: v for k, v in row.items() if k is not None}
-        return
-    if path.suffix.lower() not in (".jsonl", ".ndjson"):
-        raise FieldkitError(f"{path}: unknown prompt file type {path.suffix!r}", hint="use .csv or .jsonl")
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise FieldkitError(f"{path}:{number}: not a JSON object: {err.msg}") from None
-        if not isinstance(row, dict):
-            raise FieldkitError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
-        yield number, {str(k): str(v) for k, v in row.items()}
-
-
-def read_texts(path: Path, template: str) -> list[str]:
-    """The texts of a prompt file: ``template`` filled from each row's columns."""
-    texts = []
-    for number, row in read_rows(path):
-        try:
-            texts.append(template.format(**row))
-        except KeyError as err:
-            raise FieldkitError(
-                f"{path}:{number}: the template {template!r} needs column {err.args[0]!r}; "
-                f"the row has {sorted(row)}"
-            ) from None
-    if not texts:
-        raise FieldkitError(f"{path} holds no prompts")
-    return texts
-
-
 def fingerprint(texts: list[str], pipeline: Path, max_sequence_length: int, dtype: torch.dtype) -> str:
     """sha256 of what the cached embeddings depend on: the texts, the text encoders' and tokenizers' config
     files and weight-file sizes, the T5 sequence length and the dtype."""
     digest = hashlib.sha256(json.dumps([texts, max_sequence_length, str(dtype)]).encode())
-    for sub in TEXT_ENCODERS:
-        folder = pipeline / sub
-        for file in sorted(folder.iterdir()) if folder.is_dir() else []:
-            digest.update(f"{sub}/{file.name}:{file.stat().st_size}".encode())
-            if file.suffix in (".json", ".txt", ".model"):
-                digest.update(file.read_bytes())
+    digest_folders(digest, pipeline, TEXT_ENCODERS)
     return digest.hexdigest()
 
 
@@ -139,44 +90,22 @@ def encode_texts(
     }
 
 
-def cached_fingerprint(path: Path) -> str | None:
-    """The fingerprint stored in a cache file, or ``None`` when there is no readable cache."""
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (OSError, RuntimeError, ValueError):  # missing, truncated or not a safetensors file
-        return None
-    return meta.get("fingerprint") if meta.get("format") == CACHE_FORMAT else None
-
-
-def write_cache(path: Path, tensors: dict[str, Tensor], texts: list[str], key: str) -> None:
-    """Write the cache atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    meta = {"format": CACHE_FORMAT, "fingerprint": key, "texts": json.dumps(texts)}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
 class PromptBucket:
     """Draws prompts uniformly; a batch is their cached embeddings as a :class:`~fieldkit.Cond`."""
 
     def __init__(self, cache: Path, shape: tuple[int, ...]) -> None:
         self.cache = cache
         self.shape = shape
-        with safe_open(str(cache), framework="pt") as fh:
-            self.texts: list[str] = json.loads((fh.metadata() or {})["texts"])
-            self.nulls = {"text": fh.get_tensor("null_text"), "pooled": fh.get_tensor("null_pooled")}
+        self.table = CachedRows(cache, ("text", "pooled"), ("null_text", "null_pooled"))
+        self.texts = self.table.texts
+        self.nulls = {"text": self.table.extra["null_text"], "pooled": self.table.extra["null_pooled"]}
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def rows(self, index: Tensor) -> Cond:
         """The cached embeddings of rows ``index`` (read from disk row by row)."""
-        with safe_open(str(self.cache), framework="pt") as fh:
-            parts = {key: fh.get_slice(key) for key in ("text", "pooled")}
-            data = {key: torch.cat([part[int(i) : int(i) + 1] for i in index]) for key, part in parts.items()}
-        return Cond(data, nulls=self.nulls)
+        return Cond(self.table.rows(index), nulls=self.nulls)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """``batch_size`` prompts drawn uniformly with replacement (conditions only, no target images)."""
@@ -201,7 +130,7 @@ def prompt_bucket(
     texts = read_texts(file, template)
     path = cache or file.with_name(file.name + ".sd3-embeddings.safetensors")
     key = fingerprint(texts, pipeline, max_sequence_length, dtype)
-    if cached_fingerprint(path) != key:
+    if cached_fingerprint(path, CACHE_FORMAT) != key:
         tensors = encode_texts(
             pipeline,
             texts,
@@ -209,5 +138,5 @@ def prompt_bucket(
             dtype=dtype,
             device=device or torch.device("cpu"),
         )
-        write_cache(path, tensors, texts, key)
+        write_cache(path, tensors, texts, CACHE_FORMAT, key)
     return PromptBucket(path, shape)

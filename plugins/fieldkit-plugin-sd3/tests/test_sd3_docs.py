@@ -25,3 +25,15 @@ def test_memory_tables_are_the_scripts_output(capsys: pytest.CaptureFixture[str]
     docs = (ROOT / "docs" / "sd3.md").read_text(encoding="utf-8")
     missing = [row for row in [*rows, *measured] if row not in docs]
     assert not missing, f"docs/sd3.md is out of date; rerun benchmarks/sd3_memory.py: {missing}"
+
+
+@pytest.mark.slow
+def test_schedule_table_is_the_scripts_output(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("schedules", ROOT / "benchmarks" / "schedules.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--steps", "16"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    docs = (ROOT / "docs" / "sd3.md").read_text(encoding="utf-8")
+    assert rows[0] in docs and rows[2] in docs  # the header and the SD3 row

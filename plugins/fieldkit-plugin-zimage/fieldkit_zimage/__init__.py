@@ -7,6 +7,8 @@ Registers:
 - source ``zimage.edit``: the same as an edit field (``ZImageOmniPipeline``'s call), from its own folder or
   sharing the transformer of a ``base`` field;
 - source ``zimage.lora``: a LoRA capability over a zimage base, sharing its weights in memory;
+- datasets ``zimage.prompts`` and ``zimage.edits``: prompts, and edit pairs (source image, instruction,
+  optional target), with cached text, VAE and SigLIP2 features (:mod:`fieldkit_zimage.data`);
 - operator ``zimage.guidance``: classifier-free guidance as the pipelines apply it
   (:mod:`fieldkit_zimage.guidance`);
 - command ``fieldkit zimage-make-tiny`` (tiny random pipelines for the CPU example,
@@ -25,7 +27,14 @@ from typing import Any
 import click
 
 from fieldkit.plugins import hookimpl
-from fieldkit_zimage.params import GuidanceParams, ZImageEditParams, ZImageLoraParams, ZImageParams
+from fieldkit_zimage.params import (
+    EditParams,
+    GuidanceParams,
+    PromptParams,
+    ZImageEditParams,
+    ZImageLoraParams,
+    ZImageParams,
+)
 
 __version__ = "0.1.0"
 
@@ -83,6 +92,36 @@ def build_guidance(params: GuidanceParams, ctx: Any) -> Any:
     )
 
 
+def _encoding(params: PromptParams | EditParams, ctx: Any) -> Any:
+    from fieldkit.models.diffusers_loading import DTYPES
+    from fieldkit_zimage.data import Encoding
+
+    return Encoding(
+        ctx.path(params.pipeline),
+        tuple(params.shape),
+        negative_prompt=params.negative_prompt,
+        max_sequence_length=params.max_sequence_length,
+        dtype=DTYPES[params.dtype],
+        device=ctx.device,
+    )
+
+
+def build_prompts(params: PromptParams, ctx: Any) -> Any:
+    """T2I prompts with Z-Image text features computed once and cached to safetensors."""
+    from fieldkit_zimage.data import prompt_bucket
+
+    cache = ctx.path(params.cache) if params.cache else None
+    return prompt_bucket(ctx.path(params.file), _encoding(params, ctx), template=params.template, cache=cache)
+
+
+def build_edits(params: EditParams, ctx: Any) -> Any:
+    """Edit pairs with text, VAE latents and SigLIP2 features computed once and cached to safetensors."""
+    from fieldkit_zimage.data import edit_bucket
+
+    cache = ctx.path(params.cache) if params.cache else None
+    return edit_bucket(ctx.path(params.pairs), _encoding(params, ctx), template=params.template, cache=cache)
+
+
 @hookimpl
 def fieldkit_register_sources(register: Any) -> None:
     register("zimage", build_zimage, ZImageParams)
@@ -93,6 +132,12 @@ def fieldkit_register_sources(register: Any) -> None:
 @hookimpl
 def fieldkit_register_operators(register: Any) -> None:
     register("zimage.guidance", build_guidance, GuidanceParams)
+
+
+@hookimpl
+def fieldkit_register_datasets(register: Any) -> None:
+    register("zimage.prompts", build_prompts, PromptParams)
+    register("zimage.edits", build_edits, EditParams)
 
 
 @hookimpl

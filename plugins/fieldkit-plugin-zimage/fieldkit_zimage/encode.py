@@ -66,8 +66,10 @@ def prompt_features(
 
 
 @torch.inference_mode()
-def image_features(pipe: Any, image: Any) -> tuple[Tensor, Tensor]:
-    """``(latent [C, H, W], siglip [h, w, F])`` of a PIL image, as ``ZImageOmniPipeline`` conditions on it."""
+def image_latent(pipe: Any, image: Any) -> Tensor:
+    """The VAE latent ``[C, H, W]`` of a PIL image, as ``ZImageOmniPipeline`` encodes its condition image:
+    its own preprocessing (sizes above 1024 x 1024 pixels resized down, a crop to a multiple of 16) and
+    ``prepare_image_latents`` (a bfloat16 VAE; ``(mode - shift) * scale``)."""
     processor = pipe.image_processor
     processor.check_image_input(image)
     width, height = image.size
@@ -78,7 +80,15 @@ def image_features(pipe: Any, image: Any) -> tuple[Tensor, Tensor]:
     pixels = processor.preprocess(
         image, height=height // multiple * multiple, width=width // multiple * multiple, resize_mode="crop"
     )
-    device = pipe._execution_device
-    latent = pipe.prepare_image_latents([pixels], 1, device, torch.float32)[0][0]
-    siglip = pipe.prepare_siglip_embeds([image], 1, device, torch.float32)[0][0]
-    return latent.squeeze(1).cpu(), siglip.float().cpu()
+    latent = pipe.prepare_image_latents([pixels], 1, pipe._execution_device, torch.float32)[0][0]
+    return latent.squeeze(1).cpu()
+
+
+@torch.inference_mode()
+def image_siglip(pipe: Any, image: Any) -> Tensor:
+    """The SigLIP2 features ``[h, w, F]`` of a PIL image, as ``ZImageOmniPipeline.prepare_siglip_embeds``
+    computes them (from the image as given, resized down only above 1024 x 1024 pixels)."""
+    width, height = image.size
+    if width * height > MAX_AREA:
+        image = pipe.image_processor._resize_to_target_area(image, MAX_AREA)
+    return pipe.prepare_siglip_embeds([image], 1, pipe._execution_device, torch.float32)[0][0].float().cpu()

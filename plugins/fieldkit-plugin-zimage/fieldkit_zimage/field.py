@@ -74,8 +74,7 @@ class ZImageField(SharedAdapterField):
     """``v = -transformer(x, t = 1 - sigma, text)``; with ``source`` and ``siglip`` in the Cond, the Omni
     call ``-transformer([source, x], t, text, siglip, noise mask [0, 1])``.
 
-    ``edit`` fields refuse a batch without a source image. ``scheduler`` is the pipeline's scheduler config
-    (the sigmas it samples with, see :meth:`sampling_sigmas`), when the field was loaded from a pipeline.
+    ``edit`` fields refuse a batch without a source image.
     """
 
     lora_pipeline = "ZImagePipeline"
@@ -91,14 +90,13 @@ class ZImageField(SharedAdapterField):
         edit: bool = False,
         scheduler: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(transformer, switch, adapter)
+        super().__init__(transformer, switch, adapter, scheduler=scheduler)
         if edit and getattr(transformer, "siglip_embedder", None) is None:
             raise FieldkitError(
                 "an edit field needs a Z-Image transformer with SigLIP input (siglip_feat_dim unset)",
                 hint="load the transformer of a ZImageOmniPipeline folder",
             )
         self.edit = edit
-        self.scheduler = scheduler
 
     def spawn(self, adapter: str | None, *, edit: bool | None = None) -> ZImageField:
         """A field over the same transformer running ``adapter``, T2I or edit (default: as this one)."""

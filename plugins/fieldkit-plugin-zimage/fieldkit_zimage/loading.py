@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fieldkit.errors import FieldkitError
 from fieldkit.models.diffusers_loading import load_model
 
 if TYPE_CHECKING:
@@ -42,14 +40,3 @@ def build_transformer(
         torch.manual_seed(seed)
         model = ZImageTransformer2DModel.from_config(config)
     return (model.to(dtype) if dtype is not None else model).eval()
-
-
-def scheduler_config(path: Path) -> dict[str, Any] | None:
-    """The ``scheduler/scheduler_config.json`` of a pipeline folder, or ``None`` when it has none."""
-    file = path / "scheduler" / "scheduler_config.json"
-    if not file.is_file():
-        return None
-    try:
-        return dict(json.loads(file.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as err:
-        raise FieldkitError(f"{file}: not a readable scheduler config ({err})") from None

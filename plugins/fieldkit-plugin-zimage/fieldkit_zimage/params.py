@@ -85,3 +85,33 @@ class GuidanceParams(Params):
     )
     cfg_normalization: float = Field(0.0, ge=0, description="cap |v| at c |v_c| per sample; 0 is off")
     cfg_truncation: float = Field(1.0, description="no guidance where 1 - sigma > this; 1 is off")
+
+
+class _Encoded(Params):
+    """What the data buckets share: the pipeline whose encoders embed, the latent shape, the caching."""
+
+    pipeline: str = Field(description="the Z-Image pipeline folder whose encoders embed the data")
+    shape: list[int] = Field(
+        min_length=3, max_length=3, description="latent shape [C, H, W], e.g. [16, 128, 128] for 1024 px"
+    )
+    negative_prompt: str = Field("", description="the null text guidance contrasts against (pipelines: '')")
+    cache: str | None = Field(None, description="feature cache; default: beside the data")
+    max_sequence_length: int = Field(512, ge=1, le=1024, description="Qwen3 tokens per text segment (512)")
+    dtype: DType = Field("bfloat16", description="dtype of the text and SigLIP encoders and of the cache")
+
+
+class PromptParams(_Encoded):
+    """T2I prompts from a CSV / JSONL file, embedded once by ZImagePipeline's text encoder."""
+
+    file: str = Field(description="a .csv (header row) or .jsonl file of prompts; relative to the graph")
+    template: str = Field("{prompt}", description="the text of a row, filled from its columns")
+
+
+class EditParams(_Encoded):
+    """Edit pairs (source image, instruction, optional target), encoded once by ZImageOmniPipeline."""
+
+    pairs: str = Field(
+        description="a .csv / .jsonl file (columns source, instruction, target) or a folder of NAME.png + "
+        "NAME.txt (+ NAME.target.png); relative to the graph"
+    )
+    template: str = Field("{instruction}", description="the text of a pair, filled from its columns")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fieldkit_zimage.encode import image_features, prompt_features
+from fieldkit_zimage.encode import image_latent, image_siglip, prompt_features
 from fieldkit_zimage.field import ZImageField, text_cond
 from fieldkit_zimage.guidance import ZImageGuidance
-from fieldkit_zimage.loading import scheduler_config
 
 from fieldkit import euler_sample
+from fieldkit.models.diffusers_loading import scheduler_config
 
 PROMPTS = ["a red cat", "two dogs on a hill at dusk"]
 STEPS = 4
@@ -59,9 +59,8 @@ def test_edit_matches_zimage_omni_pipeline(
     instructions = ["make it blue", "add a hat"]
     segs = prompt_features(omni_pipe, instructions, max_sequence_length=64, edit=True)
     negative = prompt_features(omni_pipe, [""], max_sequence_length=64, edit=True)[0]
-    features = [image_features(omni_pipe, image) for image in images]
-    source = torch.stack([f[0] for f in features])
-    siglip = torch.stack([f[1] for f in features])
+    source = torch.stack([image_latent(omni_pipe, image) for image in images])
+    siglip = torch.stack([image_siglip(omni_pipe, image) for image in images])
     x = noise(1)
     want = torch.cat(
         [

@@ -13,6 +13,7 @@ from fieldkit.testing import entry_point_report
 TYPES = {
     "source": ["zimage", "zimage.edit", "zimage.lora"],
     "operator": ["zimage.guidance"],
+    "dataset": ["zimage.prompts", "zimage.edits"],
 }
 
 

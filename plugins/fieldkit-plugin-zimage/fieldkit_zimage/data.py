@@ -1,0 +1,295 @@
+"""Data buckets of Z-Image prompts and edit pairs, encoded once by the pipelines' own encoders and cached.
+
+``zimage.prompts``: each row of a CSV / JSONL file is one prompt, ``template.format(**row)``, encoded as
+``ZImagePipeline`` encodes it; the negative prompt is the null value of the text (what guidance contrasts).
+
+``zimage.edits``: each pair is a source image, an instruction and, optionally, a target image, read from a
+CSV / JSONL file (columns ``source``, ``instruction``, ``target``; image paths relative to the file) or from a
+folder (``NAME.png`` with its instruction in ``NAME.txt`` and an optional ``NAME.target.png``). Sources are
+cached as ``ZImageOmniPipeline`` conditions on them: VAE latents and SigLIP2 features, with the instruction
+encoded in the three segments around one image; targets (when every pair has one) as VAE latents, the clean
+images of off-policy baselines. Every image must exist, decode, and have the pixel size of the bucket's
+latent shape: anything else is one error naming the file, never a silent skip.
+
+Caches are safetensors files keyed by a fingerprint of the texts, the image files' bytes, the encoders'
+files, the sequence length, the negative prompt and the dtype; a matching cache is read row by row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fieldkit.cond import Cond
+from fieldkit.data import Batch
+from fieldkit.errors import FieldkitError
+from fieldkit.tables import (
+    CachedRows,
+    cached_fingerprint,
+    digest_folders,
+    fill,
+    read_rows,
+    read_texts,
+    write_cache,
+)
+from fieldkit_zimage.field import pack_text
+
+PROMPTS_FORMAT = "fieldkit-zimage.prompts/1"
+EDITS_FORMAT = "fieldkit-zimage.edits/1"
+TEXT_ENCODER = ("text_encoder", "tokenizer")
+IMAGE_ENCODERS = ("vae", "siglip", "siglip_processor")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+BATCH = 16
+
+
+class FeatureBucket:
+    """Draws rows uniformly; a batch is their cached features as a :class:`~fieldkit.Cond` whose text has the
+    negative prompt as its null value, and the rows' target latents when the cache has them."""
+
+    def __init__(self, cache: Path, shape: tuple[int, ...], keys: tuple[str, ...], targets: bool = False):
+        self.cache = cache
+        self.shape = shape
+        self.table = CachedRows(
+            cache, keys + (("target",) if targets else ()), ("null_text", "null_text_len")
+        )
+        self.targets = targets
+
+    @property
+    def texts(self) -> list[str]:
+        return self.table.texts
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def rows(self, index: Tensor) -> Batch:
+        """The cached features of rows ``index`` (read from disk row by row)."""
+        data = self.table.rows(index)
+        target = data.pop("target", None)
+        nulls = {"text": self.table.extra["null_text"], "text_len": self.table.extra["null_text_len"]}
+        return Batch(Cond(data, nulls=nulls), target)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """``batch_size`` rows drawn uniformly with replacement."""
+        return self.rows(torch.randint(len(self), (batch_size,), generator=generator))
+
+
+def _packed(features: list[list[Tensor]], negative: list[Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    text, text_len = pack_text([*features, negative])
+    n = len(features)
+    return {
+        "text": text[:n].to(dtype),
+        "text_len": text_len[:n],
+        "null_text": text[n:].to(dtype),
+        "null_text_len": text_len[n:],
+    }
+
+
+def _encode_texts(pipe: Any, texts: list[str], *, max_sequence_length: int, edit: bool) -> list[list[Tensor]]:
+    from fieldkit_zimage.encode import prompt_features
+
+    out: list[list[Tensor]] = []
+    for i in range(0, len(texts), BATCH):
+        out += prompt_features(pipe, texts[i : i + BATCH], max_sequence_length=max_sequence_length, edit=edit)
+    return out
+
+
+def _fingerprint(parts: list[Any], pipeline: Path, subfolders: tuple[str, ...]) -> hashlib._Hash:
+    digest = hashlib.sha256(json.dumps(parts).encode())
+    digest_folders(digest, pipeline, subfolders)
+    return digest
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a bucket encodes: the pipeline folder, the latent shape ``[C, H, W]``, the negative prompt (the
+    text's null value), Qwen3 tokens per segment, and the encoders' (and cache's) dtype and device."""
+
+    pipeline: Path
+    shape: tuple[int, ...]
+    negative_prompt: str = ""
+    max_sequence_length: int = 512
+    dtype: torch.dtype = torch.bfloat16
+    device: torch.device | None = None
+
+    def key(self, *parts: Any) -> list[Any]:
+        """What a cache of this encoding depends on, beside the encoders' files."""
+        return [*parts, self.negative_prompt, self.max_sequence_length, str(self.dtype)]
+
+    def texts(self, pipe: Any, texts: list[str], edit: bool) -> dict[str, Tensor]:
+        """The packed features of ``texts`` and, as ``null_*``, of the negative prompt."""
+        n = self.max_sequence_length
+        features = _encode_texts(pipe, texts, max_sequence_length=n, edit=edit)
+        negative = _encode_texts(pipe, [self.negative_prompt], max_sequence_length=n, edit=edit)
+        return _packed(features, negative[0], self.dtype)
+
+    def encoders(self, edit: bool) -> Any:
+        from fieldkit_zimage.encode import load_encoders
+
+        return load_encoders(
+            self.pipeline, edit=edit, dtype=self.dtype, device=self.device or torch.device("cpu")
+        )
+
+
+def prompt_bucket(
+    file: Path, enc: Encoding, *, template: str = "{prompt}", cache: Path | None = None
+) -> FeatureBucket:
+    """T2I prompts of ``file`` encoded by the pipeline's text encoder (cached; re-encoded only when stale).
+
+    ``cache`` defaults to ``FILE.zimage-features.safetensors`` beside the prompt file.
+    """
+    texts = read_texts(file, template)
+    path = cache or file.with_name(file.name + ".zimage-features.safetensors")
+    key = _fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
+    if cached_fingerprint(path, PROMPTS_FORMAT) != key:
+        write_cache(path, enc.texts(enc.encoders(edit=False), texts, edit=False), texts, PROMPTS_FORMAT, key)
+    return FeatureBucket(path, enc.shape, ("text", "text_len"))
+
+
+@dataclass(frozen=True)
+class EditPair:
+    """One edit: the source image, the instruction's text, the target image if any, and where it was read."""
+
+    source: Path
+    text: str
+    target: Path | None
+    where: str
+
+
+def read_pairs(path: Path, template: str = "{instruction}") -> list[EditPair]:
+    """The edit pairs of a CSV / JSONL file or of a folder (see the module's docstring)."""
+    pairs = _folder_pairs(path, template) if path.is_dir() else _file_pairs(path, template)
+    if not pairs:
+        raise FieldkitError(f"{path} holds no edit pairs")
+    with_target = sum(p.target is not None for p in pairs)
+    if 0 < with_target < len(pairs):
+        missing = next(p for p in pairs if p.target is None)
+        raise FieldkitError(
+            f"{missing.where}: no target image, while {with_target} of {len(pairs)} pairs have one",
+            hint="give a target for every pair (off-policy baselines train on them) or for none",
+        )
+    return pairs
+
+
+def _file_pairs(path: Path, template: str) -> list[EditPair]:
+    pairs = []
+    for number, row in read_rows(path, "edit-pair file"):
+        where = f"{path}:{number}"
+        if not row.get("source"):
+            raise FieldkitError(f"{where}: no 'source' column (the image to edit); the row has {sorted(row)}")
+        target = row.get("target") or None
+        pairs.append(
+            EditPair(
+                source=path.parent / row["source"],
+                text=fill(template, row, where),
+                target=path.parent / target if target else None,
+                where=where,
+            )
+        )
+    return pairs
+
+
+def _folder_pairs(folder: Path, template: str) -> list[EditPair]:
+    pairs = []
+    for image in sorted(folder.iterdir()):
+        if image.suffix.lower() not in IMAGE_SUFFIXES or image.stem.endswith(".target"):
+            continue
+        note = image.with_suffix(".txt")
+        if not note.is_file():
+            raise FieldkitError(
+                f"{image}: no instruction file {note.name} beside it",
+                hint="each source image NAME.png of an edit folder needs its instruction in NAME.txt",
+            )
+        instruction = note.read_text(encoding="utf-8").strip()
+        targets = [t for t in folder.glob(f"{image.stem}.target.*") if t.suffix.lower() in IMAGE_SUFFIXES]
+        text = fill(template, {"instruction": instruction}, str(note))
+        pairs.append(EditPair(image, text, targets[0] if targets else None, str(image)))
+    return pairs
+
+
+def load_image(path: Path, size: tuple[int, int], where: str) -> Any:
+    """The RGB image at ``path`` of exactly ``size`` (width, height) pixels, or one error naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise FieldkitError(f"{where}: image {path} not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            image = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as err:
+        raise FieldkitError(f"{where}: cannot read image {path} ({err})") from None
+    if image.size != size:
+        raise FieldkitError(
+            f"{where}: image {path} is {image.size[0]}x{image.size[1]} pixels; this bucket needs "
+            f"{size[0]}x{size[1]} (its latent shape times the VAE's scale)",
+            hint="resize the images, or set the bucket's `shape` to [C, height / 8, width / 8]",
+        )
+    return image
+
+
+def vae_scale(pipeline: Path) -> int:
+    """The VAE's downsampling factor, ``2 ** (len(block_out_channels) - 1)``, from its config."""
+    file = pipeline / "vae" / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FieldkitError(
+            f"no readable VAE config at {file} ({err})",
+            hint="point `pipeline` at a ZImageOmniPipeline folder",
+        ) from None
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def edit_bucket(
+    pairs: Path, enc: Encoding, *, template: str = "{instruction}", cache: Path | None = None
+) -> FeatureBucket:
+    """Edit pairs encoded by the encoders of the pipeline (a ``ZImageOmniPipeline`` folder), cached.
+
+    ``cache`` defaults to ``FILE.zimage-features.safetensors`` beside a pair file, or
+    ``FOLDER/zimage-features.safetensors`` inside a pair folder.
+    """
+    items = read_pairs(pairs, template)
+    pipeline, shape = enc.pipeline, enc.shape
+    scale = vae_scale(pipeline)
+    size = (shape[-1] * scale, shape[-2] * scale)
+    images: list[Path] = [p.source for p in items] + [p.target for p in items if p.target is not None]
+    loaded = {}
+    for pair in items:  # every image is checked before anything is encoded or written
+        for image in (pair.source, pair.target):
+            if image is not None:
+                loaded[image] = load_image(image, size, pair.where)
+    texts = [p.text for p in items]
+    digest = _fingerprint(enc.key(texts, [str(i) for i in images]), pipeline, TEXT_ENCODER + IMAGE_ENCODERS)
+    for image in images:
+        digest.update(hashlib.sha256(image.read_bytes()).digest())
+    key = digest.hexdigest()
+    path = cache or (
+        pairs / "zimage-features.safetensors"
+        if pairs.is_dir()
+        else pairs.with_name(pairs.name + ".zimage-features.safetensors")
+    )
+    targets = items[0].target is not None
+    if cached_fingerprint(path, EDITS_FORMAT) != key:
+        from fieldkit_zimage.encode import image_latent, image_siglip
+
+        pipe = enc.encoders(edit=True)
+        tensors = enc.texts(pipe, texts, edit=True)
+        dtype = enc.dtype
+        tensors["source"] = torch.stack([image_latent(pipe, loaded[p.source]) for p in items]).to(dtype)
+        tensors["siglip"] = torch.stack([image_siglip(pipe, loaded[p.source]) for p in items]).to(dtype)
+        if targets:
+            tensors["target"] = torch.stack([image_latent(pipe, loaded[p.target]) for p in items]).to(dtype)
+        if tuple(tensors["source"].shape[1:]) != tuple(shape):
+            raise FieldkitError(
+                f"the VAE of {pipeline} gives latents {list(tensors['source'].shape[1:])}, not the bucket's "
+                f"shape {list(shape)}",
+                hint="set `shape` to the latent shape of your images",
+            )
+        write_cache(path, tensors, texts, EDITS_FORMAT, key)
+    return FeatureBucket(path, shape, ("text", "text_len", "source", "siglip"), targets=targets)
