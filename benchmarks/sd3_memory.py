@@ -9,15 +9,12 @@ the models); GiB figures are parameter bytes only, not activations.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
-GIB = 1024**3
+from fieldkit.models.memory import count, report, shared_and_copied_bytes
 
 SD3_MEDIUM = {
     "sample_size": 128,
@@ -48,19 +45,6 @@ CONFIGS = {
         "qk_norm": "rms_norm",
     },
 }
-
-
-def count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def lora_params(model: nn.Module, rank: int, targets: tuple[str, ...]) -> int:
-    """``r (in + out)`` over every Linear whose name ends with a target (what peft adapts)."""
-    return sum(
-        rank * (m.in_features + m.out_features)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
-    )
 
 
 def text_encoders() -> dict[str, int]:
@@ -103,60 +87,26 @@ def measured_tiny(adapters: int) -> tuple[int, int]:
     from fieldkit_sd3.loading import load_transformer
     from fieldkit_sd3.tiny import make_tiny_lora, make_tiny_pipeline
 
-    from fieldkit.models.adapters import parameter_bytes
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_tiny_pipeline(root / "sd3")
-        base = SD3Field(load_transformer(root / "sd3"))
-        fields = [base]
-        for i in range(adapters):
-            make_tiny_lora(root / "sd3", root / f"lora{i}", seed=i)
-            fields.append(base.with_adapter(root / f"lora{i}", f"lora{i}"))
-        shared = parameter_bytes(nn.ModuleList(fields))
-        copies = parameter_bytes(nn.ModuleList(copy.deepcopy(f) for f in fields))
-    return shared, copies
+        loras = [make_tiny_lora(root / "sd3", root / f"lora{i}", seed=i) for i in range(adapters)]
+        return shared_and_copied_bytes(SD3Field(load_transformer(root / "sd3")), loras)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from diffusers import SD3Transformer2DModel
     from fieldkit_sd3.field import LORA_TARGETS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rank", type=int, default=64, help="LoRA rank of teachers and student")
-    parser.add_argument("--adapters", type=int, default=2, help="LoRA teachers over one base")
-    parser.add_argument("--config", type=Path, help="also count a local transformer/config.json")
-    args = parser.parse_args(argv)
-    n = args.adapters
-    configs = dict(CONFIGS)
-    if args.config is not None:
-        configs[str(args.config)] = dict(SD3Transformer2DModel.load_config(str(args.config.parent)))
-
-    print(
-        f"| transformer | parameters | bf16 GiB | LoRA r={args.rank} parameters "
-        f"| base + {n} LoRA teachers, GiB | {n} merged copies + base, GiB | saved |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name, config in configs.items():
-        with torch.device("meta"):
-            model = SD3Transformer2DModel.from_config(config)
-        params, lora = count(model), lora_params(model, args.rank, LORA_TARGETS)
-        shared = (params + n * lora) * 2 / GIB
-        copies = (n + 1) * params * 2 / GIB
-        print(
-            f"| {name} | {params / 1e9:.2f} B | {params * 2 / GIB:.1f} | {lora / 1e6:.1f} M | {shared:.1f} "
-            f"| {copies:.1f} | {copies - shared:.1f} GiB |"
-        )
-    print()
-    print("| text encoder | parameters | bf16 GiB |")
-    print("|---|---|---|")
-    for name, params in text_encoders().items():
-        print(f"| {name} | {params / 1e9:.2f} B | {params * 2 / GIB:.1f} |")
-    print()
-    shared, copies = measured_tiny(n)
-    print(
-        f"measured, tiny SD3.5 (fieldkit_sd3.tiny), base + {n} LoRA fields: {shared:,} bytes shared "
-        f"vs {copies:,} bytes as {n + 1} copies ({1 - shared / copies:.0%} saved)"
+    report(
+        argv,
+        description=__doc__.splitlines()[0],
+        model_class="SD3Transformer2DModel",
+        configs=CONFIGS,
+        targets=LORA_TARGETS,
+        default_rank=64,
+        encoders=text_encoders,
+        measured=measured_tiny,
+        label="tiny SD3.5 (fieldkit_sd3.tiny)",
     )
 
 

@@ -33,8 +33,9 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     targets = spec.targets or lora_targets(model)
     if not targets:
         raise GraphError("student.train is 'lora' but the model has no linear layers to adapt")
+    rank = spec.rank or int(getattr(model, "lora_rank", 8))  # the model's default rank, else 8
     config = LoraConfig(
-        r=spec.rank, lora_alpha=spec.alpha or spec.rank, lora_dropout=spec.dropout, target_modules=targets
+        r=rank, lora_alpha=spec.alpha or rank, lora_dropout=spec.dropout, target_modules=targets
     )
     model.requires_grad_(False)
     inject_adapter_in_model(config, model)

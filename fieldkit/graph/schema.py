@@ -49,7 +49,7 @@ class RouteSpec(Strict):
 class LoraSpec(Strict):
     """LoRA adapter settings (peft)."""
 
-    rank: int = Field(8, ge=1)
+    rank: int | None = Field(None, ge=1, description="default: the model's choice (zimage: 128), else 8")
     alpha: float | None = Field(None, gt=0, description="defaults to the rank")
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: list[str] | None = Field(None, description="module names to adapt; default: the model's choice")

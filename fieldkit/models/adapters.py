@@ -34,6 +34,16 @@ def parameter_bytes(module: nn.Module) -> int:
     return sum(seen.values())
 
 
+def lora_parameters(model: nn.Module, rank: int, targets: tuple[str, ...]) -> int:
+    """Parameters of a rank-``rank`` LoRA of ``model``: ``r (in + out)`` over every ``nn.Linear`` whose name
+    ends with a target (what peft adapts)."""
+    return sum(
+        rank * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+    )
+
+
 class AdapterSwitch:
     """The LoRA adapters hosted by one shared transformer, and which one is active.
 

@@ -12,6 +12,7 @@ import importlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -122,3 +123,19 @@ def random_lora(
         transformer_lora_adapter_metadata=config.to_dict(),
     )
     return out
+
+
+def add_export_command(cli: Any, name: str, pipeline: str, help_text: str) -> None:
+    """Register ``fieldkit NAME RUN OUT [--checkpoint DIR]``: :func:`export_run_lora` for ``pipeline``."""
+    import click
+
+    @cli.command(name=name, help=help_text)
+    @click.argument("run", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+    @click.option(
+        "--checkpoint",
+        type=click.Path(path_type=Path, exists=True, file_okay=False),
+        help="A checkpoint folder of RUN (default: the newest good one).",
+    )
+    def export(run: Path, out: Path, checkpoint: Path | None) -> None:
+        click.echo(f"wrote {export_run_lora(pipeline, run, out, checkpoint)}")

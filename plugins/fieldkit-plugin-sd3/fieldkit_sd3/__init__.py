@@ -90,24 +90,15 @@ def fieldkit_register_datasets(register: Any) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
-    @cli.command(name="sd3-export-lora")
-    @click.argument("run", type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
-    @click.option(
-        "--checkpoint",
-        type=click.Path(path_type=Path, exists=True, file_okay=False),
-        help="A checkpoint folder of RUN (default: the newest good one).",
+    from fieldkit.models.lora_files import add_export_command
+
+    add_export_command(
+        cli,
+        "sd3-export-lora",
+        "StableDiffusion3Pipeline",
+        "Write the LoRA student of RUN to OUT in diffusers' format, for load_lora_weights.\n\n"
+        "\b\nExample:\n  fieldkit sd3-export-lora runs/sd35 runs/sd35/lora",
     )
-    def sd3_export_lora(run: Path, out: Path, checkpoint: Path | None) -> None:
-        """Write the LoRA student of RUN to OUT in diffusers' format, for load_lora_weights.
-
-        \b
-        Example:
-          fieldkit sd3-export-lora runs/sd35 runs/sd35/lora
-        """
-        from fieldkit_sd3.export import export_run_lora
-
-        click.echo(f"wrote {export_run_lora(run, out, checkpoint)}")
 
     @cli.command(name="sd3-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))

@@ -21,8 +21,3 @@ PIPELINE = "StableDiffusion3Pipeline"
 def export_student_lora(student: nn.Module, folder: Path, alpha: float | None = None) -> Path:
     """Save the LoRA of a live student (an :class:`~fieldkit_sd3.field.SD3Field` trained with LoRA)."""
     return lora_files.export_student_lora(PIPELINE, student, folder, alpha)
-
-
-def export_run_lora(run: Path, folder: Path, checkpoint: Path | None = None) -> Path:
-    """Save the LoRA of a fieldkit run (newest good checkpoint, or ``checkpoint``; EMA weights if kept)."""
-    return lora_files.export_run_lora(PIPELINE, run, folder, checkpoint)

@@ -11,7 +11,8 @@ Registers:
   optional target), with cached text, VAE and SigLIP2 features (:mod:`fieldkit_zimage.data`);
 - operator ``zimage.guidance``: classifier-free guidance as the pipelines apply it
   (:mod:`fieldkit_zimage.guidance`);
-- command ``fieldkit zimage-make-tiny`` (tiny random pipelines for the CPU example,
+- commands ``fieldkit zimage-export-lora`` (a run's LoRA student in diffusers' format, for both pipelines)
+  and ``fieldkit zimage-make-tiny`` (tiny random pipelines for the CPU example,
   :mod:`fieldkit_zimage.tiny`).
 
 diffusers, transformers and peft are imported inside factories and commands, never when fieldkit loads
@@ -40,9 +41,9 @@ __version__ = "0.1.0"
 
 
 def _load(params: ZImageParams | ZImageEditParams, ctx: Any, edit: bool) -> Any:
-    from fieldkit.models.diffusers_loading import DTYPES
+    from fieldkit.models.diffusers_loading import DTYPES, scheduler_config
     from fieldkit_zimage.field import ZImageField
-    from fieldkit_zimage.loading import build_transformer, load_transformer, scheduler_config
+    from fieldkit_zimage.loading import build_transformer, load_transformer
 
     dtype = DTYPES[params.dtype] if params.dtype else None
     scheduler = None
@@ -142,12 +143,23 @@ def fieldkit_register_datasets(register: Any) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
+    from fieldkit.models.lora_files import add_export_command
+
+    add_export_command(
+        cli,
+        "zimage-export-lora",
+        "ZImagePipeline",
+        "Write the LoRA student of RUN to OUT in diffusers' format, for the load_lora_weights of "
+        "ZImagePipeline and ZImageOmniPipeline (RUN/student is the merged transformer folder).\n\n"
+        "\b\nExample:\n  fieldkit zimage-export-lora runs/zimage runs/zimage/lora",
+    )
+
     @cli.command(name="zimage-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
     @click.option("--seed", default=0, show_default=True, type=int)
     def zimage_make_tiny(folder: Path, seed: int) -> None:
         """Write tiny random Z-Image pipelines to FOLDER: FOLDER/t2i (ZImagePipeline) and FOLDER/omni
-        (ZImageOmniPipeline), for the CPU example (the samples are noise: nothing is trained)."""
+        (ZImageOmniPipeline). examples/zimage/make_tiny.py builds the examples' whole tiny workspace."""
         from fieldkit_zimage.tiny import make_tiny_pipeline
 
         t2i = make_tiny_pipeline(folder / "t2i", seed=seed)

@@ -79,6 +79,7 @@ class ZImageField(SharedAdapterField):
 
     lora_pipeline = "ZImagePipeline"
     lora_targets = LORA_TARGETS
+    lora_rank = 128  # the paper's student rank
     backbone = "Z-Image"
 
     def __init__(

@@ -30,22 +30,24 @@ def fieldkit_sample(pipe, cond, x, scale: float, norm: float, trunc: float, tiny
 
 
 @pytest.mark.parametrize(("scale", "norm", "trunc"), GUIDANCE)
-def test_t2i_matches_zimage_pipeline(tiny, t2i_pipe, scale: float, norm: float, trunc: float) -> None:
+def test_t2i_matches_zimage_pipeline(
+    tiny, t2i_pipe, pipeline_latents, scale: float, norm: float, trunc: float
+) -> None:
     segs = prompt_features(t2i_pipe, PROMPTS, max_sequence_length=64, edit=False)
     negative = prompt_features(t2i_pipe, ["blurry"], max_sequence_length=64, edit=False)[0]
     x = noise(0)
-    want = t2i_pipe(
-        prompt_embeds=[s[0] for s in segs],
-        negative_prompt_embeds=[negative[0]] * len(PROMPTS),
-        latents=x.clone(),
-        height=64,
-        width=64,
-        num_inference_steps=STEPS,
+    t2i_latents, _ = pipeline_latents
+    negatives = [negative[0]] * len(PROMPTS)
+    want = t2i_latents(
+        t2i_pipe,
+        segs,
+        x,
+        STEPS,
+        negative_prompt_embeds=negatives,
         guidance_scale=scale,
         cfg_normalization=norm,
         cfg_truncation=trunc,
-        output_type="latent",
-    ).images
+    )
     got = fieldkit_sample(t2i_pipe, text_cond(segs, negative), x, scale, norm, trunc, tiny / "t2i")
     assert (got - x).abs().max() > 0.1  # the sampler moved
     assert (got - want).abs().max() <= 1e-5
@@ -53,7 +55,7 @@ def test_t2i_matches_zimage_pipeline(tiny, t2i_pipe, scale: float, norm: float, 
 
 @pytest.mark.parametrize(("scale", "norm", "trunc"), GUIDANCE)
 def test_edit_matches_zimage_omni_pipeline(
-    tiny, omni_pipe, make_image, scale: float, norm: float, trunc: float
+    tiny, omni_pipe, make_image, pipeline_latents, scale: float, norm: float, trunc: float
 ) -> None:
     images = [make_image(1), make_image(2)]
     instructions = ["make it blue", "add a hat"]
@@ -62,23 +64,31 @@ def test_edit_matches_zimage_omni_pipeline(
     source = torch.stack([image_latent(omni_pipe, image) for image in images])
     siglip = torch.stack([image_siglip(omni_pipe, image) for image in images])
     x = noise(1)
-    want = torch.cat(
-        [
-            omni_pipe(
-                image=[image],
-                prompt=instruction,
-                latents=x[i : i + 1].clone(),
-                num_inference_steps=STEPS,
-                guidance_scale=scale,
-                cfg_normalization=norm,
-                cfg_truncation=trunc,
-                output_type="latent",
-                max_sequence_length=64,
-            ).images
-            for i, (image, instruction) in enumerate(zip(images, instructions, strict=True))
-        ]
+    _, edit_latents = pipeline_latents
+    want = edit_latents(
+        omni_pipe,
+        images,
+        instructions,
+        x,
+        STEPS,
+        guidance_scale=scale,
+        cfg_normalization=norm,
+        cfg_truncation=trunc,
     )
     cond = text_cond(segs, negative, source=source, siglip=siglip)
     got = fieldkit_sample(omni_pipe, cond, x, scale, norm, trunc, tiny / "omni")
     assert (got - x).abs().max() > 0.1
+    assert (got - want).abs().max() <= 1e-5
+
+
+def test_dynamic_shifting_matches_the_pipeline(tiny, pipeline_latents) -> None:
+    """A scheduler with resolution-dependent shifting: the field's sampling_sigmas take mu from the latent
+    size as the pipeline does (the sigmas and the latents match)."""
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(str(tiny / "t2i-dynamic"), local_files_only=True)
+    segs = prompt_features(pipe, PROMPTS, max_sequence_length=64, edit=False)
+    x = noise(2)
+    want = pipeline_latents[0](pipe, segs, x, STEPS, guidance_scale=0.0)
+    got = fieldkit_sample(pipe, text_cond(segs, segs[0]), x, 0.0, 0.0, 1.0, tiny / "t2i-dynamic")
     assert (got - want).abs().max() <= 1e-5
