@@ -127,6 +127,11 @@ class ZImageField(SharedAdapterField):
         if editing:
             if "siglip" not in cond:
                 raise FieldkitError("an edit batch needs cond['siglip'] beside cond['source']")
+            if getattr(self.transformer, "siglip_embedder", None) is None:
+                raise FieldkitError(  # the transformer would silently drop the SigLIP features
+                    "an edit batch reached a Z-Image transformer without SigLIP input",
+                    hint="make the student (and edit teachers) from a ZImageOmniPipeline's transformer",
+                )
             sources = cond["source"].to(dtype).unsqueeze(2)
             out = self.transformer(
                 x=[[src, lat] for src, lat in zip(sources, latents, strict=True)],

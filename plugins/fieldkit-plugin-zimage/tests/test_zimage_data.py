@@ -135,3 +135,21 @@ def test_targets_for_some_pairs_only_are_refused(tiny, make_image, tmp_path: Pat
     file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(FieldkitError, match=r"pairs\.jsonl:2: no target image, while 2 of 3 pairs have one"):
         edits(tiny, file)
+
+
+def test_csv_pairs_resolve_paths_beside_the_file_and_name_the_line_of_a_bad_row(tmp_path: Path) -> None:
+    from fieldkit_zimage.data import read_pairs
+
+    file = tmp_path / "pairs.csv"
+    file.write_text("source,instruction,target\na.png,make it red,a.out.png\nb.png,make it blue,b.out.png\n")
+    pairs = read_pairs(file, "edit: {instruction}")
+    assert [(p.source, p.text, p.target) for p in pairs] == [
+        (tmp_path / "a.png", "edit: make it red", tmp_path / "a.out.png"),
+        (tmp_path / "b.png", "edit: make it blue", tmp_path / "b.out.png"),
+    ]
+    file.write_text("source,instruction\na.png,make it red\n,make it blue\n")
+    with pytest.raises(FieldkitError, match=r"pairs\.csv:3: no 'source' column"):
+        read_pairs(file)
+    file.write_text("source,text\na.png,make it red\n")
+    with pytest.raises(FieldkitError, match=r"pairs\.csv:2: the template '\{instruction\}' needs column"):
+        read_pairs(file)

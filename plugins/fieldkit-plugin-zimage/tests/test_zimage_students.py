@@ -101,6 +101,11 @@ def test_an_edit_field_refuses_a_t2i_batch_and_a_base_without_siglip(zimage_plug
     bad = BuildContext(loads_graph(f"fields:\n  e: {{type: zimage.edit, path: '{tiny / 't2i'}'}}\n"))
     with pytest.raises(GraphError, match="SigLIP input"):
         bad.field("e")
+    t2i_only = ZImageField(load_transformer(tiny / "t2i"))
+    edit = text_cond([[torch.randn(5, 32)] * 3], [torch.randn(3, 32)] * 3)
+    edit = edit.replace(source=torch.randn(1, 16, 8, 8), siglip=torch.randn(1, 4, 4, 32))
+    with pytest.raises(Exception, match="without SigLIP input"):
+        t2i_only(torch.randn(1, 16, 8, 8), torch.tensor([0.5]), edit)
 
 
 def test_the_lora_student_adapts_the_papers_targets_at_rank_128(zimage_plugin, tiny, loras) -> None:
