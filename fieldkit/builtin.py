@@ -4,30 +4,34 @@ hooks a third-party plugin uses."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from fieldkit import ops
 from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField, MixtureAccuracy
-from fieldkit.distill.flowopd import FlowOPDMethod, FlowOPDParams
-from fieldkit.distill.methods import (
-    DenseParams,
-    DistillMethod,
-    DistillParams,
-    OffPolicyParams,
-    SFTMethod,
-    SFTParams,
-)
-from fieldkit.distill.routing import HardRouter, SoftRouter
 from fieldkit.errors import FieldkitError
 from fieldkit.graph.refs import FieldRef
 from fieldkit.merge import merge_models
 from fieldkit.models import MMDiT, MMDiTConfig, PretrainedField, load_pretrained
 from fieldkit.plugins.hookspecs import hookimpl
 from fieldkit.plugins.registry import Params
-from fieldkit.protocols import Route
+from fieldkit.protocols import Register, Route
+from fieldkit.training_params import (
+    DenseParams,
+    DistillParams,
+    FlowOPDParams,
+    OffPolicyParams,
+    RouterParams,
+    SFTParams,
+)
+
+if TYPE_CHECKING:  # the training code is imported when a router or method is built, not to validate YAML
+    from fieldkit.distill.flowopd import FlowOPDMethod
+    from fieldkit.distill.methods import DistillMethod, SFTMethod
+    from fieldkit.distill.routing import HardRouter, SoftRouter
+    from fieldkit.graph.builder import BuildContext
 
 # -- sources ---------------------------------------------------------------------------------------------
 
@@ -41,12 +45,12 @@ class GaussianMixtureParams(Params):
     seed: int = 0
 
 
-def build_gaussian_mixture(p: GaussianMixtureParams, ctx: Any) -> GaussianMixtureField:
+def build_gaussian_mixture(p: GaussianMixtureParams, ctx: BuildContext) -> GaussianMixtureField:
     """The exact velocity of a labelled Gaussian mixture (means drawn with ``seed``)."""
     return GaussianMixtureField.random(p.classes, tuple(p.shape), std=p.std, seed=p.seed)
 
 
-def build_gaussian_mixture_data(p: GaussianMixtureParams, ctx: Any) -> GaussianMixtureData:
+def build_gaussian_mixture_data(p: GaussianMixtureParams, ctx: BuildContext) -> GaussianMixtureData:
     """Labels and exact samples of the same Gaussian mixture."""
     return GaussianMixtureData(build_gaussian_mixture(p, ctx))
 
@@ -65,19 +69,19 @@ class MMDiTParams(Params):
     seed: int = 0
 
 
-def build_checkpoint(p: CheckpointParams, ctx: Any) -> PretrainedField:
+def build_checkpoint(p: CheckpointParams, ctx: BuildContext) -> PretrainedField:
     """fieldkit's own model read from a safetensors folder."""
     return load_pretrained(ctx.path(p.path), dtype=getattr(torch, p.dtype) if p.dtype else None)
 
 
-def build_mmdit(p: MMDiTParams, ctx: Any) -> MMDiT:
+def build_mmdit(p: MMDiTParams, ctx: BuildContext) -> MMDiT:
     """A freshly initialised MMDiT (seeded), e.g. the starting point of a teacher trained from scratch."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         return MMDiT(p.config)
 
 
-def build_mixture_accuracy(p: GaussianMixtureParams, ctx: Any) -> MixtureAccuracy:
+def build_mixture_accuracy(p: GaussianMixtureParams, ctx: BuildContext) -> MixtureAccuracy:
     """Accuracy (nearest component is the asked one) and spread of samples of the Gaussian mixture."""
     return MixtureAccuracy(build_gaussian_mixture(p, ctx))
 
@@ -93,7 +97,7 @@ class MergeParams(Params):
     )
 
 
-def build_merge(p: MergeParams, ctx: Any) -> torch.nn.Module:
+def build_merge(p: MergeParams, ctx: BuildContext) -> torch.nn.Module:
     """``theta = sum_i w_i theta_i / sum_i w_i`` over the named sources' weights."""
     models = [ctx.field(name) for name in p.fields]
     if not all(isinstance(m, torch.nn.Module) for m in models):
@@ -156,12 +160,12 @@ class SumParams(Params):
     coefficients: list[float] | None = None
 
 
-def build_guidance(p: GuidanceParams, ctx: Any) -> ops.Guidance:
+def build_guidance(p: GuidanceParams, ctx: BuildContext) -> ops.Guidance:
     """Classifier-free guidance: ``v_u + w (v_c - v_u)`` in one batched forward."""
     return ops.Guidance(ctx.field(p.field), p.w)
 
 
-def build_mix(p: MixParams, ctx: Any) -> ops.Mix:
+def build_mix(p: MixParams, ctx: BuildContext) -> ops.Mix:
     """Weighted average of fields (the soft-routing baseline); weights may be linear in sigma."""
     weights = None
     if p.weights is not None:
@@ -169,27 +173,27 @@ def build_mix(p: MixParams, ctx: Any) -> ops.Mix:
     return ops.Mix([ctx.field(f) for f in p.fields], weights)
 
 
-def build_masked(p: MaskedParams, ctx: Any) -> ops.Masked:
+def build_masked(p: MaskedParams, ctx: BuildContext) -> ops.Masked:
     """``m * inside + (1 - m) * outside`` with the mask read from the Cond."""
     return ops.Masked(ctx.field(p.inside), ctx.field(p.outside), mask_key=p.mask_key)
 
 
-def build_toward_source(p: TowardSourceParams, ctx: Any) -> ops.TowardSource:
+def build_toward_source(p: TowardSourceParams, ctx: BuildContext) -> ops.TowardSource:
     """``(x - source) / sigma``: the field that carries a state to the edit's source image."""
     return ops.TowardSource(p.source_key)
 
 
-def build_time_switch(p: TimeSwitchParams, ctx: Any) -> ops.TimeSwitch:
+def build_time_switch(p: TimeSwitchParams, ctx: BuildContext) -> ops.TimeSwitch:
     """One field above ``sigma0``, another below."""
     return ops.TimeSwitch(ctx.field(p.high), ctx.field(p.low), p.sigma0)
 
 
-def build_scale(p: ScaleParams, ctx: Any) -> ops.Scale:
+def build_scale(p: ScaleParams, ctx: BuildContext) -> ops.Scale:
     """``c * v``."""
     return ops.Scale(ctx.field(p.field), p.c)
 
 
-def build_sum(p: SumParams, ctx: Any) -> ops.Sum:
+def build_sum(p: SumParams, ctx: BuildContext) -> ops.Sum:
     """``sum_i c_i v_i``."""
     return ops.Sum([ctx.field(f) for f in p.fields], p.coefficients)
 
@@ -198,7 +202,7 @@ def build_sum(p: SumParams, ctx: Any) -> ops.Sum:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Any) -> None:
+def fieldkit_register_sources(register: Register) -> None:
     register("gaussian_mixture", build_gaussian_mixture, GaussianMixtureParams)
     register("fieldkit.checkpoint", build_checkpoint, CheckpointParams)
     register("fieldkit.mmdit", build_mmdit, MMDiTParams)
@@ -206,7 +210,7 @@ def fieldkit_register_sources(register: Any) -> None:
 
 
 @hookimpl
-def fieldkit_register_operators(register: Any) -> None:
+def fieldkit_register_operators(register: Register) -> None:
     register("guidance", build_guidance, GuidanceParams)
     register("mix", build_mix, MixParams)
     register("masked", build_masked, MaskedParams)
@@ -217,53 +221,56 @@ def fieldkit_register_operators(register: Any) -> None:
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Any) -> None:
+def fieldkit_register_datasets(register: Register) -> None:
     register("gaussian_mixture", build_gaussian_mixture_data, GaussianMixtureParams)
 
 
 # -- routers and methods -----------------------------------------------------------------------------------
 
 
-class RouterParams(Params):
-    granularity: Literal["update", "sample", "all"] = Field(
-        "update",
-        description="update: one route per optimizer step (G = 1); sample: per micro-batch; all: G = M",
-    )
-
-
-def build_hard_router(p: RouterParams, routes: Sequence[Route], ctx: Any) -> HardRouter:
+def build_hard_router(p: RouterParams, routes: Sequence[Route], ctx: BuildContext) -> HardRouter:
     """Hard routing (DanceOPD): each sample is supervised by its own route's field only."""
+    from fieldkit.distill.routing import HardRouter
+
     return HardRouter(routes, p.granularity)
 
 
-def build_soft_router(p: RouterParams, routes: Sequence[Route], ctx: Any) -> SoftRouter:
+def build_soft_router(p: RouterParams, routes: Sequence[Route], ctx: BuildContext) -> SoftRouter:
     """Soft routing (baseline): every sample is supervised by the weighted mix of all route fields."""
+    from fieldkit.distill.routing import SoftRouter
+
     return SoftRouter(routes, p.granularity)
 
 
-def build_distill_method(p: DistillParams, ctx: Any) -> DistillMethod:
+def build_distill_method(p: DistillParams, ctx: BuildContext) -> DistillMethod:
     """Field distillation on query states (DanceOPD and its state/query/weighting baselines)."""
+    from fieldkit.distill.methods import DistillMethod
+
     return DistillMethod(p)
 
 
-def build_flowopd_method(p: FlowOPDParams, ctx: Any) -> FlowOPDMethod:
+def build_flowopd_method(p: FlowOPDParams, ctx: BuildContext) -> FlowOPDMethod:
     """Flow-OPD: a clipped policy gradient over SDE rollouts with a -KL(student || teacher) reward."""
+    from fieldkit.distill.flowopd import FlowOPDMethod
+
     return FlowOPDMethod(p)
 
 
-def build_sft_method(p: SFTParams, ctx: Any) -> SFTMethod:
+def build_sft_method(p: SFTParams, ctx: BuildContext) -> SFTMethod:
     """Plain flow matching on the buckets' data (teacher training, joint-training baseline)."""
+    from fieldkit.distill.methods import SFTMethod
+
     return SFTMethod(p)
 
 
 @hookimpl
-def fieldkit_register_routers(register: Any) -> None:
+def fieldkit_register_routers(register: Register) -> None:
     register("hard", build_hard_router, RouterParams)
     register("soft", build_soft_router, RouterParams)
 
 
 @hookimpl
-def fieldkit_register_methods(register: Any) -> None:
+def fieldkit_register_methods(register: Register) -> None:
     register("danceopd", build_distill_method, DistillParams)
     register("offpolicy", build_distill_method, OffPolicyParams)
     register("dense", build_distill_method, DenseParams)
@@ -272,5 +279,5 @@ def fieldkit_register_methods(register: Any) -> None:
 
 
 @hookimpl
-def fieldkit_register_metrics(register: Any) -> None:
+def fieldkit_register_metrics(register: Register) -> None:
     register("gaussian_mixture", build_mixture_accuracy, GaussianMixtureParams)

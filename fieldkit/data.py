@@ -3,35 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from fieldkit.cond import Cond
 
+if TYPE_CHECKING:
+    from fieldkit.protocols import DataBucket
+
 
 @dataclass(frozen=True)
 class Batch:
-    """``cond`` of every sample; ``target``: clean images ``x0`` where the bucket has them."""
+    """``cond`` of every sample; ``target``: clean images ``x0`` where the bucket has them; ``source``: the
+    images an edit starts from, where it has them (sample grids show them above the samples)."""
 
     cond: Cond
     target: Tensor | None = None
+    source: Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
-        target = None if self.target is None else self.target.to(device)
-        return Batch(self.cond.to(device), target)
+        return Batch(self.cond.to(device), _to(self.target, device), _to(self.source, device))
+
+    def rows(self, rows: slice | Tensor) -> Batch:
+        """The rows ``rows`` (a slice or an index tensor) of every part."""
+        target = None if self.target is None else self.target[rows]
+        source = None if self.source is None else self.source[rows]
+        return Batch(self.cond.index(rows), target, source)
 
 
-@runtime_checkable
-class DataBucket(Protocol):
-    """Yields batches for one capability. ``shape`` is the per-sample shape of the flow state."""
-
-    shape: tuple[int, ...]
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        """A batch drawn with ``generator`` (so runs and resumes are reproducible)."""
-        ...
+def _to(x: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if x is None else x.to(device)
 
 
 def evaluation_bucket(bucket: DataBucket) -> DataBucket:
@@ -67,5 +70,4 @@ class Shard:
 
     def take(self, batch: Batch) -> Batch:
         """This shard's rows of ``batch``."""
-        rows = self.rows(batch.cond.batch_size or 0)
-        return Batch(batch.cond.index(rows), None if batch.target is None else batch.target[rows])
+        return batch.rows(self.rows(batch.cond.batch_size or 0))

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from fieldkit.atomic import atomic_path
 from fieldkit.errors import FieldkitError
 from fieldkit.eval.run_report import RunFolder, read_run
 
@@ -262,10 +263,7 @@ def export_run(run_folder: Path, fmt: str, out: Path, base: Path | None = None) 
     if out.exists():
         raise FieldkitError(f"{out} already exists", hint="choose a new folder with -o, or remove it")
     run = read_run(run_folder)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(out) as tmp:  # the exporters create the folder
         exported = _diffusers(run, tmp, base) if fmt == "diffusers" else _peft(run, tmp)
         samples = {}
         for grid in run.grids:
@@ -274,10 +272,6 @@ def export_run(run_folder: Path, fmt: str, out: Path, base: Path | None = None) 
             samples[grid.route] = f"samples/{grid.route}.png"
         final = Exported(out, exported.kind, exported.load.replace(tmp.name, out.name), exported.library)
         (tmp / "README.md").write_text(model_card(run, final, samples))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -1,22 +1,73 @@
-"""The contracts between fieldkit's core and its plugins: routes, routers and methods.
+"""The contracts between fieldkit's core and its plugins, in one module.
 
-A graph's routes are built by the core (:meth:`fieldkit.graph.BuildContext.routes`): one :class:`Route` per
-``routes:`` entry. A router factory receives that list and returns a :class:`Router`; a method factory returns
-a :class:`Method`, whose ``loss`` takes one :class:`LossInputs` and returns a :class:`LossOutput`.
+Every hook of a plugin receives a :class:`Register` callback; each registered factory is called as
+``factory(params, ctx)`` with a :class:`fieldkit.graph.BuildContext` and returns, by kind:
+
+- a source or an operator: a :class:`~fieldkit.field.VelocityField`;
+- a dataset: a :class:`DataBucket`;
+- a metric: a :class:`Metric`;
+- a method: a :class:`Method`, whose ``loss`` takes one :class:`LossInputs` and returns a :class:`LossOutput`;
+- a router: a :class:`Router`. A router factory is ``factory(params, routes, ctx)``: the core builds the
+  graph's routes (:meth:`fieldkit.graph.BuildContext.routes`, one :class:`Route` per ``routes:`` entry) and
+  hands them over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor
 
-from fieldkit.data import Batch, DataBucket, Shard
-from fieldkit.eval.metrics import Metric
+from fieldkit.data import Batch, Shard
 from fieldkit.field import VelocityField
+
+
+class Register(Protocol):
+    """The callback each ``fieldkit_register_*`` hook receives.
+
+    ``register(name, factory, params=Params, *, description="")``: ``name`` is the YAML ``type:``,
+    ``factory`` builds the object from validated ``params`` (a pydantic model class) and the build context,
+    ``description`` is the one line listings show (default: the factory's docstring's first line).
+    """
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[..., object],
+        params: type[BaseModel] = ...,
+        *,
+        description: str = "",
+    ) -> None: ...
+
+
+@runtime_checkable
+class DataBucket(Protocol):
+    """Yields batches for one capability. ``shape`` is the per-sample shape of the flow state.
+
+    A bucket may also define ``evaluation() -> DataBucket``: the bucket metrics and sample grids draw from
+    (e.g. held-out prompts); see :func:`fieldkit.data.evaluation_bucket`.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The per-sample shape of the flow state (``[C, H, W]`` for images)."""
+        ...
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """A batch drawn with ``generator`` (so runs and resumes are reproducible)."""
+        ...
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """``metric(samples, batch) -> {name: value}`` for samples generated from ``batch.cond``. A value named
+    ``score`` (higher is better) is what results tables combine over routes."""
+
+    def __call__(self, samples: Tensor, batch: Batch) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +86,10 @@ class Route:
 class Router(Protocol):
     """Which route each micro-batch of an update draws its data from, and which field supervises it."""
 
-    routes: Sequence[Route]
+    @property
+    def routes(self) -> Sequence[Route]:
+        """The routes it picks from (what its factory received), in order."""
+        ...
 
     def plan(self, micro_batches: int, generator: torch.Generator) -> list[int]:
         """The route index of each micro-batch of one optimizer update (drawn with ``generator``)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from fieldkit.atomic import atomic_path
 from fieldkit.errors import FieldkitError
 
 
@@ -87,11 +87,9 @@ def cached_fingerprint(path: Path, fmt: str) -> str | None:
 
 def write_cache(path: Path, tensors: dict[str, Tensor], texts: list[str], fmt: str, key: str) -> None:
     """Write the cache atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     meta = {"format": fmt, "fingerprint": key, "texts": json.dumps(texts)}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 class CachedRows:

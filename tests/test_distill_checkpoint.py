@@ -171,7 +171,7 @@ def test_a_damaged_newest_checkpoint_is_refused_and_latest_falls_back(
 
 def test_latest_ignores_unfinished_temporary_folders(three_checkpoints):
     out = three_checkpoints
-    tmp = out / "checkpoints" / ".tmp-step-00000008-999"
+    tmp = out / "checkpoints" / ".step-00000008.999.tmp"  # what fieldkit.atomic leaves if killed
     tmp.mkdir()
     (tmp / "student.safetensors").write_bytes(b"half a file")
     assert engine(out, "run.steps=10", resume="latest").step == 6
@@ -324,7 +324,9 @@ def test_non_finite_values_are_written_as_strict_json(tmp_path):
     from fieldkit.distill.runlog import RunLog
 
     log = RunLog(tmp_path, 2, 0, enabled=True, show_progress=False)
-    log.write({"step": 1, "loss": float("nan"), "grad_norm": float("inf"), "loss/a": -float("inf"), "ok": 1.5})
+    log.write(
+        {"step": 1, "loss": float("nan"), "grad_norm": float("inf"), "loss/a": -float("inf"), "ok": 1.5}
+    )
     log.close()
     record = strict_json((tmp_path / "metrics.jsonl").read_text())
     assert record == {"step": 1, "loss": None, "grad_norm": None, "loss/a": None, "ok": 1.5}

@@ -10,19 +10,13 @@ from torch import Tensor, nn
 from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField
 from fieldkit.cond import Cond
 from fieldkit.data import Batch, Shard
-from fieldkit.distill.methods import (
-    DenseParams,
-    DistillMethod,
-    DistillParams,
-    OffPolicyParams,
-    SFTMethod,
-    SFTParams,
-)
+from fieldkit.distill.methods import DistillMethod, SFTMethod
 from fieldkit.distill.queries import sample_indices
 from fieldkit.errors import FieldkitError
 from fieldkit.field import FunctionField, ModuleField, broadcast_sigma
 from fieldkit.flow import euler_sample, sigma_schedule
 from fieldkit.protocols import LossInputs
+from fieldkit.training_params import DenseParams, DistillParams, OffPolicyParams, SFTParams
 
 SHAPE = (1, 4, 4)
 

@@ -11,12 +11,13 @@ import torch
 from fieldkit.cond import Cond
 from fieldkit.data import Batch
 from fieldkit.distill import methods
-from fieldkit.distill.methods import DistillMethod, DistillParams
+from fieldkit.distill.methods import DistillMethod
 from fieldkit.distill.student import add_lora, merged_lora
 from fieldkit.flow import sigma_schedule
 from fieldkit.graph.schema import LoraSpec
 from fieldkit.models.mmdit import MMDiT, MMDiTConfig
 from fieldkit.protocols import LossInputs
+from fieldkit.training_params import DistillParams
 
 CONFIG = MMDiTConfig(sample_size=(4, 4), patch_size=2, hidden=16, depth=2, heads=2, text_dim=8, pooled_dim=8)
 

@@ -16,7 +16,6 @@ from fieldkit.cond import Cond
 from fieldkit.data import Batch
 from fieldkit.distill.flowopd import (
     FlowOPDMethod,
-    FlowOPDParams,
     group_advantages,
     log_prob,
     noise_scale,
@@ -28,6 +27,7 @@ from fieldkit.errors import FieldkitError
 from fieldkit.field import FunctionField
 from fieldkit.flow import sigma_schedule
 from fieldkit.protocols import LossInputs
+from fieldkit.training_params import FlowOPDParams
 
 
 def test_the_step_is_euler_plus_a_drift_correction_and_noise() -> None:

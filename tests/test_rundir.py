@@ -142,7 +142,7 @@ def test_a_run_that_died_before_its_first_checkpoint_restarts_with_a_note(tmp_pa
     run = open_run_folder(tmp_path / "run", None)
     (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
     (run.path / "samples").mkdir()
-    (run.path / "checkpoints" / ".tmp-step-00000004-123").mkdir(parents=True)
+    (run.path / "checkpoints" / ".step-00000004.123.tmp").mkdir(parents=True)
     (run.path / "user-notes.txt").write_text("not ours")
     run.release()
     again = open_run_folder(run.path, resume)
@@ -158,13 +158,13 @@ def test_temporary_folders_of_an_interrupted_write_are_removed_on_resume(tmp_pat
     run = open_run_folder(tmp_path / "run", None)
     good = run.path / "checkpoints" / "step-00000002"
     good.mkdir(parents=True)
-    (run.path / "checkpoints" / ".tmp-step-00000004-99").mkdir()
-    (run.path / ".student.tmp").mkdir()
+    (run.path / "checkpoints" / ".step-00000004.99.tmp").mkdir()  # fieldkit.atomic's temporaries
+    (run.path / ".student.99.tmp").mkdir()
     run.release()
     again = open_run_folder(run.path, "latest")
     assert again.resume == "latest"
     assert [p.name for p in (run.path / "checkpoints").iterdir()] == ["step-00000002"]
-    assert not (run.path / ".student.tmp").exists()
+    assert not (run.path / ".student.99.tmp").exists()
     again.release()
 
 

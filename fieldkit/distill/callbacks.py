@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fieldkit.atomic import atomic_write
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.distill.runlog import RunLog
 from fieldkit.eval.report import Score, results_table
@@ -85,7 +86,7 @@ class RunLogger(Callback):
         run, main = engine.run_spec, engine.accelerator.is_main_process
         if engine.out is not None and main:
             engine.out.mkdir(parents=True, exist_ok=True)
-            (engine.out / "graph.json").write_text(engine.graph.spec.model_dump_json(indent=1))
+            atomic_write(engine.out / "graph.json", engine.graph.spec.model_dump_json(indent=1))
         self.log = RunLog(
             engine.out,
             run.steps,
@@ -165,7 +166,7 @@ class ResultsFile(Callback):
     def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
         if scores and engine.out is not None and engine.accelerator.is_main_process:
             rows = [{"field": s.field, "route": s.route, **s.values} for s in scores]
-            (engine.out / "results.json").write_text(json.dumps(rows, indent=1))
+            atomic_write(engine.out / "results.json", json.dumps(rows, indent=1))
 
 
 class HtmlReport(Callback):

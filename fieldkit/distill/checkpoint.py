@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from fieldkit.atomic import atomic_path
 from fieldkit.errors import CheckpointError
 from fieldkit.files import save_safetensors
 
@@ -82,19 +82,9 @@ def checkpoint_path(root: Path, step: int) -> Path:
 
 def save_checkpoint(root: Path, state: TrainState, keep_last: int) -> Path:
     """Write ``root/step-XXXXXXXX`` atomically and keep only the newest ``keep_last`` checkpoints."""
-    root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(root, state.step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_path(final, folder=True) as tmp:  # a failed write (disk full, ...) leaves no half folder
         _write_state(tmp, state)
-    except BaseException:  # a failed write (disk full, ...) leaves no half folder to fill the disk
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ from rich.markup import escape
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from fieldkit.atomic import atomic_path
 from fieldkit.attention import use_backend
 from fieldkit.data import Shard, batch_captions, evaluation_bucket
 from fieldkit.distill.callbacks import Callback, RunLogger, StepReport, default_callbacks
@@ -48,6 +48,7 @@ from fieldkit.distill.checkpoint import (
 )
 from fieldkit.distill.ema import EMA
 from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_schedule
+from fieldkit.distill.route_checks import check_routes
 from fieldkit.distill.rundir import open_for_processes
 from fieldkit.distill.runlog import trim_metrics
 from fieldkit.distill.student import make_student, trainable_state
@@ -152,7 +153,7 @@ class Engine:
         self.shard = Shard(acc.process_index, acc.num_processes)
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: Router = self.ctx.router()
-        self.method: Method = self.ctx.build(("method",), graph.method)
+        self.method: Method = self.ctx.method()
         init = self.ctx.field(spec.student.init)
         steps, shape = self.method.rollout_steps(spec.flow.steps), tuple(self.router.routes[0].data.shape)
         self.sigmas = rollout_sigmas(spec.flow.schedule, steps, spec.flow.shift, init, shape).to(acc.device)
@@ -182,6 +183,13 @@ class Engine:
         for note in self.folder.notes if self.folder is not None else []:
             self._note(f"[yellow]note:[/] {escape(note)}", always=True)
         self._resume_from(resume)
+        check_routes(
+            self.ctx,
+            self.router.routes,
+            self.student,
+            self.sigmas,
+            precision_context(spec.run.precision, acc.device),
+        )
 
     @property
     def step(self) -> int:
@@ -486,9 +494,8 @@ class Engine:
             batch = bucket.sample(n, torch.Generator().manual_seed(seed))
             shape = tuple(route.data.shape)
             rows, labels = [], []
-            source = batch.cond.get("source")
-            if source is not None and source.shape[1:] == shape and bool(source.abs().sum() > 0):
-                rows.append(source)  # an edit route: its source images first
+            if batch.source is not None:  # an edit route: its source images first
+                rows.append(batch.source)
                 labels.append("source")
             field_name = self.graph.spec.routes[route.name].field
             if route.field is not None:
@@ -524,17 +531,12 @@ class Engine:
         target = self.out / "student"
         if acc.is_main_process:
             model = self.inference_model()
-            tmp = self.out / ".student.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            if hasattr(model, "save_pretrained"):
-                model.save_pretrained(tmp)
-            else:  # a model without its own format: its weights alone
-                tmp.mkdir(parents=True)
-                save_file(
-                    {k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
-                )
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.replace(target)
+            with atomic_path(target, folder=True) as tmp:
+                if hasattr(model, "save_pretrained"):
+                    model.save_pretrained(tmp)
+                else:  # a model without its own format: its weights alone
+                    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+                    save_file(weights, tmp / "model.safetensors")
         acc.wait_for_everyone()
         return target
 

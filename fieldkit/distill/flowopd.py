@@ -22,30 +22,16 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from fieldkit.cond import Cond
 from fieldkit.distill.student import merged_lora
 from fieldkit.errors import FieldkitError
 from fieldkit.field import VelocityField, broadcast_sigma
-from fieldkit.plugins.registry import Params
 from fieldkit.protocols import LossInputs, LossOutput
-
-
-class FlowOPDParams(Params):
-    """Flow-OPD: SDE rollouts, a dense -KL reward per state, group advantages, a clipped PPO ratio."""
-
-    needs_route_fields: ClassVar[bool] = True
-
-    rollout_steps: int | None = Field(None, ge=1, description="N SDE steps; default: flow.steps")
-    eta: float = Field(0.7, gt=0, description="noise level of the SDE rollout (Flow-GRPO's a)")
-    group: int = Field(16, ge=2, description="rollouts per condition (advantages are normalised in a group)")
-    adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to [-adv_clip, adv_clip]")
-    ratio_clip: float = Field(1e-4, gt=0, lt=1, description="PPO clip of the probability ratio")
+from fieldkit.training_params import FlowOPDParams
 
 
 @dataclass(frozen=True)

@@ -10,62 +10,18 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from fieldkit.cond import Cond
 from fieldkit.data import Batch
-from fieldkit.distill.queries import Bias, sample_indices
+from fieldkit.distill.queries import sample_indices
 from fieldkit.distill.student import merged_lora
 from fieldkit.errors import FieldkitError
 from fieldkit.flow import interpolate, rollout_states, target_velocity
-from fieldkit.plugins.registry import Params
 from fieldkit.protocols import LossInputs, LossOutput
-
-
-class DistillParams(Params):
-    """Settings shared by the on-policy method and its state/query/weighting baselines."""
-
-    needs_route_fields: ClassVar[bool] = True
-
-    states: Literal["student", "teacher", "data"] = Field(
-        "student", description="where query states come from: the student's rollout, the teacher's, or data"
-    )
-    rollout_steps: int | None = Field(None, ge=1, le=1000, description="N Euler steps; default: flow.steps")
-    query: Bias = Field("low", description="index bias: low = Beta(5,2), mid, high, uniform, stratified, all")
-    k: int = Field(1, ge=1, description="queries per rollout")
-    weighting: Literal["none", "timestep", "dt2"] = Field(
-        "none",
-        description="per-query loss weights: none; timestep: sigma^2 (the error of the implied "
-        "x0 = x - sigma v); dt2: DiffusionOPD's dt_i^2 / 2, divided by its mean over the schedule "
-        "(so the loss keeps its scale)",
-    )
-
-
-class SFTParams(Params):
-    """Plain flow matching on a bucket's data: ``|| v(x_sigma) - (eps - x0) ||^2``."""
-
-    timesteps: Literal["uniform", "logit_normal", "schedule"] = Field(
-        "logit_normal",
-        description="how sigma is drawn: uniform, logit-normal (SD3), or flow-schedule indices",
-    )
-    weighting: Literal["none", "timestep"] = Field("none", description="timestep: weight sigma^2 per sample")
-
-
-class OffPolicyParams(DistillParams):
-    """DanceOPD with data states: the data forward-noised to the query sigma (off-policy distillation)."""
-
-    states: Literal["student", "teacher", "data"] = "data"
-
-
-class DenseParams(DistillParams):
-    """DiffusionOPD-style: every state of the student's rollout, weighted by ``dt^2 / 2``."""
-
-    query: Bias = "all"
-    weighting: Literal["none", "timestep", "dt2"] = "dt2"
+from fieldkit.training_params import DistillParams, SFTParams
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ high: Beta(2, 5)); index 0 is pure noise and N - 1 the last pre-step state (the 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-Bias = Literal["low", "mid", "high", "uniform", "stratified", "all"]
+from fieldkit.training_params import Bias
+
 BETA: dict[str, tuple[float, float]] = {"low": (5.0, 2.0), "mid": (5.0, 5.0), "high": (2.0, 5.0)}
 
 

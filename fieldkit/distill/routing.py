@@ -7,7 +7,6 @@ Hard routing (DanceOPD) gives every sample exactly one field, the one bound to i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -15,15 +14,14 @@ from torch import Tensor
 from fieldkit.field import VelocityField
 from fieldkit.ops import Mix
 from fieldkit.protocols import Route
+from fieldkit.training_params import Granularity
 
 
 class HardRouter:
     """Each update draws ONE route with ``P(m) = w_m / sum w`` (``G = 1``); ``granularity="sample"`` draws
     one per micro-batch, ``"all"`` visits every route in every update (``G = M``)."""
 
-    def __init__(
-        self, routes: Sequence[Route], granularity: Literal["update", "sample", "all"] = "update"
-    ) -> None:
+    def __init__(self, routes: Sequence[Route], granularity: Granularity = "update") -> None:
         if not routes:
             raise ValueError("a router needs at least one route")
         self.routes = list(routes)
@@ -48,9 +46,7 @@ class SoftRouter(HardRouter):
     """Data is drawn as by :class:`HardRouter`, but every sample is supervised by
     ``mix(all route fields, route weights)``: the target-ambiguity baseline."""
 
-    def __init__(
-        self, routes: Sequence[Route], granularity: Literal["update", "sample", "all"] = "update"
-    ) -> None:
+    def __init__(self, routes: Sequence[Route], granularity: Granularity = "update") -> None:
         super().__init__(routes, granularity)
         fields = [r.field for r in self.routes]
         if any(f is None for f in fields):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fieldkit.atomic import atomic_write, leftovers
 from fieldkit.distill.checkpoint import list_checkpoints
 from fieldkit.errors import FieldkitError
 
@@ -38,7 +39,6 @@ OUTPUTS = (
     "checkpoints",
     "student",
     "tensorboard",
-    ".student.tmp",
 )
 # Write failures that are the user's to fix (space, permissions, a file where a folder should be).
 USER_ERRNOS = {
@@ -210,8 +210,7 @@ def _settle(run: RunFolder) -> None:
 
 
 def _remove_temporaries(folder: Path, notes: list[str]) -> None:
-    found = [p for p in (folder / "checkpoints").glob(".tmp-*")] + [folder / ".student.tmp"]
-    found = [p for p in found if p.exists()]
+    found = leftovers(folder / "checkpoints") + leftovers(folder)
     for path in found:
         _remove(path)
     if found:
@@ -229,10 +228,8 @@ def _write_marker(folder: Path) -> None:
     marker = folder / MARKER
     if marker.is_file():
         return
-    tmp = folder / f".{MARKER}.tmp"
     info: dict[str, Any] = {"format": FORMAT}
-    tmp.write_text(json.dumps(info) + "\n")
-    tmp.replace(marker)
+    atomic_write(marker, json.dumps(info) + "\n")
 
 
 def open_for_processes(out: str | os.PathLike[str], resume: str | None, accelerator: Any) -> RunFolder:

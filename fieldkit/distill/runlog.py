@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from fieldkit.atomic import atomic_write
 from fieldkit.errors import FieldkitError
 
 
@@ -153,7 +154,5 @@ def trim_metrics(path: Path, step: int) -> list[str]:
             ) from None
         if record.get("step", 0) <= step:
             kept.append(json_line(record))
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, "".join(kept))
     return notes

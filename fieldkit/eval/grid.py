@@ -16,6 +16,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from fieldkit.atomic import atomic_path, atomic_write
+
 BACKGROUND = (32, 32, 32)
 INK = (235, 235, 235)
 FONT_SIZE = 12
@@ -91,13 +93,9 @@ def save_grid(
     captions: Sequence[str] = (),
 ) -> Path:
     """Write the labelled grid of ``rows`` as a PNG, and its labels as JSON beside it (both atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    labelled_grid(rows, row_labels, captions, scale=scale).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        labelled_grid(rows, row_labels, captions, scale=scale).save(tmp, format="PNG")
     if row_labels or captions:
-        side = path.with_suffix(".json")
-        tmp_side = side.with_name(f".{side.name}.tmp")
-        tmp_side.write_text(json.dumps({"rows": list(row_labels), "captions": list(captions)}, indent=1))
-        tmp_side.replace(side)
+        labels = {"rows": list(row_labels), "captions": list(captions)}
+        atomic_write(path.with_suffix(".json"), json.dumps(labels, indent=1))
     return path

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
+from fieldkit.atomic import atomic_write
 from fieldkit.errors import FieldkitError
 
 GRID_NAME = re.compile(r"^step-(\d+)-(.+)\.png$")
@@ -262,8 +263,4 @@ def write_report(folders: Sequence[Path], out: Path) -> Path:
     names = [Path(f).name for f in folders]
     unique = len(set(names)) == len(names)
     runs = [read_run(Path(f), None if unique else str(f)) for f in folders]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(report_html(runs), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write(out, report_html(runs))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -21,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from fieldkit.atomic import atomic_path, atomic_write
 from fieldkit.errors import CheckpointError
 from fieldkit.field import ModuleField
 from fieldkit.files import MiB, check_regular, read_text, save_safetensors
@@ -55,23 +54,19 @@ class PretrainedField(ModuleField):
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"cannot save a model to {path}: it exists and is not a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            config = {"_class_name": type(self).__name__, **self.config.model_dump(mode="json")}
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-            save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
-            if path.exists():
-                for name in (WEIGHTS_NAME, CONFIG_NAME):  # each replace is atomic; other files stay
-                    os.replace(tmp / name, path / name)
-                tmp.rmdir()
-            else:
-                tmp.chmod(0o755)  # mkdtemp makes it owner-only; a saved model is an ordinary folder
-                os.rename(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        config = json.dumps(
+            {"_class_name": type(self).__name__, **self.config.model_dump(mode="json")}, indent=2
+        )
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        if not path.exists():  # a new folder appears whole
+            with atomic_path(path, folder=True) as tmp:
+                (tmp / CONFIG_NAME).write_text(config + "\n")
+                save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+            return path
+        # Into an existing folder: each file is replaced atomically; other files stay.
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_safetensors(tensors, tmp, metadata={"format": "pt"})
+        atomic_write(path / CONFIG_NAME, config + "\n")
         return path
 
     @classmethod

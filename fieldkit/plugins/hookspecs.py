@@ -2,44 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from fieldkit.protocols import Register
 
 hookspec = pluggy.HookspecMarker("fieldkit")
 hookimpl = pluggy.HookimplMarker("fieldkit")
 
 
 @hookspec
-def fieldkit_register_sources(register: Any) -> None:
+def fieldkit_register_sources(register: Register) -> None:
     """Register field sources: ``register(name, factory, params, description=...)``."""
 
 
 @hookspec
-def fieldkit_register_operators(register: Any) -> None:
+def fieldkit_register_operators(register: Register) -> None:
     """Register operators (fields built from other fields): ``register(name, factory, params)``."""
 
 
 @hookspec
-def fieldkit_register_routers(register: Any) -> None:
+def fieldkit_register_routers(register: Register) -> None:
     """Register routers (which route supervises each sample or update)."""
 
 
 @hookspec
-def fieldkit_register_methods(register: Any) -> None:
+def fieldkit_register_methods(register: Register) -> None:
     """Register methods (how states are chosen and the loss is formed)."""
 
 
 @hookspec
-def fieldkit_register_datasets(register: Any) -> None:
+def fieldkit_register_datasets(register: Register) -> None:
     """Register data buckets (yield batches of Cond, and targets for off-policy baselines)."""
 
 
 @hookspec
-def fieldkit_register_metrics(register: Any) -> None:
+def fieldkit_register_metrics(register: Register) -> None:
     """Register metrics that score the samples of a route."""
 
 
 @hookspec
-def fieldkit_register_commands(cli: Any) -> None:
+def fieldkit_register_commands(cli: click.Group) -> None:
     """Add click commands to the ``fieldkit`` CLI group."""

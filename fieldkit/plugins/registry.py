@@ -9,11 +9,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from fieldkit.errors import PluginError
+
+if TYPE_CHECKING:
+    from fieldkit.protocols import Register
 
 KINDS: tuple[str, ...] = ("source", "operator", "router", "method", "dataset", "metric")
 
@@ -86,7 +89,7 @@ def unknown_type_message(kind: str, name: str, known: list[str]) -> str:
     return f"unknown {kind} type {name!r}{guess} (known {kind} types: {', '.join(known) or 'none'})"
 
 
-def make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., None]:
+def make_register(registry: Registry, kind: str, plugin: str) -> Register:
     """The ``register`` callback handed to one plugin's hook for one kind."""
 
     def register(

@@ -15,17 +15,21 @@ Heavy imports (scikit-learn, transformers, scipy) happen in factories, never at 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fieldkit.plugins import hookimpl
 
+if TYPE_CHECKING:
+    from fieldkit.graph import BuildContext
+    from fieldkit.protocols import Register
+
 __version__ = "0.1.0"
 
 
 def _bucket(kind: str) -> Any:
-    def build(params: Any, ctx: Any) -> Any:
+    def build(params: Any, ctx: BuildContext) -> Any:
         from fieldkit_digits import buckets
 
         cls = {"t2i": buckets.T2IBucket, "local": buckets.LocalEditBucket, "global": buckets.GlobalEditBucket}
@@ -39,21 +43,21 @@ def _bucket(kind: str) -> Any:
     return build
 
 
-def build_t2i_metric(params: Any, ctx: Any) -> Any:
+def build_t2i_metric(params: Any, ctx: BuildContext) -> Any:
     """T2I prompt following (accuracy, identity, position, count), Fréchet distance, realism."""
     from fieldkit_digits.metrics import T2IMetric
 
     return T2IMetric(params)
 
 
-def build_edit_metric(params: Any, ctx: Any) -> Any:
+def build_edit_metric(params: Any, ctx: BuildContext) -> Any:
     """Edit success, preservation (PSNR) and their combined score."""
     from fieldkit_digits.metrics import EditMetric
 
     return EditMetric(params)
 
 
-def build_describe_target(params: Any, ctx: Any) -> Any:
+def build_describe_target(params: Any, ctx: BuildContext) -> Any:
     """A field that reads a local edit's Cond as the T2I prompt of the edited canvas."""
     from fieldkit_digits.ops import DescribeTarget
 
@@ -61,7 +65,7 @@ def build_describe_target(params: Any, ctx: Any) -> Any:
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Any) -> None:
+def fieldkit_register_datasets(register: Register) -> None:
     from fieldkit_digits.params import BucketParams, T2IParams
 
     register("digits.t2i", _bucket("t2i"), T2IParams)
@@ -70,7 +74,7 @@ def fieldkit_register_datasets(register: Any) -> None:
 
 
 @hookimpl
-def fieldkit_register_metrics(register: Any) -> None:
+def fieldkit_register_metrics(register: Register) -> None:
     from fieldkit_digits.params import EditMetricParams, T2IMetricParams
 
     register("digits.t2i", build_t2i_metric, T2IMetricParams)
@@ -78,7 +82,7 @@ def fieldkit_register_metrics(register: Any) -> None:
 
 
 @hookimpl
-def fieldkit_register_operators(register: Any) -> None:
+def fieldkit_register_operators(register: Register) -> None:
     from fieldkit_digits.params import DescribeTargetParams
 
     register("digits.describe_target", build_describe_target, DescribeTargetParams)

@@ -1,6 +1,7 @@
 """The data buckets of the digits world: T2I prompts, local edits and global edits.
 
-Every bucket yields ``Batch(cond, target)`` with flow states shaped ``(1, 8, 16)`` and the same Cond keys:
+Every bucket yields ``Batch(cond, target)`` (edits also ``source``, the canvases they start from) with flow
+states shaped ``(1, 8, 16)`` and the same Cond keys:
 
 - ``text`` [B, 16, 384], ``text_mask`` [B, 16], ``pooled`` [B, 384]: the MiniLM embedding of the prompt or
   instruction (null values: the empty prompt, so ``cond.uncond()`` is classifier-free guidance's condition);
@@ -105,16 +106,15 @@ class DigitsBucket:
             batch = self._sample(batch_size, generator)
             assert batch.target is not None
             noise = torch.randn(batch.target.shape, generator=generator)
-            return Batch(batch.cond, batch.target + spec.noise * noise)
+            return Batch(batch.cond, batch.target + spec.noise * noise, batch.source)
         if self._pairs is None:  # the fixed pairs, drawn once from their own seed
             fixed = torch.Generator().manual_seed(spec.seed)
             pairs = self._sample(spec.limit, fixed)
             assert pairs.target is not None
             noise = torch.randn(pairs.target.shape, generator=fixed)
-            self._pairs = Batch(pairs.cond, pairs.target + spec.noise * noise)
+            self._pairs = Batch(pairs.cond, pairs.target + spec.noise * noise, pairs.source)
         rows = torch.randint(spec.limit, (batch_size,), generator=generator)
-        assert self._pairs.target is not None
-        return Batch(self._pairs.cond.index(rows), self._pairs.target[rows])
+        return self._pairs.rows(rows)
 
     def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         raise NotImplementedError
@@ -226,7 +226,7 @@ class LocalEditBucket(DigitsBucket):
             target_text_mask=described_text["text_mask"],
             target_pooled=described_text["pooled"],
         )
-        return Batch(cond, target)
+        return Batch(cond, target, source)
 
 
 class GlobalEditBucket(DigitsBucket):
@@ -251,4 +251,4 @@ class GlobalEditBucket(DigitsBucket):
             op=ops,
             side=torch.full((batch_size,), -1),
         )
-        return Batch(cond, target)
+        return Batch(cond, target, source)

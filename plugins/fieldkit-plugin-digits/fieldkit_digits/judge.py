@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fieldkit.atomic import atomic_path
 from fieldkit_digits.world import BLANK, DigitPool, halves
 
 ASSET = Path(__file__).parent / "assets" / "judge.safetensors"
@@ -106,10 +107,8 @@ def build(path: Path = ASSET, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     state = fit(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"seed": str(seed)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"seed": str(seed)})
     return path
 
 

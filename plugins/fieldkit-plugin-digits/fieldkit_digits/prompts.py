@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fieldkit.atomic import atomic_path
 from fieldkit_digits.world import GLOBAL_OPS, SIDES
 
 TOKENS = 16
@@ -290,10 +291,8 @@ class TextBank:
                 "text_mask": enc["text_mask"].to(torch.uint8),
                 "pooled": enc["pooled"].half(),
             }
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            save_file(data, str(tmp), metadata={"encoder": ENCODER, "tokens": str(TOKENS)})
-            tmp.replace(self.path)
+            with atomic_path(self.path) as tmp:
+                save_file(data, str(tmp), metadata={"encoder": ENCODER, "tokens": str(TOKENS)})
         self.text = data["text"].float()
         self.text_mask = data["text_mask"].bool()
         self.pooled = data["pooled"].float()

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fieldkit.plugins import hookimpl
 from fieldkit_sd3.params import PromptParams, SD3LoraParams, SD3Params
 
+if TYPE_CHECKING:
+    from fieldkit.graph import BuildContext
+    from fieldkit.protocols import Register
+
 __version__ = "0.1.0"
 
 
-def build_sd3(params: SD3Params, ctx: Any) -> Any:
+def build_sd3(params: SD3Params, ctx: BuildContext) -> Any:
     """An SD3 / SD3.5 transformer as a field: v = transformer(x, 1000 sigma, text, pooled)."""
     from fieldkit.models.diffusers_loading import DTYPES, scheduler_config
     from fieldkit_sd3.attention import use_fieldkit_attention
@@ -50,7 +54,7 @@ def build_sd3(params: SD3Params, ctx: Any) -> Any:
     return SD3Field(transformer, scheduler=scheduler)
 
 
-def build_sd3_lora(params: SD3LoraParams, ctx: Any) -> Any:
+def build_sd3_lora(params: SD3LoraParams, ctx: BuildContext) -> Any:
     """A LoRA adapter over an sd3 base field; N adapters share one base transformer in memory."""
     from fieldkit_sd3.field import as_sd3_field
 
@@ -60,7 +64,7 @@ def build_sd3_lora(params: SD3LoraParams, ctx: Any) -> Any:
     return base.with_adapter(path, name, scale=params.scale, weight_name=params.weight_name)
 
 
-def build_prompts(params: PromptParams, ctx: Any) -> Any:
+def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:
     """Prompts (or edit pairs) with SD3 text embeddings computed once and cached to safetensors."""
     from fieldkit.models.diffusers_loading import DTYPES
     from fieldkit_sd3.prompts import prompt_bucket
@@ -78,13 +82,13 @@ def build_prompts(params: PromptParams, ctx: Any) -> Any:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Any) -> None:
+def fieldkit_register_sources(register: Register) -> None:
     register("sd3", build_sd3, SD3Params)
     register("sd3.lora", build_sd3_lora, SD3LoraParams)
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Any) -> None:
+def fieldkit_register_datasets(register: Register) -> None:
     register("sd3.prompts", build_prompts, PromptParams)
 
 
