@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from toy_world import DistillWorld
 
-from fieldkit import loads_graph
+from fieldkit import load_graph, loads_graph
 from fieldkit.distill.engine import Engine
 from fieldkit.plugins.manager import get_host
 
@@ -39,18 +39,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--graph", type=Path, help="a graph file instead of the toy graph above")
+    parser.add_argument("--sd3", action="store_true", help="register the SD3 plugin")
     args = parser.parse_args()
-    get_host().register(DistillWorld(), "distill-world")
-    engine = Engine(loads_graph(GRAPH, args.set), out=args.out, show_progress=False)
+    host = get_host()
+    host.register(DistillWorld(), "distill-world")
+    if args.sd3:
+        import fieldkit_sd3
+
+        host.register(fieldkit_sd3, "sd3")
+    graph = load_graph(args.graph, args.set) if args.graph else loads_graph(GRAPH, args.set)
+    engine = Engine(graph, out=args.out, show_progress=False)
     result = engine.run()
     rank = engine.accelerator.process_index
     frozen = {}
     in_model = {id(m) for m in engine.model.modules()}
-    for name in ("ta", "tb", "init"):
+    for name in graph.spec.fields:
         field = engine.ctx.field(name)
         frozen[name] = {
             "wrapped": isinstance(field, DistributedDataParallel) or id(field) in in_model,
-            "grads": any(p.requires_grad or p.grad is not None for p in field.parameters()),
+            "grads": any(p.requires_grad or p.grad is not None for p in getattr(field, "parameters", list)()),
         }
     args.results.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous() for k, v in result.student.state_dict().items()}

@@ -34,9 +34,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp: Path, name: str, processes: int, *overrides: str) -> tuple[Path, list[dict], list[dict]]:
+def launch(
+    tmp: Path, name: str, processes: int, *overrides: str, graph: Path | None = None, sd3: bool = False
+) -> tuple[Path, list[dict], list[dict]]:
     out, results = tmp / name / "run", tmp / name / "results"
     args = [str(WORKER), "--out", str(out), "--results", str(results)]
+    args += ["--graph", str(graph)] if graph is not None else []
+    args += ["--sd3"] if sd3 else []
     for text in overrides:
         args += ["--set", text]
     if processes == 1:
@@ -95,3 +99,102 @@ def test_two_processes_with_batch_b_train_what_one_process_trains_with_2b(tmp_pa
     # Frozen fields (teachers, and the init node the student was copied from) stay out of DDP, grad-free.
     for info in (*infos2, *infos1):
         assert info["frozen"] == {n: {"wrapped": False, "grads": False} for n in ("ta", "tb", "init")}
+
+
+# -- the documented workflow on real students: fieldkit's MMDiT and the tiny SD3 transformer -----------------
+
+MMDIT_GRAPH = """
+fields:
+  teacher: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4], std: 0.2}
+  guided: {type: guidance, field: teacher, w: 2.0}
+  init:
+    type: fieldkit.mmdit
+    seed: 1
+    config: {sample_size: [4, 4], patch_size: 2, hidden: 16, depth: 2, heads: 2, num_classes: 3,
+             text_dim: 8, pooled_dim: 8, frequency_dim: 16}
+routes:
+  t2i: {field: guided, data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4], std: 0.2}}
+student: {init: init}
+flow: {steps: 4}
+run: {steps: 4, batch_size: 4, lr: 1.0e-3, log_every: 1, checkpoint_every: 2, device: cpu}
+"""
+
+
+def sd3_graph(tmp: Path) -> Path:
+    """One T2I route of examples/sd3/tiny.yaml on a tiny random SD3.5 pipeline (prompt embeddings cached
+    by the first, one-process run)."""
+    from fieldkit_sd3.tiny import make_tiny_pipeline
+
+    make_tiny_pipeline(tmp / "sd3")
+    (tmp / "prompts.csv").write_text("prompt\na red cat\ntwo dogs on a hill\na blue house\na small boat\n")
+    graph = tmp / "sd3.yaml"
+    graph.write_text(
+        """
+fields:
+  base: {type: sd3, path: sd3, dtype: float32}
+  t2i_cfg: {type: guidance, field: base, w: 3.5}
+routes:
+  t2i:
+    field: t2i_cfg
+    data: {type: sd3.prompts, file: prompts.csv, pipeline: sd3, shape: [4, 8, 8], max_sequence_length: 16,
+           dtype: float32}
+student: {init: base}
+flow: {steps: 4, shift: 3.0}
+run: {steps: 3, batch_size: 2, lr: 2.0e-4, log_every: 1, checkpoint_every: 3, device: cpu}
+"""
+    )
+    return graph
+
+
+@pytest.mark.parametrize(
+    ("model", "student"), [("mmdit", "full"), ("mmdit", "lora"), ("sd3", "lora"), ("sd3", "full")]
+)
+def test_real_students_two_processes_at_batch_b_match_one_process_at_2b(tmp_path, model, student):
+    if model == "mmdit":
+        graph = tmp_path / "mmdit.yaml"
+        graph.write_text(MMDIT_GRAPH)
+        batch = 4
+    else:
+        graph = sd3_graph(tmp_path)
+        batch = 2
+    extra = ["student.train=lora", "student.lora.rank=2"] if student == "lora" else []
+    sd3 = model == "sd3"
+    # One process first: it writes the SD3 prompt-embedding cache that both runs then read.
+    _, infos1, weights1 = launch(
+        tmp_path, "one", 1, f"run.batch_size={2 * batch}", *extra, graph=graph, sd3=sd3
+    )
+    out2, infos2, weights2 = launch(
+        tmp_path, "two", 2, f"run.batch_size={batch}", *extra, graph=graph, sd3=sd3
+    )
+    assert infos2[0]["model"] == "DistributedDataParallel" and [i["world"] for i in infos2] == [2, 2]
+    trainable = infos1[0]["trainable"]
+    assert trainable == infos2[0]["trainable"] and trainable
+    assert all("lora_" in n for n in trainable) == (student == "lora")
+    for name, value in weights1[0].items():
+        assert torch.equal(weights2[0][name], weights2[1][name]), name
+        torch.testing.assert_close(weights2[0][name], value, rtol=1e-4, atol=1e-6)
+    h1, h2 = infos1[0]["history"], infos2[0]["history"]
+    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-4)
+    lines = [json.loads(x) for x in (out2 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, len(h1) + 1))  # the main process wrote, once
+    for info in (*infos2, *infos1):
+        assert not any(f["wrapped"] or f["grads"] for f in info["frozen"].values())
+
+
+def test_the_documented_command_trains_one_run_folder_with_two_processes(tmp_path):
+    """docs/reliability.md: ``accelerate launch --multi_gpu --num_processes 2 -m fieldkit distill ...``."""
+    graph = tmp_path / "mmdit.yaml"
+    graph.write_text(MMDIT_GRAPH.replace("device: cpu", "device: auto"))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(free_port()), "-m", "fieldkit", "distill", str(graph)]
+    cmd += ["--out", str(out), "--no-progress"]
+    env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-6000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert (out / "student" / "model.safetensors").is_file() and (out / "fieldkit-run.json").is_file()
+    assert "Error" not in done.stderr

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from rich.markup import escape
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -100,7 +101,10 @@ def make_accelerator(device: str, precision: str = "fp32") -> Accelerator:
     cpu = device == "cpu" or (
         device == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
     )
-    acc = Accelerator(cpu=cpu, mixed_precision="no")
+    # A student's parameters may go unused in a step (MMDiT's text layers when a route has no text; an
+    # edit route's source path): DDP must look for them rather than wait for their gradients forever.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    acc = Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=[ddp])
     launched_world = int(os.environ.get("WORLD_SIZE", "1"))
     if launched_world != acc.num_processes:
         raise FieldkitError(
