@@ -30,6 +30,8 @@ class GaussianMixtureField(ModuleField):
     ``sum_k p(k | x_sigma) v_k``, so classifier-free guidance over it is meaningful.
     """
 
+    means: Tensor  # [K, *shape], a buffer
+
     def __init__(self, means: Tensor, std: float = 0.1) -> None:
         super().__init__()
         if means.dim() < 2:

@@ -255,7 +255,8 @@ def _naive(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     weights = scores.softmax(dim=-1, dtype=torch.float32)
     if mask is not None:
         weights = weights.nan_to_num(0.0)  # a row with every key masked attends to nothing, as in SDPA
-    return weights.to(v.dtype) @ v
+    out: Tensor = weights.to(v.dtype) @ v
+    return out
 
 
 def _xformers(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -267,7 +268,7 @@ def _xformers(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         # xformers wants an additive bias whose rows are 16-byte aligned: allocate padded, then slice.
         padded = torch.zeros(*mask.shape[:-1], -(-lk // 8) * 8, device=q.device, dtype=q.dtype)
         bias = padded[..., :lk].masked_fill_(~mask, float("-inf")).expand(q.shape[0], q.shape[1], lq, lk)
-    out = xops.memory_efficient_attention(
+    out: Tensor = xops.memory_efficient_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
     )
     return out.transpose(1, 2)

@@ -99,8 +99,8 @@ class MergeParams(Params):
 
 def build_merge(p: MergeParams, ctx: BuildContext) -> torch.nn.Module:
     """``theta = sum_i w_i theta_i / sum_i w_i`` over the named sources' weights."""
-    models = [ctx.field(name) for name in p.fields]
-    if not all(isinstance(m, torch.nn.Module) for m in models):
+    models = [m for name in p.fields if isinstance(m := ctx.field(name), torch.nn.Module)]
+    if len(models) != len(p.fields):
         raise FieldkitError("merge needs sources with weights (e.g. fieldkit.checkpoint), not operators")
     return merge_models(models, p.weights)
 

@@ -6,7 +6,7 @@ Conventions (see docs/concepts.md): ``sigma`` in [0, 1] with 1 = noise;
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,10 @@ class ModuleField(nn.Module):
     Subclasses implement :meth:`forward` ``(x, sigma, cond) -> v``. :meth:`freeze` turns the field into a
     frozen teacher: eval mode, no parameter requires grad.
     """
+
+    if TYPE_CHECKING:  # nn.Module types its call as (...) -> Any; a field's call is forward's
+
+        def __call__(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor: ...
 
     def freeze(self) -> ModuleField:
         """Make this field a frozen teacher (eval mode, no grads) and return it."""
@@ -59,7 +63,7 @@ class FunctionField(ModuleField):
     def __init__(self, fn: VelocityField, name: str | None = None) -> None:
         super().__init__()
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.name: str = name or str(getattr(fn, "__name__", type(fn).__name__))
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         return self.fn(x, sigma, cond)

@@ -42,7 +42,7 @@ def rollout_sigmas(schedule: str, steps: int, shift: float, field: object, shape
         raise ValueError(f"unknown schedule {schedule!r}; use auto, model or shift")
     own = getattr(field, "sampling_sigmas", None) if schedule != "shift" else None
     sigmas = own(steps, shape) if callable(own) else None
-    if sigmas is not None:
+    if isinstance(sigmas, Tensor):
         return sigmas.to(torch.float32)
     if schedule == "model":
         raise FieldkitError(
@@ -161,7 +161,7 @@ def rollout_states(
     by_step = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=last + 1).tolist()
     src = by_step // k
-    records = torch.stack([src, order[src] * k + by_step % k]).to(noise.device).split(counts, dim=1)
+    records = torch.split(torch.stack([src, order[src] * k + by_step % k]).to(noise.device), counts, dim=1)
     flat_out = out.view(batch * k, *noise.shape[1:])
     order = order.to(noise.device)
     x, live_cond = noise[order], cond.index(order)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from fieldkit.errors import FieldkitError
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def merge_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -57,14 +60,14 @@ def merge_state_dicts(
     merged = {}
     for key, value in first.items():
         if value.is_floating_point():
-            acc = sum(w * s[key].to(torch.float32) for w, s in zip(ws, states, strict=True))
+            acc = torch.stack([w * s[key].to(torch.float32) for w, s in zip(ws, states, strict=True)]).sum(0)
             merged[key] = acc.to(value.dtype)
         else:
             merged[key] = value.clone()
     return merged
 
 
-def merge_models(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
+def merge_models(models: Sequence[M], weights: Sequence[float] | None = None) -> M:
     """A new model (a copy of the first) holding ``sum_i w_i theta_i`` (weights normalised to sum 1)."""
     if not models:
         raise FieldkitError("nothing to merge")

@@ -36,8 +36,8 @@ def quiet_diffusers() -> None:
 
     dlog.disable_progress_bar()
     dlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves these unannotated
+    tlog.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
 def entry_point_report(name: str) -> dict[str, Any]:
@@ -54,4 +54,5 @@ def entry_point_report(name: str) -> dict[str, Any]:
     )
     env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": name}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report

@@ -7,10 +7,13 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from fieldkit import loads_graph
 
 DOCS = Path(__file__).parent.parent / "docs"
 EXAMPLE = Path(__file__).parent / "plugins" / "fieldkit-plugin-example"
+TEMPERED = Path(__file__).parent / "plugins" / "fieldkit-plugin-tempered"
 
 
 def blocks(path: Path, lang: str) -> list[str]:
@@ -31,9 +34,12 @@ def test_yaml_reference_example_graph_validates():
     assert set(graph.nodes) == {"teacher", "guided"}
 
 
-def test_plugin_guide_shows_the_example_plugin_in_full():
-    assert (EXAMPLE / "pyproject.toml").read_text() in blocks(DOCS / "plugins.md", "toml")
-    assert (EXAMPLE / "fieldkit_plugin_example.py").read_text() in blocks(DOCS / "plugins.md", "python")
+@pytest.mark.parametrize(
+    ("folder", "module"), [(EXAMPLE, "fieldkit_plugin_example"), (TEMPERED, "fieldkit_plugin_tempered")]
+)
+def test_plugin_guide_shows_the_plugins_the_tests_install_in_full(folder, module):
+    assert (folder / "pyproject.toml").read_text() in blocks(DOCS / "plugins.md", "toml")
+    assert (folder / f"{module}.py").read_text() in blocks(DOCS / "plugins.md", "python")
 
 
 def test_plugin_guide_test_example_runs(plugin_site):
@@ -48,7 +54,7 @@ def test_plugin_guide_test_example_runs(plugin_site):
 
 def test_plugin_guide_graph_validates_with_the_example_plugin(use_plugins):
     use_plugins("example")
-    [graph] = blocks(DOCS / "plugins.md", "yaml")
+    graph = blocks(DOCS / "plugins.md", "yaml")[0]
     assert loads_graph(graph).nodes["away"].registration.plugin == "example"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,7 @@ def _check_state(path: Path, state: TrainState) -> None:
 _PARAM_SHAPED = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
-def check_optimizer_state(path: Path, optimizer: dict[str, Any], params: list[Tensor]) -> None:
+def check_optimizer_state(path: Path, optimizer: dict[str, Any], params: Sequence[Tensor]) -> None:
     """Raise CheckpointError unless the optimizer state covers ``params`` with slots of their shapes."""
     groups = optimizer.get("param_groups") or []
     listed = sum(len(g.get("params", [])) for g in groups)

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,7 +381,7 @@ class Engine:
         return record
 
     # -- the loop ---------------------------------------------------------------------------------------
-    def steps(self, callbacks: Sequence[Callback] = ()) -> Iterator[StepReport]:
+    def steps(self, callbacks: Sequence[Callback] = ()) -> Generator[StepReport, None, None]:
         """Train to ``run.steps`` (or a requested stop), yielding a report after every optimizer update.
 
         ``callbacks`` get their hooks called in order (see :mod:`fieldkit.distill.callbacks`). Breaking out of
@@ -452,7 +452,7 @@ class Engine:
         routes = self.router.routes
         if not any(r.metrics for r in routes):
             return []
-        fields = {self.graph.spec.routes[r.name].field: r.field for r in routes if r.field is not None}
+        fields = {str(self.graph.spec.routes[r.name].field): r.field for r in routes if r.field is not None}
         self.scores = evaluate(
             {**fields, "student": self.inference_model()},
             routes,
@@ -536,8 +536,9 @@ class Engine:
         if acc.is_main_process:
             model = self.inference_model()
             with atomic_path(target, folder=True) as tmp:
-                if hasattr(model, "save_pretrained"):
-                    model.save_pretrained(tmp)
+                save_pretrained = getattr(model, "save_pretrained", None)
+                if callable(save_pretrained):
+                    save_pretrained(tmp)
                 else:  # a model without its own format: its weights alone
                     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
                     save_file(weights, tmp / "model.safetensors")

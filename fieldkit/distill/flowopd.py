@@ -18,13 +18,12 @@ The loss is PPO's ``-mean min(rho A, clip(rho, 1 - ratio_clip, 1 + ratio_clip) A
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fieldkit.cond import Cond
 from fieldkit.distill.student import merged_lora
@@ -106,8 +105,7 @@ class FlowOPDMethod:
         ``step_noise`` ``[N, B, ...]`` holds each step's standard normal draw."""
         p, x, below = self.params, noise, float(sigmas[1])
         states, reached = [], []
-        merge = isinstance(policy, nn.Module)  # a LoRA student rolls out with its adapters merged
-        with merged_lora(policy) if merge else contextlib.nullcontext():
+        with merged_lora(policy):  # a LoRA student rolls out with its adapters merged
             for i in range(sigmas.numel() - 1):
                 sigma, nxt = sigmas[i].expand(x.shape[0]), sigmas[i + 1].expand(x.shape[0])
                 step = sde_step(x, policy(x, sigma, cond), sigma, nxt, p.eta, below)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fieldkit.cond import Cond
 from fieldkit.data import Batch
@@ -95,8 +95,7 @@ class DistillMethod:
             if roller is None:
                 raise FieldkitError("this route has no field to roll out", hint="give the route a 'field'")
             # A LoRA student rolls out with its adapters merged: each forward is a plain one.
-            merge = p.states == "student" and isinstance(inputs.policy, nn.Module)
-            with merged_lora(inputs.policy) if merge else contextlib.nullcontext():
+            with merged_lora(inputs.policy) if p.states == "student" else contextlib.nullcontext():
                 states, nfe = rollout_states(roller, noise[:, 0], batch.cond, sigmas, plan)
         samples = int(plan.max(dim=1).values.sum())
         return QueryStates(states.flatten(0, 1), sigma, cond, idx, nfe, samples)

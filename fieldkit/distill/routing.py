@@ -48,8 +48,8 @@ class SoftRouter(HardRouter):
 
     def __init__(self, routes: Sequence[Route], granularity: Granularity = "update") -> None:
         super().__init__(routes, granularity)
-        fields = [r.field for r in self.routes]
-        if any(f is None for f in fields):
+        fields = [r.field for r in self.routes if r.field is not None]
+        if len(fields) != len(self.routes):
             raise ValueError("soft routing mixes every route's field; give every route a field")
         self.mixed = Mix(fields, [r.weight for r in self.routes])
 

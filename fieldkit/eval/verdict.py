@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 MIN_SEEDS = 3
-AGREES, DISAGREES, WITHIN_NOISE = "agrees", "disagrees", "within noise"
 Verdict = Literal["agrees", "disagrees", "within noise"]
+AGREES: Verdict = "agrees"
+DISAGREES: Verdict = "disagrees"
+WITHIN_NOISE: Verdict = "within noise"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from types import GenericAlias
 from typing import Annotated, Any, Literal, Union, get_origin
 
 from pydantic import BaseModel, Field, create_model
@@ -24,7 +25,7 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 def _member(reg: Registration) -> type[BaseModel]:
     """``reg.params`` with a ``type`` key fixed to the registered name."""
     doc = reg.description or reg.params.__doc__ or f"{reg.kind} {reg.name!r}"
-    kind = Literal[reg.name]  # type: ignore[valid-type]
+    kind: Any = Literal.__getitem__(reg.name)  # built at run time: Literal["<the registered name>"]
     info = Field(description=f"{reg.kind} from plugin {reg.plugin!r}")
     model_name = re.sub(r"\W", "_", f"{reg.kind}_{reg.name}")  # pydantic names schema $defs after models
     return create_model(model_name, __base__=reg.params, __doc__=doc, type=(kind, info))
@@ -55,20 +56,21 @@ def _retyped(model: type[BaseModel], name: str, annotation: Any, **schema: Any) 
 def graph_schema(registry: Registry) -> dict[str, Any]:
     """The JSON schema (draft 2020-12) of a graph file, given the registered types."""
     names = {"pattern": NODE_NAME}
-    fields = dict[str, _one_of(_union(registry, FIELD_KINDS))]
+    # Generic aliases built at run time from the registry (``dict[str, X]``, ``list[X]``).
+    fields = GenericAlias(dict, (str, _one_of(_union(registry, FIELD_KINDS))))
     route = create_model(
         "RouteSpec",
         __base__=RouteSpec,
         __doc__=RouteSpec.__doc__,
         data=_retyped(RouteSpec, "data", _union(registry, ("dataset",))),
-        metrics=_retyped(RouteSpec, "metrics", list[_one_of(_union(registry, ("metric",)))]),
+        metrics=_retyped(RouteSpec, "metrics", GenericAlias(list, (_one_of(_union(registry, ("metric",))),))),
     )
     graph = create_model(
         "GraphSpec",
         __base__=GraphSpec,
         __doc__=GraphSpec.__doc__,
         fields=_retyped(GraphSpec, "fields", fields, propertyNames=names),
-        routes=_retyped(GraphSpec, "routes", dict[str, route], propertyNames=names),
+        routes=_retyped(GraphSpec, "routes", GenericAlias(dict, (str, route)), propertyNames=names),
         router=_retyped(GraphSpec, "router", _union(registry, ("router",)), default={"type": "hard"}),
         method=_retyped(GraphSpec, "method", _union(registry, ("method",)), default={"type": "danceopd"}),
     )

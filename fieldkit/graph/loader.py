@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from fieldkit.errors import GraphError
 from fieldkit.graph.checks import check_graph
@@ -106,7 +107,7 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+def _describe(err: ErrorDetails, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         owner = _model_at(model, loc)
@@ -250,5 +251,5 @@ def validate_parsed(source: YamlSource, overrides: Sequence[str], registry: Regi
         registry = get_host().registry
     data = apply_overrides(source.data, overrides)
     # The last override of a key path wins, as it does for the data.
-    set_by = {tuple(parse_override(text)[0]): text for text in overrides}
+    set_by: dict[Loc, str] = {tuple(parse_override(text)[0]): text for text in overrides}
     return validate_source(YamlSource(data, source.path, source.lines, set_by), registry)

@@ -61,7 +61,10 @@ class YamlSource:
         return f"{self.path}:{line}" if line is not None else self.path
 
 
-_PLAIN_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+_PLAIN_TAGS: dict[type[yaml.Node], str] = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
 
 
 def _refuse_tag(node: yaml.Node, path: str) -> GraphError:

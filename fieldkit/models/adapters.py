@@ -11,15 +11,18 @@ import copy
 import importlib
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
 from fieldkit.errors import FieldkitError
 from fieldkit.field import ModuleField
 
+if TYPE_CHECKING:
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-def tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+
+def tuner_layers(model: nn.Module) -> list[tuple[str, BaseTunerLayer]]:
     """The peft LoRA layers of ``model`` with their qualified names."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -54,7 +57,7 @@ class AdapterSwitch:
     def __init__(self) -> None:
         self.hosted: list[str] = []
         self.active: str | None = None
-        self._layers: list[nn.Module] | None = None
+        self._layers: list[BaseTunerLayer] | None = None
 
     def add(self, name: str) -> None:
         """Record a newly loaded adapter (peft activates what it loads; the next call resets the state)."""
@@ -102,7 +105,8 @@ class SharedAdapterField(ModuleField):
         scheduler: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.transformer = transformer
+        # A diffusers model: its adapter API (diffusers' peft mixin) is not on nn.Module: untyped here.
+        self.transformer: Any = transformer
         self.switch = switch or AdapterSwitch()
         self.adapter = adapter
         self.scheduler = scheduler
@@ -120,6 +124,8 @@ class SharedAdapterField(ModuleField):
     ) -> SharedAdapterField:
         """A field over this field's transformer with the LoRA at ``path`` (diffusers / peft format) loaded
         as adapter ``name`` (scaled by ``scale``); this field and the new one share every base weight."""
+        from peft.tuners.lora import LoraLayer
+
         pipeline = getattr(importlib.import_module("diffusers"), self.lora_pipeline)
         if self.adapter is not None:
             raise FieldkitError(
@@ -144,7 +150,8 @@ class SharedAdapterField(ModuleField):
             )
         self.switch.add(name)
         for _, layer in tuner_layers(self.transformer):
-            layer.set_scale(name, scale)
+            if isinstance(layer, LoraLayer):
+                layer.set_scale(name, scale)
         self.transformer.requires_grad_(False)
         return self.spawn(name)
 

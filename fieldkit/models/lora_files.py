@@ -12,12 +12,15 @@ import importlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from fieldkit.errors import FieldkitError
+
+if TYPE_CHECKING:
+    import click
 
 ADAPTER = "default"
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -96,7 +99,7 @@ def export_run_lora(pipeline: str, run: Path, folder: Path, checkpoint: Path | N
 
 def random_lora(
     pipeline: str,
-    transformer: nn.Module,
+    transformer: Any,  # a diffusers model: add_adapter is its peft mixin's, not nn.Module's
     targets: tuple[str, ...],
     out: Path,
     *,
@@ -120,12 +123,12 @@ def random_lora(
     cls.save_lora_weights(
         str(out),
         transformer_lora_layers=get_peft_model_state_dict(transformer),
-        transformer_lora_adapter_metadata=config.to_dict(),
+        transformer_lora_adapter_metadata=config.to_dict(),  # type: ignore[no-untyped-call]  # peft: unannotated
     )
     return out
 
 
-def add_export_command(cli: Any, name: str, pipeline: str, help_text: str) -> None:
+def add_export_command(cli: click.Group, name: str, pipeline: str, help_text: str) -> None:
     """Register ``fieldkit NAME RUN OUT [--checkpoint DIR]``: :func:`export_run_lora` for ``pipeline``."""
     import click
 

@@ -131,7 +131,10 @@ class _Stream(nn.Module):
         """Gated residual attention output, then the gated residual MLP."""
         _, _, gate, mlp_shift, mlp_scale, mlp_gate = mods
         tokens = tokens + gate[:, None] * self.proj(attended)
-        return tokens + mlp_gate[:, None] * self.mlp(modulate(self.mlp_norm(tokens), mlp_shift, mlp_scale))
+        out: Tensor = tokens + mlp_gate[:, None] * self.mlp(
+            modulate(self.mlp_norm(tokens), mlp_shift, mlp_scale)
+        )
+        return out
 
 
 class JointBlock(nn.Module):
@@ -162,7 +165,7 @@ class JointBlock(nn.Module):
 
     def _split(self, t: Tensor) -> Tensor:
         """``[B, L, hidden]`` -> ``[B, heads, L, hidden / heads]``."""
-        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        return t.reshape(*t.shape[:-1], self.heads, -1).transpose(1, 2)
 
 
 class MMDiT(PretrainedField):
@@ -202,8 +205,8 @@ class MMDiT(PretrainedField):
         small = min(config.depth, 2)
         with torch.device("meta"):
             model = cls(config.model_copy(update={"depth": small}))
-        block = sum(t.numel() for t in model.blocks[0].state_dict().values())
-        return sum(t.numel() for t in model.state_dict().values()) + (config.depth - small) * block
+        block = sum(int(t.numel()) for t in model.blocks[0].state_dict().values())
+        return sum(int(t.numel()) for t in model.state_dict().values()) + (config.depth - small) * block
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         """The velocity ``[B, C, H, W]`` at state ``x`` ``[B, C, H, W]`` and noise level ``sigma`` ``[B]``."""

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from fieldkit.cond import Cond
 from fieldkit.field import VelocityField
-from fieldkit.ops.base import Operator
+from fieldkit.ops.base import Operator, add_in_order
 
 
 class Scale(Operator):
@@ -36,11 +36,8 @@ class Sum(Operator):
         self.coefficients = coefficients
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
-        total = None
-        for c, f in zip(self.coefficients, self.fields, strict=True):
-            term = c * f(x, sigma, cond)
-            total = term if total is None else total + term
-        return total
+        terms = [c * f(x, sigma, cond) for c, f in zip(self.coefficients, self.fields, strict=True)]
+        return add_in_order(terms)
 
     def extra_repr(self) -> str:
         return f"coefficients={self.coefficients}"

@@ -13,6 +13,8 @@ from fieldkit.ops.base import Operator
 class Masked(Operator):
     """``v = m v_inside + (1 - m) v_outside``, with ``m`` in [0, 1] fixed or read from ``cond[mask_key]``."""
 
+    fixed_mask: Tensor | None  # a buffer
+
     def __init__(
         self,
         inside: VelocityField,

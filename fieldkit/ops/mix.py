@@ -10,7 +10,7 @@ from torch import Tensor
 
 from fieldkit.cond import Cond
 from fieldkit.field import VelocityField, broadcast_sigma
-from fieldkit.ops.base import Operator
+from fieldkit.ops.base import Operator, add_in_order
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,8 @@ class Mix(Operator):
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         weights = self._weights(sigma.to(x.dtype))
-        out = None
-        for w, field in zip(weights, self.fields, strict=True):
-            term = broadcast_sigma(w, x) * field(x, sigma, cond)
-            out = term if out is None else out + term
-        return out
+        terms = [broadcast_sigma(w, x) * f(x, sigma, cond) for w, f in zip(weights, self.fields, strict=True)]
+        return add_in_order(terms)
 
     def extra_repr(self) -> str:
         return f"weights={self.weights}"

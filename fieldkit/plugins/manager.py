@@ -162,8 +162,8 @@ class PluginHost:
     def plugins(self) -> list[PluginInfo]:
         """Name, version, implemented hooks and registered types of every plugin."""
         by_plugin = self.registry.by_plugin()
-        for name, (plugin, _) in sorted(self._plugin_commands().items()):
-            by_plugin.setdefault(plugin, {}).setdefault("command", []).append(name)
+        for command, (owner, _) in sorted(self._plugin_commands().items()):
+            by_plugin.setdefault(owner, {}).setdefault("command", []).append(command)
         infos = []
         for name, plugin in self.pm.list_name_plugin():
             if plugin is None:

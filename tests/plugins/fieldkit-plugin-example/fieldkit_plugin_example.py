@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 import torch
 from pydantic import Field
@@ -15,6 +13,7 @@ from fieldkit.field import ModuleField, broadcast_sigma
 from fieldkit.graph import BuildContext, FieldRef
 from fieldkit.ops import Operator
 from fieldkit.plugins import Params, hookimpl
+from fieldkit.protocols import Register
 
 
 class ConstantField(ModuleField):
@@ -58,12 +57,12 @@ def build_negate(params: NegateParams, ctx: BuildContext) -> Negate:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Any) -> None:
+def fieldkit_register_sources(register: Register) -> None:
     register("example.constant", build_constant, ConstantParams)
 
 
 @hookimpl
-def fieldkit_register_operators(register: Any) -> None:
+def fieldkit_register_operators(register: Register) -> None:
     register("example.negate", build_negate, NegateParams)
 
 
