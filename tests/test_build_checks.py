@@ -1,6 +1,7 @@
 """Plugin mistakes are caught when the graph is built, with the node and its YAML line: a factory that
 returns the wrong kind, a field whose output does not fit the route's data, a label the student has no class
-for. And the layers point one way: validating YAML or scoring samples imports no training code."""
+for (refused by validation). And the layers point one way: validating YAML or scoring samples imports no
+training code."""
 
 from __future__ import annotations
 
