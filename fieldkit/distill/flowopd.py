@@ -138,14 +138,13 @@ class FlowOPDMethod:
             step_noise[:, rows].to(device),
         )
         b = noise.shape[0]
+        # Tensors that will meet autograd are made outside inference mode.
+        sigma, sigma_next = sigmas[:-1].repeat(b), sigmas[1:].repeat(b)
+        cond_all, below = cond.repeat_interleave(steps), float(sigmas[1])
         t0 = time.perf_counter()
         with torch.inference_mode():
             states, reached = self._rollout(inputs.policy, noise, step_noise, cond, sigmas)
             x = states.flatten(0, 1)
-            sigma = sigmas[:-1].repeat(b)
-            sigma_next = sigmas[1:].repeat(b)
-            cond_all = cond.repeat_interleave(steps)
-            below = float(sigmas[1])
             t1 = time.perf_counter()
             v_teacher = target(x, sigma, cond_all)
             t2 = time.perf_counter()
