@@ -10,9 +10,12 @@ can be stopped, resumed and committed as it lands.
     python examples/digits/reproduce.py --only composition,routing --seeds 0 --out runs/repro
     python examples/digits/reproduce.py report --out runs/repro             # tables + PNG plots
 
-Every training run exists twice: at matched optimizer steps (``matched: steps``), and at matched wall-clock
-(``matched: time``), where it trains for as many seconds as the comparison's DanceOPD reference took for its
-steps (or ``--budget-seconds``) and stops there. Training time excludes evaluation.
+Every training run exists twice: at matched optimizer steps (``matched: steps``), and at matched compute
+(``matched: compute``), where it trains until it has spent as many model passes as the comparison's DanceOPD
+reference spent on its steps. Passes are counted per sample: a forward is 1, a backward 2 (rollout and teacher
+forwards 1 each, every row of the student's gradient batch 3), so the budget does not depend on the machine;
+wall-clock is recorded beside it. ``--matched time`` instead matches training seconds (the v1 protocol).
+Every student is scored with one sampler, 16 Euler steps on the shift-3 schedule, whatever it trained with.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ GRAPHS = {
     "realism": HERE / "realism.yaml",
 }
 PAIRS = {"t2i_edit": ("t2i", "local"), "local_global": ("local", "global")}
+# Every student and teacher is scored with the same sampler, whatever it trained with.
+EVAL_STEPS, EVAL_SHIFT = 16, 3.0
+# The task-arithmetic merge's coefficient is chosen on validation conditions (another seed of the held-out
+# split than the one the scores use) over this grid: theta = t2i + lam * sum_m (theta_m - t2i).
+MERGE_GRID = (0.25, 0.5, 0.75, 1.0)
+VALIDATION_SEED = 1
 # Setting (b): the distillation stage sees every bucket's conditions, but methods that read targets (joint
 # SFT, off-policy states) get only a small, noisy sample of them. The teachers saw the full clean pairs.
 SCARCE = "{limit: 64, noise: 0.2}"
@@ -57,11 +66,13 @@ class Run:
     name: str
     graph: str
     overrides: tuple[str, ...] = ()
-    kind: str = "train"  # train | eval (score the init and the route fields, no training)
+    kind: str = "train"  # train | eval (score the init and the route fields) | merge (tuned task arithmetic)
     ref: str | None = None  # the run whose wall time a matched-time twin gets (None: this is a reference)
     betas: tuple[float, ...] = (1.0,)  # inference CFG scales at which the student is scored
     curve: bool = False  # also score the student at a few checkpoints (metric curves)
-    time_twin: bool = True  # add a matched-wall-clock twin (off where per-step cost is equal by design)
+    time_twin: bool = (
+        True  # add matched-compute / wall-clock twins (off where per-step cost is equal by design)
+    )
     teachers: bool = True  # an eval run also scores the route fields (off: only the init, e.g. a merge)
 
 
@@ -100,7 +111,20 @@ def comparisons() -> dict[str, list[Run]]:
                     ref=ref,
                 ),
             ]
-        comp.append(Run("composition", f"{pair}/dense", pair, ("method={type: dense}",), ref=ref))
+        comp += [
+            Run("composition", f"{pair}/merge-ta", pair, kind="merge", time_twin=False, teachers=False),
+            Run("composition", f"{pair}/dense", pair, ("method={type: dense}",), ref=ref),
+            Run(
+                "composition",
+                f"{pair}/dense-uniform",
+                pair,
+                ("method={type: dense, weighting: none}",),
+                ref=ref,
+            ),
+            # Flow-OPD (the paper: group 16, eta 0.7): groups of 4 rollouts so that an update of the pair
+            # graphs' 16 samples still sees 4 conditions.
+            Run("composition", f"{pair}/flowopd", pair, ("method={type: flowopd, group: 4}",), ref=ref),
+        ]
     out["composition"] = comp
     dref = "diagnostic/danceopd"
     base = Run("diagnostic", dref, "diagnostic", DIAGNOSTIC, curve=True)
@@ -143,6 +167,14 @@ def comparisons() -> dict[str, list[Run]]:
         ),
         Run("queries_k", "k/k16-all", "diagnostic", (*DIAGNOSTIC, "method.query=all"), ref=dref),
         Run("queries_k", "k/g-all", "diagnostic", (*DIAGNOSTIC, "router.granularity=all"), ref=dref),
+        # G = M at the samples per update of G = 1: a third of the batch per route (33 against 32).
+        Run(
+            "queries_k",
+            "k/g-all-matched",
+            "diagnostic",
+            (*DIAGNOSTIC, "router.granularity=all", "run.batch_size=11"),
+            ref=dref,
+        ),
     ]
     out["states"] = [
         Run("states", "states/offpolicy", "diagnostic", (*DIAGNOSTIC, "method={type: offpolicy}"), ref=dref),
@@ -210,20 +242,24 @@ class Claim:
     expected: int = 1
 
 
+TWINS = ("time", "compute")  # the budgets a twin can be matched on: wall-clock (v1) or counted passes
+
+
 def claims() -> list[Claim]:
     """The paper's directions that the study checks, each at matched steps and (where it has a twin) time."""
     out: list[Claim] = []
 
     def both(comp: str, paper: str, a: str, b: str, metric: str = "combined", expected: int = 1) -> None:
-        out.append(Claim(comp, paper, (a, "steps"), (b, "steps"), metric, expected))
-        out.append(Claim(comp, paper, (a, "steps"), (b, "time"), metric, expected))
+        for twin in ("steps", *TWINS):  # b at matched steps, and its twins at the reference's budget
+            out.append(Claim(comp, paper, (a, "steps"), (b, twin), metric, expected))
 
     for pair in ("t2i_edit", "local_global"):
         ref = f"{pair}/danceopd"
         paper = "DanceOPD above every baseline (Table 2A / 2B)"
-        for base in ("joint-a", "joint-b", "offpolicy-a", "offpolicy-b", "dense"):
+        for base in ("joint-a", "joint-b", "offpolicy-a", "offpolicy-b", "dense", "dense-uniform", "flowopd"):
             both("composition", paper, ref, f"{pair}/{base}")
-        out.append(Claim("composition", paper, (ref, "steps"), (f"{pair}/merge", "-")))
+        for merge in ("merge", "merge-ta"):
+            out.append(Claim("composition", paper, (ref, "steps"), (f"{pair}/{merge}", "-")))
     dref = "diagnostic/danceopd"
     both("routing", "hard above soft routing (+15%)", dref, "routing/soft")
     for low, schedule in ((dref, "shift3"), ("query/linear-low", "linear")):
@@ -233,10 +269,11 @@ def claims() -> list[Claim]:
     for k in ("k2", "k4", "k16-all"):
         both("queries_k", "K = 1 above K > 1", dref, f"k/{k}")
     both("queries_k", "G = 1 above G = M", dref, "k/g-all")
+    both("queries_k", "G = 1 above G = M", dref, "k/g-all-matched")
     for states in ("offpolicy", "teacher"):
         both("states", "on-policy states above off-policy ones", dref, f"states/{states}")
     cfg = "the absorbed 1-NFE student moves toward the guided teacher"
-    for matched in ("steps", "time"):  # alpha 1 is the reference; alpha 2 has the time twin
+    for matched in ("steps", *TWINS):  # alpha 1 is the reference; alpha 2 has the twins
         out.append(Claim("cfg", cfg, ("cfg/alpha2", matched), ("cfg/alpha1", "steps"), "t2i/realism"))
     both(
         "realism",
@@ -304,6 +341,19 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _student_counter(student: Any) -> tuple[dict[str, int], Any]:
+    """A forward hook counting the student's sample-forwards: ``train`` (with gradients: each also costs a
+    backward) and ``rollout`` (without)."""
+    import torch
+
+    count = {"train": 0, "rollout": 0}
+
+    def hook(_m: Any, args: tuple[Any, ...], _out: Any) -> None:
+        count["train" if torch.is_grad_enabled() else "rollout"] += int(args[0].shape[0])
+
+    return count, student.register_forward_hook(hook)
+
+
 def _teacher_counter(routes: Sequence[Any]) -> tuple[list[int], list[Any]]:
     """Forward hooks counting the sample-forwards of every network inside the route fields."""
     import torch.nn as nn
@@ -326,17 +376,51 @@ def _teacher_counter(routes: Sequence[Any]) -> tuple[list[int], list[Any]]:
     return count, handles
 
 
-def _score(engine: Any, fields: dict[str, Any], samples: int) -> dict[str, dict[str, float]]:
-    """``{field: {route/metric: value, combined: value}}`` on the same conditions and noise."""
+def score_fields(
+    engine: Any, fields: dict[str, Any], samples: int, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """``{field: {route/metric: value, combined: value}}`` on the same conditions and noise (drawn with
+    ``seed``), every field sampled with the study's one sampler (``EVAL_STEPS``, shift ``EVAL_SHIFT``)."""
     from fieldkit.eval.report import combined_scores, evaluate
+    from fieldkit.flow import sigma_schedule
 
-    scores = evaluate(fields, engine.router.routes, engine.sigmas, samples, device=engine.accelerator.device)
+    device = engine.accelerator.device
+    sigmas = sigma_schedule(EVAL_STEPS, EVAL_SHIFT).to(device)
+    scores = evaluate(fields, engine.router.routes, sigmas, samples, seed, device=device)
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for s in scores:
         table[s.field].update({f"{s.route}/{k}": float(v) for k, v in s.values.items()})
     for name, value in combined_scores(scores).items():
         table[name]["combined"] = float(value)
     return dict(table)
+
+
+def _tuned_merge(engine: Any, run: Run, settings: Settings) -> dict[str, Any]:
+    """Task arithmetic ``t2i + lam * sum_m (theta_m - t2i)`` over the pair's teachers, ``lam`` chosen on
+    validation conditions (seed ``VALIDATION_SEED``) from ``MERGE_GRID``; scored on the usual ones."""
+    from fieldkit.merge import merge_models
+
+    base = engine.ctx.field("t2i")
+    edits = [engine.ctx.field(name) for name in PAIRS[run.graph] if name != "t2i"]
+    validation: dict[str, float] = {}
+    best: tuple[float, float, Any] | None = None
+    for lam in MERGE_GRID:
+        model = merge_models([base, *edits], [1 - lam * len(edits), *([lam] * len(edits))])
+        score = score_fields(engine, {"init": model}, settings.eval_samples, VALIDATION_SEED)["init"][
+            "combined"
+        ]
+        validation[f"{lam:g}"] = score
+        if best is None or score > best[0]:
+            best = (score, lam, model)
+    assert best is not None
+    scores = score_fields(engine, {"init": best[2]}, settings.eval_samples)
+    return {
+        "steps": 0,
+        "train_seconds": 0.0,
+        "scores": scores,
+        "merge_lambda": best[1],
+        "validation": validation,
+    }
 
 
 def _student_fields(engine: Any, betas: Iterable[float]) -> dict[str, Any]:
@@ -369,8 +453,14 @@ def _curve(history: list[dict[str, Any]], points: int = 40) -> dict[str, list[li
     return out
 
 
+def passes(rollout: int, teacher: int, train: int) -> int:
+    """Model passes per sample: forward 1, backward 2 (rollout and teacher forwards 1, gradient rows 3)."""
+    return rollout + teacher + 3 * train
+
+
 def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float | None) -> dict[str, Any]:
-    """Train (or only evaluate) one run and return its results record."""
+    """Train (or only evaluate) one run and return its results record; a twin stops at ``budget`` training
+    seconds (``matched: time``) or model passes (``matched: compute``)."""
     import torch
 
     from fieldkit.distill.engine import Engine
@@ -399,6 +489,10 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         "target_steps": settings.steps,
     }
     t_eval = time.perf_counter()
+    if run.kind == "merge":
+        record.update(_tuned_merge(engine, run, settings))
+        record["eval_seconds"] = time.perf_counter() - t_eval
+        return record
     if run.kind == "eval":
         fields = {r.name + "_teacher": r.field for r in engine.router.routes if r.field is not None}
         if not run.teachers:  # e.g. the weight merge: only the init is new
@@ -409,10 +503,11 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
             base = engine.ctx.field("t2i")
             fields.update({f"t2i@w={b:g}": Guidance(base, b) for b in run.betas if b != 1})
         fields["init"] = engine.inference_model()
-        record.update(steps=0, train_seconds=0.0, scores=_score(engine, fields, settings.eval_samples))
+        record.update(steps=0, train_seconds=0.0, scores=score_fields(engine, fields, settings.eval_samples))
         record["eval_seconds"] = time.perf_counter() - t_eval
         return record
     count, handles = _teacher_counter(engine.router.routes)
+    student_count, student_handle = _student_counter(engine.student)
     checkpoints = set()
     if run.curve and matched == "steps":
         checkpoints = {
@@ -423,7 +518,10 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     if run.curve and matched == "steps":
         t0 = time.perf_counter()
         metric_curve.append(
-            {"step": 0, **_score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]}
+            {
+                "step": 0,
+                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"],
+            }
         )
         eval_seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -431,23 +529,24 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         train_seconds += time.perf_counter() - t0
         if report.applied and report.step in checkpoints and report.step != steps:
             t1 = time.perf_counter()
-            values = _score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]
+            values = score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]
             metric_curve.append({"step": report.step, **values})
             eval_seconds += time.perf_counter() - t1
-        if budget is not None and train_seconds >= budget:
-            engine.request_stop("time budget spent")
+        spent = train_seconds if matched == "time" else passes(**student_count, teacher=count[0])
+        if budget is not None and spent >= budget:
+            engine.request_stop(f"{matched} budget spent")
         t0 = time.perf_counter()
     teacher_forwards = count[0]
-    for h in handles:
+    for h in [*handles, student_handle]:
         h.remove()
     t0 = time.perf_counter()
-    scores = _score(engine, _student_fields(engine, run.betas), settings.eval_samples)
+    scores = score_fields(engine, _student_fields(engine, run.betas), settings.eval_samples)
     eval_seconds += time.perf_counter() - t0
     if run.curve and matched == "steps":
         metric_curve.append(
             {
                 "step": engine.step,
-                **_score(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"],
+                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"],
             }
         )
     hist = engine.history
@@ -462,6 +561,8 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         rollout_nfe_per_step=sum(r["rollout_nfe"] for r in hist) / n,
         rollout_samples_per_step=sum(r["rollout_samples"] for r in hist) / n,
         teacher_forwards_per_step=teacher_forwards / n,
+        passes=passes(**student_count, teacher=teacher_forwards),
+        passes_per_step=passes(**student_count, teacher=teacher_forwards) / n,
         time_per_step={k[5:]: sum(r.get(k, 0.0) for r in hist) / n for k in hist[0] if k.startswith("time/")}
         if hist
         else {},
@@ -473,7 +574,7 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
 
 
 def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) -> list[tuple[Run, int, str]]:
-    """(run, seed, matched) in an order where every reference precedes its matched-time twins."""
+    """(run, seed, matched) in an order where every reference precedes its matched-budget twins."""
     table = comparisons()
     always = (
         ["diagnostic"]
@@ -486,8 +587,9 @@ def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) 
             runs = table[name]
             if "steps" in matched:
                 todo += [(r, seed, "steps") for r in runs]
-            if "time" in matched:
-                todo += [(r, seed, "time") for r in runs if r.kind == "train" and r.ref and r.time_twin]
+            for twin in TWINS:
+                if twin in matched:
+                    todo += [(r, seed, twin) for r in runs if r.kind == "train" and r.ref and r.time_twin]
     return todo
 
 
@@ -529,10 +631,10 @@ def study(args: argparse.Namespace) -> None:
             results = read_results(results_path)
             if key in {run_key_of(r) for r in results}:
                 continue
-            budget = None  # training seconds of a matched-time twin: its reference's
-            if matched == "time":
-                reference = _reference_seconds(results, run, seed, settings.steps, world)
-                budget = settings.budget_seconds or reference
+            budget = None  # a twin's budget: its reference's training seconds or model passes
+            if matched in TWINS:
+                reference = _reference_budget(results, run, seed, settings.steps, world, matched)
+                budget = (settings.budget_seconds if matched == "time" else None) or reference
                 if budget is None:
                     deferred.append((run, seed, matched))
                     continue
@@ -619,9 +721,10 @@ def run_key_of(record: dict[str, Any]) -> str:
     )
 
 
-def _reference_seconds(
-    results: list[dict[str, Any]], run: Run, seed: int, steps: int, world: str
+def _reference_budget(
+    results: list[dict[str, Any]], run: Run, seed: int, steps: int, world: str, matched: str
 ) -> float | None:
+    """The reference's training seconds (``time``) or model passes (``compute``) on this seed, once it ran."""
     for r in results:
         if (
             r["name"] == run.ref
@@ -630,7 +733,7 @@ def _reference_seconds(
             and r.get("target_steps") == steps
             and r.get("world") == world
         ):
-            return float(r["train_seconds"])
+            return float(r["train_seconds"] if matched == "time" else r["passes"])
     return None
 
 
@@ -711,16 +814,17 @@ def runs_table(comp: str, rows: list[dict[str, Any]], teachers: dict[tuple[str, 
         for fname, values in r["scores"].items():
             if r["kind"] == "train" and fname != "student":
                 continue  # the student at other inference scales: in report.md
-            if r["kind"] == "eval" and fname != "init" and r["name"].endswith("/merge"):
+            if r["kind"] != "train" and fname != "init" and r["name"].endswith("/merge"):
                 continue  # a merge run: its teachers are the teachers run's rows
             groups[(r["name"], fname, r["matched"])].append((r, values))
     first = {name: i for i, (name, _, _) in reversed(list(enumerate(groups)))}
-    order = sorted(groups, key=lambda g: (g[2] == "time", first[g[0]]))
+    modes = {"steps": 0, "time": 1, "compute": 2}
+    order = sorted(groups, key=lambda g: (modes.get(g[2], 0), first[g[0]]))
     for name, fname, matched in order:
         items = groups[(name, fname, matched)]
         recs = [r for r, _ in items]
         train = recs[0]["kind"] == "train"
-        label = name if train or name.endswith("/merge") else f"{name} {fname}"
+        label = name if train or (fname == "init" and "/merge" in name) else f"{name} {fname}"
         gains = [v.get(columns[0], math.nan) - _init_value(r, teachers, columns[0]) for r, v in items]
         steps = f"{statistics.fmean(r['steps'] for r in recs):.0f}" if train else "–"
         cells = [_fmt([v.get(c, math.nan) for _, v in items]) for c in columns]
@@ -740,7 +844,8 @@ def verdict_rows(results: list[dict[str, Any]]) -> list[tuple[Claim, Paired | No
     for claim in claims():
         seeds = sorted(s for (n, m, s) in index if (n, m) == claim.a and (claim.b[0], claim.b[1], s) in index)
         if not seeds:
-            out.append((claim, None, "not run"))
+            if not {claim.a[1], claim.b[1]} & set(TWINS):  # a twin mode never run is not listed
+                out.append((claim, None, "not run"))
             continue
         a = [_value(index[(*claim.a, s)], claim.metric) for s in seeds]
         b = [_value(index[(*claim.b, s)], claim.metric) for s in seeds]
@@ -774,7 +879,7 @@ def summary_table(rows: list[tuple[Claim, Paired | None, str]]) -> str:
 
     counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for claim, _, word in rows:
-        matched = "time" if "time" in (claim.a[1], claim.b[1]) else "steps"
+        matched = next((m for m in (claim.a[1], claim.b[1]) if m in TWINS), "steps")
         counts[(claim.comparison, matched)][word] += 1
     lines = [
         "| comparison | matched | agrees | disagrees | within noise | not run |",
@@ -993,7 +1098,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="training seconds of matched-time runs (default: the reference run's)",
     )
-    parser.add_argument("--matched", default="steps,time", help="steps, time, or both")
+    parser.add_argument(
+        "--matched",
+        default="steps,compute",
+        help="steps, compute (counted passes), time (wall-clock): any of them",
+    )
     parser.add_argument("--eval-samples", type=int, default=128, help="samples per route for final scores")
     parser.add_argument("--curve-samples", type=int, default=64, help="samples per route at curve points")
     parser.add_argument(

@@ -38,16 +38,20 @@ def test_every_comparison_is_planned_and_references_precede_their_twins():
         "init",
         "rollout",
     } <= set(table)
-    todo = repro.plan(list(table), [0, 1, 2], ["steps", "time"])
+    todo = repro.plan(list(table), [0, 1, 2], ["steps", "compute", "time"])
     seen: set[str] = set()
     for run, seed, matched in todo:
-        if matched == "time":
+        if matched in ("compute", "time"):
             assert f"{run.ref}|seed={seed}|steps|steps=200|world=w" in seen, run.name
         seen.add(repro.run_key(run, seed, matched, 200, "w"))
     names = {run.name for run, _, _ in todo}
     for pair in ("t2i_edit", "local_global"):  # Table 2A / 2B: every baseline, both data settings
-        for method in ("danceopd", "dense", "merge", "joint-a", "joint-b", "offpolicy-a", "offpolicy-b"):
+        for method in (
+            *("danceopd", "dense", "dense-uniform", "flowopd", "merge", "merge-ta"),
+            *("joint-a", "joint-b", "offpolicy-a", "offpolicy-b"),
+        ):
             assert f"{pair}/{method}" in names
+    assert "k/g-all-matched" in names  # G = M at the samples per update of G = 1
     assert len(todo) == len(set(repro.run_key(r, s, m, 200, "w") for r, s, m in todo))
 
 
@@ -64,7 +68,26 @@ def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path):
         if r["kind"] == "train":
             assert r["steps"] >= 1 and math.isfinite(r["train_seconds"]) and r["sec_per_step"] > 0
             assert r["loss_curve"], r["name"]
-    assert any(r["matched"] == "time" for r in records)
+    assert any(r["matched"] == "compute" for r in records)
+    by_key = {(r["name"], r["seed"], r["matched"]): r for r in records}
+    for r in records:
+        if r["kind"] == "train":  # passes per sample: rollout and teacher forwards 1, gradient rows 3
+            rows = {"danceopd": 4, "dense": 4 * 16, "flowopd": 4 * 16}.get(r["name"].split("/")[-1])
+            if r["name"].startswith(("t2i_edit/", "local_global/")) and rows is not None:
+                expected = r["rollout_samples_per_step"] + r["teacher_forwards_per_step"] + 3 * rows
+                assert r["passes_per_step"] == pytest.approx(expected), r["name"]
+        if r["matched"] == "compute":  # a twin trains until it has spent its reference's passes
+            ref = by_key[
+                (
+                    next(run.ref for run in repro.comparisons()[r["comparison"]] if run.name == r["name"]),
+                    r["seed"],
+                    "steps",
+                )
+            ]
+            assert r["passes"] >= ref["passes"] > r["passes"] - r["passes_per_step"] * 1.5, r["name"]
+        if r["kind"] == "merge":  # the task-arithmetic coefficient is chosen on validation conditions
+            assert r["merge_lambda"] in repro.MERGE_GRID
+            assert r["validation"][f"{r['merge_lambda']:g}"] == max(r["validation"].values())
     report = (tmp_path / "report.md").read_text()
     for comparison in repro.comparisons():
         assert f"### {comparison}" in report
