@@ -15,13 +15,18 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[3] / "examples" / "digits" / "reproduce.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("digits_reproduce", SCRIPT)
+def load_script(path: Path, name: str) -> ModuleType:
+    """An example script loaded as module ``name`` (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load() -> ModuleType:
+    return load_script(SCRIPT, "digits_reproduce")
 
 
 def test_every_comparison_is_planned_and_references_precede_their_twins():

@@ -1,0 +1,237 @@
+"""The main job's ablation (docs/digits.md): what moves the student's global-edit score, and what does not.
+
+Each variant is ``examples/digits/graph.yaml`` plus ``--set`` overrides, trained once (seed 0) with the
+main job's settings. Besides the end-of-run scores it records, per variant, what explains the global route:
+the global route's training loss over the steps, its share of the updates, and the student's scores on
+every route at a few checkpoints, for the online weights and for EMA copies of them at several decays
+(kept beside the run, so one run measures every decay). One JSON line per variant goes to
+``docs/digits/ablation/NAME.json`` (rewritten at every checkpoint, so a stopped run keeps what it measured);
+``report`` prints the page's table from them.
+
+    python examples/digits/ablation.py run task-arithmetic --set student.init=arith
+    python examples/digits/ablation.py report             # the table in docs/digits.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from reproduce import score_fields  # noqa: E402  (the study's scoring: same conditions and noise per field)
+
+GRAPH = HERE / "graph.yaml"
+RESULTS = HERE.parent.parent / "docs" / "digits" / "ablation"
+# The teachers scored on the checkpoints' conditions and noise (128 samples per route, seed 0), for records
+# whose run was stopped before its end-of-run scores: `fieldkit eval examples/digits/graph.yaml --samples 128
+# --json`, as {field_teacher: {route/metric: value}}.
+TEACHERS_128 = RESULTS.parent / "ablation-teachers-128.json"
+T2I_SLACK = 0.02  # the T2I bar: the student within 0.02 of the T2I teacher
+RATIO = 0.95  # every route at least 0.95x its teacher
+
+
+def _students(engine: Any, emas: dict[str, Any]) -> dict[str, Any]:
+    """The online student and one exported copy per side EMA."""
+    from fieldkit.distill.engine import export_model
+
+    fields = {"online": export_model(engine.student)}
+    fields.update({name: export_model(engine.student, ema) for name, ema in emas.items()})
+    return fields
+
+
+def run(name: str, overrides: Sequence[str], decays: Sequence[float], every: int, samples: int) -> None:
+    """Train one variant and append its record to the results file."""
+    from fieldkit.distill.ema import EMA
+    from fieldkit.distill.engine import Engine
+    from fieldkit.graph import load_graph
+
+    graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])
+    engine = Engine(graph, None, show_progress=False, write=False)
+    emas = {f"ema{d:g}": EMA(engine.student, d) for d in decays}
+    steps = graph.spec.run.steps
+    curve: list[dict[str, Any]] = []
+    train_seconds = 0.0
+    t0 = time.perf_counter()
+    for report in engine.steps():
+        if report.applied:
+            for ema in emas.values():
+                ema.update(engine.student)
+        train_seconds += time.perf_counter() - t0
+        if report.applied and (report.step % every == 0 or report.step == steps):
+            point = score_fields(engine, _students(engine, emas), samples)
+            curve.append({"step": report.step, "scores": point})
+            print(
+                f"{name} step {report.step}: "
+                + ", ".join(
+                    f"{f} global {v['global/score']:.3f} comb {v['combined']:.3f}" for f, v in point.items()
+                ),
+                flush=True,
+            )
+            _write(name, overrides, decays, engine, train_seconds, curve, None)
+        t0 = time.perf_counter()
+    final = score_fields(engine, _students(engine, emas), graph.spec.run.eval_samples)
+    teachers = score_fields(
+        engine, {r.name + "_teacher": r.field for r in engine.router.routes}, graph.spec.run.eval_samples
+    )
+    _write(name, overrides, decays, engine, train_seconds, curve, {"final": final, "teachers": teachers})
+
+
+def _write(
+    name: str,
+    overrides: Sequence[str],
+    decays: Sequence[float],
+    engine: Any,
+    train_seconds: float,
+    curve: list[dict[str, Any]],
+    end: dict[str, Any] | None,
+) -> None:
+    """Write the variant's record (``complete`` once the end-of-run scores are in)."""
+    per_route: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for rec in engine.history:
+        for key, value in rec.items():
+            if key.startswith("loss/"):
+                per_route[key[5:]].append((int(rec["step"]), float(value)))
+    width = max(1, engine.graph.spec.run.steps // 40)
+    losses = {
+        route: [
+            [
+                values[min(i + width, len(values)) - 1][0],
+                sum(v for _, v in values[i : i + width]) / len(values[i : i + width]),
+            ]
+            for i in range(0, len(values), width)
+        ]
+        for route, values in per_route.items()
+    }
+    record = {
+        "name": name,
+        "overrides": list(overrides),
+        "steps": engine.step,
+        "target_steps": engine.graph.spec.run.steps,
+        "complete": end is not None,
+        "decays": list(decays),
+        "train_seconds": train_seconds,
+        "route_updates": dict(Counter(r["route"] for r in engine.history)),
+        "curve": curve,
+        "loss_curve": losses,
+        **(end or {}),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(RESULTS / f"{name}.json")
+
+
+def read(folder: Path = RESULTS) -> list[dict[str, Any]]:
+    """Every variant's record, in name order; a stopped run's last checkpoint stands for its end, scored
+    against the teachers on the same 128-sample conditions."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    for rec in records:
+        if not rec.get("complete") and TEACHERS_128.exists():
+            rec["teachers"] = json.loads(TEACHERS_128.read_text())
+    return records
+
+
+def teachers_from_eval(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``fieldkit eval --json`` rows as ``{FIELD_teacher: {route/metric: value, combined: value}}``."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        name = f"{row['field']}_teacher"
+        out[name].update({f"{row['route']}/{k}": v for k, v in row.items() if k not in ("field", "route")})
+    for values in out.values():
+        values["combined"] = sum(values[f"{r}/score"] for r in ("t2i", "local", "global")) / 3
+    return dict(out)
+
+
+def _bars(student: dict[str, float], teachers: dict[str, dict[str, float]]) -> tuple[dict[str, float], bool]:
+    """Each route's score over its teacher's, and whether every bar of the main job holds: every route at
+    least 0.95x its teacher, T2I at least the teacher's minus 0.02, combined above the best teacher's."""
+    ratios = {
+        route: student[f"{route}/score"] / teachers[f"{route}_teacher"][f"{route}/score"]
+        for route in ("t2i", "local", "global")
+    }
+    ok = (
+        all(r >= RATIO for r in ratios.values())
+        and student["t2i/score"] >= teachers["t2i_teacher"]["t2i/score"] - T2I_SLACK
+        and student["combined"] > max(t["combined"] for t in teachers.values())
+    )
+    return ratios, ok
+
+
+def report(records: Sequence[dict[str, Any]]) -> str:
+    """The ablation table of docs/digits.md: every variant's student (online and each EMA) at its last step,
+    then the global score over the steps."""
+    head = (
+        "| variant | steps | samples | evaluated weights | t2i | local | global (x teacher) | global psnr | "
+        "combined | every bar |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for rec in records:
+        scores = rec["final"] if rec.get("complete") else rec["curve"][-1]["scores"]
+        samples = 256 if rec.get("complete") else 128
+        teachers = rec.get("teachers") or {}
+        for weights, v in scores.items():
+            ratio, ok = _bars(v, teachers) if teachers else ({"global": float("nan")}, False)
+            lines.append(
+                f"| {rec['name']} | {rec['steps']} | {samples} | {weights} | {v['t2i/score']:.3f} | "
+                f"{v['local/score']:.3f} | "
+                f"{v['global/score']:.3f} ({ratio['global']:.3f}x) | {v['global/psnr']:.1f} | "
+                f"{v['combined']:.3f} | {'yes' if ok else 'no'} |"
+            )
+    for rec in records:
+        t = rec.get("teachers") or {}
+        if t:
+            lines += [
+                "",
+                f"Teachers on the conditions of {rec['name']}: "
+                f"t2i {t['t2i_teacher']['t2i/score']:.3f}, local {t['local_teacher']['local/score']:.3f}, "
+                f"global {t['global_teacher']['global/score']:.3f} "
+                f"(best combined {max(v['combined'] for v in t.values()):.3f}).",
+            ]
+    lines += [
+        "",
+        "Global score over the steps (128 samples per route at each point), and the global route's training "
+        "loss (mean over the 200 steps before the point):",
+        "",
+    ]
+    for rec in records:
+        names = list(rec["curve"][0]["scores"]) if rec["curve"] else []
+        head = f"| {rec['name']}: step | " + " | ".join(names) + " | global loss |"
+        lines += [head, "|---|" + "---|" * (len(names) + 1)]
+        losses = rec["loss_curve"].get("global", [])
+        for point in rec["curve"]:
+            cells = " | ".join(f"{point['scores'][n]['global/score']:.3f}" for n in names)
+            window = [v for s, v in losses if point["step"] - 200 < s <= point["step"]]
+            loss = f"{sum(window) / len(window):.4f}" if window else "–"
+            lines.append(f"| {point['step']} | {cells} | {loss} |")
+        updates = ", ".join(f"{route} {n}" for route, n in sorted(rec["route_updates"].items()))
+        lines += ["", f"Updates per route in {rec['name']}'s {rec['steps']} steps: {updates}.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train one variant and append its record")
+    p.add_argument("name")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--ema", default="0.99,0.995,0.999", help="decays of the side EMAs (comma-separated)")
+    p.add_argument("--every", type=int, default=200, help="steps between checkpoint scores")
+    p.add_argument("--curve-samples", type=int, default=128, help="samples per route at checkpoints")
+    sub.add_parser("report", help="print the ablation tables from the committed records")
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        print(report(read()), end="")
+    if args.command == "run":
+        decays = [float(d) for d in args.ema.split(",") if d]
+        run(args.name, args.overrides, decays, args.every, args.curve_samples)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,35 @@
+"""examples/digits/ablation.py: the ablation tables of docs/digits.md are what the script prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_reproduce import load_script
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _load():
+    return load_script(ROOT / "examples" / "digits" / "ablation.py", "digits_ablation")
+
+
+def test_the_digits_page_holds_the_ablation_tables_the_script_prints():
+    ablation = _load()
+    records = ablation.read()
+    assert records, "no ablation records under docs/digits/ablation"
+    page = (ROOT / "docs" / "digits.md").read_text()
+    assert ablation.report(records) in page
+
+
+def test_the_bars_are_the_issue_s_bars():
+    ablation = _load()
+    teachers = {
+        "t2i_teacher": {"t2i/score": 0.97, "combined": 0.32},
+        "local_teacher": {"local/score": 0.92, "combined": 0.63},
+        "global_teacher": {"global/score": 0.88, "combined": 0.61},
+    }
+    good = {"t2i/score": 0.96, "local/score": 0.90, "global/score": 0.84, "combined": 0.90}
+    ratios, ok = ablation._bars(good, teachers)
+    assert ok and ratios["global"] == 0.84 / 0.88
+    for key, value in (("global/score", 0.83), ("t2i/score", 0.94), ("local/score", 0.87)):
+        assert not ablation._bars({**good, key: value}, teachers)[1], key
