@@ -20,6 +20,9 @@ rules first, then, for the pinned SDPA kernels, one tiny trial call, because whi
 accepts (a mask in CPU flash attention, say) changes between versions. Later calls cost a dict lookup.
 
 A query row whose keys are all masked gives zeros with ``sdpa*`` and ``naive``; keep one key per query.
+
+Under ``torch.compile`` (``run.compile``) the backend is read when a graph is traced and stays part of it;
+the checks above run on eager calls only.
 """
 
 from __future__ import annotations
@@ -101,7 +104,13 @@ def attention(
     ``q, k, v`` are ``[B, H, L, D]`` (``k, v`` may have their own ``L``); ``mask`` is a bool tensor
     broadcastable to ``[B, H, Lq, Lk]`` with ``True`` = attend, or ``None``. Returns ``[B, H, Lq, D]``.
     """
-    name = backend or _context.get() or _default or os.environ.get(ENV_VAR) or FALLBACK
+    if torch.compiler.is_compiling():
+        # torch.compile cannot trace a ContextVar or the planning's trial calls: the backend is read once,
+        # when the graph is traced, and its kernel is traced in (the choice is checked on the eager path).
+        name = backend or _traced_backend()
+        _check_known(name, "attention")
+        return _BACKENDS[name].kernel(q, k, v, mask)
+    name = backend or current_backend()
     key = (name, q.device.type, q.dtype, q.dim(), None if mask is None else mask.dtype)
     kernel = _plans.get(key)
     if kernel is None:
@@ -124,6 +133,12 @@ def known_backends() -> list[str]:
 def current_backend() -> str:
     """The backend a call without ``backend=`` would use now (context > default > env var > "sdpa")."""
     return _context.get() or _default or os.environ.get(ENV_VAR) or FALLBACK
+
+
+@torch.compiler.assume_constant_result
+def _traced_backend() -> str:
+    """:func:`current_backend`, evaluated when torch.compile traces a call (a constant of the graph)."""
+    return current_backend()
 
 
 def set_default_backend(name: str | None) -> None:
