@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from fieldkit.atomic import atomic_path
 from fieldkit.attention import use_backend
+from fieldkit.compile import compile_fields
 from fieldkit.data import Shard, batch_captions, evaluation_bucket
 from fieldkit.distill.callbacks import Callback, RunLogger, StepReport, default_callbacks
 from fieldkit.distill.checkpoint import (
@@ -165,6 +166,8 @@ class Engine:
         # Seeded before the student is made: LoRA adapters are initialised from the global RNG.
         torch.manual_seed(seed + acc.process_index)
         student = make_student(init, spec.student).to(acc.device)
+        # run.compile: the student's and the teachers' forwards, per block, in place (fieldkit.compile).
+        compile_fields([student, *(route.field for route in self.router.routes)], spec.run.compile)
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, spec.run)
         self.lr_schedule = make_lr_schedule(optimizer, spec.run)

@@ -15,6 +15,9 @@ from fieldkit.graph.refs import FieldRef
 
 NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 DEVICE = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+#: ``run.compile``: off, or a ``torch.compile`` mode (fieldkit.compile); the first two record CUDA graphs.
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class Strict(BaseModel):
@@ -128,6 +131,11 @@ class RunSpec(Strict):
     device: str = Field("auto", pattern=DEVICE, description="auto, cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16"] = "fp32"
     attention: str | None = Field(None, description="attention backend (see fieldkit.attention)")
+    compile: CompileMode = Field(
+        "off",
+        description="torch.compile the student's and teachers' forwards, per block: off or a mode "
+        "(reduce-overhead and max-autotune record CUDA graphs and need CUDA)",
+    )
     log_every: int = Field(10, ge=1)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list,
@@ -160,6 +168,25 @@ class RunSpec(Strict):
         steps = info.data.get("steps")
         if steps is not None and value >= steps:
             raise ValueError(f"warmup_steps ({value}) must be below steps ({steps}); lower warmup_steps")
+        return value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: Any) -> Any:
+        """YAML reads ``off`` / ``on`` as booleans: false is off, true the default mode."""
+        if isinstance(value, bool):
+            return "default" if value else "off"
+        return value
+
+    @field_validator("compile")
+    @classmethod
+    def _compile_device(cls, value: str, info: ValidationInfo) -> str:
+        device = str(info.data.get("device", "auto"))
+        if value in CUDA_GRAPH_MODES and not (device == "auto" or device.startswith("cuda")):
+            raise ValueError(
+                f"{value} records CUDA graphs and needs a CUDA device, but run.device is {device!r}; "
+                "use compile: default off CUDA"
+            )
         return value
 
 
