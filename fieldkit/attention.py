@@ -135,9 +135,10 @@ def current_backend() -> str:
     return _context.get() or _default or os.environ.get(ENV_VAR) or FALLBACK
 
 
-@torch.compiler.assume_constant_result
 def _traced_backend() -> str:
-    """:func:`current_backend`, evaluated when torch.compile traces a call (a constant of the graph)."""
+    """:func:`current_backend` where torch.compile traces a call. ``fieldkit.compile`` marks it
+    ``torch.compiler.assume_constant_result`` (a constant of the graph; marking it here would import dynamo
+    with fieldkit); unmarked, dynamo breaks the graph around the ContextVar and the result is the same."""
     return current_backend()
 
 

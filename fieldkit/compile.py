@@ -29,6 +29,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from fieldkit.attention import _traced_backend
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError
 from fieldkit.graph.schema import CUDA_GRAPH_MODES, CompileMode
@@ -146,6 +147,7 @@ def compile_model(
     if mode == "off" or any(m._compiled_call_impl is not None for m in model.modules()):
         return 0
     check_mode(mode, _device(model))
+    torch.compiler.assume_constant_result(_traced_backend)  # one attention graph per block
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     regions = (repeated_blocks(model) if regional else []) or [model]
     for region in regions:

@@ -260,3 +260,13 @@ def test_the_engine_compiles_student_and_teacher_and_its_steps_match_eager(disti
         a, b = eager.update(), compiled.update()
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
     assert compiled.inference_model()._compiled_call_impl is None  # exported and evaluated eager
+
+
+def test_importing_fieldkit_and_its_engine_does_not_import_dynamo():
+    """torch._dynamo / inductor cost seconds to import: only compiling loads them."""
+    import subprocess
+    import sys
+
+    code = "import sys, fieldkit.distill.engine; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
