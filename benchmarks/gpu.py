@@ -1,5 +1,6 @@
 """MFU: the achieved TFLOP/s of a student training step for an SD3-medium-width transformer (random weights),
-bf16 autocast, eager per SDPA kernel and torch.compile; and of a rollout forward (no grad).
+bf16 autocast, eager per SDPA kernel and compiled as ``run.compile`` compiles (``fieldkit.compile``, per
+block; ``--profile``: where the compiled step's time goes); and of a rollout forward (no grad).
 
 The model is diffusers' ``SD3Transformer2DModel`` with SD3-medium's config (24 joint blocks, 24 heads x 64 =
 1536 wide, 16 latent channels, patch 2, text width 4096, pooled 2048: about 2.0 B parameters), built from its
@@ -33,6 +34,8 @@ from rich.console import Console
 from rich.table import Table
 from sd3_memory import SD3_MEDIUM  # the SD3-medium transformer config, one copy for both scripts
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fieldkit.compile import compile_model
 
 TINY = {
     **SD3_MEDIUM,
@@ -142,6 +145,25 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmu
     return statistics.median(times)
 
 
+def profile(step: Callable[[], None], device: torch.device, console: Console, steps: int = 3) -> None:
+    """Where a step's time goes: torch.profiler over ``steps`` steps, the top 25 kernels by device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step()
+    sync(device)
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    console.print(f"profile of {steps} training steps (sorted by {sort}):")
+    console.print(
+        prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60), markup=False
+    )
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--dry-run", action="store_true", help="a tiny config on CPU: checks the logic quickly")
@@ -151,6 +173,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-mode", default="default", help="a run.compile mode (fieldkit.compile)")
+    p.add_argument("--profile", action="store_true", help="top kernels of the (compiled) training step")
     p.add_argument("--check-flops", action="store_true", help="cross-check the count with FlopCounterMode")
     args = p.parse_args()
     if args.dry_run:
@@ -252,15 +276,20 @@ def main() -> None:
 
     measure("eager", "off", model)
     if not args.no_compile:
-        # Regional compilation: each joint block compiled (identical blocks reuse one graph), the rest eager.
+        # What run.compile does (fieldkit.compile): each joint block compiled (identical blocks reuse one
+        # graph), the rest eager; the batch is fixed here, so static graphs (a batch that is a bucket size).
         start = time.perf_counter()
-        for block in model.transformer_blocks:
-            block.compile()
+        compile_model(model, args.compile_mode, batch="buckets")
         train_step(model)()
+        rollout_forward(model)()
         sync(device)
-        console.print(f"torch.compile (per block): first step {time.perf_counter() - start:.1f} s")
+        console.print(
+            f"run.compile: {args.compile_mode} (per block): first steps {time.perf_counter() - start:.1f} s"
+        )
         # The default kernel only: a pinned kernel can make torch.compile recompile (a minute each).
-        measure("compiled", "on", model, only=("default",))
+        measure("compiled", args.compile_mode, model, only=("default",))
+    if args.profile:  # the compiled step (the eager one with --no-compile)
+        profile(train_step(model), device, console)
 
     table = Table(
         "model",

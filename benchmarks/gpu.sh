@@ -2,9 +2,10 @@
 # The benchmarks on one CUDA GPU (an H100 or H200): the same scripts as on CPU, run with bf16 autocast; every
 # SDPA kernel fieldkit can pin (flash, cuDNN, efficient) and xformers when it is installed; torch.compile on
 # and off; and the achieved TFLOP/s (MFU) of a student training step of an SD3-medium-width transformer with
-# random weights. Each part runs under its own time limit inside one overall budget (BUDGET seconds, 450 by
-# default), so the whole script ends in under 8 minutes; a part that fails or runs out of time is reported
-# and the next one runs.
+# random weights; run.compile (fieldkit.compile) on the small students: CUDA graphs against eager for the
+# digits rollout, compiled steps, and a DanceOPD step against a joint-SFT step. Each part runs under its own
+# time limit inside one overall budget (BUDGET seconds, 570 by default), so the whole script ends in under
+# 10 minutes; a part that fails or runs out of time is reported and the next one runs.
 #
 #   bash benchmarks/gpu.sh             # on the GPU machine, from anywhere in the checkout
 #   bash benchmarks/gpu.sh --dry-run   # the same plumbing on CPU, tiny settings (checks the script here)
@@ -31,7 +32,7 @@ PY="${PYTHON:-python3}"
 if ((DRY)) && [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then
     PY=.venv/bin/python  # the dry run checks the plumbing with the project's CPU venv
 fi
-BUDGET="${BUDGET:-$((DRY ? 1500 : 450))}"
+BUDGET="${BUDGET:-$((DRY ? 2400 : 570))}"
 OUT="${OUT:-runs/gpu-bench}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu-bench.txt"
@@ -64,9 +65,11 @@ if ! "$PY" -c "import pydantic, diffusers, fieldkit" 2>>"$LOG"; then
     exit 1
 fi
 
+COMPILED="cudagraphs,regional-dynamic"  # run.compile's variants on the GPU (benchmarks/compile.py)
 if ((DRY)); then
     DEV=(--device cpu --threads 1)
     GPU_ARGS=(--dry-run --no-compile --threads 1)
+    COMPILED="regional-dynamic"  # CUDA graphs need CUDA
 else
     if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         say "no CUDA device visible to $PY (use --dry-run to check the script on CPU)"
@@ -117,8 +120,16 @@ part() {
     fi
 }
 
-# The headline first: MFU of the SD3-medium-width training step, eager and compiled, per SDPA kernel.
-part "MFU: SD3-medium-width student step" 200 "$PY" benchmarks/gpu.py "${GPU_ARGS[@]}"
+# The headline first: MFU of the SD3-medium-width training step, eager and compiled (run.compile's path,
+# with a profile of the compiled step), per SDPA kernel.
+part "MFU: SD3-medium-width student step" 220 "$PY" benchmarks/gpu.py "${GPU_ARGS[@]}" --profile
+# run.compile on the small students: CUDA graphs (reduce-overhead) against eager for the launch-bound digits
+# rollout, whole steps of the digits and tiny SD3 students, and DanceOPD against joint SFT (its pass count).
+part "digits rollout: CUDA graphs vs eager" 90 "$PY" benchmarks/compile.py "${DEV[@]}" --bf16 --quick \
+    --parts rollout --variants "$COMPILED"
+part "run.compile: digits and SD3 steps" 90 "$PY" benchmarks/compile.py "${DEV[@]}" --bf16 --quick \
+    --parts compile --variants "$COMPILED"
+part "DanceOPD vs joint-SFT step" 30 "$PY" benchmarks/compile.py "${DEV[@]}" --bf16 --quick --parts sft
 part "attention kernels" 45 "$PY" benchmarks/attention.py "${DEV[@]}" --quick --dtype bf16
 part "engine overhead" 40 "$PY" benchmarks/engine_overhead.py "${DEV[@]}" --bf16 --quick
 part "guidance batching" 30 "$PY" benchmarks/guidance.py "${DEV[@]}" --bf16 --quick
