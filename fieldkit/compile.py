@@ -124,7 +124,8 @@ class CompiledForward:
                 if t.dim() and t.shape[0] == size:
                     torch._dynamo.maybe_mark_dynamic(t, 0)
         elif self.cuda_graphs and not grad:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are consumed
+            # A new replay may overwrite the previous one's outputs: the rollout has consumed them by now.
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         out = fn(*args, **kwargs)
         return out if size == n else _map(out, size, lambda t: t[:n])
 
@@ -147,7 +148,7 @@ def compile_model(
     if mode == "off" or any(m._compiled_call_impl is not None for m in model.modules()):
         return 0
     check_mode(mode, _device(model))
-    torch.compiler.assume_constant_result(_traced_backend)  # one attention graph per block
+    torch.compiler.assume_constant_result(_traced_backend)  # type: ignore[no-untyped-call]
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     regions = (repeated_blocks(model) if regional else []) or [model]
     for region in regions:
