@@ -6,22 +6,51 @@ Public API: fields and conditions, the flow utilities, the operator algebra, att
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fieldkit.attention import attention, use_backend
-from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError, GraphError, PluginError
-from fieldkit.field import ModuleField, VelocityField, as_field
-from fieldkit.flow import euler_sample, interpolate, rollout_states, shift_sigma, sigma_schedule
 from fieldkit.graph.loader import Graph, load_graph, loads_graph
-from fieldkit.ops import Guidance, Masked, Mix, Scale, SigmaWeight, Sum, TimeSwitch, TowardSource
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from fieldkit.attention import attention, use_backend
+    from fieldkit.cond import Cond
     from fieldkit.distill.callbacks import Callback
     from fieldkit.distill.engine import RunResult
+    from fieldkit.field import ModuleField, VelocityField, as_field
+    from fieldkit.flow import euler_sample, interpolate, rollout_states, shift_sigma, sigma_schedule
+    from fieldkit.ops import Guidance, Masked, Mix, Scale, SigmaWeight, Sum, TimeSwitch, TowardSource
+
+# The names below import torch: they load on first use, so `fieldkit --help` and `fieldkit validate` start
+# without it (PEP 562 module __getattr__).
+_LAZY = {
+    "fieldkit.attention": ("attention", "use_backend"),
+    "fieldkit.cond": ("Cond",),
+    "fieldkit.field": ("ModuleField", "VelocityField", "as_field"),
+    "fieldkit.flow": ("euler_sample", "interpolate", "rollout_states", "shift_sigma", "sigma_schedule"),
+    "fieldkit.ops": (
+        "Guidance",
+        "Masked",
+        "Mix",
+        "Scale",
+        "SigmaWeight",
+        "Sum",
+        "TimeSwitch",
+        "TowardSource",
+    ),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fieldkit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from fieldkit import __version__
-from fieldkit.cli import cli, graph_options
+from fieldkit.cli import BUILTIN_COMMANDS, cli, graph_options
 from fieldkit.graph import Graph
 from fieldkit.plugins import get_host, hookimpl
 from fieldkit.plugins.manager import ALLOW_ENV
@@ -24,10 +24,12 @@ GOOD = """\
 fields:
   teacher: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}
   guided: {type: guidance, field: teacher, w: 3.0}
+  init: {type: fieldkit.mmdit, config: {sample_size: [2, 2], patch_size: 1, hidden: 8, heads: 2, depth: 1}}
 routes:
   t2i:
     field: guided
     data: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}
+student: {init: init}
 """
 
 BAD = """\
@@ -358,3 +360,56 @@ def test_importing_the_cli_is_fast_and_loads_no_plugin_or_diffusers():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_cli_and_graph_validation_start_without_torch(good):
+    """`fieldkit --help` and `fieldkit validate` import no torch (benchmarks/cli_startup.py times them)."""
+    code = (
+        "import sys\n"
+        "import fieldkit.cli\n"
+        "from fieldkit import load_graph\n"
+        "from fieldkit.graph.readiness import check_trainable\n"
+        "from fieldkit.plugins.manager import get_host\n"
+        "host = get_host()\n"
+        "host.registry, host.commands()\n"
+        f"check_trainable(load_graph({str(good)!r}))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'accelerate') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_validate_reports_what_training_needs_with_file_and_line(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "fields:\n"
+        "  teacher: {type: fieldkit.checkpoint, path: models/teacher}\n"
+        "routes:\n"
+        "  t2i: {field: teacher, data: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}}\n"
+    )
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    assert f"{path}:1: the graph has no 'student' section" in result.stderr
+    assert f"{path}:2: fields.teacher.path: no such file or folder: {tmp_path / 'models' / 'teacher'}" in (
+        result.stderr
+    )
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    result = invoke("validate", str(path), "--set", "student.init=teacher")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [("run.learning_rate", "lr"), ("run.lr_warmup_steps", "warmup_steps"), ("run.stpes", "steps")],
+)
+def test_an_unknown_key_gets_a_did_you_mean(good, key, meant):
+    result = invoke("validate", str(good), "--set", f"{key}=1")
+    assert result.exit_code == 2
+    assert f"unknown key {key.split('.')[-1]!r}; did you mean {meant!r}?" in result.stderr
+
+
+def test_the_readme_lists_every_command_of_the_cli():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("```", 2)[1]
+    listed = {line.split()[1] for line in block.splitlines() if line.startswith("fieldkit ")}
+    assert listed == {command.name for command in BUILTIN_COMMANDS}

@@ -19,7 +19,7 @@ from fieldkit.graph.loader import Graph
 @click.option("--out", type=click.Path(path_type=str), help="Output folder (default: run.out of the recipe).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or tables.")
 def train(graph: Graph, resume: str | None, dry_run: bool, out: str | None, no_progress: bool) -> None:
-    """Train the student of RECIPE (a graph whose method is sft) on its routes' data.
+    """Train the student of GRAPH, a training recipe (a graph whose method is sft), on its routes' data.
 
     The trained model is exported to OUT/student, where a `fieldkit.checkpoint` source reads it.
     """

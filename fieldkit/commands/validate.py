@@ -9,16 +9,22 @@ from fieldkit.graph.loader import Graph, Typed
 from fieldkit.graph.refs import find_refs
 
 
-@click.command(short_help="Check a graph without building it or reading weights.")
+@click.command(short_help="Check a graph (and what training needs) without reading weights.")
 @graph_options
 def validate(graph: Graph) -> None:
-    """Check GRAPH: its keys, every type and its parameters, references between fields, and cycles.
+    """Check GRAPH: its keys, every type and its parameters, references between fields, cycles, and what
+    training needs (a student, routes, and the files that sources read).
 
     Nothing is built and no weights are read. Prints a short summary and exits with 0 when the graph is
-    valid; otherwise prints what is wrong, with the file and line, and exits with 2.
+    valid; otherwise prints what is wrong, with the file and line, and exits with 2. To also build
+    everything and time one update, run `fieldkit distill GRAPH --dry-run`.
     """
     from rich.console import Console
     from rich.table import Table
+
+    from fieldkit.graph.readiness import check_trainable
+
+    check_trainable(graph)
 
     console = Console(highlight=False)
     console.print(f"[green]valid:[/green] {graph.source.path}")

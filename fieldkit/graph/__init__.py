@@ -1,8 +1,26 @@
-"""Field graphs: the YAML schema, loading with line-numbered errors, and lazy building."""
+"""Field graphs: the YAML schema, loading with line-numbered errors, and lazy building.
 
-from fieldkit.graph.builder import BuildContext
+Loading and validating need no torch; :class:`BuildContext` (which builds nodes) imports it on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from fieldkit.graph.loader import Graph, Typed, load_graph, loads_graph
 from fieldkit.graph.refs import FieldRef
 from fieldkit.graph.schema import GraphSpec
+
+if TYPE_CHECKING:
+    from fieldkit.graph.builder import BuildContext
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BuildContext":
+        from fieldkit.graph.builder import BuildContext
+
+        return BuildContext
+    raise AttributeError(f"module 'fieldkit.graph' has no attribute {name!r}")
+
 
 __all__ = ["BuildContext", "FieldRef", "Graph", "GraphSpec", "Typed", "load_graph", "loads_graph"]

@@ -6,6 +6,7 @@ problem is reported as ``file:line: path.to.key: what is wrong`` with the valid 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,17 +103,51 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
             continue
         info = current.model_fields.get(part)
         annotation = getattr(info, "annotation", None)
-        args = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+        args = [
+            a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         current = annotation if isinstance(annotation, type) else (args[-1] if args else None)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+# The names other trainers give fieldkit's keys (diffusers' and accelerate's script flags, and others).
+KEY_ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "lr_scheduler": "lr_schedule",
+    "scheduler": "lr_schedule",
+    "lr_warmup_steps": "warmup_steps",
+    "warmup": "warmup_steps",
+    "max_train_steps": "steps",
+    "num_steps": "steps",
+    "train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "max_grad_norm": "grad_clip",
+    "mixed_precision": "precision",
+    "output_dir": "out",
+    "checkpointing_steps": "checkpoint_every",
+    "validation_steps": "sample_every",
+    "optim": "optimizer",
+    "adam_weight_decay": "weight_decay",
+}
+
+
+def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
+    """The valid key ``key`` was probably meant to be: a known alias, else the closest spelling."""
+    alias = KEY_ALIASES.get(key.lower())
+    if alias in valid:
+        return alias
+    close = difflib.get_close_matches(key, valid, n=1)
+    return close[0] if close else None
 
 
 def _describe(err: ErrorDetails, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         owner = _model_at(model, loc)
-        valid = ", ".join(owner.model_fields) if owner is not None else ""
-        return f"unknown key {loc[-1]!r}" + (f"; valid keys: {valid}" if valid else "")
+        keys = list(owner.model_fields) if owner is not None else []
+        guess = did_you_mean(str(loc[-1]), keys)
+        valid = f"; valid keys: {', '.join(keys)}" if keys else ""
+        return f"unknown key {loc[-1]!r}" + (f"; did you mean {guess!r}?" if guess else "") + valid
     if kind == "missing":
         return f"missing required key {loc[-1]!r}" if loc else "missing required value"
     message = err["msg"].removeprefix("Value error, ")  # a validator's own sentence needs no prefix

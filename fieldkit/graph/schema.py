@@ -126,7 +126,9 @@ class RunSpec(Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     seed: int = 0
     out: str = Field(
-        "runs/{graph}", min_length=1, description="output folder; {graph} is the graph file's stem"
+        "runs/{graph}",
+        min_length=1,
+        description="output folder, relative to the working directory; {graph} is the graph file's stem",
     )
     device: str = Field("auto", pattern=DEVICE, description="auto, cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16"] = "fp32"

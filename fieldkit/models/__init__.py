@@ -1,31 +1,32 @@
-"""fieldkit's own backbones, built on :mod:`fieldkit.attention` and saved as config + safetensors."""
+"""fieldkit's own backbones, built on :mod:`fieldkit.attention` and saved as config + safetensors.
+
+The model classes import torch on first use (``fieldkit.models.MMDiT``); the configs do not.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
+from fieldkit.models.config import MMDiTConfig
 
-from fieldkit.errors import CheckpointError
-from fieldkit.models.mmdit import MMDiT, MMDiTConfig
-from fieldkit.models.pretrained import CONFIG_NAME, PretrainedField, read_config_json
+if TYPE_CHECKING:
+    from fieldkit.models.mmdit import MMDiT
+    from fieldkit.models.pretrained import PretrainedField
+    from fieldkit.models.registry import MODEL_CLASSES, load_pretrained
 
-MODEL_CLASSES: dict[str, type[PretrainedField]] = {"MMDiT": MMDiT}
+_LAZY = {
+    "MMDiT": "fieldkit.models.mmdit",
+    "PretrainedField": "fieldkit.models.pretrained",
+    "MODEL_CLASSES": "fieldkit.models.registry",
+    "load_pretrained": "fieldkit.models.registry",
+}
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> PretrainedField:
-    """Load any fieldkit model folder; ``config.json``'s ``_class_name`` picks the class."""
-    file = Path(path) / CONFIG_NAME
-    raw = read_config_json(file) if file.exists() else None  # a FIFO or a device is refused, never read
-    name = raw.get("_class_name") if isinstance(raw, dict) else None
-    cls = MODEL_CLASSES.get(str(name))
-    if cls is None:
-        known = ", ".join(MODEL_CLASSES)
-        raise CheckpointError(
-            f"{path}: not a fieldkit model folder ({CONFIG_NAME} missing, unreadable or of class {name!r})",
-            hint=f"point at a folder written by save_pretrained of one of: {known}",
-        )
-    return cls.from_pretrained(path, dtype=dtype)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fieldkit.models' has no attribute {name!r}")
 
 
 __all__ = ["MODEL_CLASSES", "MMDiT", "MMDiTConfig", "PretrainedField", "load_pretrained"]

@@ -29,15 +29,12 @@ pixel noise of standard deviation s to the targets (fixed per pair when limited)
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from fieldkit import Cond
 from fieldkit.data import Batch
-from fieldkit.plugins import Params
+from fieldkit_digits.params import BucketParams
 from fieldkit_digits.prompts import Prompt, phrasings, render, text_bank
 from fieldkit_digits.world import (
     BLANK,
@@ -49,34 +46,6 @@ from fieldkit_digits.world import (
     global_edits,
     side_mask,
 )
-
-
-class TargetParams(Params):
-    """A limited or noisy view of a bucket's targets (setting (b) of examples/digits/reproduce.py)."""
-
-    limit: int | None = Field(None, ge=1, description="draw batches from this many fixed pairs only")
-    noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to the targets")
-    seed: int = Field(0, description="seed of the fixed pairs and their noise")
-
-
-class BucketParams(Params):
-    """Settings shared by the digits buckets."""
-
-    split: Literal["train", "heldout"] = Field("train", description="which digits to draw")
-    phrasing: Literal["train", "heldout"] = Field(
-        "train", description="which phrasings of the prompts to sample (heldout: those nothing trains on)"
-    )
-    eval_phrasing: Literal["train", "heldout"] = Field(
-        "heldout", description="which phrasings the evaluation twin (metrics, sample grids) reads"
-    )
-    drop: float = Field(0.0, ge=0, lt=1, description="probability of the empty prompt (CFG training)")
-    seed: int = Field(0, description="seed of the train / held-out split of the digits")
-    cache_dir: str | None = Field(None, description="text-embedding cache (default ~/.cache/fieldkit-digits)")
-    targets: TargetParams | None = Field(None, description="a small and/or noisy sample of the targets")
-
-
-class T2IParams(BucketParams):
-    single: float = Field(0.3, ge=0, le=1, description="fraction of one-digit prompts (the rest: two digits)")
 
 
 class DigitsBucket:

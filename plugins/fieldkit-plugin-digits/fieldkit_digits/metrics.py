@@ -32,12 +32,11 @@ mapped to [0, 1], capped at 50 dB:
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from fieldkit.data import Batch
-from fieldkit.plugins import Params
 from fieldkit_digits.judge import Judge, judge
+from fieldkit_digits.params import EditMetricParams, T2IMetricParams
 from fieldkit_digits.world import (
     BLANK,
     GLOBAL_OPS,
@@ -85,12 +84,6 @@ def real_canvases(digits: Tensor, seed: int = 0) -> Tensor:
     return compose(pool.draw(digits[:, 0], gen), pool.draw(digits[:, 1], gen))
 
 
-class T2IMetricParams(Params):
-    """Prompt following, Fréchet distance and realism of T2I samples."""
-
-    seed: int = Field(0, description="seed of the held-out real canvases the Fréchet distance compares with")
-
-
 class T2IMetric:
     """See the module docstring for the formulas."""
 
@@ -122,12 +115,6 @@ class T2IMetric:
             "realism": float(realism),
             "score": float(accuracy.float().mean()),
         }
-
-
-class EditMetricParams(Params):
-    """Success, preservation and the combined score of local and global edits."""
-
-    per_op: bool = Field(False, description="also report success per edit operation (success/replace, ...)")
 
 
 class EditMetric:
