@@ -88,11 +88,24 @@ def test_resume_latest_continues_to_the_new_step_count(graph: Path, tmp_path: Pa
         "latest",
         "--set",
         "run.steps=6",
+        "--set",
+        "run.lr=5e-4",
         "--no-progress",
     )
     assert result.exit_code == 0, result.output
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+    # The run folder says what the resume changed: graph.json is the graph as it runs now, and every start
+    # or resume is one line of sessions.jsonl with the overrides it applied.
+    assert json.loads((out / "graph.json").read_text())["run"]["lr"] == 5e-4
+    sessions = [json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["steps"], s["overrides"]) for s in sessions] == [
+        (0, 4, []),
+        (4, 6, ["run.steps=6", "run.lr=5e-4"]),
+    ]
+    again = invoke("distill", str(graph), "--out", str(out), "--resume", "latest", "--set", "run.steps=6")
+    assert again.exit_code == 0, again.output
+    assert "nothing left to train: the run is at step 6 and run.steps is 6" in " ".join(again.output.split())
 
 
 def test_resume_without_a_checkpoint_starts_afresh_with_a_note(graph: Path, tmp_path: Path) -> None:

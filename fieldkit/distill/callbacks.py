@@ -75,8 +75,10 @@ def log_now(engine: Engine, report: StepReport) -> bool:
 
 
 class RunLogger(Callback):
-    """``graph.json``, ``metrics.jsonl`` (the means of every ``run.log_every`` updates, and every skipped
-    update), the progress bar, and the summary and results tables on the console."""
+    """``graph.json`` (the graph as it runs now, ``--set`` overrides applied), ``sessions.jsonl`` (one line
+    per start or resume: its step and the overrides it applied), ``metrics.jsonl`` (the means of every
+    ``run.log_every`` updates, and every skipped update), the progress bar, and the summary and results
+    tables on the console."""
 
     def __init__(self) -> None:
         self.log: RunLog | None = None
@@ -87,6 +89,14 @@ class RunLogger(Callback):
         if engine.out is not None and main:
             engine.out.mkdir(parents=True, exist_ok=True)
             atomic_write(engine.out / "graph.json", engine.graph.spec.model_dump_json(indent=1))
+            session = {
+                "step": engine.step,
+                "steps": run.steps,
+                "graph": None if engine.graph.path is None else str(engine.graph.path),
+                "overrides": list(engine.graph.source.overrides.values()),
+            }
+            with (engine.out / "sessions.jsonl").open("a") as fh:
+                fh.write(json.dumps(session) + "\n")
         self.log = RunLog(
             engine.out,
             run.steps,
@@ -94,6 +104,12 @@ class RunLogger(Callback):
             enabled=main,
             show_progress=engine.show_progress,
         )
+        if engine.step >= run.steps:
+            self.log.note(
+                f"[yellow]note:[/] nothing left to train: the run is at step {engine.step} and run.steps is "
+                f"{run.steps}; only the end of the run (grids, export, evaluation, report) runs again. "
+                "Train further with --set run.steps=MORE."
+            )
 
     def on_update_end(self, engine: Engine, report: StepReport) -> None:
         assert self.log is not None

@@ -38,7 +38,9 @@ OUTPUTS = (
     "samples",
     "checkpoints",
     "student",
-    "tensorboard",
+    "trackers",
+    "report.html",
+    "sessions.jsonl",
 )
 # Write failures that are the user's to fix (space, permissions, a file where a folder should be).
 USER_ERRNOS = {
