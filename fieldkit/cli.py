@@ -8,6 +8,7 @@ with code 2; any other error exits with code 1. Tracebacks are shown only with `
 
 from __future__ import annotations
 
+import os
 import traceback
 from typing import Any
 
@@ -120,4 +121,8 @@ for _command in BUILTIN_COMMANDS:
 
 def main() -> None:
     """Entry point of the ``fieldkit`` console script."""
+    # One progress style, fieldkit's own (rich): the Hub libraries' tqdm bars (transformers and
+    # huggingface_hub read this before drawing one; diffusers follows it in fieldkit's loaders) stay off
+    # unless the user set the variable.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     cli(prog_name="fieldkit")

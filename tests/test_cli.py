@@ -413,3 +413,17 @@ def test_the_readme_lists_every_command_of_the_cli():
     block = readme.split("## Commands", 1)[1].split("```", 2)[1]
     listed = {line.split()[1] for line in block.splitlines() if line.startswith("fieldkit ")}
     assert listed == {command.name for command in BUILTIN_COMMANDS}
+
+
+def test_the_console_script_turns_the_hub_libraries_progress_bars_off():
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('HF_HUB_DISABLE_PROGRESS_BARS', None)\n"
+        "sys.argv = ['fieldkit', '--version']\n"
+        "from fieldkit.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "from huggingface_hub.utils import are_progress_bars_disabled\n"
+        "print(are_progress_bars_disabled())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "True"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ def load_model(
     """``diffusers.<cls_name>.from_pretrained`` of ``path`` (a pipeline folder: its ``transformer/``; or a
     model folder), in eval mode; ``dtype=None`` keeps the stored dtype. ``hint`` says what to point at."""
     cls = getattr(importlib.import_module("diffusers"), cls_name)
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").lower() in ("1", "true", "yes"):
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # diffusers has its own switch; follow the Hub's
     sub = model_subfolder(path, subfolder)
     folder = path / sub if sub else path
     if not (folder / "config.json").is_file():

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import torch
-from fieldkit_digits.buckets import BucketParams, GlobalEditBucket, LocalEditBucket, T2IBucket, T2IParams
+from fieldkit_digits.buckets import GlobalEditBucket, LocalEditBucket, T2IBucket
 from fieldkit_digits.judge import judge
 from fieldkit_digits.metrics import (
     EditMetric,
-    EditMetricParams,
     T2IMetric,
-    T2IMetricParams,
     edit_score,
     frechet_distance,
     psnr,
 )
+from fieldkit_digits.params import BucketParams, EditMetricParams, T2IMetricParams, T2IParams
 
 from fieldkit.data import Batch
 

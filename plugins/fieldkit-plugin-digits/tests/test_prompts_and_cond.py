@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fieldkit_digits.buckets import BucketParams, GlobalEditBucket, LocalEditBucket, T2IBucket, T2IParams
+from fieldkit_digits.buckets import GlobalEditBucket, LocalEditBucket, T2IBucket
+from fieldkit_digits.params import BucketParams, T2IParams
 from fieldkit_digits.prompts import TEMPLATES, TOKENS, Prompt, all_texts, parse, phrasings, render, text_bank
 from fieldkit_digits.world import BLANK, GLOBAL_OPS, LOCAL_OPS, SIDES
 
@@ -92,7 +93,7 @@ def test_conds_have_fixed_shapes_nulls_and_concatenate():
 
 
 def test_targets_limit_and_noise_restrict_only_the_targets():
-    from fieldkit_digits.buckets import TargetParams
+    from fieldkit_digits.params import TargetParams
 
     gen = torch.Generator().manual_seed(0)
     limited = LocalEditBucket(BucketParams(targets=TargetParams(limit=4)))

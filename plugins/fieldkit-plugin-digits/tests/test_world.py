@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from fieldkit_digits.buckets import BucketParams, GlobalEditBucket, LocalEditBucket, T2IBucket, T2IParams
+from fieldkit_digits.buckets import GlobalEditBucket, LocalEditBucket, T2IBucket
+from fieldkit_digits.params import BucketParams, T2IParams
 from fieldkit_digits.world import (
     BLANK,
     GLOBAL_OPS,
