@@ -427,3 +427,26 @@ def test_the_console_script_turns_the_hub_libraries_progress_bars_off():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "True"
+
+
+def test_validate_build_catches_a_shape_mismatch_with_the_route_line(tmp_path):
+    model = "{sample_size: [4, 4], patch_size: 2, hidden: 8, heads: 2, depth: 1, num_classes: 3}"
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "fields:\n"
+        "  teacher: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}\n"
+        f"  init: {{type: fieldkit.mmdit, config: {model}}}\n"
+        "routes:\n"
+        "  t2i:\n"
+        "    field: teacher\n"
+        "    data: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}\n"
+        "student: {init: init}\n"
+    )
+    assert invoke("validate", str(path)).exit_code == 0  # without --build the shapes are not looked at
+    result = invoke("validate", str(path), "--build")
+    assert result.exit_code == 2
+    err = " ".join(result.stderr.split())
+    assert f"{path}:5: routes.t2i: the student fails on this route's data [2, 1, 2, 2]" in err
+    assert "MMDiT expects x of shape [B, 1, 4, 4]" in err
+    fixed = ["--set", "routes.t2i.data.shape=[1, 4, 4]", "--set", "fields.teacher.shape=[1, 4, 4]"]
+    assert invoke("validate", str(path), "--build", *fixed).exit_code == 0

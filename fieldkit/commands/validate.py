@@ -1,4 +1,5 @@
-"""``fieldkit validate``: check a graph (keys, types, parameters, references, cycles) without building it."""
+"""``fieldkit validate``: check a graph (keys, types, references, cycles, what training needs); --build also
+builds it on the meta device to catch shape mismatches."""
 
 from __future__ import annotations
 
@@ -11,20 +12,29 @@ from fieldkit.graph.refs import find_refs
 
 @click.command(short_help="Check a graph (and what training needs) without reading weights.")
 @graph_options
-def validate(graph: Graph) -> None:
+@click.option(
+    "--build",
+    is_flag=True,
+    help="Also build the graph on the meta device and pass a batch of every route through its field and "
+    "the student (catches shape mismatches; reads the weights, computes nothing).",
+)
+def validate(graph: Graph, build: bool) -> None:
     """Check GRAPH: its keys, every type and its parameters, references between fields, cycles, and what
     training needs (a student, routes, and the files that sources read).
 
     Nothing is built and no weights are read. Prints a short summary and exits with 0 when the graph is
-    valid; otherwise prints what is wrong, with the file and line, and exits with 2. To also build
-    everything and time one update, run `fieldkit distill GRAPH --dry-run`.
+    valid; otherwise prints what is wrong, with the file and line, and exits with 2. With --build, the
+    graph is also built on the meta device and every route's field and the student see one batch of the
+    route's data; `fieldkit distill GRAPH --dry-run` builds it for real and times one update.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from fieldkit.graph.readiness import check_trainable
+    from fieldkit.graph.readiness import check_shapes, check_trainable
 
     check_trainable(graph)
+    if build:
+        check_shapes(graph)
 
     console = Console(highlight=False)
     console.print(f"[green]valid:[/green] {graph.source.path}")
