@@ -156,7 +156,10 @@ def loss_plot(runs: Sequence[RunFolder]) -> str:
         for run in runs:
             steps, values = _route_loss(run, key) if is_route else _series(run.metrics, key)
             if steps:
-                ax.plot(steps, values, label=run.name, linewidth=1.2)
+                few = len(steps) < 20  # a few logged points: mark them, or a single one would not show
+                ax.plot(
+                    steps, values, label=run.name, linewidth=1.2, marker="o" if few else None, markersize=3
+                )
         ax.set_title(f"loss: route {key}" if is_route else key)
         ax.set_xlabel("step")
         if is_route or key == "grad_norm":
@@ -198,8 +201,8 @@ def results_html(runs: Sequence[RunFolder]) -> str:
 def grid_html(grid: Grid) -> str:
     """A figure: the grid as an embedded PNG, its row names and its numbered captions as text."""
     data = base64.b64encode(grid.png.read_bytes()).decode("ascii")
-    with Image.open(grid.png) as image:  # small canvases: show them at up to twice their size, unblurred
-        width = min(2 * image.width, 1200)
+    with Image.open(grid.png) as image:  # a small grid is shown at twice its size, unblurred
+        width = image.width * (2 if image.width < 400 else 1)
     rows = f"rows: {html.escape(' / '.join(grid.rows))}" if grid.rows else ""
     captions = "".join(f"<li>{html.escape(c) or '(empty prompt)'}</li>" for c in grid.captions)
     listing = f"<ol>{captions}</ol>" if captions else ""
@@ -236,7 +239,7 @@ def report_html(runs: Sequence[RunFolder]) -> str:
         f"<h1>fieldkit report: {html.escape(title)}</h1>",
         "<ul>"
         + "".join(
-            f"<li><b>{html.escape(r.name)}</b>: {len(r.metrics)} logged steps"
+            f"<li><b>{html.escape(r.name)}</b>: {len(r.metrics)} records in metrics.jsonl"
             f"{', last step ' + str(r.metrics[-1].get('step')) if r.metrics else ''}</li>"
             for r in runs
         )
