@@ -125,6 +125,9 @@ def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path
     hparams = next((out / "trackers" / "graph").rglob("hparams.yml")).read_text()
     assert "run.lr: 0.001" in hparams and "run.log_every: 2" in hparams
 
+    import wandb
+
+    wandb.teardown()  # stop wandb's service process: everything it was sent is in the run file now
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     records = wandb_records(run_file)
     config = {
