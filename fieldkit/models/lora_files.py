@@ -14,13 +14,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
 from fieldkit.errors import FieldkitError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # plugins add their export command at startup: that must not import torch
     import click
+    from torch import Tensor, nn
 
 ADAPTER = "default"
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -109,6 +107,7 @@ def random_lora(
 ) -> Path:
     """Write a random LoRA (``B != 0``) for ``transformer``'s ``targets``: a stand-in, in tests and tiny
     examples, for an edit or style LoRA trained elsewhere. ``transformer`` is left with the adapter in it."""
+    import torch
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
