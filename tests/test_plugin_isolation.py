@@ -17,7 +17,14 @@ from fieldkit.graph.builder import BuildContext
 from fieldkit.plugins import Params, get_host, hookimpl
 from fieldkit.plugins.manager import ALLOW_ENV, PluginHost, reset_host
 
-GOOD = "fields:\n  t: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}\n"
+GOOD = """\
+fields:
+  t: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}
+  init: {type: fieldkit.mmdit, config: {sample_size: [2, 2], patch_size: 1, hidden: 8, heads: 2, depth: 1}}
+routes:
+  r: {field: t, data: {type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}}
+student: {init: init}
+"""
 
 
 def install(site: Path, module: str, body: str) -> None:

@@ -162,7 +162,8 @@ def loss_plot(runs: Sequence[RunFolder]) -> str:
                 )
         ax.set_title(f"loss: route {key}" if is_route else key)
         ax.set_xlabel("step")
-        if is_route or key == "grad_norm":
+        positive = all(v > 0 for line in ax.get_lines() for v in line.get_ydata())
+        if (is_route or key == "grad_norm") and positive and ax.get_lines():  # log needs positive values
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if len(runs) > 1:
