@@ -6,18 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, model_validator
 
-from fieldkit import ops
-from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField, MixtureAccuracy
 from fieldkit.errors import FieldkitError
 from fieldkit.graph.refs import FieldRef
-from fieldkit.merge import merge_models
-from fieldkit.models import MMDiT, MMDiTConfig, PretrainedField, load_pretrained
+from fieldkit.models.config import MMDiTConfig
 from fieldkit.plugins.hookspecs import hookimpl
 from fieldkit.plugins.registry import Params
-from fieldkit.protocols import Register, Route
 from fieldkit.training_params import (
     DenseParams,
     DistillParams,
@@ -27,11 +22,17 @@ from fieldkit.training_params import (
     SFTParams,
 )
 
-if TYPE_CHECKING:  # the training code is imported when a router or method is built, not to validate YAML
+if TYPE_CHECKING:  # the factories import these on use: validating a graph and --help need no torch
+    import torch
+
+    from fieldkit import ops
+    from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField, MixtureAccuracy
     from fieldkit.distill.flowopd import FlowOPDMethod
     from fieldkit.distill.methods import DistillMethod, SFTMethod
     from fieldkit.distill.routing import HardRouter, SoftRouter
     from fieldkit.graph.builder import BuildContext
+    from fieldkit.models import MMDiT, PretrainedField
+    from fieldkit.protocols import Register, Route
 
 # -- sources ---------------------------------------------------------------------------------------------
 
@@ -47,11 +48,15 @@ class GaussianMixtureParams(Params):
 
 def build_gaussian_mixture(p: GaussianMixtureParams, ctx: BuildContext) -> GaussianMixtureField:
     """The exact velocity of a labelled Gaussian mixture (means drawn with ``seed``)."""
+    from fieldkit.analytic import GaussianMixtureField
+
     return GaussianMixtureField.random(p.classes, tuple(p.shape), std=p.std, seed=p.seed)
 
 
 def build_gaussian_mixture_data(p: GaussianMixtureParams, ctx: BuildContext) -> GaussianMixtureData:
     """Labels and exact samples of the same Gaussian mixture."""
+    from fieldkit.analytic import GaussianMixtureData
+
     return GaussianMixtureData(build_gaussian_mixture(p, ctx))
 
 
@@ -71,11 +76,19 @@ class MMDiTParams(Params):
 
 def build_checkpoint(p: CheckpointParams, ctx: BuildContext) -> PretrainedField:
     """fieldkit's own model read from a safetensors folder."""
+    import torch
+
+    from fieldkit.models import load_pretrained
+
     return load_pretrained(ctx.path(p.path), dtype=getattr(torch, p.dtype) if p.dtype else None)
 
 
 def build_mmdit(p: MMDiTParams, ctx: BuildContext) -> MMDiT:
     """A freshly initialised MMDiT (seeded), e.g. the starting point of a teacher trained from scratch."""
+    import torch
+
+    from fieldkit.models import MMDiT
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         return MMDiT(p.config)
@@ -83,6 +96,8 @@ def build_mmdit(p: MMDiTParams, ctx: BuildContext) -> MMDiT:
 
 def build_mixture_accuracy(p: GaussianMixtureParams, ctx: BuildContext) -> MixtureAccuracy:
     """Accuracy (nearest component is the asked one) and spread of samples of the Gaussian mixture."""
+    from fieldkit.analytic import MixtureAccuracy
+
     return MixtureAccuracy(build_gaussian_mixture(p, ctx))
 
 
@@ -99,6 +114,10 @@ class MergeParams(Params):
 
 def build_merge(p: MergeParams, ctx: BuildContext) -> torch.nn.Module:
     """``theta = sum_i w_i theta_i / sum_i w_i`` over the named sources' weights."""
+    import torch
+
+    from fieldkit.merge import merge_models
+
     models = [m for name in p.fields if isinstance(m := ctx.field(name), torch.nn.Module)]
     if len(models) != len(p.fields):
         raise FieldkitError("merge needs sources with weights (e.g. fieldkit.checkpoint), not operators")
@@ -162,11 +181,15 @@ class SumParams(Params):
 
 def build_guidance(p: GuidanceParams, ctx: BuildContext) -> ops.Guidance:
     """Classifier-free guidance: ``v_u + w (v_c - v_u)`` in one batched forward."""
+    from fieldkit import ops
+
     return ops.Guidance(ctx.field(p.field), p.w)
 
 
 def build_mix(p: MixParams, ctx: BuildContext) -> ops.Mix:
     """Weighted average of fields (the soft-routing baseline); weights may be linear in sigma."""
+    from fieldkit import ops
+
     weights = None
     if p.weights is not None:
         weights = [w if isinstance(w, float) else ops.SigmaWeight(w.at_noise, w.at_data) for w in p.weights]
@@ -175,26 +198,36 @@ def build_mix(p: MixParams, ctx: BuildContext) -> ops.Mix:
 
 def build_masked(p: MaskedParams, ctx: BuildContext) -> ops.Masked:
     """``m * inside + (1 - m) * outside`` with the mask read from the Cond."""
+    from fieldkit import ops
+
     return ops.Masked(ctx.field(p.inside), ctx.field(p.outside), mask_key=p.mask_key)
 
 
 def build_toward_source(p: TowardSourceParams, ctx: BuildContext) -> ops.TowardSource:
     """``(x - source) / sigma``: the field that carries a state to the edit's source image."""
+    from fieldkit import ops
+
     return ops.TowardSource(p.source_key)
 
 
 def build_time_switch(p: TimeSwitchParams, ctx: BuildContext) -> ops.TimeSwitch:
     """One field above ``sigma0``, another below."""
+    from fieldkit import ops
+
     return ops.TimeSwitch(ctx.field(p.high), ctx.field(p.low), p.sigma0)
 
 
 def build_scale(p: ScaleParams, ctx: BuildContext) -> ops.Scale:
     """``c * v``."""
+    from fieldkit import ops
+
     return ops.Scale(ctx.field(p.field), p.c)
 
 
 def build_sum(p: SumParams, ctx: BuildContext) -> ops.Sum:
     """``sum_i c_i v_i``."""
+    from fieldkit import ops
+
     return ops.Sum([ctx.field(f) for f in p.fields], p.coefficients)
 
 
