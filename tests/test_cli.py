@@ -375,7 +375,9 @@ def test_the_cli_and_graph_validation_start_without_torch(good):
         f"check_trainable(load_graph({str(good)!r}))\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'accelerate') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # The plugins fieldkit ships (a test plugin installed beside them imports torch, as a user's may).
+    env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": "digits,sd3,zimage"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert done.stdout.strip() == "[]", done.stderr
 
 
