@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fiel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-digits
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-zimage
 	# The third-party plugin of docs/plugins.md: the tests train from YAML with it, through its entry point.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e tests/plugins/fieldkit-plugin-tempered
+	# A regular install: its pyproject is the docs' as written, and an editable one would make setuptools warn.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check tests/plugins/fieldkit-plugin-tempered
 	touch $(STAMP)
 
 demo: setup
