@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -37,10 +37,14 @@ from fieldkit_zimage.params import (
     ZImageParams,
 )
 
+if TYPE_CHECKING:
+    from fieldkit.graph import BuildContext
+    from fieldkit.protocols import Register
+
 __version__ = "0.1.0"
 
 
-def _load(params: ZImageParams | ZImageEditParams, ctx: Any, edit: bool) -> Any:
+def _load(params: ZImageParams | ZImageEditParams, ctx: BuildContext, edit: bool) -> Any:
     from fieldkit.models.diffusers_loading import DTYPES, scheduler_config
     from fieldkit_zimage.field import ZImageField
     from fieldkit_zimage.loading import build_transformer, load_transformer
@@ -58,12 +62,12 @@ def _load(params: ZImageParams | ZImageEditParams, ctx: Any, edit: bool) -> Any:
     return ZImageField(transformer, edit=edit, scheduler=scheduler)
 
 
-def build_zimage(params: ZImageParams, ctx: Any) -> Any:
+def build_zimage(params: ZImageParams, ctx: BuildContext) -> Any:
     """A Z-Image transformer as a field: ``v = -transformer(x, 1 - sigma, text)`` (T2I, or an edit batch)."""
     return _load(params, ctx, edit=False)
 
 
-def build_zimage_edit(params: ZImageEditParams, ctx: Any) -> Any:
+def build_zimage_edit(params: ZImageEditParams, ctx: BuildContext) -> Any:
     """A Z-Image Omni transformer as an edit field; with ``base``, over that field's transformer."""
     from fieldkit_zimage.field import as_zimage_field
 
@@ -73,7 +77,7 @@ def build_zimage_edit(params: ZImageEditParams, ctx: Any) -> Any:
     return base.spawn(base.adapter, edit=True)
 
 
-def build_zimage_lora(params: ZImageLoraParams, ctx: Any) -> Any:
+def build_zimage_lora(params: ZImageLoraParams, ctx: BuildContext) -> Any:
     """A LoRA adapter over a zimage base field; N adapters share one base transformer in memory."""
     from fieldkit_zimage.field import as_zimage_field
 
@@ -84,7 +88,7 @@ def build_zimage_lora(params: ZImageLoraParams, ctx: Any) -> Any:
     return field if params.task is None else field.spawn(name, edit=params.task == "edit")
 
 
-def build_guidance(params: GuidanceParams, ctx: Any) -> Any:
+def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
     """Guidance as the Z-Image pipelines apply it (scale, cfg_normalization, cfg_truncation)."""
     from fieldkit_zimage.guidance import ZImageGuidance
 
@@ -93,7 +97,7 @@ def build_guidance(params: GuidanceParams, ctx: Any) -> Any:
     )
 
 
-def _encoding(params: PromptParams | EditParams, ctx: Any) -> Any:
+def _encoding(params: PromptParams | EditParams, ctx: BuildContext) -> Any:
     from fieldkit.models.diffusers_loading import DTYPES
     from fieldkit_zimage.data import Encoding
 
@@ -107,7 +111,7 @@ def _encoding(params: PromptParams | EditParams, ctx: Any) -> Any:
     )
 
 
-def build_prompts(params: PromptParams, ctx: Any) -> Any:
+def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:
     """T2I prompts with Z-Image text features computed once and cached to safetensors."""
     from fieldkit_zimage.data import prompt_bucket
 
@@ -115,7 +119,7 @@ def build_prompts(params: PromptParams, ctx: Any) -> Any:
     return prompt_bucket(ctx.path(params.file), _encoding(params, ctx), template=params.template, cache=cache)
 
 
-def build_edits(params: EditParams, ctx: Any) -> Any:
+def build_edits(params: EditParams, ctx: BuildContext) -> Any:
     """Edit pairs with text, VAE latents and SigLIP2 features computed once and cached to safetensors."""
     from fieldkit_zimage.data import edit_bucket
 
@@ -124,19 +128,19 @@ def build_edits(params: EditParams, ctx: Any) -> Any:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Any) -> None:
+def fieldkit_register_sources(register: Register) -> None:
     register("zimage", build_zimage, ZImageParams)
     register("zimage.edit", build_zimage_edit, ZImageEditParams)
     register("zimage.lora", build_zimage_lora, ZImageLoraParams)
 
 
 @hookimpl
-def fieldkit_register_operators(register: Any) -> None:
+def fieldkit_register_operators(register: Register) -> None:
     register("zimage.guidance", build_guidance, GuidanceParams)
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Any) -> None:
+def fieldkit_register_datasets(register: Register) -> None:
     register("zimage.prompts", build_prompts, PromptParams)
     register("zimage.edits", build_edits, EditParams)
 
