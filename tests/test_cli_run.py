@@ -213,3 +213,33 @@ def test_eval_scores_a_half_precision_folder_as_its_float32_copy(
     assert {k: v for k, v in rows["half"][0].items() if k != "field"} == {
         k: v for k, v in rows["full"][0].items() if k != "field"
     }
+
+
+def test_sample_and_eval_step_through_the_graphs_flow_schedule(graph: Path) -> None:
+    """sample and eval use the sigmas training rolls out with: ``flow.schedule`` read from the first field."""
+    import torch
+
+    from fieldkit.commands.sources import sampling_sigmas
+    from fieldkit.errors import FieldkitError
+    from fieldkit.flow import sigma_schedule
+    from fieldkit.graph import load_graph
+
+    class Scheduled:
+        def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.linspace(1.0, 0.0, steps + 1) ** 2
+
+    class Plain:
+        pass
+
+    own = torch.linspace(1.0, 0.0, 5) ** 2
+    for schedule, field, expected in (
+        ("auto", Scheduled(), own),
+        ("model", Scheduled(), own),
+        ("auto", Plain(), sigma_schedule(4, 2.0)),
+        ("shift", Scheduled(), sigma_schedule(4, 2.0)),
+    ):
+        spec = load_graph(graph, [f"flow.schedule={schedule}", "flow.shift=2.0"])
+        got = sampling_sigmas(spec, {"first": field, "second": Plain()}, (1, 4, 4))  # type: ignore[dict-item]
+        assert torch.equal(got, expected), schedule
+    with pytest.raises(FieldkitError, match="no scheduler"):
+        sampling_sigmas(load_graph(graph, ["flow.schedule=model"]), {"first": Plain()}, (1, 4, 4))  # type: ignore[dict-item]

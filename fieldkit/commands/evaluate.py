@@ -30,11 +30,10 @@ def evaluate(
     """
     from rich.console import Console
 
-    from fieldkit.commands.sources import collect_fields, default_device
+    from fieldkit.commands.sources import collect_fields, default_device, sampling_sigmas
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.report import evaluate as score
     from fieldkit.eval.report import results_table
-    from fieldkit.flow import sigma_schedule
     from fieldkit.graph.builder import BuildContext
 
     ctx = BuildContext(graph, device=default_device())
@@ -44,7 +43,8 @@ def evaluate(
     default = [str(s.field) for s in graph.spec.routes.values() if s.field is not None]
     names = list(dict.fromkeys(field_names or default))
     fields = collect_fields(graph, ctx, names, checkpoints)
-    sigmas = sigma_schedule(graph.spec.flow.steps, graph.spec.flow.shift)
+    first = next(route for route in routes if route.metrics)
+    sigmas = sampling_sigmas(graph, fields, tuple(first.data.shape))
     scores = score(fields, routes, sigmas, samples, seed, ctx.device)
     if as_json:
         click.echo(json.dumps([{"field": s.field, "route": s.route, **s.values} for s in scores], indent=1))

@@ -37,11 +37,11 @@ def sample(
     import torch
     from rich.console import Console
 
-    from fieldkit.commands.sources import collect_fields, default_device
+    from fieldkit.commands.sources import collect_fields, default_device, sampling_sigmas
     from fieldkit.data import evaluation_bucket
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.grid import save_grid
-    from fieldkit.flow import generate, sigma_schedule
+    from fieldkit.flow import generate
     from fieldkit.graph.builder import BuildContext
 
     ctx = BuildContext(graph, device=default_device())
@@ -56,7 +56,7 @@ def sample(
     if not fields:
         raise FieldkitError("nothing to sample", hint="give --field NAME or --checkpoint DIR")
     batch = evaluation_bucket(chosen.data).sample(samples, torch.Generator().manual_seed(seed))
-    sigmas = sigma_schedule(graph.spec.flow.steps, graph.spec.flow.shift)
+    sigmas = sampling_sigmas(graph, fields, tuple(chosen.data.shape))
     rows = [
         generate(
             f,

@@ -37,5 +37,15 @@ def collect_fields(
     return fields
 
 
+def sampling_sigmas(graph: Graph, fields: dict[str, VelocityField], shape: tuple[int, ...]) -> torch.Tensor:
+    """The sigmas every compared field samples with: the graph's ``flow.schedule`` (as training rolls out),
+    read from the first field's own scheduler where the schedule asks for it (the fields compared share one
+    grid, so that they differ only in their velocities)."""
+    from fieldkit.flow import rollout_sigmas
+
+    flow = graph.spec.flow
+    return rollout_sigmas(flow.schedule, flow.steps, flow.shift, next(iter(fields.values())), shape)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
