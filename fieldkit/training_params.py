@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fieldkit.plugins.registry import Params
 
@@ -40,6 +40,19 @@ class DistillParams(Params):
         "x0 = x - sigma v); dt2: DiffusionOPD's dt_i^2 / 2, divided by its mean over the schedule "
         "(so the loss keeps its scale)",
     )
+    reuse: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="updates each rollout serves: R > 1 rolls out every pre-step state once and draws the "
+        "next R updates' queries from it (cheaper, slightly stale states; a resume rolls out afresh)",
+    )
+
+    @model_validator(mode="after")
+    def _reuse_needs_a_rollout(self) -> DistillParams:
+        if self.reuse > 1 and self.states == "data":
+            raise ValueError("reuse > 1 reuses rollout states, but states is 'data'; use reuse: 1")
+        return self
 
 
 class SFTParams(Params):

@@ -125,6 +125,40 @@ def test_query_of_state_zero_needs_no_student_call(counting):
     assert policy.calls == 1  # the loss forward only
 
 
+@pytest.mark.parametrize(("reuse", "k"), [(3, 1), (2, 2)])
+def test_reuse_serves_one_full_rollout_to_r_updates(counting, reuse, k):
+    """``reuse: R``: one rollout to the last pre-step state every R updates of a route; each update queries
+    it at freshly drawn indices, with the conditions it was rolled out for, whatever its own batch holds."""
+    teacher, first, sigmas = setup(seed=1)
+    _, other, _ = setup(seed=2)  # later updates bring another batch: the stored trajectory keeps its own
+    steps, n = sigmas.numel() - 1, first.cond.batch_size
+    student = GaussianMixtureField.random(3, SHAPE, seed=7)
+    policy, target = counting(student), Recorder(teacher)
+    method = DistillMethod(DistillParams(k=k, reuse=reuse))
+    full = None
+    for update in range(2 * reuse):
+        batch = first if update < reuse else other
+        calls = policy.calls
+        out = method.loss(LossInputs(student, policy, target, batch, SHAPE, sigmas, gen(update)))
+        idx, noise = draws(steps, n, k, "low", update)
+        if update % reuse == 0:  # a fresh rollout: every pre-step state, all rows to the end
+            assert out.rollout_nfe == steps - 1 == policy.calls - calls
+            assert policy.batch_sizes[-(steps - 1) :] == [n] * (steps - 1)
+            full = euler_sample(student, noise[:, 0], batch.cond, sigmas, record=True)
+            rolled = batch
+        else:
+            assert out.rollout_nfe == 0 and policy.calls == calls
+        torch.testing.assert_close(target.xs[-1], gather(full.states, idx))
+        torch.testing.assert_close(out.query_sigmas, sigmas[idx].flatten())
+        assert torch.equal(target.conds[-1]["label"], rolled.cond["label"].repeat_interleave(k))
+
+
+def test_reuse_needs_rollout_states():
+    with pytest.raises(ValueError, match="reuse > 1 reuses rollout states"):
+        OffPolicyParams(reuse=2)
+    assert DistillParams(states="teacher", reuse=2).reuse == 2
+
+
 # -- state sources and weights ------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from fieldkit.data import Batch
 from fieldkit.distill.queries import sample_indices
 from fieldkit.distill.student import merged_lora
 from fieldkit.errors import FieldkitError
+from fieldkit.field import VelocityField
 from fieldkit.flow import interpolate, rollout_states, target_velocity
 from fieldkit.protocols import LossInputs, LossOutput
 from fieldkit.training_params import DistillParams, SFTParams
@@ -51,11 +52,22 @@ def _require_targets(batch: Batch, what: str) -> Tensor:
     return batch.target
 
 
+@dataclass
+class Trajectory:
+    """Every pre-step state ``[B, N, ...]`` of one rollout (this process's rows), the batch it was rolled out
+    for, and how many more updates it serves (``method.reuse``)."""
+
+    states: Tensor
+    batch: Batch
+    left: int
+
+
 class DistillMethod:
     """``L = E || v_student(sg(x_i), sigma_i, c) - v_route(sg(x_i), sigma_i, c) ||^2`` over query states."""
 
     def __init__(self, params: DistillParams) -> None:
         self.params = params
+        self.trajectories: dict[int, Trajectory] = {}  # per route field, while ``reuse`` > 1
 
     def rollout_steps(self, default: int) -> int:
         return self.params.rollout_steps or default
@@ -96,9 +108,39 @@ class DistillMethod:
                 raise FieldkitError("this route has no field to roll out", hint="give the route a 'field'")
             # A LoRA student rolls out with its adapters merged: each forward is a plain one.
             with merged_lora(inputs.policy) if p.states == "student" else contextlib.nullcontext():
+                if p.reuse > 1:
+                    return self._reused_states(inputs, roller, noise[:, 0], batch, plan, sigma)
                 states, nfe = rollout_states(roller, noise[:, 0], batch.cond, sigmas, plan)
         samples = int(plan.max(dim=1).values.sum())
         return QueryStates(states.flatten(0, 1), sigma, cond, idx, nfe, samples)
+
+    def _reused_states(
+        self,
+        inputs: LossInputs,
+        roller: VelocityField,
+        noise: Tensor,
+        batch: Batch,
+        plan: Tensor,
+        sigma: Tensor,
+    ) -> QueryStates:
+        """The query states of ``plan`` from the route's stored trajectory, rolled out (to its last pre-step
+        state) when the route has none or it has served ``reuse`` updates; the conditions are the ones it was
+        rolled out for, whatever this update's batch holds."""
+        key = id(inputs.target)
+        trajectory = self.trajectories.get(key)
+        nfe = samples = 0
+        if trajectory is None or trajectory.left == 0 or len(trajectory.states) != len(plan):
+            steps = inputs.sigmas.numel() - 1
+            every = torch.arange(steps).expand(len(plan), steps)
+            states, nfe = rollout_states(roller, noise, batch.cond, inputs.sigmas, every)
+            samples = len(plan) * (steps - 1)
+            trajectory = self.trajectories[key] = Trajectory(states, batch, self.params.reuse)
+        trajectory.left -= 1
+        index = plan.to(trajectory.states.device)
+        x = trajectory.states[torch.arange(len(plan), device=index.device)[:, None], index]
+        k = plan.shape[1]
+        cond = trajectory.batch.cond if k == 1 else trajectory.batch.cond.repeat_interleave(k)
+        return QueryStates(x.flatten(0, 1), sigma, cond, index, nfe, samples)
 
     def loss(self, inputs: LossInputs) -> LossOutput:
         """The route field's velocity at the query states is the target of the student's."""
