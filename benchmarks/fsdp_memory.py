@@ -1,13 +1,18 @@
 """Memory per process of a student under DDP and under FSDP2 (accelerate's FSDP plugin), 2 CPU processes.
 
-Not the engine: a probe of the building block. Each process prepares fieldkit's MMDiT and AdamW with
+``--engine``: through fieldkit's engine (``run.parallel: ddp`` against ``fsdp``): each process trains the
+MMDiT student of a graph (DanceOPD on a Gaussian-mixture teacher, ``--steps`` updates) and reports, after
+the last update, the bytes of the student's parameters and AdamW state it holds itself, its peak RSS and
+the losses.
+
+Without it, a probe of the building block: each process prepares fieldkit's MMDiT and AdamW with
 accelerate (DDP, or ``FullyShardedDataParallelPlugin(fsdp_version=2)`` with one shard unit per joint
 block), takes ``--steps`` identical optimizer steps on the same batch, and reports the bytes of the
 parameters, gradients and optimizer state it holds itself (a DTensor counts its local shard), its peak
 RSS, and its losses (equal under DDP and FSDP up to float error). accelerate 1.15 picks FSDP only for GPU
 process groups; on a CPU group the probe sets the distributed type itself (marked "CPU override").
 
-    python benchmarks/fsdp_memory.py [--hidden 256] [--depth 8] [--steps 3]
+    python benchmarks/fsdp_memory.py [--engine] [--hidden 256] [--depth 8] [--steps 3]
 """
 
 from __future__ import annotations
@@ -92,6 +97,55 @@ def worker(args: argparse.Namespace) -> None:
     Path(args.report).with_suffix(f".{acc.process_index}.json").write_text(json.dumps(report))
 
 
+ENGINE_GRAPH = """
+fields:
+  teacher: {{type: gaussian_mixture, classes: 10, shape: [1, 8, 8], std: 0.2}}
+  init:
+    type: fieldkit.mmdit
+    config: {{sample_size: [8, 8], hidden: {hidden}, depth: {depth}, heads: 4, num_classes: 10}}
+routes:
+  t2i: {{field: teacher, data: {{type: gaussian_mixture, classes: 10, shape: [1, 8, 8], std: 0.2}}}}
+student: {{init: init}}
+flow: {{steps: 8}}
+run: {{steps: {steps}, batch_size: 4, lr: 1.0e-4, device: cpu, parallel: {mode}}}
+"""
+
+
+def engine_worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from fieldkit import loads_graph
+    from fieldkit.distill.callbacks import Callback
+    from fieldkit.distill.engine import Engine
+
+    text = ENGINE_GRAPH.format(hidden=args.hidden, depth=args.depth, steps=args.steps, mode=args.mode)
+    engine = Engine(loads_graph(text), write=False, show_progress=False)
+    sizes: dict[str, int] = {}
+
+    class Held(Callback):
+        """What the process holds after an update (gradients are freed by then)."""
+
+        def on_update_end(self, engine: Engine, report) -> None:
+            states = [
+                v for s in engine.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+            ]
+            sizes.update(
+                param_bytes=local_bytes(engine.student.parameters()), optimizer_bytes=local_bytes(states)
+            )
+
+    losses = [report.record["loss"] for report in engine.steps([Held()])]
+    acc = engine.accelerator
+    report = {
+        "mode": args.mode,
+        "rank": acc.process_index,
+        "params": sum(p.numel() for p in engine.ctx.field("init").parameters()),
+        **sizes,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "losses": losses,
+    }
+    Path(args.report).with_suffix(f".{acc.process_index}.json").write_text(json.dumps(report))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +158,7 @@ def launch(mode: str, args: argparse.Namespace, folder: Path) -> list[dict]:
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["--main_process_port", str(free_port()), __file__, "--worker", "--mode", mode]
     cmd += ["--report", str(report), "--hidden", str(args.hidden), "--depth", str(args.depth)]
-    cmd += ["--steps", str(args.steps)]
+    cmd += ["--steps", str(args.steps)] + (["--engine"] if args.engine else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "FIELDKIT_LOAD_PLUGINS": ""}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -119,12 +173,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--engine", action="store_true", help="through the engine (run.parallel)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["ddp", "fsdp"], help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args)
+        engine_worker(args) if args.engine else worker(args)
         return
     import tempfile
 
@@ -132,13 +187,22 @@ def main() -> None:
         results = {mode: launch(mode, args, Path(tmp)) for mode in ("ddp", "fsdp")}
     ddp, fsdp = results["ddp"], results["fsdp"]
     print(f"MMDiT hidden {args.hidden}, depth {args.depth}: {ddp[0]['params']:,} parameters, 2 CPU processes")
-    print("| setup | rank | parameters (MB) | gradients (MB) | AdamW state (MB) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
+    # The engine frees gradients after each update, so its table has no gradient column.
+    keys = (
+        ("param_bytes", "optimizer_bytes")
+        if args.engine
+        else ("param_bytes", "grad_bytes", "optimizer_bytes")
+    )
+    grads = "" if args.engine else " gradients (MB) |"
+    print(f"| setup | rank | parameters (MB) |{grads} AdamW state (MB) | peak RSS (MB) |")
+    print("|---" * (len(keys) + 3) + "|")
     for mode, rows in results.items():
-        label = "DDP" if mode == "ddp" else "FSDP2 (accelerate plugin, CPU override)"
+        if args.engine:
+            label = f"engine, run.parallel: {mode}"
+        else:
+            label = "DDP" if mode == "ddp" else "FSDP2 (accelerate plugin, CPU override)"
         for r in rows:
-            mb = [r[k] / 2**20 for k in ("param_bytes", "grad_bytes", "optimizer_bytes")]
-            cells = " | ".join(f"{v:.2f}" for v in mb)
+            cells = " | ".join(f"{r[k] / 2**20:.2f}" for k in keys)
             print(f"| {label} | {r['rank']} | {cells} | {r['peak_rss_mb']:.0f} |")
     gap = max(abs(a - b) / abs(a) for a, b in zip(ddp[0]["losses"], fsdp[0]["losses"], strict=True))
     print(f"losses DDP {ddp[0]['losses']}\nlosses FSDP {fsdp[0]['losses']}\nlargest relative gap {gap:.2e}")

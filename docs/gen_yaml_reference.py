@@ -26,6 +26,7 @@ from fieldkit import __version__, builtin
 from fieldkit.graph.refs import FieldRef
 from fieldkit.graph.schema import (
     FlowSpec,
+    FsdpSpec,
     GraphSpec,
     LoraSpec,
     OptimizerSpec,
@@ -47,6 +48,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("flow", FlowSpec),
     ("run", RunSpec),
     ("run.optimizer", OptimizerSpec),
+    ("run.fsdp", FsdpSpec),
 ]
 
 SECTION_OF = {model: where for where, model in SECTIONS}

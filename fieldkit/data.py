@@ -61,6 +61,9 @@ class Shard:
 
     rank: int = 0
     world: int = 1
+    #: The processes' forwards are collectives (FSDP): each runs the same number of them, the longest
+    #: process's, even where its own rows would stop earlier.
+    lockstep: bool = False
 
     def rows(self, n: int) -> slice:
         per = n // self.world

@@ -119,7 +119,7 @@ def _peft(run: RunFolder, out: Path) -> Exported:
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from fieldkit.distill.checkpoint import load_checkpoint, resolve_resume
+    from fieldkit.distill.checkpoint import load_weights, resolve_resume
 
     student = run.graph.get("student") or {}
     if student.get("train") != "lora":
@@ -130,7 +130,7 @@ def _peft(run: RunFolder, out: Path) -> Exported:
     path, _ = resolve_resume(run.folder / "checkpoints", "latest")
     if path is None:
         raise FieldkitError(f"{run.folder}: no good checkpoint to take the adapter from")
-    state = load_checkpoint(path)
+    state = load_weights(path)
     weights = state.ema if state.ema is not None else state.student
     tensors = {}
     for key, value in weights.items():

@@ -128,8 +128,10 @@ def rollout_states(
     cond: Cond,
     sigmas: Tensor,
     indices: Tensor,
+    at_least: int = 0,
 ) -> tuple[Tensor, int]:
-    """Pre-step states of an Euler rollout at per-sample indices, stopping at the last one needed.
+    """Pre-step states of an Euler rollout at per-sample indices, stopping at the last one needed (or after
+    ``at_least`` steps, the longest row running on: FSDP processes call the field equally often).
 
     ``indices`` is ``[B, K]`` (values in ``[0, N - 1]``); returns states ``[B, K, ...]`` and the sequential
     NFEs run, ``max(indices)``. A sample leaves the batch once its last index is reached, so the field sees
@@ -152,9 +154,9 @@ def rollout_states(
     if not plan.numel():
         return out, 0
     row_last = plan.max(dim=1).values
-    last = int(row_last.max())
+    last = max(int(row_last.max()), at_least)
     order = torch.argsort(row_last, descending=True, stable=True)
-    running = [int((row_last > i).sum()) for i in range(last)]  # rows that take step i: a prefix
+    running = [max(1, int((row_last > i).sum())) for i in range(last)]  # rows that take step i: a prefix
     # Every (row, column) to record, grouped by the step that reaches it: its row in the sorted batch and
     # its place in ``out`` (original order, flattened over K); one host-to-device copy for all steps.
     flat = plan[order].flatten()

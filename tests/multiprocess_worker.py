@@ -17,6 +17,7 @@ from toy_world import DistillWorld
 
 from fieldkit import load_graph, loads_graph
 from fieldkit.distill.engine import Engine
+from fieldkit.distill.sharding import full_state
 from fieldkit.plugins.manager import get_host
 
 GRAPH = """
@@ -34,6 +35,12 @@ run: {steps: 8, batch_size: 4, grad_accum: 2, lr: 0.02, log_every: 1, checkpoint
 """
 
 
+def is_fsdp(module: object) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -41,6 +48,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--graph", type=Path, help="a graph file instead of the toy graph above")
     parser.add_argument("--sd3", action="store_true", help="register the SD3 plugin")
+    parser.add_argument("--resume", help="resume the run in --out (latest or a checkpoint folder)")
     args = parser.parse_args()
     host = get_host()
     host.register(DistillWorld(), "distill-world")
@@ -49,7 +57,7 @@ def main() -> None:
 
         host.register(fieldkit_sd3, "sd3")
     graph = load_graph(args.graph, args.set) if args.graph else loads_graph(GRAPH, args.set)
-    engine = Engine(graph, out=args.out, show_progress=False)
+    engine = Engine(graph, out=args.out, resume=args.resume, show_progress=False)
     result = engine.run()
     rank = engine.accelerator.process_index
     frozen = {}
@@ -61,12 +69,16 @@ def main() -> None:
             "grads": any(p.requires_grad or p.grad is not None for p in getattr(field, "parameters", list)()),
         }
     args.results.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in result.student.state_dict().items()}
+    # Under FSDP the student holds shards: every process gathers the whole weights (a collective).
+    state = full_state(engine.student) if engine.sharded else result.student.state_dict()
+    weights = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(weights, args.results / f"rank{rank}.safetensors")
     info = {
         "rank": rank,
         "world": engine.accelerator.num_processes,
         "model": type(engine.model).__name__,
+        "sharded": engine.sharded,
+        "sharded_fields": sorted(n for n in graph.spec.fields if is_fsdp(engine.ctx.field(n))),
         "history": [{k: r[k] for k in ("step", "route", "loss", "grad_norm")} for r in result.history],
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "trainable": sorted(n for n, p in result.student.named_parameters() if p.requires_grad),

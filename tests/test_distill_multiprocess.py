@@ -34,15 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(
-    tmp: Path, name: str, processes: int, *overrides: str, graph: Path | None = None, sd3: bool = False
-) -> tuple[Path, list[dict], list[dict]]:
-    out, results = tmp / name / "run", tmp / name / "results"
-    args = [str(WORKER), "--out", str(out), "--results", str(results)]
-    args += ["--graph", str(graph)] if graph is not None else []
-    args += ["--sd3"] if sd3 else []
-    for text in overrides:
-        args += ["--set", text]
+def run_processes(tmp: Path, processes: int, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in one process, or under ``accelerate launch --multi_gpu`` (gloo on CPUs)."""
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
@@ -57,8 +50,27 @@ def launch(
         "HF_HOME": str(tmp / "hf"),
         "CUDA_VISIBLE_DEVICES": "",
     }
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def launch(
+    tmp: Path,
+    name: str,
+    processes: int,
+    *overrides: str,
+    graph: Path | None = None,
+    sd3: bool = False,
+    resume: str | None = None,
+) -> tuple[Path, list[dict], list[dict]]:
+    out, results = tmp / name / "run", tmp / name / "results"
+    args = [str(WORKER), "--out", str(out), "--results", str(results)]
+    args += ["--graph", str(graph)] if graph is not None else []
+    args += ["--sd3"] if sd3 else []
+    args += ["--resume", resume] if resume is not None else []
+    for text in overrides:
+        args += ["--set", text]
+    done = run_processes(tmp, processes, args)
+    assert done.returncode == 0, f"{' '.join(done.args)}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     infos = [json.loads((results / f"rank{r}.json").read_text()) for r in range(processes)]
     weights = [load_file(results / f"rank{r}.safetensors") for r in range(processes)]
     return out, infos, weights

@@ -169,10 +169,11 @@ class Export(Callback):
 
 
 class Evaluation(Callback):
-    """The route fields and the student scored on the routes' metrics at the end of the run (main process)."""
+    """The route fields and the student scored on the routes' metrics at the end of the run (main process;
+    under FSDP every process, as sharded forwards are collectives)."""
 
     def on_run_end(self, engine: Engine) -> None:
-        if engine.accelerator.is_main_process:
+        if engine.accelerator.is_main_process or engine.sharded:
             engine.evaluate()
 
 

@@ -39,6 +39,9 @@ class TrainState:
     rng: dict[str, Tensor]
     ema: dict[str, Tensor] | None = None
     scalars: dict[str, Any] = field(default_factory=dict)
+    #: FSDP: student, optimizer and EMA live in the folder's shard files (torch.distributed.checkpoint),
+    #: not in this object (see fieldkit.distill.sharding).
+    sharded: bool = False
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -84,20 +87,35 @@ def save_checkpoint(root: Path, state: TrainState, keep_last: int) -> Path:
     """Write ``root/step-XXXXXXXX`` atomically and keep only the newest ``keep_last`` checkpoints."""
     final = checkpoint_path(root, state.step)
     with atomic_path(final, folder=True) as tmp:  # a failed write (disk full, ...) leaves no half folder
-        _write_state(tmp, state)
-    for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        write_state(tmp, state)
+    prune_checkpoints(root, keep_last)
     return final
 
 
-def _write_state(tmp: Path, state: TrainState) -> None:
-    opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
-    save_safetensors(_cpu(state.student), tmp / "student.safetensors")
-    save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+def prune_checkpoints(root: Path, keep_last: int) -> None:
+    """Remove all but the newest ``keep_last`` checkpoints under ``root``."""
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_state(tmp: Path, state: TrainState) -> None:
+    """Write ``state`` into the folder ``tmp`` and, last, its manifest (which also covers shard files
+    already written there)."""
+    opt_meta: dict[str, Any] | None = None
+    if not state.sharded:
+        opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
+        save_safetensors(_cpu(state.student), tmp / "student.safetensors")
+        save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+        if state.ema is not None:
+            save_safetensors(_cpu(state.ema), tmp / "ema.safetensors")
     save_safetensors(_cpu(state.rng), tmp / "rng.safetensors")
-    if state.ema is not None:
-        save_safetensors(_cpu(state.ema), tmp / "ema.safetensors")
-    meta = {"format": FORMAT, "step": state.step, "optimizer": opt_meta, "scalars": state.scalars}
+    meta = {
+        "format": FORMAT,
+        "step": state.step,
+        "optimizer": opt_meta,
+        "scalars": state.scalars,
+        "sharded": state.sharded,
+    }
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
@@ -147,15 +165,40 @@ def load_checkpoint(path: Path) -> TrainState:
     verify_checkpoint(path)
     try:
         meta = json.loads((path / "state.json").read_text())
-        student = load_file(path / "student.safetensors")
-        optimizer = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta["optimizer"])
+        sharded = meta.get("sharded") is True
+        student, optimizer, ema = {}, {}, None
+        if not sharded:
+            student = load_file(path / "student.safetensors")
+            optimizer = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta["optimizer"])
+            ema_file = path / "ema.safetensors"
+            ema = load_file(ema_file) if ema_file.is_file() else None
         rng = load_file(path / "rng.safetensors")
-        ema_file = path / "ema.safetensors"
-        ema = load_file(ema_file) if ema_file.is_file() else None
     except (SafetensorError, OSError, KeyError, ValueError, AttributeError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc}") from None
-    state = TrainState(meta.get("step"), student, optimizer, rng, ema, meta.get("scalars", {}))
+    state = TrainState(meta.get("step"), student, optimizer, rng, ema, meta.get("scalars", {}), sharded)
     _check_state(path, state)
+    return state
+
+
+def load_weights(path: Path) -> TrainState:
+    """Read a verified checkpoint with its student (and EMA) weights whole, in this one process: an FSDP
+    checkpoint's shards are gathered from its files (torch.distributed.checkpoint, no process group)."""
+    state = load_checkpoint(path)
+    if state.sharded:
+        import tempfile
+
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        if not (path / ".metadata").is_file():
+            raise CheckpointError(f"{path}: cannot read its FSDP shards: it has no .metadata file")
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                dcp_to_torch_save(path, Path(tmp) / "whole.pt")
+                whole = torch.load(Path(tmp) / "whole.pt", weights_only=True)
+                state.student, state.ema = dict(whole["model"]), whole.get("ema")
+            except (CheckpointException, OSError, RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"{path}: cannot read its FSDP shards: {exc}") from None
     return state
 
 

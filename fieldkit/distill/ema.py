@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fieldkit.distill.sharding import full_tensor
+
 
 class EMA:
     """``theta_ema <- d theta_ema + (1 - d) theta`` over the trainable parameters, after every update."""
@@ -31,7 +33,8 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        """Write the averaged weights into ``model``."""
+        """Write the averaged weights into ``model``; sharded (FSDP) averages are gathered whole first, a
+        collective every process must join."""
         for name, param in model.named_parameters():
             if name in self.shadow:
-                param.copy_(self.shadow[name])
+                param.copy_(full_tensor(self.shadow[name]))

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from rich.markup import escape
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -53,6 +53,19 @@ from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_
 from fieldkit.distill.route_checks import check_routes
 from fieldkit.distill.rundir import open_for_processes
 from fieldkit.distill.runlog import trim_metrics
+from fieldkit.distill.sharding import (
+    PlainCopy,
+    broadcast_from_main,
+    enable_fsdp,
+    full_state,
+    full_tensor,
+    load_shards,
+    save_sharded_checkpoint,
+    shard_frozen,
+    sharded_state,
+    teacher_sources,
+    use_shard_units,
+)
 from fieldkit.distill.student import make_student, trainable_state
 from fieldkit.errors import CheckpointError, FieldkitError
 from fieldkit.eval.grid import save_grid
@@ -60,6 +73,7 @@ from fieldkit.eval.report import Score, evaluate
 from fieldkit.flow import generate, rollout_sigmas
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
+from fieldkit.graph.schema import FsdpSpec
 from fieldkit.protocols import LossInputs, Method, Router
 
 GENERATORS = ("router", "data", "noise")
@@ -80,8 +94,12 @@ class RunResult:
     scores: list[Score] = field(default_factory=list)
 
 
-def make_accelerator(device: str, precision: str = "fp32") -> Accelerator:
-    """An Accelerator for ``run.device`` (auto/cpu/cuda[:N]/mps).
+def make_accelerator(
+    device: str, precision: str = "fp32", parallel: str = "ddp", fsdp: FsdpSpec | None = None
+) -> Accelerator:
+    """An Accelerator for ``run.device`` (auto/cpu/cuda[:N]/mps); with several processes, DDP or (``parallel``
+    ``fsdp``) FSDP2 with the settings ``fsdp`` (:func:`~fieldkit.distill.sharding.enable_fsdp`). One process
+    is never sharded: ``fsdp`` there is plain training.
 
     Mixed precision is the engine's own autocast (:func:`precision_context`), not accelerate's: accelerate
     keeps one process-wide state that refuses a second precision, and a process may run several graphs.
@@ -113,6 +131,8 @@ def make_accelerator(device: str, precision: str = "fp32") -> Accelerator:
             f"(run.device is {device!r}); each process would train and write on its own",
             hint="on CPUs set run.device: cpu; on GPUs check that every process sees one",
         )
+    if parallel == "fsdp" and acc.num_processes > 1:
+        enable_fsdp(acc, fsdp or FsdpSpec())
     return acc
 
 
@@ -149,13 +169,14 @@ class Engine:
             raise FieldkitError("the graph has no routes to train on", hint="add a 'routes' section")
         self.graph = graph
         self.run_spec = spec.run
-        self.accelerator = accelerator or make_accelerator(spec.run.device, spec.run.precision)
+        self.accelerator = accelerator or make_accelerator(
+            spec.run.device, spec.run.precision, spec.run.parallel, spec.run.fsdp
+        )
         acc = self.accelerator
         # Checked and locked before anything is built; only the main process writes into it.
         self.folder = open_for_processes(_output_path(graph, out), resume, acc) if write else None
         self.out = self.folder.path if self.folder is not None else None
         resume = self.folder.resume if self.folder is not None else None
-        self.shard = Shard(acc.process_index, acc.num_processes)
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: Router = self.ctx.router()
         self.method: Method = self.ctx.method()
@@ -168,12 +189,24 @@ class Engine:
         student = make_student(init, spec.student).to(acc.device)
         # run.compile: the student's and the teachers' forwards, per block, in place (fieldkit.compile).
         compile_fields([student, *(route.field for route in self.router.routes)], spec.run.compile)
-        params = [p for p in student.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, spec.run)
+        #: FSDP: the student's parameters are shards; reading its full weights is a collective.
+        self.sharded = acc.distributed_type == DistributedType.FSDP
+        self.shard = Shard(acc.process_index, acc.num_processes, lockstep=self.sharded)
+        self._plain: PlainCopy | None = None
+        if self.sharded:
+            self._plain = PlainCopy(student)
+            broadcast_from_main(student)
+            use_shard_units(acc, student)
+            if spec.run.fsdp.teachers == "shard":
+                teachers = [route.field for route in self.router.routes]
+                for source in teacher_sources(teachers, self.ctx.built_fields()):
+                    shard_frozen(source, acc.device)
+        optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], spec.run)
         self.lr_schedule = make_lr_schedule(optimizer, spec.run)
         self.model, self.optimizer = acc.prepare(student, optimizer)
         self.student: nn.Module = acc.unwrap_model(self.model)
-        self.params = params
+        # After prepare: FSDP replaces the parameters with sharded ones (and points the optimizer at them).
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.ema = EMA(self.student, spec.student.ema) if spec.student.ema else None
         # Same streams on every process: the global batch is drawn everywhere and sharded (see Shard).
         self.generators = {
@@ -224,6 +257,8 @@ class Engine:
             "processes": self.accelerator.num_processes,
             "lr_schedule": self.lr_schedule.state_dict(),
         }
+        if self.sharded:  # the weights, optimizer and EMA are the shard files (sharded_state)
+            return TrainState(self.step, {}, {}, self._rng_state(), None, scalars, sharded=True)
         ema = self.ema.state_dict() if self.ema is not None else None
         return TrainState(
             self.step,
@@ -278,6 +313,9 @@ class Engine:
         fresh["torch"] = torch.get_rng_state()
         if any(name not in state.rng or state.rng[name].shape != t.shape for name, t in fresh.items()):
             raise CheckpointError(f"{path}: its RNG states do not fit this run")
+        if state.sharded or self.sharded:
+            self._load_shards(path, state)
+            return
         trained = {k: v.clone() for k, v in trainable_state(self.student).items()}
         try:
             missing, unexpected = self.student.load_state_dict(state.student, strict=False)
@@ -297,6 +335,28 @@ class Engine:
         except CheckpointError:
             self.student.load_state_dict(trained, strict=False)
             raise
+
+    def _load_shards(self, path: Path, state: TrainState) -> None:
+        """Load an FSDP checkpoint into this run's shards, or raise CheckpointError when it is not one
+        written by this many processes (or this run is not sharded)."""
+        saved = state.scalars.get("processes")
+        world = self.accelerator.num_processes
+        if not state.sharded:
+            raise CheckpointError(
+                f"{path}: it holds whole weights (written without FSDP), and this run shards them",
+                hint="resume it with run.parallel: ddp (and the processes that wrote it)",
+            )
+        if not self.sharded or saved != world:
+            which = (
+                f"this run has {world}" if saved != world else "this run does not shard (run.parallel: ddp)"
+            )
+            raise CheckpointError(
+                f"{path}: it holds FSDP shards written by {saved} process(es); {which}",
+                hint=f"resume it with run.parallel: fsdp on {saved} processes (accelerate launch "
+                f"--num_processes {saved})",
+            )
+        ema = self.ema.shadow if self.ema is not None else None
+        load_shards(path, self.student, self.optimizer.optimizer, ema)
 
     def _trim_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint we resume from (a torn last line too)."""
@@ -357,7 +417,7 @@ class Engine:
             reduced = acc.reduce(reduced, "mean")
         *route_means, total = reduced.tolist()
         clip = run.grad_clip if run.grad_clip is not None else math.inf
-        grad_norm = float(acc.clip_grad_norm_(self.params, clip))
+        grad_norm = float(full_tensor(acc.clip_grad_norm_(self.params, clip)))
         finite = math.isfinite(total) and math.isfinite(grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         if finite:
@@ -468,8 +528,17 @@ class Engine:
         return self.scores
 
     def inference_model(self) -> nn.Module:
-        """The student as it is exported and evaluated: EMA weights when EMA is on, LoRA merged, eval mode."""
-        return export_model(self.student, self.ema)
+        """The student as it is exported and evaluated: EMA weights when EMA is on, LoRA merged, eval mode.
+
+        Under FSDP (``self.sharded``) this is a collective that every process must call: each gets a plain,
+        whole copy gathered from the shards.
+        """
+        if self._plain is None:
+            return export_model(self.student, self.ema)
+        model = self._plain.build(full_state(self.student), self.accelerator.device)
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        return export_model(model)
 
     # -- outputs (main process writes; every process waits) -----------------------------------------------
     def save(self) -> Path | None:
@@ -481,7 +550,13 @@ class Engine:
         # a resumed run with nothing left to do) is that checkpoint: never delete and rewrite it.
         root = self.out / "checkpoints"
         done = self.checkpoint == checkpoint_path(root, self.step)
-        if acc.is_main_process and not (done and self.checkpoint is not None and self.checkpoint.is_dir()):
+        if done and self.checkpoint is not None and self.checkpoint.is_dir():
+            pass
+        elif self.sharded:  # every process writes its shards
+            ema = self.ema.shadow if self.ema is not None else None
+            shards = sharded_state(self.student, self.optimizer.optimizer, ema)
+            save_sharded_checkpoint(acc, root, self._state(), shards, self.run_spec.keep_last)
+        elif acc.is_main_process:
             save_checkpoint(root, self._state(), self.run_spec.keep_last)
         acc.wait_for_everyone()
         self.checkpoint = checkpoint_path(root, self.step)
@@ -490,10 +565,11 @@ class Engine:
         return self.checkpoint
 
     def sample_grids(self, n: int = 8, seed: int = 1234) -> list[Path]:
-        """One PNG per route: the route's field (or its data) in the top row, the student below."""
+        """One PNG per route: the route's field (or its data) in the top row, the student below. Under FSDP
+        every process computes them (sharded forwards are collectives); the main process writes."""
         acc = self.accelerator
         paths: list[Path] = []
-        if self.out is None or not acc.is_main_process:
+        if self.out is None or not (acc.is_main_process or self.sharded):
             return paths
         policy = self.inference_model()
         for route in self.router.routes:
@@ -526,8 +602,9 @@ class Engine:
                 )
             )
             labels.append("student")
-            path = self.out / "samples" / f"step-{self.step:08d}-{route.name}.png"
-            paths.append(save_grid(rows, path, row_labels=labels, captions=batch_captions(bucket, batch)))
+            if acc.is_main_process:
+                path = self.out / "samples" / f"step-{self.step:08d}-{route.name}.png"
+                paths.append(save_grid(rows, path, row_labels=labels, captions=batch_captions(bucket, batch)))
         return paths
 
     def export(self) -> Path | None:
@@ -536,8 +613,8 @@ class Engine:
         if self.out is None:
             return None
         target = self.out / "student"
-        if acc.is_main_process:
-            model = self.inference_model()
+        model = self.inference_model() if acc.is_main_process or self.sharded else None
+        if model is not None and acc.is_main_process:
             with atomic_path(target, folder=True) as tmp:
                 save_pretrained = getattr(model, "save_pretrained", None)
                 if callable(save_pretrained):

@@ -95,6 +95,8 @@ class DistillMethod:
         rows = inputs.shard.rows(n)
         # The rollout plans its early stop from the indices on the host: keep them there too (no device sync).
         batch, plan = inputs.shard.take(inputs.batch), idx[rows]
+        # FSDP: every process rolls out as long as the global batch's longest row (same number of forwards)
+        at_least = int(idx.max()) if inputs.shard.lockstep and idx.numel() else 0
         idx, noise = plan.to(sigmas.device), noise[rows].to(sigmas.device)
         # Tensors that will meet autograd are made outside inference mode.
         sigma = sigmas[idx].flatten()
@@ -110,7 +112,7 @@ class DistillMethod:
             with merged_lora(inputs.policy) if p.states == "student" else contextlib.nullcontext():
                 if p.reuse > 1:
                     return self._reused_states(inputs, roller, noise[:, 0], batch, plan, sigma)
-                states, nfe = rollout_states(roller, noise[:, 0], batch.cond, sigmas, plan)
+                states, nfe = rollout_states(roller, noise[:, 0], batch.cond, sigmas, plan, at_least)
         samples = int(plan.max(dim=1).values.sum())
         return QueryStates(states.flatten(0, 1), sigma, cond, idx, nfe, samples)
 

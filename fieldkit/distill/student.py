@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from fieldkit.distill.sharding import is_sharded
 from fieldkit.errors import GraphError
 from fieldkit.field import VelocityField
 from fieldkit.graph.schema import LoraSpec, StudentSpec
@@ -112,8 +113,8 @@ def merged_lora(model: VelocityField) -> Iterator[VelocityField]:
     those forwards a plain forward. The base weights are not touched: a merged copy is swapped in for the
     block and the original parameter object swapped back after it (no merge / unmerge rounding drift), so
     training continues on exactly the weights it had. Layers whose merge would change what they compute
-    (DoRA, LoRA bias, active dropout) stay as they are. Use under ``torch.no_grad`` or inference mode. A
-    field that is no ``nn.Module`` has no LoRA layers: it is run as it is.
+    (DoRA, LoRA bias, active dropout) and FSDP-sharded layers stay as they are. Use under ``torch.no_grad``
+    or inference mode. A field that is no ``nn.Module`` has no LoRA layers: it is run as it is.
     """
     try:
         from peft.tuners.lora import LoraLayer
@@ -131,8 +132,8 @@ def merged_lora(model: VelocityField) -> Iterator[VelocityField]:
             adapters = _mergeable(module, module.training)
             base = module.get_base_layer()
             weight = getattr(base, "weight", None)
-            if not adapters or not isinstance(weight, nn.Parameter):
-                continue
+            if not adapters or not isinstance(weight, nn.Parameter) or is_sharded(weight):
+                continue  # an FSDP shard: its forward gathers the weight, a swap would bypass that
             with torch.autocast(weight.device.type, enabled=False):  # merge in the weights' own dtype
                 deltas = cast(_DeltaWeights, module)  # each LoRA layer kind (linear, conv, ...) defines it
                 merged = weight + sum(deltas.get_delta_weight(a) for a in adapters)

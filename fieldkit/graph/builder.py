@@ -45,6 +45,10 @@ class BuildContext:
             self._fields[name] = built
         return self._fields[name]
 
+    def built_fields(self) -> list[VelocityField]:
+        """The field nodes built so far (by the routes, the student, other fields), in build order."""
+        return list(self._fields.values())
+
     def build(self, loc: tuple[str | int, ...], typed: Typed) -> object:
         """Build any typed entry with errors that name where it is; the result is checked against its kind's
         protocol (:mod:`fieldkit.protocols`)."""

@@ -110,6 +110,21 @@ class OptimizerSpec(Strict):
         return self
 
 
+class FsdpSpec(Strict):
+    """How ``run.parallel: fsdp`` shards (FSDP2 through accelerate's plugin; see docs/reliability.md)."""
+
+    reshard_after_forward: bool = Field(
+        True,
+        description="free each block's gathered weights after its forward (less memory, one more all-gather "
+        "per block in the backward)",
+    )
+    teachers: Literal["replicate", "shard"] = Field(
+        "replicate",
+        description="the frozen route fields: a whole copy per process (replicate) or sharded like the "
+        "student, with no optimizer (shard)",
+    )
+
+
 class RunSpec(Strict):
     """Optimisation and bookkeeping of a run."""
 
@@ -138,6 +153,12 @@ class RunSpec(Strict):
         description="torch.compile the student's and teachers' forwards, per block: off or a mode "
         "(reduce-overhead and max-autotune record CUDA graphs and need CUDA)",
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="with several processes: ddp (every process holds the whole student) or fsdp (its "
+        "parameters, gradients and optimizer state sharded over the processes); one process ignores it",
+    )
+    fsdp: FsdpSpec = Field(default_factory=FsdpSpec, description="FSDP settings (run.parallel: fsdp)")
     log_every: int = Field(10, ge=1)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list,
@@ -151,6 +172,19 @@ class RunSpec(Strict):
     checkpoint_every: int | None = Field(None, ge=1)
     keep_last: int = Field(3, ge=1)
     max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")
+
+    @model_validator(mode="after")
+    def _fsdp_settings(self) -> RunSpec:
+        if self.parallel != "fsdp" and self.fsdp.model_fields_set:
+            raise ValueError(
+                "run.fsdp applies to run.parallel: fsdp only; set parallel: fsdp or remove run.fsdp"
+            )
+        if self.parallel == "fsdp" and self.compile != "off":
+            raise ValueError(
+                "run.compile is not supported with run.parallel: fsdp (the student is compiled per block "
+                "before it is sharded); set compile: off"
+            )
+        return self
 
     @field_validator("out")
     @classmethod

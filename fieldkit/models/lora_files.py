@@ -76,7 +76,7 @@ def export_student_lora(pipeline: str, student: nn.Module, folder: Path, alpha: 
 def export_run_lora(pipeline: str, run: Path, folder: Path, checkpoint: Path | None = None) -> Path:
     """Save the LoRA of a finished or running fieldkit run: the newest good checkpoint (or ``checkpoint``),
     its EMA weights when the run kept them; ``alpha`` from the run's ``graph.json``."""
-    from fieldkit.distill.checkpoint import load_checkpoint, resolve_resume
+    from fieldkit.distill.checkpoint import load_weights, resolve_resume
 
     spec_file = run / "graph.json"
     if not spec_file.is_file():
@@ -90,7 +90,7 @@ def export_run_lora(pipeline: str, run: Path, folder: Path, checkpoint: Path | N
     path, _ = resolve_resume(run / "checkpoints", str(checkpoint) if checkpoint else "latest")
     if path is None:
         raise FieldkitError(f"{run / 'checkpoints'} holds no good checkpoint")
-    state = load_checkpoint(path)
+    state = load_weights(path)
     alpha = student.get("lora", {}).get("alpha")
     return save_lora(pipeline, peft_lora_state(state.ema or state.student), folder, alpha)
 
