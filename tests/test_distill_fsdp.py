@@ -47,7 +47,9 @@ def assert_close_states(a: dict, b: dict, rtol: float = 1e-4) -> None:
         torch.testing.assert_close(a[name], value, rtol=rtol, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize(("model", "student"), [("mmdit", "full"), ("mmdit", "lora"), ("sd3", "lora")])
+@pytest.mark.parametrize(
+    ("model", "student"), [("mmdit", "full"), ("mmdit", "lora"), ("sd3", "lora"), ("sd3", "full")]
+)
 def test_two_fsdp_processes_at_batch_b_train_what_one_process_trains_at_2b(tmp_path, model, student):
     if model == "mmdit":
         graph, batch = tmp_path / "mmdit.yaml", 4

@@ -134,7 +134,10 @@ class PlainCopy:
     def __init__(self, model: nn.Module) -> None:
         persistent = set(model.state_dict())
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers() if n not in persistent}
-        self.template = copy.deepcopy(model).to("meta")
+        # Copied with its tensors already on the meta device (memo), so the whole weights are never copied.
+        memo: dict[int, Any] = {id(b): b.to("meta") for b in model.buffers()}
+        memo.update({id(p): nn.Parameter(p.to("meta"), p.requires_grad) for p in model.parameters()})
+        self.template = copy.deepcopy(model, memo)
 
     def build(self, state: Mapping[str, Tensor], device: torch.device) -> nn.Module:
         model = copy.deepcopy(self.template).to_empty(device=device)
