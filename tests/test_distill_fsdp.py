@@ -33,6 +33,14 @@ TEACHER_GRAPH = MMDIT_GRAPH.replace(
 )
 
 
+# MMDIT_GRAPH with a metric on its route: the final evaluation scores the gathered student.
+SCORED_GRAPH = MMDIT_GRAPH.replace(
+    "std: 0.2}}\n",
+    "std: 0.2},\n        metrics: [{type: gaussian_mixture, classes: 3, shape: [1, 4, 4], std: 0.2}]}\n",
+)
+assert SCORED_GRAPH != MMDIT_GRAPH
+
+
 def exported(run: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the run's exported student folder."""
     tensors: dict[str, torch.Tensor] = {}
@@ -53,7 +61,7 @@ def assert_close_states(a: dict, b: dict, rtol: float = 1e-4) -> None:
 def test_two_fsdp_processes_at_batch_b_train_what_one_process_trains_at_2b(tmp_path, model, student):
     if model == "mmdit":
         graph, batch = tmp_path / "mmdit.yaml", 4
-        graph.write_text(MMDIT_GRAPH)
+        graph.write_text(SCORED_GRAPH)
     else:
         graph, batch = sd3_graph(tmp_path), 2
     extra = LORA if student == "lora" else ()
@@ -83,6 +91,21 @@ def test_two_fsdp_processes_at_batch_b_train_what_one_process_trains_at_2b(tmp_p
     lines = [json.loads(x) for x in (out2 / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, len(h1) + 1))  # the main process wrote, once
     assert list((out2 / "samples").glob("*.png"))  # the sample grid of the gathered student
+    if model == "mmdit":  # the final evaluation scored the gathered student as one process scores its own
+        scores1, scores2 = (json.loads((o / "results.json").read_text()) for o in (out1, out2))
+        assert [r["field"] for r in scores2] == [r["field"] for r in scores1] and scores1
+        for a, b in zip(scores2, scores1, strict=True):
+            assert a.keys() == b.keys()
+            assert [a[k] for k in a if k not in ("field", "route")] == pytest.approx(
+                [b[k] for k in b if k not in ("field", "route")], rel=1e-3
+            )
+    if student == "lora":  # the LoRA adapter, exported from the sharded checkpoint in one process
+        from fieldkit.export import export_run
+
+        adapters = [export_run(o, "peft", tmp_path / f"peft-{o.parent.name}").folder for o in (out1, out2)]
+        one, two = (load_file(a / "adapter_model.safetensors") for a in adapters)
+        assert one and sorted(one) == sorted(two)
+        assert_close_states(two, one)
 
 
 def test_a_killed_fsdp_run_resumes_from_its_shards_to_the_uninterrupted_losses(tmp_path):
@@ -134,6 +157,23 @@ def test_checkpoints_of_another_sharding_are_refused_with_the_fix(tmp_path):
     fsdp_run, ddp_run = tmp_path / "fsdp", tmp_path / "ddp"
     assert distill(tmp_path, 2, graph, fsdp_run, FSDP).returncode == 0
     assert distill(tmp_path, 1, graph, ddp_run).returncode == 0
+    # A corrupted newest shard: skipped with its reason, the run resumes from the one before (2 processes).
+    shard = fsdp_run / "checkpoints" / "step-00000004" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-1] + bytes([shard.read_bytes()[-1] ^ 1]))
+    done = distill(tmp_path, 2, graph, fsdp_run, FSDP, "run.steps=5", resume=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = " ".join(done.stderr.split())
+    assert "__1_0.distcp is corrupted" in text
+    lines = [json.loads(x) for x in (fsdp_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5]  # steps 3 and 4 trained again from step 2
+    # Shards of another student (another graph): refused, exit 2, nothing written.
+    other = tmp_path / "other.yaml"
+    other.write_text(MMDIT_GRAPH.replace("hidden: 16", "hidden: 32"))
+    before = sorted(p.name for p in (fsdp_run / "checkpoints").iterdir())
+    done = distill(tmp_path, 2, other, fsdp_run, FSDP, "run.steps=6", resume=True)
+    assert done.returncode != 0 and "exitcode : 2" in " ".join(done.stderr.split())
+    assert "its sharded state does not fit this run's student" in " ".join(done.stderr.split())
+    assert sorted(p.name for p in (fsdp_run / "checkpoints").iterdir()) == before
     # Written by 2 processes, resumed by 1.
     done = distill(tmp_path, 1, graph, fsdp_run, FSDP, "run.steps=6", resume=True)
     assert done.returncode == 2, done.stderr[-3000:]
