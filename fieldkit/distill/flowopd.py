@@ -6,12 +6,15 @@ The student rolls out the Flow-GRPO SDE of its velocity ``v`` with noise level `
 
     x' ~ N(mu(x, v), s^2 |dt| I),    mu(x, v) = x + dt [v + s^2 / (2 sigma) (x + (1 - sigma) v)],
 
-which keeps the flow's marginals for the exact velocity and is the Euler step at ``eta = 0``. At every
-state the reward is ``r = -KL(student step || teacher step) = -|mu(x, v_student) - mu(x, v_teacher)|^2 /
-(2 s^2 |dt|)`` (mean over elements). A state's reward does not depend on the step taken *from* it, so the
-transition out of state ``i`` is credited with the rewards of the states it leads to,
-``R_i = sum_{j > i} r_j``; ``group`` rollouts share each condition, and
-``A_i = clip((R_i - mean_group) / std_group, +-adv_clip)``.
+which keeps the flow's marginals for the exact velocity and is the Euler step at ``eta = 0``. The reward of
+the transition ``x -> x'`` is the log-ratio of the teacher's and the student's step densities at the state it
+reached, ``r = log N(x'; mu(x, v_teacher), s^2 |dt|) - log N(x'; mu(x, v_student), s^2 |dt|)`` (mean over
+elements), whose expectation over the student's step is ``-KL(student step || teacher step) = -|mu_s -
+mu_t|^2 / (2 s^2 |dt|)``, the digest's per-step reward. The sampled log-ratio, not that closed form, is the
+reward: the closed form does not depend on the step taken from ``x``, so it would give the step no policy
+gradient, where the log-ratio's gradient in expectation is the KL's (on-policy distillation's per-token
+reward). Each transition is credited with its own reward (no reward-to-go: discount 0); ``group`` rollouts
+share each condition, and ``A_i = clip((r_i - mean_group) / std_group, +-adv_clip)`` per step.
 The loss is PPO's ``-mean min(rho A, clip(rho, 1 - ratio_clip, 1 + ratio_clip) A)`` over every transition,
 ``rho = p_theta(x' | x) / p_rollout(x' | x)`` (1 at the rollout's weights: one update per rollout).
 """
@@ -64,15 +67,6 @@ def log_prob(x_next: Tensor, step: SDEStep) -> Tensor:
     return (-0.5 * z**2 - torch.log(step.std.float()) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
 
 
-def transition_kl(student: SDEStep, teacher: SDEStep) -> Tensor:
-    """``KL(N(mu_s, std^2) || N(mu_t, std^2)) = |mu_s - mu_t|^2 / (2 std^2)``, mean over elements ``[B]``."""
-    return (
-        ((student.mean.float() - teacher.mean.float()) ** 2 / (2 * student.std.float() ** 2))
-        .flatten(1)
-        .mean(1)
-    )
-
-
 def group_advantages(returns: Tensor, group: int, clip: float) -> Tensor:
     """``clip((R - mean_g R) / (std_g R + 1e-6), +-clip)`` within each block of ``group`` consecutive rows
     (same condition), separately at every step; ``returns`` is ``[B, N]``."""
@@ -81,12 +75,6 @@ def group_advantages(returns: Tensor, group: int, clip: float) -> Tensor:
     centred = grouped - grouped.mean(1, keepdim=True)
     scaled = centred / (grouped.std(1, keepdim=True) + 1e-6)
     return scaled.clamp(-clip, clip).reshape(b, n)
-
-
-def reward_to_go(rewards: Tensor) -> Tensor:
-    """``R_i = sum_{j > i} r_j`` over the step axis of ``rewards`` ``[B, N]`` (0 for the last transition)."""
-    after = torch.flip(torch.cumsum(torch.flip(rewards, [1]), 1), [1])
-    return torch.cat([after[:, 1:], torch.zeros_like(after[:, :1])], dim=1)
 
 
 class FlowOPDMethod:
@@ -154,9 +142,9 @@ class FlowOPDMethod:
         new = sde_step(x, v_student, sigma, sigma_next, p.eta, below)
         with torch.no_grad():
             teacher = sde_step(x, v_teacher, sigma, sigma_next, p.eta, below)
-            rewards = -transition_kl(new, teacher).reshape(b, steps)
-            advantages = group_advantages(reward_to_go(rewards), p.group, p.adv_clip).flatten()
             old = log_prob(reached, new)  # the rollout's weights are these weights: rho = 1 at this update
+            rewards = (log_prob(reached, teacher) - old).reshape(b, steps)
+            advantages = group_advantages(rewards, p.group, p.adv_clip).flatten()
         ratio = torch.exp(log_prob(reached, new) - old)
         clipped = ratio.clamp(1 - p.ratio_clip, 1 + p.ratio_clip)
         loss = -torch.minimum(ratio * advantages, clipped * advantages).mean()
