@@ -215,6 +215,41 @@ def report(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+MAIN_JOB = RESULTS.parent / "main-job-results.json"  # results.json of a fresh-clone `make demo`
+
+
+def main_job_table(rows: list[dict[str, Any]]) -> str:
+    """The main job's results table (``results.json`` of a run: one row per field and route), every field on
+    every route's score with the student's ratio to the route's teacher, then the bars' verdict."""
+    scores: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        values = {k: v for k, v in row.items() if k not in ("field", "route")}
+        scores[row["field"]].update({f"{row['route']}/{k}": v for k, v in values.items()})
+    routes = ("t2i", "local", "global")
+    for values in scores.values():
+        values["combined"] = sum(values[f"{r}/score"] for r in routes) / len(routes)
+    teachers = {f"{r}_teacher": scores[r] for r in routes}
+    ratios, ok = _bars(scores["student"], teachers)
+    lines = [
+        "| field | t2i/score | local/score | local/psnr | global/score | global/psnr | combined |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, v in scores.items():
+        cells = [f"{v[f'{r}/score']:.3f}" for r in routes]
+        if name == "student":
+            cells = [f"{v[f'{r}/score']:.3f} ({ratios[r]:.3f}x)" for r in routes]
+        lines.append(
+            f"| {name} | {cells[0]} | {cells[1]} | {v['local/psnr']:.1f} | {cells[2]} | "
+            f"{v['global/psnr']:.1f} | {v['combined']:.3f} |"
+        )
+    best = max(t["combined"] for t in teachers.values())
+    verdict = "every bar met" if ok else "not every bar met"
+    return "\n".join(lines) + (
+        f"\n\nBars: every route at least {RATIO}x its teacher, T2I at least the teacher's minus {T2I_SLACK}, "
+        f"combined above the best teacher's ({best:.3f}): **{verdict}**.\n"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,9 +260,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=200, help="steps between checkpoint scores")
     p.add_argument("--curve-samples", type=int, default=128, help="samples per route at checkpoints")
     sub.add_parser("report", help="print the ablation tables from the committed records")
+    sub.add_parser("main-job", help="print the main job's table from docs/digits/main-job-results.json")
     args = parser.parse_args(argv)
     if args.command == "report":
         print(report(read()), end="")
+    if args.command == "main-job":
+        print(main_job_table(json.loads(MAIN_JOB.read_text())), end="")
     if args.command == "run":
         decays = [float(d) for d in args.ema.split(",") if d]
         run(args.name, args.overrides, decays, args.every, args.curve_samples)
