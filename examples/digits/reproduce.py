@@ -1124,7 +1124,7 @@ def _plots(comp: str, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     for ax, route in zip(axes[0], routes, strict=True):
         for name, r in runs.items():
             pts = r["loss_curve"].get(route)
-            if pts:
+            if pts and min(p[1] for p in pts) > 0:  # a policy-gradient surrogate (Flow-OPD) has no log scale
                 steps, losses = [p[0] for p in pts], [p[1] for p in pts]
                 ax.plot(steps, losses, styles[name], color=colours[name], label=name)
         ax.set_yscale("log")
