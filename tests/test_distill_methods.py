@@ -153,6 +153,31 @@ def test_reuse_serves_one_full_rollout_to_r_updates(counting, reuse, k):
         assert torch.equal(target.conds[-1]["label"], rolled.cond["label"].repeat_interleave(k))
 
 
+def test_reused_states_train_a_student_whose_conditions_enter_autograd():
+    """With K > 1 the stored trajectory's conditions are repeated outside inference mode, so a student that
+    saves a condition tensor for backward (a float feature times a parameter) trains on reused updates."""
+
+    class FeatureStudent(ModuleField):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Parameter(torch.tensor(0.3))
+
+        def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
+            return x + (self.c * cond["feature"]).view(-1, 1, 1, 1)
+
+    teacher, batch, sigmas = setup()
+    cond = Cond(label=batch.cond["label"], feature=torch.randn(batch.cond.batch_size, generator=gen(5)))
+    student, method = FeatureStudent(), DistillMethod(DistillParams(k=2, reuse=2))
+    for update in range(3):
+        student.c.grad = None
+        out = method.loss(
+            LossInputs(student, student, teacher, Batch(cond, None), SHAPE, sigmas, gen(update))
+        )
+        out.loss.backward()
+        assert out.rollout_nfe == (0 if update % 2 else sigmas.numel() - 2)
+        assert student.c.grad is not None and torch.isfinite(student.c.grad)
+
+
 def test_reuse_needs_rollout_states():
     with pytest.raises(ValueError, match="reuse > 1 reuses rollout states"):
         OffPolicyParams(reuse=2)

@@ -62,6 +62,11 @@ class Trajectory:
     left: int
 
 
+def _query_cond(batch: Batch, k: int) -> Cond:
+    """The conditions of ``k`` queries per sample, ``[B * K]``, in the order of the flattened states."""
+    return batch.cond if k == 1 else batch.cond.repeat_interleave(k)
+
+
 class DistillMethod:
     """``L = E || v_student(sg(x_i), sigma_i, c) - v_route(sg(x_i), sigma_i, c) ||^2`` over query states."""
 
@@ -100,7 +105,7 @@ class DistillMethod:
         idx, noise = plan.to(sigmas.device), noise[rows].to(sigmas.device)
         # Tensors that will meet autograd are made outside inference mode.
         sigma = sigmas[idx].flatten()
-        cond = batch.cond if k == 1 else batch.cond.repeat_interleave(k)
+        cond = _query_cond(batch, k)
         with torch.inference_mode():
             if p.states == "data":
                 x0 = _require_targets(batch, "off-policy states").repeat_interleave(k, 0)
@@ -111,23 +116,23 @@ class DistillMethod:
             # A LoRA student rolls out with its adapters merged: each forward is a plain one.
             with merged_lora(inputs.policy) if p.states == "student" else contextlib.nullcontext():
                 if p.reuse > 1:
-                    return self._reused_states(inputs, roller, noise[:, 0], batch, plan, sigma)
-                states, nfe = rollout_states(roller, noise[:, 0], batch.cond, sigmas, plan, at_least)
-        samples = int(plan.max(dim=1).values.sum())
+                    states, nfe, samples, rolled = self._reused_states(
+                        inputs, roller, noise[:, 0], batch, plan
+                    )
+                else:
+                    states, nfe = rollout_states(roller, noise[:, 0], batch.cond, sigmas, plan, at_least)
+                    samples, rolled = int(plan.max(dim=1).values.sum()), batch
+        if rolled is not batch:  # a stored trajectory's conditions (also made outside inference mode)
+            cond = _query_cond(rolled, k)
         return QueryStates(states.flatten(0, 1), sigma, cond, idx, nfe, samples)
 
     def _reused_states(
-        self,
-        inputs: LossInputs,
-        roller: VelocityField,
-        noise: Tensor,
-        batch: Batch,
-        plan: Tensor,
-        sigma: Tensor,
-    ) -> QueryStates:
-        """The query states of ``plan`` from the route's stored trajectory, rolled out (to its last pre-step
-        state) when the route has none or it has served ``reuse`` updates; the conditions are the ones it was
-        rolled out for, whatever this update's batch holds."""
+        self, inputs: LossInputs, roller: VelocityField, noise: Tensor, batch: Batch, plan: Tensor
+    ) -> tuple[Tensor, int, int, Batch]:
+        """The states ``[B, K, ...]`` at ``plan`` of the route's stored trajectory, rolled out (to its last
+        pre-step state) when the route has none or it has served ``reuse`` updates, with the NFEs and samples
+        that cost and the batch it was rolled out for (its conditions go with the states, whatever this
+        update's batch holds)."""
         key = id(inputs.target)
         trajectory = self.trajectories.get(key)
         nfe = samples = 0
@@ -138,11 +143,9 @@ class DistillMethod:
             samples = len(plan) * (steps - 1)
             trajectory = self.trajectories[key] = Trajectory(states, batch, self.params.reuse)
         trajectory.left -= 1
-        index = plan.to(trajectory.states.device)
-        x = trajectory.states[torch.arange(len(plan), device=index.device)[:, None], index]
-        k = plan.shape[1]
-        cond = trajectory.batch.cond if k == 1 else trajectory.batch.cond.repeat_interleave(k)
-        return QueryStates(x.flatten(0, 1), sigma, cond, index, nfe, samples)
+        device = trajectory.states.device
+        rows = torch.arange(len(plan), device=device)[:, None]
+        return trajectory.states[rows, plan.to(device)], nfe, samples, trajectory.batch
 
     def loss(self, inputs: LossInputs) -> LossOutput:
         """The route field's velocity at the query states is the target of the student's."""
