@@ -60,12 +60,12 @@ SCARCE = "{limit: 64, noise: 0.2}"
 # paper's starts from its local-edit student; ours already serves two of the three routes, so study v1's
 # diagnostic, trained from it for 150 steps, measured which method damaged it least, not what each learns.)
 DIAGNOSTIC = ("student.init=arith",)
-# Optimizer steps of each graph's matched-step runs: long enough that the DanceOPD reference is clearly above
-# its init on every seed. Measured on seed 0 before the study (combined score of the init, then at 100 steps):
+# Optimizer steps of every matched-step run: long enough that each DanceOPD reference is clearly above its
+# init on every seed. Measured on seed 0 before the study (combined score of the init, then at 100 steps):
 # T2I + Edit from its equal-weight merge 0.499 -> 0.946, Local + Global from task arithmetic 0.072 -> 0.813,
 # the diagnostic from task arithmetic 0.168 -> 0.834. (From the T2I base, T2I + Edit needed 300 steps for
 # +0.2; from the local-edit student, the diagnostic gained +0.08 in 200 steps.)
-LENGTH = {"t2i_edit": 150, "local_global": 150, "diagnostic": 150, "guidance": 150, "realism": 150}
+STEPS = 150
 
 
 @dataclass(frozen=True)
@@ -344,19 +344,15 @@ def claims() -> list[Claim]:
 
 @dataclass
 class Settings:
-    """Study-wide settings (``--quick`` shrinks them); ``steps`` None: each graph's own ``LENGTH``."""
+    """Study-wide settings (``--quick`` shrinks them)."""
 
-    steps: int | None = None
+    steps: int = STEPS
     eval_samples: int = 128
     curve_points: int = 4
     curve_samples: int = 64
     budget_seconds: float | None = None
     quick: bool = False
     extra: tuple[str, ...] = field(default_factory=tuple)
-
-    def length(self, run: Run) -> int:
-        """The optimizer steps of ``run``'s matched-step twin."""
-        return self.steps if self.steps is not None else LENGTH[run.graph]
 
 
 def world_fingerprint() -> str:
@@ -512,8 +508,7 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     from fieldkit.graph import load_graph
 
     torch.set_num_threads(1)
-    length = settings.length(run)
-    steps = length if matched == "steps" else 10**9
+    steps = settings.steps if matched == "steps" else 10**9
     overrides = [
         *run.overrides,
         f"run.seed={seed}",
@@ -532,7 +527,7 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         "graph": str(GRAPHS[run.graph].relative_to(HERE.parent.parent)),
         "overrides": list(overrides),
         "quick": settings.quick,
-        "target_steps": length,
+        "target_steps": settings.steps,
     }
     t_eval = time.perf_counter()
     if run.kind == "merge":
@@ -556,7 +551,9 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     student_count, student_handle = _student_counter(engine.student)
     checkpoints = set()
     if run.curve and matched == "steps":
-        checkpoints = {round(length * (i + 1) / settings.curve_points) for i in range(settings.curve_points)}
+        checkpoints = {
+            round(settings.steps * (i + 1) / settings.curve_points) for i in range(settings.curve_points)
+        }
     metric_curve: list[dict[str, Any]] = []
     train_seconds = eval_seconds = 0.0
     if run.curve and matched == "steps":
@@ -639,7 +636,7 @@ def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) 
 
 def study(args: argparse.Namespace) -> None:
     settings = Settings(
-        steps=args.steps,
+        steps=args.steps or STEPS,
         eval_samples=args.eval_samples,
         curve_samples=args.curve_samples,
         budget_seconds=args.budget_seconds,
@@ -671,13 +668,13 @@ def study(args: argparse.Namespace) -> None:
     while waiting:
         deferred = []
         for run, seed, matched in waiting:
-            key = run_key(run, seed, matched, settings.length(run), world)
+            key = run_key(run, seed, matched, settings.steps, world)
             results = read_results(results_path)
             if key in {run_key_of(r) for r in results}:
                 continue
             budget = None  # a twin's budget: its reference's training seconds or model passes
             if matched in TWINS:
-                reference = _reference_budget(results, run, seed, settings.length(run), world, matched)
+                reference = _reference_budget(results, run, seed, settings.steps, world, matched)
                 budget = (settings.budget_seconds if matched == "time" else None) or reference
                 if budget is None:
                     deferred.append((run, seed, matched))
@@ -690,7 +687,7 @@ def study(args: argparse.Namespace) -> None:
                 _release(claims, key)
         if deferred and time.monotonic() - idle_since > args.wait_minutes * 60:
             for run, seed, matched in deferred:
-                key = run_key(run, seed, matched, settings.length(run), world)
+                key = run_key(run, seed, matched, settings.steps, world)
                 print(f"skip {key}: its reference {run.ref} has not run (run the study again once it has)")
             return
         if deferred:  # their references are running in another process: poll results.jsonl
@@ -742,7 +739,7 @@ def _run_one(
     budget: float | None,
 ) -> None:
     """Train (or evaluate) one run, for at most ``budget`` training seconds, and append its record."""
-    key = run_key(run, seed, matched, settings.length(run), world)
+    key = run_key(run, seed, matched, settings.steps, world)
     started = time.perf_counter()
     print(f"run {key}", flush=True)
     record = execute(run, seed, matched, settings, budget)
@@ -1166,7 +1163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--only", default="", help=f"comparisons to run, of: {','.join(comparisons())}")
     parser.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps of every matched-step run (default: LENGTH)"
+        "--steps", type=int, default=None, help=f"optimizer steps of matched-step runs (default {STEPS})"
     )
     parser.add_argument(
         "--budget-seconds",
@@ -1197,8 +1194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.command == "list":
         for run, seed, matched in plan(list(comparisons()), args.seeds, args.matched.split(",")):
-            steps = args.steps or LENGTH[run.graph]
-            print(run_key(run, seed, matched, steps, "-"), " ".join(run.overrides), sep="  ")
+            print(run_key(run, seed, matched, args.steps or STEPS, "-"), " ".join(run.overrides), sep="  ")
         return
     if args.command == "run":
         study(args)
