@@ -31,7 +31,7 @@ GRAPH = HERE / "graph.yaml"
 RESULTS = HERE.parent.parent / "docs" / "digits" / "ablation"
 # The teachers scored on the checkpoints' conditions and noise (128 samples per route, seed 0), for records
 # whose run was stopped before its end-of-run scores: `fieldkit eval examples/digits/graph.yaml --samples 128
-# --json`, as {field_teacher: {route/metric: value}}.
+# --json` through scores_by_field, keyed FIELD_teacher.
 TEACHERS_128 = RESULTS.parent / "ablation-teachers-128.json"
 T2I_SLACK = 0.02  # the T2I bar: the student within 0.02 of the T2I teacher
 RATIO = 0.95  # every route at least 0.95x its teacher
@@ -138,12 +138,14 @@ def read(folder: Path = RESULTS) -> list[dict[str, Any]]:
     return records
 
 
-def teachers_from_eval(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``fieldkit eval --json`` rows as ``{FIELD_teacher: {route/metric: value, combined: value}}``."""
+def scores_by_field(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Result rows (``fieldkit eval --json``, a run's ``results.json``: one per field and route) as
+    ``{field: {route/metric: value, combined: value}}``, combined the mean of the three routes' scores."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for row in rows:
-        name = f"{row['field']}_teacher"
-        out[name].update({f"{row['route']}/{k}": v for k, v in row.items() if k not in ("field", "route")})
+        out[row["field"]].update(
+            {f"{row['route']}/{k}": v for k, v in row.items() if k not in ("field", "route")}
+        )
     for values in out.values():
         values["combined"] = sum(values[f"{r}/score"] for r in ("t2i", "local", "global")) / 3
     return dict(out)
@@ -221,13 +223,8 @@ MAIN_JOB = RESULTS.parent / "main-job-results.json"  # results.json of a fresh-c
 def main_job_table(rows: list[dict[str, Any]]) -> str:
     """The main job's results table (``results.json`` of a run: one row per field and route), every field on
     every route's score with the student's ratio to the route's teacher, then the bars' verdict."""
-    scores: dict[str, dict[str, float]] = defaultdict(dict)
-    for row in rows:
-        values = {k: v for k, v in row.items() if k not in ("field", "route")}
-        scores[row["field"]].update({f"{row['route']}/{k}": v for k, v in values.items()})
+    scores = scores_by_field(rows)
     routes = ("t2i", "local", "global")
-    for values in scores.values():
-        values["combined"] = sum(values[f"{r}/score"] for r in routes) / len(routes)
     teachers = {f"{r}_teacher": scores[r] for r in routes}
     ratios, ok = _bars(scores["student"], teachers)
     lines = [
