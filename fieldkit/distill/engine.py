@@ -550,14 +550,13 @@ class Engine:
         # a resumed run with nothing left to do) is that checkpoint: never delete and rewrite it.
         root = self.out / "checkpoints"
         done = self.checkpoint == checkpoint_path(root, self.step)
-        if done and self.checkpoint is not None and self.checkpoint.is_dir():
-            pass
-        elif self.sharded:  # every process writes its shards
-            ema = self.ema.shadow if self.ema is not None else None
-            shards = sharded_state(self.student, self.optimizer.optimizer, ema)
-            save_sharded_checkpoint(acc, root, self._state(), shards, self.run_spec.keep_last)
-        elif acc.is_main_process:
-            save_checkpoint(root, self._state(), self.run_spec.keep_last)
+        if not (done and self.checkpoint is not None and self.checkpoint.is_dir()):
+            if self.sharded:  # every process writes its shards
+                ema = self.ema.shadow if self.ema is not None else None
+                shards = sharded_state(self.student, self.optimizer.optimizer, ema)
+                save_sharded_checkpoint(acc, root, self._state(), shards, self.run_spec.keep_last)
+            elif acc.is_main_process:
+                save_checkpoint(root, self._state(), self.run_spec.keep_last)
         acc.wait_for_everyone()
         self.checkpoint = checkpoint_path(root, self.step)
         for cb in self._callbacks:
