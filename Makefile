@@ -14,7 +14,7 @@ setup: $(STAMP)
 # torch is pinned first: an unpinned torch (or accelerate/peft pulling one) resolves to a CUDA build of
 # several GB; once 2.13.0 (CPU) is in, the library's range `torch>=2.6` installs nothing more.
 $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fieldkit-plugin-digits/pyproject.toml \
-		plugins/fieldkit-plugin-zimage/pyproject.toml tests/plugins/fieldkit-plugin-tempered/pyproject.toml
+		plugins/fieldkit-plugin-zimage/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
@@ -22,9 +22,6 @@ $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fiel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-sd3
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-digits
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-zimage
-	# The third-party plugin of docs/plugins.md: the tests train from YAML with it, through its entry point.
-	# A regular install: its pyproject is the docs' as written, and an editable one would make setuptools warn.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check tests/plugins/fieldkit-plugin-tempered
 	touch $(STAMP)
 
 demo: setup

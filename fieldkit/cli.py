@@ -28,6 +28,7 @@ from fieldkit.commands.train import train
 from fieldkit.commands.validate import validate
 from fieldkit.errors import FieldkitError, GraphError
 from fieldkit.plugins.manager import get_host
+from fieldkit.quiet import drop_unactionable_messages
 
 __all__ = ["cli", "graph_options", "main"]
 
@@ -63,6 +64,18 @@ class FieldkitGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return self.commands.get(cmd_name) or get_host().commands().get(cmd_name)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list with each command's whole first sentence (click cuts it to the terminal width,
+        mid-phrase, or at an abbreviation such as "e.g."); long summaries wrap."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or first_sentence(command.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -72,6 +85,18 @@ class FieldkitGroup(click.Group):
             _fail(ctx, exc, USER_ERROR)
         except Exception as exc:
             _fail(ctx, exc, UNEXPECTED_ERROR)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text``'s first paragraph: up to the first period that ends a word outside
+    parentheses, abbreviations aside (so "(e.g. RUN/student)" stays whole)."""
+    words = text.strip().partition("\n\n")[0].split()
+    depth = 0
+    for i, word in enumerate(words):
+        depth += word.count("(") - word.count(")")
+        if depth <= 0 and word.endswith(".") and word.lower() not in ("e.g.", "i.e.", "vs.", "etc."):
+            return " ".join(words[: i + 1])
+    return " ".join(words)
 
 
 def _fail(ctx: click.Context, exc: Exception, code: int) -> None:
@@ -125,4 +150,5 @@ def main() -> None:
     # huggingface_hub read this before drawing one; diffusers follows it in fieldkit's loaders) stay off
     # unless the user set the variable.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    drop_unactionable_messages()
     cli(prog_name="fieldkit")

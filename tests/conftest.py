@@ -44,35 +44,39 @@ def counting():
 # -- plugins: no test autoloads what happens to be installed ---------------------------------------------
 
 PLUGIN_DISTS = Path(__file__).parent / "plugins"
+PLUGIN_MODULES = ("fieldkit_plugin_example", "fieldkit_plugin_tempered")
 
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """tests/plugins/fieldkit-plugin-{example,broken}, pip-installed into a folder put on ``sys.path``.
+    """tests/plugins/fieldkit-plugin-{example,tempered,broken}, pip-installed into a folder on ``sys.path``.
 
     A real ``pip install`` (wheel build, dist-info, entry points) found through ``importlib.metadata`` as
-    any installed plugin is, while the venv itself is left alone. Built from copies, so no build files
-    land in the repo. Subprocesses see the plugins with ``PYTHONPATH`` set to this folder.
+    any installed plugin is, while the venv itself is left alone: these plugins exist for the tests and are
+    never installed into a user's environment. Built from copies, so no build files land in the repo.
+    Subprocesses see the plugins with ``PYTHONPATH`` set to this folder.
     """
     src = tmp_path_factory.mktemp("plugin-src")
     site = tmp_path_factory.mktemp("plugin-site")
-    for name in ("fieldkit-plugin-example", "fieldkit-plugin-broken"):
+    names = ("fieldkit-plugin-example", "fieldkit-plugin-tempered", "fieldkit-plugin-broken")
+    for name in names:
         shutil.copytree(PLUGIN_DISTS / name, src / name)
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
     cmd += ["--disable-pip-version-check", "--target", str(site)]
-    cmd += [str(src / "fieldkit-plugin-example"), str(src / "fieldkit-plugin-broken")]
+    cmd += [str(src / name) for name in names]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"pip install of the test plugins failed:\n{result.stderr}"
     sys.path.insert(0, str(site))
     yield site
     sys.path.remove(str(site))
-    sys.modules.pop("fieldkit_plugin_example", None)
+    for module in [m for m in sys.modules if m.split(".")[0] in PLUGIN_MODULES]:
+        del sys.modules[module]
 
 
 @pytest.fixture
 def use_plugins(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], PluginHost]:
-    """``use_plugins("example,broken")`` loads those installed plugins (``None``: every installed one) into
-    a fresh host and returns it."""
+    """``use_plugins("example,broken")`` loads those installed plugins (``None``: every installed one, the
+    :func:`plugin_site` ones included) into a fresh host and returns it."""
 
     def use(names: str | None) -> PluginHost:
         if names is None:

@@ -452,3 +452,25 @@ def test_validate_build_catches_a_shape_mismatch_with_the_route_line(tmp_path):
     assert "MMDiT expects x of shape [B, 1, 4, 4]" in err
     fixed = ["--set", "routes.t2i.data.shape=[1, 4, 4]", "--set", "fields.teacher.shape=[1, 4, 4]"]
     assert invoke("validate", str(path), "--build", *fixed).exit_code == 0
+
+
+def test_help_lists_each_command_with_its_whole_first_sentence():
+    class Commands:
+        @hookimpl
+        def fieldkit_register_commands(self, cli):
+            @cli.command(name="zz-pack")
+            def pack() -> None:
+                """Copy the model folder SRC (e.g. RUN/student) to DST with weights stored as DTYPE, in a long
+                sentence that does not fit in one line of help. A second sentence that is not shown."""
+
+    host = get_host()
+    host.register(Commands(), "commands")
+    try:
+        result = invoke("--help")
+    finally:
+        host.unregister("commands")
+    listed = " ".join(result.stdout.partition("zz-pack")[2].split())
+    assert listed == (
+        "Copy the model folder SRC (e.g. RUN/student) to DST with weights stored as DTYPE, in a long sentence"
+        " that does not fit in one line of help."
+    )

@@ -35,11 +35,14 @@ def test_yaml_reference_example_graph_validates():
 
 
 @pytest.mark.parametrize(
-    ("folder", "module"), [(EXAMPLE, "fieldkit_plugin_example"), (TEMPERED, "fieldkit_plugin_tempered")]
+    ("folder", "package"), [(EXAMPLE, "fieldkit_plugin_example"), (TEMPERED, "fieldkit_plugin_tempered")]
 )
-def test_plugin_guide_shows_the_plugins_the_tests_install_in_full(folder, module):
+def test_plugin_guide_shows_the_plugins_the_tests_install_in_full(folder, package):
     assert (folder / "pyproject.toml").read_text() in blocks(DOCS / "plugins.md", "toml")
-    assert (folder / f"{module}.py").read_text() in blocks(DOCS / "plugins.md", "python")
+    modules = sorted((folder / package).glob("*.py"))
+    assert len(modules) == 2
+    for module in modules:
+        assert module.read_text() in blocks(DOCS / "plugins.md", "python"), module.name
 
 
 def test_plugin_guide_test_example_runs(plugin_site):

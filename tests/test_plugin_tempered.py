@@ -1,6 +1,6 @@
 """The third-party plugin written from docs/plugins.md alone (tests/plugins/fieldkit-plugin-tempered,
-installed by ``make setup`` as a distribution with a ``fieldkit`` entry point): its router, data bucket,
-metric and method are found through the entry point and train a student from YAML."""
+pip-installed by the ``plugin_site`` fixture as a distribution with a ``fieldkit`` entry point): its router,
+data bucket, metric and method are found through the entry point and train a student from YAML."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 
 from fieldkit import loads_graph
 from fieldkit.distill.engine import Engine
-from fieldkit.plugins import get_host, reset_host
 
 DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
 # The graph docs/plugins.md shows for this plugin: what a reader copies is what trains here.
@@ -26,14 +25,11 @@ DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
 
 
 @pytest.fixture
-def tempered(monkeypatch):
-    """Only the installed tempered plugin loads, through its entry point."""
-    monkeypatch.setenv("FIELDKIT_LOAD_PLUGINS", "tempered")
-    reset_host()
-    host = get_host()
+def tempered(use_plugins):
+    """Only the tempered plugin loads, through its entry point."""
+    host = use_plugins("tempered")
     assert not host.failures, host.failures
-    yield host
-    reset_host()
+    return host
 
 
 def test_the_plugin_is_found_through_its_entry_point(tempered):

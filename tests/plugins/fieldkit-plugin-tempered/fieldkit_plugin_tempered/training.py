@@ -1,21 +1,17 @@
-"""fieldkit-plugin-tempered: a router ``tempered`` (tempered route probabilities), a data bucket
-``tempered.levels`` (flat grey images, one level per label), a metric ``tempered.level_error`` and a method
-``tempered.straight`` (distillation on the data's straight paths)."""
+"""The training types of fieldkit-plugin-tempered (they need torch, so registration imports this module only
+when a graph is built)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from fieldkit import Cond, FieldkitError, VelocityField
 from fieldkit.data import Batch
 from fieldkit.flow import interpolate
-from fieldkit.graph import BuildContext
-from fieldkit.plugins import Params, hookimpl
-from fieldkit.protocols import LossInputs, LossOutput, Register, Route
+from fieldkit.protocols import LossInputs, LossOutput, Route
 
 # -- a router --------------------------------------------------------------------------------------------
 
@@ -40,15 +36,6 @@ class TemperedRouter:
 
     def target(self, index: int) -> VelocityField | None:
         return self._routes[index].field
-
-
-class TemperedParams(Params):
-    temperature: float = Field(1.0, gt=0, description="T: 1 follows the route weights, large T is uniform")
-
-
-def build_router(params: TemperedParams, routes: Sequence[Route], ctx: BuildContext) -> TemperedRouter:
-    """Hard routing with tempered route probabilities ``w^(1/T)``."""
-    return TemperedRouter(routes, params.temperature)
 
 
 # -- a data bucket ---------------------------------------------------------------------------------------
@@ -79,16 +66,6 @@ class LevelsBucket:
         return Batch(cond, target=image)
 
 
-class LevelsParams(Params):
-    classes: int = Field(2, ge=2, description="how many grey levels (labels)")
-    shape: list[int] = Field(min_length=1, description="per-sample shape, e.g. [1, 4, 4]")
-
-
-def build_levels(params: LevelsParams, ctx: BuildContext) -> LevelsBucket:
-    """Flat grey images, one level per label."""
-    return LevelsBucket(params.classes, params.shape)
-
-
 # -- a metric --------------------------------------------------------------------------------------------
 
 
@@ -103,15 +80,6 @@ class LevelError:
         wanted = levels(self.classes)[batch.cond["label"].long().cpu()]
         error = (samples.float().cpu().flatten(1).mean(1) - wanted).abs().mean()
         return {"level_error": float(error), "score": float(1 - error / 2)}
-
-
-class LevelErrorParams(Params):
-    classes: int = Field(2, ge=2, description="the bucket's number of levels")
-
-
-def build_level_error(params: LevelErrorParams, ctx: BuildContext) -> LevelError:
-    """How far each sample's mean pixel is from its label's grey level."""
-    return LevelError(params.classes)
 
 
 # -- a method --------------------------------------------------------------------------------------------
@@ -140,31 +108,3 @@ class StraightPathMethod:
             u = field(x, sigma, cond)
         loss = (inputs.student(x, sigma, cond).float() - u.float()).pow(2).mean()
         return LossOutput(loss, query_sigmas=sigma)
-
-
-def build_straight(params: Params, ctx: BuildContext) -> StraightPathMethod:
-    """Distillation on straight-path states of the data."""
-    return StraightPathMethod()
-
-
-# -- hooks -----------------------------------------------------------------------------------------------
-
-
-@hookimpl
-def fieldkit_register_routers(register: Register) -> None:
-    register("tempered", build_router, TemperedParams)
-
-
-@hookimpl
-def fieldkit_register_datasets(register: Register) -> None:
-    register("tempered.levels", build_levels, LevelsParams)
-
-
-@hookimpl
-def fieldkit_register_metrics(register: Register) -> None:
-    register("tempered.level_error", build_level_error, LevelErrorParams)
-
-
-@hookimpl
-def fieldkit_register_methods(register: Register) -> None:
-    register("tempered.straight", build_straight)
