@@ -34,7 +34,7 @@ from common import (
     text_cond,
 )
 
-from fieldkit.distill.student import merged_lora
+from fieldkit.models.lora import merged_lora
 
 
 def main() -> None:

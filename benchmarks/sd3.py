@@ -55,8 +55,8 @@ from rich.table import Table
 from fieldkit import loads_graph
 from fieldkit.distill.engine import Engine
 from fieldkit.distill.queries import sample_indices
-from fieldkit.distill.student import merged_lora
 from fieldkit.flow import sigma_schedule
+from fieldkit.models.lora import merged_lora
 from fieldkit.plugins import get_host
 
 TINY_SD3 = {

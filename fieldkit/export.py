@@ -7,8 +7,11 @@ optionally pushed to the Hugging Face Hub (``fieldkit export``).
   loads it. Without a pipeline it is the model folder (``<Class>.from_pretrained``). fieldkit's own MMDiT has
   no diffusers pipeline or model class, so it exports in diffusers' single-model layout (``config.json`` +
   ``model.safetensors``) that ``fieldkit.models.load_pretrained`` reads.
-- ``peft``: the LoRA adapter alone (``adapter_config.json`` + ``adapter_model.safetensors``, EMA weights when
-  the run kept them) from the newest good checkpoint, for ``peft.PeftModel.from_pretrained(base, folder)``.
+- ``peft``: the LoRA adapter alone (EMA weights when the run kept them) from the newest good checkpoint,
+  written by :func:`fieldkit.models.lora.save_lora`: ``adapter_config.json`` +
+  ``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained(base, folder)`` and, for a diffusers
+  student, ``pytorch_lora_weights.safetensors`` for a pipeline's ``load_lora_weights(folder)``; the rank is
+  read from the tensors and the student's init source is named as the base model.
 
 Every export gets a ``README.md`` model card: how to load it, the routes and teachers, the results table, the
 newest sample grid of each route, and the graph.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,9 @@ import yaml
 from fieldkit.atomic import atomic_path
 from fieldkit.errors import FieldkitError
 from fieldkit.eval.run_report import RunFolder, read_run
+from fieldkit.models.lora import DIFFUSERS_WEIGHTS, WRAPPER, lora_tensors, save_lora
 
 FORMATS = ("diffusers", "peft")
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_[AB])\.(?P<adapter>[^.]+)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,26 @@ def _copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
+def _graph_root(run: RunFolder) -> Path:
+    """The folder the run's graph file was in (relative paths in the graph are relative to it): from the
+    run's newest ``sessions.jsonl`` line, else the working folder."""
+    sessions = run.folder / "sessions.jsonl"
+    lines = sessions.read_text().splitlines() if sessions.is_file() else []
+    try:
+        graph = json.loads(lines[-1]).get("graph") if lines else None
+    except ValueError:
+        graph = None
+    return Path(graph).parent if isinstance(graph, str) else Path.cwd()
+
+
 def _init_path(run: RunFolder) -> Path | None:
-    """The ``path`` of the student's init source, when the graph gives one that exists from here."""
+    """The ``path`` of the student's init source (resolved against the graph's folder), when it exists."""
     init = (run.graph.get("student") or {}).get("init")
     path = (run.graph.get("fields", {}).get(init) or {}).get("path")
-    return Path(path) if isinstance(path, str) and Path(path).is_dir() else None
+    if not isinstance(path, str):
+        return None
+    resolved = _graph_root(run) / Path(path).expanduser()
+    return resolved if resolved.is_dir() else None
 
 
 def _component_of(pipeline: Path, class_name: str) -> str | None:
@@ -116,9 +133,6 @@ def _diffusers(run: RunFolder, out: Path, base: Path | None) -> Exported:
 
 
 def _peft(run: RunFolder, out: Path) -> Exported:
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-
     from fieldkit.distill.checkpoint import load_weights, resolve_resume
 
     student = run.graph.get("student") or {}
@@ -132,28 +146,23 @@ def _peft(run: RunFolder, out: Path) -> Exported:
         raise FieldkitError(f"{run.folder}: no good checkpoint to take the adapter from")
     state = load_weights(path)
     weights = state.ema if state.ema is not None else state.student
-    tensors = {}
-    for key, value in weights.items():
-        match = _LORA_KEY.match(key)
-        if match:
-            tensors[f"base_model.model.{match['module']}.{match['kind']}.weight"] = value.contiguous()
-    if not tensors:
-        raise FieldkitError(f"{path}: the checkpoint holds no LoRA weights")
     lora = student.get("lora") or {}
-    rank = int(lora.get("rank", 8))
-    modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in tensors})
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=lora.get("alpha") or rank,
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=modules,
+    base = _init_path(run)
+    config = save_lora(
+        out,
+        lora_tensors(weights),
+        alpha=lora.get("alpha"),
+        dropout=float(lora.get("dropout") or 0.0),
+        base_model=None if base is None else str(base),
+        diffusers=any(k.startswith(WRAPPER) for k in weights),
     )
-    out.mkdir(parents=True)
-    config.save_pretrained(str(out))
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    loads = "PeftModel.from_pretrained(base_model, folder)"
+    if (out / DIFFUSERS_WEIGHTS).is_file():
+        loads += "; a diffusers pipeline's load_lora_weights(folder)"
     return Exported(
         out,
-        f"peft LoRA adapter (rank {rank}, {len(modules)} modules, from {path.name})",
+        f"peft LoRA adapter (rank {config['r']}, {len(config['target_modules'])} modules, from {path.name}; "
+        f"loads with {loads})",
         f'from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "{out.name}")',
         "peft",
     )

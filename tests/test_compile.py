@@ -24,10 +24,10 @@ from fieldkit import loads_graph
 from fieldkit.compile import CompiledForward, bucket, check_mode, compile_model, repeated_blocks
 from fieldkit.cond import Cond
 from fieldkit.distill.engine import Engine
-from fieldkit.distill.student import add_lora, merged_lora
 from fieldkit.errors import FieldkitError, GraphError
 from fieldkit.flow import rollout_states, sigma_schedule
 from fieldkit.graph.schema import LoraSpec
+from fieldkit.models.lora import add_lora, merged_lora
 from fieldkit.models.mmdit import MMDiT, MMDiTConfig
 
 BACKEND = "eager"  # dynamo's tracing without code generation (see the module doc)

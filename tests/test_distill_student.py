@@ -12,9 +12,9 @@ from fieldkit.cond import Cond
 from fieldkit.data import Batch
 from fieldkit.distill import methods
 from fieldkit.distill.methods import DistillMethod
-from fieldkit.distill.student import add_lora, merged_lora
 from fieldkit.flow import sigma_schedule
 from fieldkit.graph.schema import LoraSpec
+from fieldkit.models.lora import add_lora, merged_lora
 from fieldkit.models.mmdit import MMDiT, MMDiTConfig
 from fieldkit.protocols import LossInputs
 from fieldkit.training_params import DistillParams

@@ -74,6 +74,7 @@ from fieldkit.flow import generate, rollout_sigmas
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
 from fieldkit.graph.schema import FsdpSpec
+from fieldkit.models.lora import merge_and_strip
 from fieldkit.protocols import LossInputs, Method, Router
 
 GENERATORS = ("router", "data", "noise")
@@ -632,13 +633,4 @@ def export_model(student: nn.Module, ema: EMA | None = None) -> nn.Module:
     model = copy.deepcopy(student)
     if ema is not None:
         ema.copy_to(model)
-    if any("lora_" in name for name, _ in model.named_parameters()):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for name, module in list(model.named_modules()):
-            if isinstance(module, BaseTunerLayer):
-                module.merge()
-                parent_name, _, child = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                setattr(parent, child, module.get_base_layer())
-    return model.eval()
+    return merge_and_strip(model).eval()

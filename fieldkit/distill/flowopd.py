@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from fieldkit.cond import Cond
-from fieldkit.distill.student import merged_lora
 from fieldkit.errors import FieldkitError
 from fieldkit.field import VelocityField, broadcast_sigma
+from fieldkit.models.lora import merged_lora
 from fieldkit.protocols import LossInputs, LossOutput
 from fieldkit.training_params import FlowOPDParams
 

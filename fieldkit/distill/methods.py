@@ -17,10 +17,10 @@ from torch import Tensor
 from fieldkit.cond import Cond
 from fieldkit.data import Batch
 from fieldkit.distill.queries import sample_indices
-from fieldkit.distill.student import merged_lora
 from fieldkit.errors import FieldkitError
 from fieldkit.field import VelocityField
 from fieldkit.flow import interpolate, rollout_states, target_velocity
+from fieldkit.models.lora import merged_lora
 from fieldkit.protocols import LossInputs, LossOutput
 from fieldkit.training_params import DistillParams, SFTParams
 

@@ -8,25 +8,14 @@ write only their ``forward`` (the convention boundary). peft and diffusers are i
 from __future__ import annotations
 
 import copy
-import importlib
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
 from fieldkit.errors import FieldkitError
 from fieldkit.field import ModuleField
-
-if TYPE_CHECKING:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-
-def tuner_layers(model: nn.Module) -> list[tuple[str, BaseTunerLayer]]:
-    """The peft LoRA layers of ``model`` with their qualified names."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+from fieldkit.models.lora import AdapterSwitch, load_adapter, merge_and_strip
 
 
 def parameter_bytes(module: nn.Module) -> int:
@@ -35,49 +24,6 @@ def parameter_bytes(module: nn.Module) -> int:
     for tensor in [*module.parameters(), *module.buffers()]:
         seen[id(tensor)] = tensor.numel() * tensor.element_size()
     return sum(seen.values())
-
-
-def lora_parameters(model: nn.Module, rank: int, targets: tuple[str, ...]) -> int:
-    """Parameters of a rank-``rank`` LoRA of ``model``: ``r (in + out)`` over every ``nn.Linear`` whose name
-    ends with a target (what peft adapts)."""
-    return sum(
-        rank * (m.in_features + m.out_features)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
-    )
-
-
-class AdapterSwitch:
-    """The LoRA adapters hosted by one shared transformer, and which one is active.
-
-    Every field over the transformer holds this same object. :meth:`activate` changes the peft layers only
-    when another adapter (or the base alone) is asked for, so consecutive calls of one field cost nothing.
-    """
-
-    def __init__(self) -> None:
-        self.hosted: list[str] = []
-        self.active: str | None = None
-        self._layers: list[BaseTunerLayer] | None = None
-
-    def add(self, name: str) -> None:
-        """Record a newly loaded adapter (peft activates what it loads; the next call resets the state)."""
-        self.hosted.append(name)
-        self._layers = None
-        self.active = "\0stale"
-
-    def activate(self, transformer: nn.Module, name: str | None) -> None:
-        """Run the transformer with adapter ``name`` alone, or with none (``None``: the base)."""
-        if not self.hosted or name == self.active:
-            return
-        if self._layers is None:
-            self._layers = [m for _, m in tuner_layers(transformer)]
-        for layer in self._layers:
-            if name is None:
-                layer.enable_adapters(False)
-            else:
-                layer.enable_adapters(True)
-                layer.set_adapter(name, inference_mode=True)  # teacher adapters never train
-        self.active = name
 
 
 class SharedAdapterField(ModuleField):
@@ -124,35 +70,19 @@ class SharedAdapterField(ModuleField):
     ) -> SharedAdapterField:
         """A field over this field's transformer with the LoRA at ``path`` (diffusers / peft format) loaded
         as adapter ``name`` (scaled by ``scale``); this field and the new one share every base weight."""
-        from peft.tuners.lora import LoraLayer
-
-        pipeline = getattr(importlib.import_module("diffusers"), self.lora_pipeline)
         if self.adapter is not None:
             raise FieldkitError(
                 f"adapter {name!r} must be loaded over a base field, not over adapter {self.adapter!r}"
             )
-        if name in self.switch.hosted:
-            raise FieldkitError(
-                f"this {self.backbone} base already has an adapter named {name!r}", hint="choose another name"
-            )
-        path = Path(path)
-        if path.is_file():
-            path, weight_name = path.parent, weight_name or path.name
-        state, metadata = pipeline.lora_state_dict(
-            str(path), weight_name=weight_name, return_lora_metadata=True, local_files_only=True
+        load_adapter(
+            self.transformer,
+            self.switch,
+            path,
+            name,
+            pipeline=self.lora_pipeline,
+            scale=scale,
+            weight_name=weight_name,
         )
-        if not any(k.startswith("transformer.") for k in state):
-            raise FieldkitError(f"{path}: no transformer LoRA weights (keys starting with 'transformer.')")
-        with warnings.catch_warnings():  # several adapters on one model is the point here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            self.transformer.load_lora_adapter(
-                state, prefix="transformer", adapter_name=name, metadata=metadata
-            )
-        self.switch.add(name)
-        for _, layer in tuner_layers(self.transformer):
-            if isinstance(layer, LoraLayer):
-                layer.set_scale(name, scale)
-        self.transformer.requires_grad_(False)
         return self.spawn(name)
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -175,25 +105,8 @@ class SharedAdapterField(ModuleField):
 
     def _own_weights(self) -> None:
         """Merge this field's adapter into the base weights, drop every hosted adapter, and stop sharing."""
-        hosted = set(self.switch.hosted)
-        if hosted:
-            for name, layer in tuner_layers(self.transformer):
-                present = set(layer._all_available_adapter_names())
-                if self.adapter in present:
-                    layer.merge(adapter_names=[self.adapter])
-                with warnings.catch_warnings():  # peft warns when the active adapter goes
-                    warnings.simplefilter("ignore")
-                    for adapter in sorted(hosted & present):
-                        layer.delete_adapter(adapter)
-                if not layer._all_available_adapter_names():
-                    parent_name, _, child = name.rpartition(".")
-                    parent = self.transformer.get_submodule(parent_name) if parent_name else self.transformer
-                    setattr(parent, child, layer.get_base_layer())
-            configs = getattr(self.transformer, "peft_config", {})
-            for adapter in hosted:
-                configs.pop(adapter, None)
-            if not configs:
-                self.transformer._hf_peft_config_loaded = False
+        if self.switch.hosted:
+            merge_and_strip(self.transformer, [] if self.adapter is None else [self.adapter])
         self.switch = AdapterSwitch()
         self.adapter = None
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from fieldkit import Cond
-from fieldkit.distill.student import add_lora, lora_targets
 from fieldkit.graph.schema import LoraSpec
 from fieldkit.models import MMDiT, MMDiTConfig
+from fieldkit.models.lora import add_lora, lora_targets
 
 RECIPE_TARGETS = [
     "qkv",

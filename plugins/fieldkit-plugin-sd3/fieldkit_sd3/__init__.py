@@ -6,9 +6,7 @@ Registers:
   (:mod:`fieldkit_sd3.field`), with fieldkit's attention processor (:mod:`fieldkit_sd3.attention`);
 - source ``sd3.lora``: a LoRA capability over an ``sd3`` base, sharing its weights in memory;
 - dataset ``sd3.prompts``: prompts or edit pairs with cached text embeddings (:mod:`fieldkit_sd3.prompts`);
-- commands ``fieldkit sd3-export-lora`` (a run's LoRA student in diffusers' format,
-  :mod:`fieldkit_sd3.export`)
-  and ``fieldkit sd3-make-tiny`` (tiny random SD3.5 models for the CPU example, :mod:`fieldkit_sd3.tiny`).
+- command ``fieldkit sd3-make-tiny`` (tiny random SD3.5 models for the CPU example, :mod:`fieldkit_sd3.tiny`).
 
 diffusers, transformers and peft are imported inside factories and commands, never when fieldkit loads
 the plugin.
@@ -94,16 +92,6 @@ def fieldkit_register_datasets(register: Register) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
-    from fieldkit.models.lora_files import add_export_command
-
-    add_export_command(
-        cli,
-        "sd3-export-lora",
-        "StableDiffusion3Pipeline",
-        "Write the LoRA student of RUN to OUT in diffusers' format, for load_lora_weights.\n\n"
-        "\b\nExample:\n  fieldkit sd3-export-lora runs/sd35 runs/sd35/lora",
-    )
-
     @cli.command(name="sd3-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
     @click.option("--seed", default=0, show_default=True, type=int)

@@ -120,10 +120,8 @@ def make_tiny_pipeline(folder: Path, *, sd35: bool = True, seed: int = 0) -> Pat
 def make_tiny_lora(pipeline: Path, out: Path, *, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:
     """Write a random LoRA (diffusers / peft format, ``B != 0``) for the tiny pipeline's transformer: a
     stand-in for an edit or style LoRA trained elsewhere."""
-    from fieldkit.models.lora_files import random_lora
+    from fieldkit.models.lora import random_lora
     from fieldkit_sd3.loading import load_transformer
 
     transformer = load_transformer(pipeline)
-    return random_lora(
-        "StableDiffusion3Pipeline", transformer, LORA_TARGETS, out, rank=rank, seed=seed, std=std
-    )
+    return random_lora(transformer, LORA_TARGETS, out, rank=rank, seed=seed, std=std)

@@ -16,7 +16,8 @@ from fieldkit.distill.student import make_student
 from fieldkit.errors import GraphError
 from fieldkit.graph import BuildContext
 from fieldkit.graph.schema import StudentSpec
-from fieldkit.models.adapters import parameter_bytes, tuner_layers
+from fieldkit.models.adapters import parameter_bytes
+from fieldkit.models.lora import tuner_layers
 
 
 def merged_copy(tiny: Path, lora: str, scale: float = 1.0) -> SD3Field:

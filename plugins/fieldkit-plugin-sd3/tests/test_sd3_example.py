@@ -23,6 +23,7 @@ def invoke(*args: str) -> str:
 
 def test_tiny_graph_distills_exports_and_loads_in_diffusers(sd3_plugin, tmp_path: Path) -> None:
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from peft import PeftModel
 
     example = tmp_path / "sd3"
     shutil.copytree(EXAMPLES, example, ignore=shutil.ignore_patterns("tiny-models"))
@@ -35,6 +36,8 @@ def test_tiny_graph_distills_exports_and_loads_in_diffusers(sd3_plugin, tmp_path
         "run.steps=2",
         "--set",
         "run.log_every=1",
+        "--set",
+        "student.lora.rank=null",  # the model's default rank (8 for SD3): graph.json keeps null
         "--out",
         str(run),
         "--no-progress",
@@ -44,10 +47,17 @@ def test_tiny_graph_distills_exports_and_loads_in_diffusers(sd3_plugin, tmp_path
     assert {r["route"] for r in records} <= {"t2i", "edit"}
     assert (example / "tiny-models" / "prompts.sd3-embeddings.safetensors").is_file()
 
-    invoke("sd3-export-lora", str(run), str(run / "lora"))
+    invoke("export", str(run), "--format", "peft", "-o", str(run / "lora"))
+    config = json.loads((run / "lora" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["base_model_name_or_path"] == str(example / "tiny-models" / "sd3")
+    assert not any(m.startswith("transformer.") for m in config["target_modules"])
     pipe = StableDiffusion3Pipeline.from_pretrained(str(example / "tiny-models" / "sd3"), vae=None)
     pipe.load_lora_weights(str(run / "lora"))
     student = SD3Transformer2DModel.from_pretrained(str(run / "student"))
+    base = SD3Transformer2DModel.from_pretrained(
+        str(example / "tiny-models" / "sd3"), subfolder="transformer"
+    )
+    peft_model = PeftModel.from_pretrained(base, str(run / "lora")).eval()
     with torch.no_grad():
         text, _, pooled, _ = pipe.encode_prompt("a red fox", None, None, do_classifier_free_guidance=False)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -56,9 +66,13 @@ def test_tiny_graph_distills_exports_and_loads_in_diffusers(sd3_plugin, tmp_path
     )
     with torch.inference_mode():
         # the pipeline with the exported LoRA = the exported (merged) student folder
-        torch.testing.assert_close(
-            pipe.transformer(**kwargs).sample, student(**kwargs).sample, rtol=0, atol=1e-5
-        )
+        want = student(**kwargs).sample
+        torch.testing.assert_close(pipe.transformer(**kwargs).sample, want, rtol=0, atol=1e-5)
+        # and peft's own loader, as the export's README says
+        torch.testing.assert_close(peft_model(**kwargs).sample, want, rtol=0, atol=1e-5)
+        with peft_model.disable_adapter():
+            moved = (peft_model(**kwargs).sample - want).abs().max()
+    assert moved > 1e-4  # training moved the student off its base: the adapter is what was loaded
 
 
 def test_the_sd35_graph_validates(sd3_plugin) -> None:

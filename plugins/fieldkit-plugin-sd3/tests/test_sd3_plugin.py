@@ -30,5 +30,5 @@ def test_plugins_command_lists_the_types_and_commands(sd3_plugin) -> None:
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     (info,) = [p for p in json.loads(result.output)["plugins"] if p["name"] == "sd3"]
-    assert info["types"]["command"] == ["sd3-export-lora", "sd3-make-tiny"]
+    assert info["types"]["command"] == ["sd3-make-tiny"]
     assert info["version"] == "0.1.0"

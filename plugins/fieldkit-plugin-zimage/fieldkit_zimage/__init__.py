@@ -11,8 +11,7 @@ Registers:
   optional target), with cached text, VAE and SigLIP2 features (:mod:`fieldkit_zimage.data`);
 - operator ``zimage.guidance``: classifier-free guidance as the pipelines apply it
   (:mod:`fieldkit_zimage.guidance`);
-- commands ``fieldkit zimage-export-lora`` (a run's LoRA student in diffusers' format, for both pipelines)
-  and ``fieldkit zimage-make-tiny`` (tiny random pipelines for the CPU example,
+- command ``fieldkit zimage-make-tiny`` (tiny random pipelines for the CPU example,
   :mod:`fieldkit_zimage.tiny`).
 
 diffusers, transformers and peft are imported inside factories and commands, never when fieldkit loads
@@ -147,17 +146,6 @@ def fieldkit_register_datasets(register: Register) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
-    from fieldkit.models.lora_files import add_export_command
-
-    add_export_command(
-        cli,
-        "zimage-export-lora",
-        "ZImagePipeline",
-        "Write the LoRA student of RUN to OUT in diffusers' format, for the load_lora_weights of "
-        "ZImagePipeline and ZImageOmniPipeline (RUN/student is the merged transformer folder).\n\n"
-        "\b\nExample:\n  fieldkit zimage-export-lora runs/zimage runs/zimage/lora",
-    )
-
     @cli.command(name="zimage-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
     @click.option("--seed", default=0, show_default=True, type=int)

@@ -161,10 +161,8 @@ def make_tiny_pipeline(folder: Path, *, omni: bool = False, dynamic: bool = Fals
 def make_tiny_lora(pipeline: Path, out: Path, *, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:
     """Write a random LoRA (diffusers / peft format, ``B != 0``) of the tiny pipeline's transformer on the
     paper's targets: a stand-in for an edit or realism LoRA trained elsewhere."""
-    from fieldkit.models.lora_files import random_lora
+    from fieldkit.models.lora import random_lora
     from fieldkit_zimage.field import LORA_TARGETS
     from fieldkit_zimage.loading import load_transformer
 
-    return random_lora(
-        "ZImagePipeline", load_transformer(pipeline), LORA_TARGETS, out, rank=rank, seed=seed, std=std
-    )
+    return random_lora(load_transformer(pipeline), LORA_TARGETS, out, rank=rank, seed=seed, std=std)

@@ -22,7 +22,7 @@ from fieldkit.graph import BuildContext
 from fieldkit.graph.schema import LoraSpec, StudentSpec
 from fieldkit.models.adapters import parameter_bytes
 from fieldkit.models.diffusers_loading import scheduler_config
-from fieldkit.models.lora_files import export_student_lora
+from fieldkit.models.lora import lora_tensors, save_lora
 
 STEPS = 3
 
@@ -138,7 +138,8 @@ def test_exports_load_in_both_pipelines_and_sample_as_fieldkit_does(
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     student.eval()
-    adapter = export_student_lora("ZImagePipeline", student, tmp_path / "lora", alpha=8)
+    adapter = tmp_path / "lora"
+    save_lora(adapter, lora_tensors(dict(student.named_parameters())), alpha=8)
     export_model(student).save_pretrained(tmp_path / "merged")
     merged_t = ZImageTransformer2DModel.from_pretrained(str(tmp_path / "merged"), local_files_only=True)
 
@@ -160,8 +161,8 @@ def test_exports_load_in_both_pipelines_and_sample_as_fieldkit_does(
         )
         if kind == "adapter":
             t2i.transformer = load_transformer(tiny / "omni")  # the student's base, in the T2I pipeline
-            t2i.load_lora_weights(str(adapter.parent))
-            omni.load_lora_weights(str(adapter.parent))
+            t2i.load_lora_weights(str(adapter))
+            omni.load_lora_weights(str(adapter))
         t2i_latents, edit_latents = pipeline_latents
         got = t2i_latents(t2i, segs, x, STEPS, guidance_scale=0.0)
         assert (got - t2i_want).abs().max() <= 1e-5, kind
