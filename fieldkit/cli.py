@@ -27,6 +27,7 @@ from fieldkit.commands.schema import schema
 from fieldkit.commands.train import train
 from fieldkit.commands.validate import validate
 from fieldkit.errors import FieldkitError, GraphError
+from fieldkit.owned import write_error
 from fieldkit.plugins.manager import get_host
 from fieldkit.quiet import drop_unactionable_messages
 
@@ -83,6 +84,9 @@ class FieldkitGroup(click.Group):
             raise
         except FieldkitError as exc:
             _fail(ctx, exc, USER_ERROR)
+        except OSError as exc:  # a path the user gave that cannot be used (space, permissions, a name)
+            error = write_error(exc, "cannot read or write a path", "check the path, or choose another one")
+            _fail(ctx, exc if error is None else error, UNEXPECTED_ERROR if error is None else USER_ERROR)
         except Exception as exc:
             _fail(ctx, exc, UNEXPECTED_ERROR)
 

@@ -20,7 +20,6 @@ newest sample grid of each route, and the graph.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 from fieldkit.atomic import atomic_path
 from fieldkit.errors import FieldkitError
 from fieldkit.eval.run_report import RunFolder, read_run
+from fieldkit.files import check_regular
 from fieldkit.models.lora import DIFFUSERS_WEIGHTS, WRAPPER, lora_tensors, save_lora
 
 FORMATS = ("diffusers", "peft")
@@ -47,15 +47,15 @@ class Exported:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy a folder; files are hard-linked where the file system allows (pipelines can be large)."""
+    """Copy a folder, file by file: never hard-linked, so writing into an export cannot change the run's
+    student or the base pipeline. Links inside ``src`` are copied as what they point to (a pipeline from a
+    Hub cache is links to blobs); anything not a regular file (a FIFO, a device) is refused, not read."""
 
-    def link_or_copy(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
+    def copy_regular(a: str, b: str) -> None:
+        check_regular(a, "file to export")
+        shutil.copy2(a, b)
 
-    shutil.copytree(src, dst, copy_function=link_or_copy)
+    shutil.copytree(src, dst, copy_function=copy_regular)
 
 
 def _graph_root(run: RunFolder) -> Path:
@@ -277,6 +277,7 @@ def export_run(run_folder: Path, fmt: str, out: Path, base: Path | None = None) 
         samples = {}
         for grid in run.grids:
             (tmp / "samples").mkdir(exist_ok=True)
+            check_regular(grid.png, "sample grid")
             shutil.copy2(grid.png, tmp / "samples" / f"{grid.route}.png")
             samples[grid.route] = f"samples/{grid.route}.png"
         final = Exported(out, exported.kind, exported.load.replace(tmp.name, out.name), exported.library)

@@ -14,20 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fieldkit.errors import FieldkitError
+from fieldkit.owned import kind
 
 MiB = 1 << 20
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def check_regular(
@@ -42,7 +31,7 @@ def check_regular(
         raise error(f"{path}: cannot read the {what}: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
         raise error(
-            f"{path}: the {what} is {_kind(mode)}, not a regular file",
+            f"{path}: the {what} is {kind(mode)}, not a regular file",
             hint=f"give the path of a regular {what}",
         )
 
@@ -68,7 +57,7 @@ def read_regular(
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise error(
-                f"{p}: the {what} is {_kind(info.st_mode)}, not a regular file",
+                f"{p}: the {what} is {kind(info.st_mode)}, not a regular file",
                 hint=f"give the path of a regular {what}",
             )
         if info.st_size > max_bytes:

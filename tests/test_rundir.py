@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fieldkit.distill.rundir import LOCK, MARKER, open_run_folder, write_error
+from fieldkit.distill.rundir import LOCK, MARKER, open_run_folder
 from fieldkit.errors import FieldkitError
+from fieldkit.owned import write_error
 
 HOLDER = """
 import sys

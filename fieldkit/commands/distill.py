@@ -19,7 +19,7 @@ def run_graph(
     from rich.console import Console
 
     from fieldkit.distill.engine import Engine
-    from fieldkit.distill.rundir import write_error
+    from fieldkit.owned import write_error
 
     console = Console(stderr=True, highlight=False)
     if dry_run:

@@ -38,7 +38,9 @@ def merge(models: tuple[Path, ...], weights: tuple[float, ...], output: Path) ->
     from fieldkit.errors import FieldkitError
     from fieldkit.merge import merge_models, merge_weights
     from fieldkit.models import load_pretrained
+    from fieldkit.owned import check_target
 
+    check_target(output, "merged model folder", folder=True)
     if output.exists() and any(output.iterdir()):
         raise FieldkitError(f"{output} already exists and is not empty", hint="choose a new output folder")
     normalised = merge_weights(weights or None, len(models))

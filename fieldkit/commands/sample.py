@@ -43,7 +43,10 @@ def sample(
     from fieldkit.eval.grid import save_grid
     from fieldkit.flow import generate
     from fieldkit.graph.builder import BuildContext
+    from fieldkit.owned import check_target
 
+    check_target(output, "sample grid")  # before any work: a link, a device or a folder is refused
+    check_target(output.with_suffix(".json"), "grid labels")
     ctx = BuildContext(graph, device=default_device())
     routes = ctx.routes()
     names = [r.name for r in routes]

@@ -24,6 +24,7 @@ from fieldkit.atomic import atomic_write
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.distill.runlog import RunLog
 from fieldkit.eval.report import Score, results_table
+from fieldkit.owned import append_line
 
 if TYPE_CHECKING:
     from fieldkit.distill.engine import Engine
@@ -95,8 +96,7 @@ class RunLogger(Callback):
                 "graph": None if engine.graph.path is None else str(engine.graph.path),
                 "overrides": list(engine.graph.source.overrides.values()),
             }
-            with (engine.out / "sessions.jsonl").open("a") as fh:
-                fh.write(json.dumps(session) + "\n")
+            append_line(engine.out / "sessions.jsonl", json.dumps(session) + "\n", "sessions log")
         self.log = RunLog(
             engine.out,
             run.steps,

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from fieldkit.atomic import atomic_write, leftovers
 from fieldkit.distill.checkpoint import list_checkpoints
 from fieldkit.errors import FieldkitError
+from fieldkit.owned import check_name, kind, open_owned, write_error
 
 MARKER = "fieldkit-run.json"
 LOCK = ".fieldkit.lock"
@@ -42,27 +44,6 @@ OUTPUTS = (
     "report.html",
     "sessions.jsonl",
 )
-# Write failures that are the user's to fix (space, permissions, a file where a folder should be).
-USER_ERRNOS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EFBIG: "a file grew past the size this process may write",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.ENOTDIR: "a path component is a file, not a folder",
-    errno.EEXIST: "a file is in the way",
-}
-_WRITE_HINT = "free some space or choose a writable folder with --out, then resume with --resume latest"
-
-
-def write_error(exc: OSError, what: str = "cannot write the run") -> FieldkitError | None:
-    """A user error for a write that failed for a reason the user can fix (None for other errors)."""
-    reason = USER_ERRNOS.get(exc.errno or 0)
-    if reason is None:
-        return None
-    where = f" ({exc.filename})" if exc.filename else ""
-    return FieldkitError(f"{what}: {reason}{where}", hint=_WRITE_HINT)
 
 
 @dataclass
@@ -114,13 +95,17 @@ def open_run_folder(out: str | os.PathLike[str], resume: str | None) -> RunFolde
 
 
 def _checked_path(out: str | os.PathLike[str]) -> Path:
-    text = os.fspath(out)
-    if not text.strip():
+    if not os.fspath(out).strip():
         raise FieldkitError(
             "the output folder is an empty path",
             hint="give a folder name, e.g. --out runs/mine (use --out . to mean this folder)",
         )
-    folder = Path(text)
+    folder = check_name(out, "output folder")
+    if folder.is_symlink():
+        raise FieldkitError(
+            f"{folder} is a symbolic link; a run writes only into a real folder, never through a link",
+            hint=f"give the folder it points to ({os.path.realpath(folder)}) with --out",
+        )
     if folder.exists() and not folder.is_dir():
         raise FieldkitError(
             f"{folder} is a file, not a folder", hint="choose another output folder with --out"
@@ -153,11 +138,8 @@ def _refuse_foreign(folder: Path) -> None:
 
 
 def _lock(folder: Path, notes: list[str]) -> int:
+    fd = open_owned(folder / LOCK, os.O_RDWR | os.O_CREAT, "lock file")
     path = folder / LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise write_error(exc, f"cannot create the lock file of {folder}") or exc from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -189,6 +171,7 @@ def _read_pid(fd: int) -> int | None:
 def _settle(run: RunFolder) -> None:
     """Under the lock: decide between refusing, resuming and (re)starting; clean temporary folders."""
     folder = run.path
+    _refuse_links(folder)
     _remove_temporaries(folder, run.notes)
     has_checkpoint = bool(list_checkpoints(folder / "checkpoints"))
     if run.resume is None and has_checkpoint:
@@ -211,6 +194,23 @@ def _settle(run: RunFolder) -> None:
     _write_marker(folder)
 
 
+def _refuse_links(folder: Path) -> None:
+    """Refuse a run folder whose own entries are links or of the wrong kind (a FIFO as metrics.jsonl, a
+    link as checkpoints/): a run would write through them, or a restart remove them."""
+    for name in (MARKER, *OUTPUTS):
+        entry = folder / name
+        try:
+            mode = os.lstat(entry).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise FieldkitError(
+                f"{entry} is {kind(mode)}; a run writes only files it made in its own folder, never through "
+                "a link or into a device, so nothing there was touched",
+                hint=f"move {entry} away, or choose another output folder with --out",
+            )
+
+
 def _remove_temporaries(folder: Path, notes: list[str]) -> None:
     found = leftovers(folder / "checkpoints") + leftovers(folder)
     for path in found:
@@ -231,7 +231,7 @@ def _write_marker(folder: Path) -> None:
     if marker.is_file():
         return
     info: dict[str, Any] = {"format": FORMAT}
-    atomic_write(marker, json.dumps(info) + "\n")
+    atomic_write(marker, json.dumps(info) + "\n", "run marker")
 
 
 def open_for_processes(out: str | os.PathLike[str], resume: str | None, accelerator: Any) -> RunFolder:

@@ -21,6 +21,8 @@ from rich.table import Table
 
 from fieldkit.atomic import atomic_write
 from fieldkit.errors import FieldkitError
+from fieldkit.files import read_regular
+from fieldkit.owned import append_line
 
 
 class RunLog:
@@ -89,8 +91,7 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         """Append a record (an interval's means, or a skipped update) to ``metrics.jsonl``."""
         if self.enabled and self.path is not None:
-            with self.path.open("a") as fh:
-                fh.write(json_line(record))
+            append_line(self.path, json_line(record), "metrics log")
 
     def note(self, message: str) -> None:
         if self.enabled:
@@ -111,6 +112,9 @@ class RunLog:
             mean = f"{sum(losses) / len(losses):.5f}" if losses else "-"
             table.add_row(route, str(self.route_steps[route]), mean)
         return table
+
+
+MAX_METRICS = 1 << 30  # bytes of metrics.jsonl read back on resume (a long run writes a few MB)
 
 
 def _finite(value: Any) -> Any:
@@ -135,7 +139,7 @@ def trim_metrics(path: Path, step: int) -> list[str]:
     with a note; an unreadable line before the last one is an error that names the file and line."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_regular(path, MAX_METRICS, "metrics log").decode("utf-8", errors="replace").splitlines()
     kept, notes = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -144,6 +148,8 @@ def trim_metrics(path: Path, step: int) -> list[str]:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
+            if not isinstance(record.get("step", 0), int) or isinstance(record.get("step"), bool):
+                raise ValueError(f"its step {record.get('step')!r} is not a whole number")
         except ValueError as exc:
             if number == len(lines):
                 notes.append(f"{path}:{number}: dropped a torn last line (an interrupted write)")

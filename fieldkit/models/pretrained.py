@@ -23,6 +23,7 @@ from fieldkit.atomic import atomic_path, atomic_write
 from fieldkit.errors import CheckpointError
 from fieldkit.field import ModuleField
 from fieldkit.files import MiB, check_regular, read_text, save_safetensors
+from fieldkit.owned import check_target
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -51,9 +52,9 @@ class PretrainedField(ModuleField):
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to folder ``path`` (created if missing)."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise CheckpointError(f"cannot save a model to {path}: it exists and is not a folder")
+        path = check_target(
+            path, "model folder", folder=True, error=CheckpointError
+        )  # not a link, a file or a device
         config = json.dumps(
             {"_class_name": type(self).__name__, **self.config.model_dump(mode="json")}, indent=2
         )
