@@ -6,12 +6,12 @@ Public API: fields and conditions, the flow utilities, the operator algebra, att
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fieldkit.errors import FieldkitError, GraphError, PluginError
 from fieldkit.graph.loader import Graph, load_graph, loads_graph
+from fieldkit.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,14 +42,7 @@ _LAZY = {
         "TowardSource",
     ),
 }
-_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY_NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fieldkit' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes("fieldkit", _LAZY)
 
 
 __version__ = "0.1.0"

@@ -32,7 +32,15 @@ if TYPE_CHECKING:  # the factories import these on use: validating a graph and -
     from fieldkit.distill.routing import HardRouter, SoftRouter
     from fieldkit.graph.builder import BuildContext
     from fieldkit.models import MMDiT, PretrainedField
-    from fieldkit.protocols import Register, Route
+    from fieldkit.protocols import (
+        RegisterDataset,
+        RegisterMethod,
+        RegisterMetric,
+        RegisterOperator,
+        RegisterRouter,
+        RegisterSource,
+        Route,
+    )
 
 # -- sources ---------------------------------------------------------------------------------------------
 
@@ -235,7 +243,7 @@ def build_sum(p: SumParams, ctx: BuildContext) -> ops.Sum:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Register) -> None:
+def fieldkit_register_sources(register: RegisterSource) -> None:
     register("gaussian_mixture", build_gaussian_mixture, GaussianMixtureParams)
     register("fieldkit.checkpoint", build_checkpoint, CheckpointParams)
     register("fieldkit.mmdit", build_mmdit, MMDiTParams)
@@ -243,7 +251,7 @@ def fieldkit_register_sources(register: Register) -> None:
 
 
 @hookimpl
-def fieldkit_register_operators(register: Register) -> None:
+def fieldkit_register_operators(register: RegisterOperator) -> None:
     register("guidance", build_guidance, GuidanceParams)
     register("mix", build_mix, MixParams)
     register("masked", build_masked, MaskedParams)
@@ -254,7 +262,7 @@ def fieldkit_register_operators(register: Register) -> None:
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Register) -> None:
+def fieldkit_register_datasets(register: RegisterDataset) -> None:
     register("gaussian_mixture", build_gaussian_mixture_data, GaussianMixtureParams)
 
 
@@ -297,13 +305,13 @@ def build_sft_method(p: SFTParams, ctx: BuildContext) -> SFTMethod:
 
 
 @hookimpl
-def fieldkit_register_routers(register: Register) -> None:
+def fieldkit_register_routers(register: RegisterRouter) -> None:
     register("hard", build_hard_router, RouterParams)
     register("soft", build_soft_router, RouterParams)
 
 
 @hookimpl
-def fieldkit_register_methods(register: Register) -> None:
+def fieldkit_register_methods(register: RegisterMethod) -> None:
     register("danceopd", build_distill_method, DistillParams)
     register("offpolicy", build_distill_method, OffPolicyParams)
     register("dense", build_distill_method, DenseParams)
@@ -312,5 +320,5 @@ def fieldkit_register_methods(register: Register) -> None:
 
 
 @hookimpl
-def fieldkit_register_metrics(register: Register) -> None:
+def fieldkit_register_metrics(register: RegisterMetric) -> None:
     register("gaussian_mixture", build_mixture_accuracy, GaussianMixtureParams)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from fieldkit.capabilities import HasCaptions, HasEvaluation
 from fieldkit.cond import Cond
 
 if TYPE_CHECKING:
@@ -40,15 +41,13 @@ def _to(x: Tensor | None, device: torch.device) -> Tensor | None:
 def evaluation_bucket(bucket: DataBucket) -> DataBucket:
     """The bucket that metrics and sample grids draw from: ``bucket.evaluation()`` when the bucket defines it
     (e.g. held-out images and prompt phrasings that training never sees), else ``bucket`` itself."""
-    held_out = getattr(bucket, "evaluation", None)
-    return held_out() if callable(held_out) else bucket
+    return bucket.evaluation() if isinstance(bucket, HasEvaluation) else bucket
 
 
 def batch_captions(bucket: DataBucket, batch: Batch) -> list[str]:
     """One caption per sample of ``batch`` (its prompt or instruction): ``bucket.captions(batch)`` when the
     bucket defines it, else none."""
-    captions = getattr(bucket, "captions", None)
-    return [str(c) for c in captions(batch)] if callable(captions) else []
+    return [str(c) for c in bucket.captions(batch)] if isinstance(bucket, HasCaptions) else []
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from fieldkit.capabilities import HasUncond
 from fieldkit.cond import Cond
 
 
@@ -87,5 +88,4 @@ def as_field(field: VelocityField) -> ModuleField:
 
 def uncond_of(field: VelocityField, cond: Cond) -> Cond:
     """The unconditional Cond for ``field``: its own ``uncond(cond)`` if any, else ``cond.uncond()``."""
-    custom = getattr(field, "uncond", None)
-    return custom(cond) if callable(custom) else cond.uncond()
+    return field.uncond(cond) if isinstance(field, HasUncond) else cond.uncond()

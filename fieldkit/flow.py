@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fieldkit.capabilities import HasSamplingSigmas
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError
 from fieldkit.field import VelocityField, broadcast_sigma
@@ -40,8 +41,9 @@ def rollout_sigmas(schedule: str, steps: int, shift: float, field: object, shape
     """
     if schedule not in ("auto", "model", "shift"):
         raise ValueError(f"unknown schedule {schedule!r}; use auto, model or shift")
-    own = getattr(field, "sampling_sigmas", None) if schedule != "shift" else None
-    sigmas = own(steps, shape) if callable(own) else None
+    sigmas = None
+    if schedule != "shift" and isinstance(field, HasSamplingSigmas):
+        sigmas = field.sampling_sigmas(steps, shape)
     if isinstance(sigmas, Tensor):
         return sigmas.to(torch.float32)
     if schedule == "model":

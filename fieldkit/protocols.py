@@ -1,7 +1,8 @@
 """The contracts between fieldkit's core and its plugins, in one module.
 
-Every hook of a plugin receives a :class:`Register` callback; each registered factory is called as
-``factory(params, ctx)`` with a :class:`fieldkit.graph.BuildContext` and returns, by kind:
+Every hook of a plugin receives a ``register`` callback typed for its kind (:data:`RegisterSource`, ...,
+:class:`RegisterRouter`); each registered factory is called as ``factory(params, ctx)`` with its validated
+``Params`` and a :class:`fieldkit.graph.BuildContext` and returns, by kind:
 
 - a source or an operator: a :class:`~fieldkit.field.VelocityField`;
 - a dataset: a :class:`DataBucket`;
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import torch
 from pydantic import BaseModel
@@ -25,23 +26,8 @@ from torch import Tensor
 from fieldkit.data import Batch, Shard
 from fieldkit.field import VelocityField
 
-
-class Register(Protocol):
-    """The callback each ``fieldkit_register_*`` hook receives.
-
-    ``register(name, factory, params=Params, *, description="")``: ``name`` is the YAML ``type:``,
-    ``factory`` builds the object from validated ``params`` (a pydantic model class) and the build context,
-    ``description`` is the one line listings show (default: the factory's docstring's first line).
-    """
-
-    def __call__(
-        self,
-        name: str,
-        factory: Callable[..., object],
-        params: type[BaseModel] = ...,
-        *,
-        description: str = "",
-    ) -> None: ...
+if TYPE_CHECKING:  # the context factories receive (a type only: the graph layer sits above this module)
+    from fieldkit.graph.builder import BuildContext
 
 
 @runtime_checkable
@@ -144,3 +130,52 @@ class Method(Protocol):
     def loss(self, inputs: LossInputs) -> LossOutput:
         """The loss of one micro-batch (its backward is the engine's)."""
         ...
+
+
+P = TypeVar("P", bound=BaseModel)
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Register(Protocol[T_contra]):
+    """The callback a ``fieldkit_register_*`` hook receives, for factories that build a ``T``.
+
+    ``register(name, factory, params=Params, *, description="")``: ``name`` is the YAML ``type:``; ``factory``
+    is called as ``factory(params, ctx)`` with validated ``params`` (an instance of the pydantic class
+    ``params``) and the :class:`~fieldkit.graph.BuildContext`; ``description`` is the one line listings show
+    (default: the factory's docstring's first line).
+    """
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[[P, BuildContext], T_contra],
+        params: type[P] = ...,
+        *,
+        description: str = "",
+    ) -> None: ...
+
+
+class RegisterRouter(Protocol):
+    """The callback ``fieldkit_register_routers`` receives: a router factory is
+    ``factory(params, routes, ctx)`` with the :class:`Route` of every ``routes:`` entry, built by the core."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[[P, Sequence[Route], BuildContext], Router],
+        params: type[P] = ...,
+        *,
+        description: str = "",
+    ) -> None: ...
+
+
+#: ``fieldkit_register_sources(register)``: factories build a field loaded from somewhere.
+RegisterSource: TypeAlias = Register[VelocityField]
+#: ``fieldkit_register_operators(register)``: factories build a field from other fields (``ctx.field(ref)``).
+RegisterOperator: TypeAlias = Register[VelocityField]
+#: ``fieldkit_register_datasets(register)``: factories build a :class:`DataBucket`.
+RegisterDataset: TypeAlias = Register[DataBucket]
+#: ``fieldkit_register_metrics(register)``: factories build a :class:`Metric`.
+RegisterMetric: TypeAlias = Register[Metric]
+#: ``fieldkit_register_methods(register)``: factories build a :class:`Method`.
+RegisterMethod: TypeAlias = Register[Method]

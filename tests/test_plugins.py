@@ -167,6 +167,7 @@ def test_a_hook_that_raises_is_reported_and_the_rest_still_register():
         (("", build_zero, ZeroParams), "empty or non-string name"),
         (("bad.factory", "not callable", ZeroParams), "factory that is not callable"),
         (("bad.params", build_zero, dict), "whose params is not a pydantic model"),
+        (("bad.arity", lambda params: params, ZeroParams), "cannot be called as factory(params, ctx)"),
     ],
 )
 def test_invalid_registration_is_reported_as_a_plugin_error(args, message):

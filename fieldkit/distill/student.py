@@ -7,6 +7,7 @@ import copy
 
 from torch import Tensor, nn
 
+from fieldkit.capabilities import SupportsGradientCheckpointing
 from fieldkit.errors import GraphError
 from fieldkit.field import VelocityField
 from fieldkit.graph.schema import StudentSpec
@@ -23,15 +24,14 @@ def make_student(init: VelocityField, spec: StudentSpec) -> nn.Module:
     student = copy.deepcopy(init)
     student.train()
     if spec.gradient_checkpointing:
-        enable = getattr(student, "enable_gradient_checkpointing", None)
-        if not callable(enable):
+        if not isinstance(student, SupportsGradientCheckpointing):
             raise GraphError(
                 f"student.gradient_checkpointing is on but {type(student).__name__} (student.init "
                 f"{str(spec.init)!r}) has no enable_gradient_checkpointing()",
                 hint="turn it off, or use a model that has it (fieldkit's MMDiT); some sources take "
                 "their own gradient_checkpointing parameter (e.g. sd3)",
             )
-        enable()
+        student.enable_gradient_checkpointing()
     if spec.train == "lora":
         return add_lora(student, spec.lora)
     return student.requires_grad_(True)

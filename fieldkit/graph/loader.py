@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from fieldkit.capabilities import needs_route_fields
 from fieldkit.errors import GraphError
 from fieldkit.graph.checks import check_graph
 from fieldkit.graph.overrides import apply_overrides, parse_override
@@ -247,7 +248,7 @@ def validate_source(source: YamlSource, registry: Registry) -> Graph:
         ]
     router = _typed(spec.router, ("router",), ("router",), registry, problems)
     method = _typed(spec.method, ("method",), ("method",), registry, problems)
-    if method is not None and getattr(method.params, "needs_route_fields", False):
+    if method is not None and needs_route_fields(method.params):
         for name, route in spec.routes.items():
             if route.field is None:
                 problems.add(("routes", name), f"method {spec.method.type!r} needs a 'field' on every route")

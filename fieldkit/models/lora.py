@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from fieldkit.capabilities import HasLoraRank, HasLoraTargets
 from fieldkit.errors import FieldkitError, GraphError
 
 if TYPE_CHECKING:
@@ -67,9 +68,8 @@ def lora_targets(model: nn.Module) -> list[str]:
     Linear layers are named in full (``blocks.0.image.mlp.0``): peft matches a target by name suffix, so a
     bare last component such as ``0`` (a layer of an ``nn.Sequential``) would also match ``blocks.0``.
     """
-    declared = getattr(model, "lora_targets", None)
-    if declared:
-        return list(declared)
+    if isinstance(model, HasLoraTargets) and model.lora_targets:
+        return list(model.lora_targets)
     return sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
 
 
@@ -83,7 +83,7 @@ def add_lora(model: nn.Module, spec: LoraSettings) -> nn.Module:
     targets = spec.targets or lora_targets(model)
     if not targets:
         raise GraphError("student.train is 'lora' but the model has no linear layers to adapt")
-    rank = spec.rank or int(getattr(model, "lora_rank", 8))
+    rank = spec.rank or (model.lora_rank if isinstance(model, HasLoraRank) else 8)
     config = LoraConfig(
         r=rank,
         lora_alpha=spec.alpha or rank,  # type: ignore[arg-type]  # peft annotates int; any float scales

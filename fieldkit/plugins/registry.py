@@ -7,18 +7,20 @@ plugin registered it, so listings and errors can name the plugin.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from fieldkit.errors import PluginError
 
-if TYPE_CHECKING:
-    from fieldkit.protocols import Register
-
 KINDS: tuple[str, ...] = ("source", "operator", "router", "method", "dataset", "metric")
+#: The arguments the core calls each kind's factory with.
+FACTORY_ARGS: dict[str, tuple[str, ...]] = {
+    kind: ("params", "routes", "ctx") if kind == "router" else ("params", "ctx") for kind in KINDS
+}
 
 
 class Params(BaseModel):
@@ -89,8 +91,10 @@ def unknown_type_message(kind: str, name: str, known: list[str]) -> str:
     return f"unknown {kind} type {name!r}{guess} (known {kind} types: {', '.join(known) or 'none'})"
 
 
-def make_register(registry: Registry, kind: str, plugin: str) -> Register:
-    """The ``register`` callback handed to one plugin's hook for one kind."""
+def make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., None]:
+    """The ``register`` callback handed to one plugin's hook for one kind (typed for plugins as
+    :class:`~fieldkit.protocols.Register` of that kind). A factory that cannot take the arguments its kind
+    is called with (``(params, ctx)``; routers ``(params, routes, ctx)``) is refused here, by name."""
 
     def register(
         name: str,
@@ -105,6 +109,11 @@ def make_register(registry: Registry, kind: str, plugin: str) -> Register:
             raise PluginError(
                 f"plugin {plugin!r} registered {kind} {name!r} with a factory that is not callable"
             )
+        if not _takes(factory, FACTORY_ARGS[kind]):
+            raise PluginError(
+                f"plugin {plugin!r} registered {kind} {name!r} with a factory that cannot be called as "
+                f"factory({', '.join(FACTORY_ARGS[kind])})"
+            )
         if not (isinstance(params, type) and issubclass(params, BaseModel)):
             raise PluginError(
                 f"plugin {plugin!r} registered {kind} {name!r} whose params is not a pydantic model"
@@ -114,3 +123,17 @@ def make_register(registry: Registry, kind: str, plugin: str) -> Register:
         registry.add(Registration(kind, name, factory, params, plugin, text))
 
     return register
+
+
+def _takes(factory: Callable[..., Any], names: tuple[str, ...]) -> bool:
+    """Whether ``factory`` can be called with ``len(names)`` positional arguments (True when its signature
+    cannot be read, as for some builtins: the call itself will say)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*names)
+    except TypeError:
+        return False
+    return True

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fieldkit.plugins import hookimpl
+from fieldkit.plugin_api import hookimpl
 
 if TYPE_CHECKING:
-    from fieldkit.graph import BuildContext
-    from fieldkit.protocols import Register
+    from fieldkit.plugin_api import BuildContext, RegisterDataset, RegisterMetric, RegisterOperator
 
 __version__ = "0.1.0"
 
@@ -65,7 +64,7 @@ def build_describe_target(params: Any, ctx: BuildContext) -> Any:
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Register) -> None:
+def fieldkit_register_datasets(register: RegisterDataset) -> None:
     from fieldkit_digits.params import BucketParams, T2IParams
 
     register("digits.t2i", _bucket("t2i"), T2IParams)
@@ -74,7 +73,7 @@ def fieldkit_register_datasets(register: Register) -> None:
 
 
 @hookimpl
-def fieldkit_register_metrics(register: Register) -> None:
+def fieldkit_register_metrics(register: RegisterMetric) -> None:
     from fieldkit_digits.params import EditMetricParams, T2IMetricParams
 
     register("digits.t2i", build_t2i_metric, T2IMetricParams)
@@ -82,7 +81,7 @@ def fieldkit_register_metrics(register: Register) -> None:
 
 
 @hookimpl
-def fieldkit_register_operators(register: Register) -> None:
+def fieldkit_register_operators(register: RegisterOperator) -> None:
     from fieldkit_digits.params import DescribeTargetParams
 
     register("digits.describe_target", build_describe_target, DescribeTargetParams)
@@ -109,7 +108,7 @@ def fieldkit_register_commands(cli: click.Group) -> None:
         """Copy the model folder SRC (e.g. RUN/student) to DST with weights stored as DTYPE."""
         import torch
 
-        from fieldkit.models import load_pretrained
+        from fieldkit.plugin_api import load_pretrained
 
         model = load_pretrained(src, dtype=getattr(torch, dtype))
         model.save_pretrained(dst)

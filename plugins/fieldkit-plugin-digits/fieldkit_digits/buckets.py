@@ -32,8 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fieldkit import Cond
-from fieldkit.data import Batch
+from fieldkit.plugin_api import Batch, Cond
 from fieldkit_digits.params import BucketParams
 from fieldkit_digits.prompts import Prompt, phrasings, render, text_bank
 from fieldkit_digits.world import (

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fieldkit.atomic import atomic_path
+from fieldkit.plugin_api import atomic_path
 from fieldkit_digits.world import BLANK, DigitPool, halves
 
 ASSET = Path(__file__).parent / "assets" / "judge.safetensors"

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fieldkit.data import Batch
+from fieldkit.plugin_api import Batch
 from fieldkit_digits.judge import Judge, judge
 from fieldkit_digits.params import EditMetricParams, T2IMetricParams
 from fieldkit_digits.world import (

@@ -13,9 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fieldkit import Cond
-from fieldkit.errors import FieldkitError
-from fieldkit.ops import Operator
+from fieldkit.plugin_api import Cond, FieldkitError, Operator
 
 KEYS = {"text": "target_text", "text_mask": "target_text_mask", "pooled": "target_pooled"}
 

@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fieldkit.graph import FieldRef
-from fieldkit.plugins import Params
+from fieldkit.plugin_api import FieldRef, Params
 
 
 class TargetParams(Params):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fieldkit.atomic import atomic_path
+from fieldkit.plugin_api import atomic_path
 from fieldkit_digits.world import GLOBAL_OPS, SIDES
 
 TOKENS = 16

@@ -25,7 +25,7 @@ from fieldkit_sd3.params import PromptParams, SD3LoraParams, SD3Params
 
 if TYPE_CHECKING:
     from fieldkit.graph import BuildContext
-    from fieldkit.protocols import Register
+    from fieldkit.protocols import RegisterDataset, RegisterSource
 
 __version__ = "0.1.0"
 
@@ -80,13 +80,13 @@ def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Register) -> None:
+def fieldkit_register_sources(register: RegisterSource) -> None:
     register("sd3", build_sd3, SD3Params)
     register("sd3.lora", build_sd3_lora, SD3LoraParams)
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Register) -> None:
+def fieldkit_register_datasets(register: RegisterDataset) -> None:
     register("sd3.prompts", build_prompts, PromptParams)
 
 

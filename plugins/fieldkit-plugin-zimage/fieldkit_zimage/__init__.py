@@ -38,7 +38,7 @@ from fieldkit_zimage.params import (
 
 if TYPE_CHECKING:
     from fieldkit.graph import BuildContext
-    from fieldkit.protocols import Register
+    from fieldkit.protocols import RegisterDataset, RegisterOperator, RegisterSource
 
 __version__ = "0.1.0"
 
@@ -127,19 +127,19 @@ def build_edits(params: EditParams, ctx: BuildContext) -> Any:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Register) -> None:
+def fieldkit_register_sources(register: RegisterSource) -> None:
     register("zimage", build_zimage, ZImageParams)
     register("zimage.edit", build_zimage_edit, ZImageEditParams)
     register("zimage.lora", build_zimage_lora, ZImageLoraParams)
 
 
 @hookimpl
-def fieldkit_register_operators(register: Register) -> None:
+def fieldkit_register_operators(register: RegisterOperator) -> None:
     register("zimage.guidance", build_guidance, GuidanceParams)
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Register) -> None:
+def fieldkit_register_datasets(register: RegisterDataset) -> None:
     register("zimage.prompts", build_prompts, PromptParams)
     register("zimage.edits", build_edits, EditParams)
 

@@ -11,12 +11,10 @@ from typing import TYPE_CHECKING
 import click
 from pydantic import Field
 
-from fieldkit.graph import FieldRef
-from fieldkit.plugins import Params, hookimpl
+from fieldkit.plugin_api import FieldRef, Params, hookimpl
 
 if TYPE_CHECKING:
-    from fieldkit.graph import BuildContext
-    from fieldkit.protocols import Register
+    from fieldkit.plugin_api import BuildContext, RegisterOperator, RegisterSource
     from fieldkit_plugin_example.fields import ConstantField, Negate
 
 
@@ -43,12 +41,12 @@ def build_negate(params: NegateParams, ctx: BuildContext) -> Negate:
 
 
 @hookimpl
-def fieldkit_register_sources(register: Register) -> None:
+def fieldkit_register_sources(register: RegisterSource) -> None:
     register("example.constant", build_constant, ConstantParams)
 
 
 @hookimpl
-def fieldkit_register_operators(register: Register) -> None:
+def fieldkit_register_operators(register: RegisterOperator) -> None:
     register("example.negate", build_negate, NegateParams)
 
 
@@ -60,7 +58,7 @@ def fieldkit_register_commands(cli: click.Group) -> None:
         """Take one Euler step of example.constant from pure noise and print where it lands."""
         import torch
 
-        from fieldkit import Cond
+        from fieldkit.plugin_api import Cond
         from fieldkit_plugin_example.fields import ConstantField
 
         x = torch.randn(1, 1, 4, 4)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fieldkit import Cond
-from fieldkit.field import ModuleField, broadcast_sigma
-from fieldkit.ops import Operator
+from fieldkit.plugin_api import Cond, ModuleField, Operator, broadcast_sigma
 
 
 class ConstantField(ModuleField):

@@ -12,11 +12,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from fieldkit.plugins import Params, hookimpl
+from fieldkit.plugin_api import Params, hookimpl
 
 if TYPE_CHECKING:
-    from fieldkit.graph import BuildContext
-    from fieldkit.protocols import Register, Route
+    from fieldkit.plugin_api import (
+        BuildContext,
+        RegisterDataset,
+        RegisterMethod,
+        RegisterMetric,
+        RegisterRouter,
+        Route,
+    )
     from fieldkit_plugin_tempered.training import LevelError, LevelsBucket, StraightPathMethod, TemperedRouter
 
 
@@ -62,20 +68,20 @@ def build_straight(params: Params, ctx: BuildContext) -> StraightPathMethod:
 
 
 @hookimpl
-def fieldkit_register_routers(register: Register) -> None:
+def fieldkit_register_routers(register: RegisterRouter) -> None:
     register("tempered", build_router, TemperedParams)
 
 
 @hookimpl
-def fieldkit_register_datasets(register: Register) -> None:
+def fieldkit_register_datasets(register: RegisterDataset) -> None:
     register("tempered.levels", build_levels, LevelsParams)
 
 
 @hookimpl
-def fieldkit_register_metrics(register: Register) -> None:
+def fieldkit_register_metrics(register: RegisterMetric) -> None:
     register("tempered.level_error", build_level_error, LevelErrorParams)
 
 
 @hookimpl
-def fieldkit_register_methods(register: Register) -> None:
+def fieldkit_register_methods(register: RegisterMethod) -> None:
     register("tempered.straight", build_straight)

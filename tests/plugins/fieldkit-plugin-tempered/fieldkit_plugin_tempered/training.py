@@ -8,10 +8,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fieldkit import Cond, FieldkitError, VelocityField
-from fieldkit.data import Batch
-from fieldkit.flow import interpolate
-from fieldkit.protocols import LossInputs, LossOutput, Route
+from fieldkit.plugin_api import (
+    Batch,
+    Cond,
+    FieldkitError,
+    LossInputs,
+    LossOutput,
+    Route,
+    VelocityField,
+    interpolate,
+)
 
 # -- a router --------------------------------------------------------------------------------------------
 
