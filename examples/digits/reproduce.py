@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fieldkit.eval.verdict import Paired
+    from fieldkit.eval.verdict import Decision, Paired
 
 HERE = Path(__file__).resolve().parent
 GRAPHS = {
@@ -261,7 +261,12 @@ class Claim:
     expected: int = 1
 
 
-TWINS = ("time", "compute")  # the budgets a twin can be matched on: wall-clock (v1) or counted passes
+TWINS = ("time", "compute")
+# Comparison 1's trained baselines, each a claim against DanceOPD at matched steps and at matched compute.
+BASELINES = (
+    *("joint-a", "joint-b", "offpolicy-a", "offpolicy-b"),
+    *("dense", "dense-uniform", "flowopd", "flowopd-release"),
+)  # the budgets a twin can be matched on: wall-clock (v1) or counted passes
 
 
 def claims() -> list[Claim]:
@@ -272,13 +277,28 @@ def claims() -> list[Claim]:
         for twin in ("steps", *TWINS):  # b at matched steps, and its twins at the reference's budget
             out.append(Claim(comp, paper, (a, "steps"), (b, twin), metric, expected))
 
-    for pair in ("t2i_edit", "local_global"):
+    for pair in PAIRS:
         ref = f"{pair}/danceopd"
-        paper = "DanceOPD above every baseline (Table 2A / 2B)"
-        for base in ("joint-a", "joint-b", "offpolicy-a", "offpolicy-b", "dense", "dense-uniform", "flowopd"):
-            both("composition", paper, ref, f"{pair}/{base}")
-        for merge in ("merge", "merge-ta"):
-            out.append(Claim("composition", paper, (ref, "steps"), (f"{pair}/{merge}", "-")))
+        # The paper's Table 2 claims are per route as well ("keeps the T2I metric"): combined and each route.
+        for metric in ("combined", *(f"{route}/score" for route in PAIRS[pair])):
+            paper = "DanceOPD above every baseline (Table 2A / 2B)"
+            if metric != "combined":
+                paper = f"DanceOPD above every baseline on {metric.split('/')[0]} (Table 2A / 2B, per route)"
+            for base in BASELINES:
+                both("composition", paper, ref, f"{pair}/{base}", metric)
+            for merge in ("merge", "merge-ta"):
+                out.append(Claim("composition", paper, (ref, "steps"), (f"{pair}/{merge}", "-"), metric))
+            # Against the route's own teacher (a teachers run's value on a route's metric is its teacher's).
+            if metric != "combined":
+                out.append(
+                    Claim(
+                        "composition",
+                        "DanceOPD keeps each route's source (Table 2: GenEval 0.849 vs 0.832)",
+                        (ref, "steps"),
+                        (f"{pair}/teachers", "-"),
+                        metric,
+                    )
+                )
     dref = "diagnostic/danceopd"
     both("routing", "hard above soft routing (+15%)", dref, "routing/soft")
     for low, schedule in ((dref, "shift3"), ("query/linear-low", "linear")):
@@ -799,9 +819,13 @@ def _fmt(values: list[float]) -> str:
 
 
 def _value(record: dict[str, Any], metric: str) -> float:
-    """A run's score on ``metric``: the student's, or the init's for an evaluated (untrained) run."""
+    """A run's score on ``metric``: the student's, the init's for an evaluated (untrained) run, or, for a
+    teachers run and a route's metric ``ROUTE/...``, that route's teacher's."""
     scores = record["scores"]
-    return float(scores["student" if "student" in scores else "init"].get(metric, math.nan))
+    name = "student" if "student" in scores else "init"
+    if record["name"].endswith("/teachers") and f"{metric.split('/')[0]}_teacher" in scores:
+        name = f"{metric.split('/')[0]}_teacher"
+    return float(scores[name].get(metric, math.nan))
 
 
 def _init_name(record: dict[str, Any]) -> str | None:
@@ -879,12 +903,14 @@ def runs_table(comp: str, rows: list[dict[str, Any]], teachers: dict[tuple[str, 
     return "\n".join(lines)
 
 
-def verdict_rows(results: list[dict[str, Any]]) -> list[tuple[Claim, Paired | None, str]]:
-    """Every claim of :func:`claims` with its paired per-seed differences and the rule's verdict."""
-    from fieldkit.eval.verdict import paired, verdict
+def verdict_rows(results: list[dict[str, Any]]) -> list[tuple[Claim, Decision | None, str]]:
+    """Every claim of :func:`claims` with the rule's decision over the page (every claim that has paired
+    runs is one comparison of the page's Holm family) and its verdict; "not run" where no seed has both."""
+    from fieldkit.eval.verdict import decide, paired
 
     index = {(r["name"], r["matched"] if r["kind"] == "train" else "-", r["seed"]): r for r in results}
-    out = []
+    tested: list[tuple[Claim, Paired]] = []
+    out: list[tuple[Claim, Decision | None, str]] = []
     for claim in claims():
         seeds = sorted(s for (n, m, s) in index if (n, m) == claim.a and (claim.b[0], claim.b[1], s) in index)
         if not seeds:
@@ -893,31 +919,39 @@ def verdict_rows(results: list[dict[str, Any]]) -> list[tuple[Claim, Paired | No
             continue
         a = [_value(index[(*claim.a, s)], claim.metric) for s in seeds]
         b = [_value(index[(*claim.b, s)], claim.metric) for s in seeds]
-        diff = paired(a, b)
-        out.append((claim, diff, verdict(diff, claim.expected)))
-    return out
+        tested.append((claim, paired(a, b)))
+    decisions = decide([d for _, d in tested], [c.expected for c, _ in tested])
+    return [(c, d, d.verdict) for (c, _), d in zip(tested, decisions, strict=True)] + out
 
 
-def verdict_table(rows: list[tuple[Claim, Paired | None, str]]) -> str:
-    """One line per claim: both runs, the per-seed differences ``a - b``, their mean ± SE, the verdict."""
+def verdict_table(rows: list[tuple[Claim, Decision | None, str]]) -> str:
+    """One line per claim: both runs, the per-seed differences ``a - b``, their mean and 95% interval, the
+    test with its p-value and Holm-adjusted p-value over the page, and the verdict."""
     sign = {1: "a > b", -1: "a < b", 0: "a = b"}
-    head = "| paper | a | b | metric | seeds | a - b per seed | mean ± SE | verdict |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for claim, diff, word in rows:
+    head = (
+        "| paper | a | b | metric | seeds | a - b per seed | mean [95% interval] | test: p (Holm) | verdict |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for claim, dec, word in rows:
         a, b = (f"{n} ({m})" if m != "-" else n for n, m in (claim.a, claim.b))
-        if diff is None:
-            lines.append(
-                f"| {claim.paper}: {sign[claim.expected]} | {a} | {b} | {claim.metric} | 0 | – | – | {word} |"
-            )
+        lead = f"| {claim.paper}: {sign[claim.expected]} | {a} | {b} | {claim.metric} |"
+        if dec is None:
+            lines.append(f"{lead} 0 | – | – | – | {word} |")
             continue
+        lo, hi = dec.interval
         lines.append(
-            f"| {claim.paper}: {sign[claim.expected]} | {a} | {b} | {claim.metric} | {diff.n} | "
-            f"{_signed(diff.differences)} | {diff.mean:+.3f} ± {diff.stderr:.3f} | {word} |"
+            f"{lead} {dec.diff.n} | {_signed(dec.diff.differences)} | "
+            f"{dec.diff.mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+            f"{dec.test}: {_p(dec.p)} ({_p(dec.adjusted)}) | {word} |"
         )
     return "\n".join(lines)
 
 
-def summary_table(rows: list[tuple[Claim, Paired | None, str]]) -> str:
+def _p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def summary_table(rows: list[tuple[Claim, Decision | None, str]]) -> str:
     """Per comparison and matched mode of ``b``: how many claims agree, disagree or are within noise."""
     from fieldkit.eval.verdict import AGREES, DISAGREES, WITHIN_NOISE
 
@@ -933,7 +967,8 @@ def summary_table(rows: list[tuple[Claim, Paired | None, str]]) -> str:
         lines.append(
             f"| {comp} | {matched} | {c[AGREES]} | {c[DISAGREES]} | {c[WITHIN_NOISE]} | {c['not run']} |"
         )
-    return "\n".join(lines)
+    tested = sum(word != "not run" for _, _, word in rows)
+    return "\n".join(lines) + f"\n\nHolm's family: the {tested} claims of this page that have paired runs."
 
 
 def references_table(results: list[dict[str, Any]], teachers: dict[tuple[str, int], dict[str, Any]]) -> str:
@@ -1019,9 +1054,9 @@ def report(args: argparse.Namespace) -> str:
         by_comp[r["comparison"]].append(r)
     tables = page_tables(results)
     lines += [
-        "Verdicts: a comparison agrees or disagrees with the paper only when the paired per-seed difference "
-        "has one sign on every seed (at least 3) and its mean exceeds twice its standard error; otherwise "
-        "it is within noise (`fieldkit.eval.verdict`).",
+        "Verdicts (`fieldkit.eval.verdict`): a paired test over seeds at 95% (the t-test on n - 1 degrees "
+        "of freedom; the exact sign-flip test once n allows it), Holm's correction over every claim of the "
+        "page; the 95% interval of the mean difference beside each verdict.",
         "",
         tables["summary"],
         "",

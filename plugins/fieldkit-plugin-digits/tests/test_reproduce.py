@@ -153,12 +153,21 @@ def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints():
 
 
 def test_verdicts_follow_the_rule_on_the_committed_results():
-    from fieldkit.eval.verdict import AGREES, DISAGREES
+    """Every decided verdict on the page: at least 3 seeds, a Holm-adjusted p-value below 0.05 over the
+    page's claims, the p-value recomputed from the differences, and (t-test) an interval that excludes 0."""
+    from fieldkit.eval.verdict import AGREES, DISAGREES, LEVEL, MIN_SEEDS, holm, t_two_sided_p
 
     repro = _load()
     results = repro.read_results(SCRIPT.parents[2] / "docs" / "reproduction" / "results.jsonl")
-    for _claim, diff, word in repro.verdict_rows(results):
+    rows = [(c, d, w) for c, d, w in repro.verdict_rows(results) if d is not None]
+    assert rows
+    for _claim, dec, _word in rows:
+        if dec.test == "t" and dec.diff.stderr > 0:
+            t = dec.diff.mean / dec.diff.stderr
+            assert dec.p == pytest.approx(t_two_sided_p(t, dec.diff.n - 1))
+    assert [d.adjusted for _, d, _ in rows] == pytest.approx(holm([d.p for _, d, _ in rows]))
+    for _claim, dec, word in rows:
         if word in (AGREES, DISAGREES):
-            assert diff.n >= 3
-            assert len({d > 0 for d in diff.differences}) == 1 and 0 not in diff.differences
-            assert abs(diff.mean) > 2 * diff.stderr
+            assert dec.diff.n >= MIN_SEEDS and dec.adjusted < LEVEL
+            lo, hi = dec.interval
+            assert lo > 0 or hi < 0
