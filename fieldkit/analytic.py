@@ -88,8 +88,10 @@ class GaussianMixtureData:
 
 
 class MixtureAccuracy:
-    """Prompt-following on the mixture: ``accuracy = mean[argmin_k |x - m_k| == label]`` and the mean
-    distance to the asked component in units of its std, ``mean |x - m_label| / (s sqrt(D))``."""
+    """Prompt-following on the mixture: ``accuracy = mean[argmin_k |x - m_k| == label]`` (also reported as
+    ``score``, the number results tables compare fields by) and ``spread``, the mean distance to the asked
+    component in units of its std, ``mean |x - m_label| / (s sqrt(D))``: about 1 for a true sample of the
+    component, below 1 for samples collapsed toward its mean, above 1 for samples off it."""
 
     def __init__(self, field: GaussianMixtureField) -> None:
         self.field = field
@@ -101,4 +103,4 @@ class MixtureAccuracy:
         accuracy = (distances.argmin(1) == label).float().mean()
         dims = samples[0].numel()
         spread = distances.gather(1, label.unsqueeze(1)).mean() / (self.field.std * dims**0.5)
-        return {"accuracy": float(accuracy), "spread": float(spread)}
+        return {"accuracy": float(accuracy), "spread": float(spread), "score": float(accuracy)}

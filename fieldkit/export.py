@@ -29,6 +29,7 @@ import yaml
 
 from fieldkit.atomic import atomic_path
 from fieldkit.errors import FieldkitError
+from fieldkit.eval.results import markdown
 from fieldkit.eval.run_report import RunFolder, read_run
 from fieldkit.files import check_regular
 from fieldkit.models.lora import DIFFUSERS_WEIGHTS, WRAPPER, lora_tensors, save_lora
@@ -168,20 +169,6 @@ def _peft(run: RunFolder, out: Path) -> Exported:
     )
 
 
-def _markdown_results(rows: list[dict[str, Any]]) -> str:
-    fields = list(dict.fromkeys(str(r["field"]) for r in rows))
-    cells: dict[str, dict[str, float]] = {}
-    for r in rows:
-        for key, value in r.items():
-            if key not in ("field", "route") and isinstance(value, int | float):
-                cells.setdefault(f"{r['route']}/{key}", {})[str(r["field"])] = float(value)
-    lines = ["| route/metric | " + " | ".join(fields) + " |", "| --- |" + " ---: |" * len(fields)]
-    for metric, values in cells.items():
-        shown = (f"{values[f]:.4g}" if f in values else "-" for f in fields)
-        lines.append(f"| {metric} | " + " | ".join(shown) + " |")
-    return "\n".join(lines)
-
-
 def model_card(run: RunFolder, exported: Exported, samples: dict[str, str]) -> str:
     """The README.md of an export: front matter, how to load it, routes and teachers, results, samples,
     the graph."""
@@ -235,8 +222,8 @@ def model_card(run: RunFolder, exported: Exported, samples: dict[str, str]) -> s
         "",
         "## Results",
         "",
-        _markdown_results(run.results)
-        if run.results
+        markdown([("", run.results)])
+        if run.results.scores
         else "No route had metrics in this run, so there are no results.",
         "",
         "## Samples",

@@ -58,7 +58,7 @@ def test_distill_writes_metrics_samples_checkpoints_student_and_results(graph: P
     assert (out / "student" / "model.safetensors").is_file()
     grid = Image.open(out / "samples" / "step-00000004-t2i.png")
     assert grid.width > grid.height  # rows: the route's field and the student
-    rows = json.loads((out / "results.json").read_text())
+    rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["field"] for r in rows} == {"guided", "student"}
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
 
@@ -156,7 +156,7 @@ def test_sample_and_eval_read_the_exported_student(graph: Path, tmp_path: Path) 
     assert image.width > image.height > 0
     scored = invoke("eval", str(graph), "--checkpoint", str(out / "student"), "--samples", "8", "--json")
     assert scored.exit_code == 0, scored.output
-    rows = json.loads(scored.output)
+    rows = json.loads(scored.output)["rows"]
     assert {r["route"] for r in rows} == {"t2i"} and len(rows) == 2
 
 
@@ -208,7 +208,7 @@ def test_eval_scores_a_half_precision_folder_as_its_float32_copy(
     for name in ("half", "full"):
         result = invoke("eval", str(graph), "--checkpoint", str(tmp_path / name), "--samples", "8", "--json")
         assert result.exit_code == 0, result.output
-        rows[name] = [r for r in json.loads(result.output) if r["field"] == name]
+        rows[name] = [r for r in json.loads(result.output)["rows"] if r["field"] == name]
     assert len(rows["half"]) == 1
     assert {k: v for k, v in rows["half"][0].items() if k != "field"} == {
         k: v for k, v in rows["full"][0].items() if k != "field"

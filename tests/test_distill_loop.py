@@ -125,6 +125,6 @@ def test_run_is_the_loop_with_default_callbacks_whose_events_reach_extra_ones(di
         ("end", 6),
         ("teardown", 6),
     ]
-    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
     assert {(row["field"], row["route"]) for row in rows} == {("teacher", "r"), ("student", "r")}
     assert res.scores and res.checkpoint == tmp_path / "run" / "checkpoints" / "step-00000006"

@@ -119,7 +119,7 @@ def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path
     assert [e.step for e in events.Images("samples/t2i")] == [2, 4]
     image = events.Images("samples/t2i")[-1]
     assert image.width > image.height > 0
-    student = next(r for r in results if r["field"] == "student")
+    student = next(r for r in results["rows"] if r["field"] == "student")
     accuracy = events.Scalars("eval/t2i/student/accuracy")
     assert [e.value for e in accuracy] == pytest.approx([student["accuracy"]], rel=1e-6)
     hparams = next((out / "trackers" / "graph").rglob("hparams.yml")).read_text()

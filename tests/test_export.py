@@ -33,8 +33,12 @@ def test_a_fieldkit_student_exports_in_its_own_layout_with_a_card(quickstart_run
     assert card.startswith("---\nlibrary_name: fieldkit\n")
     assert "no diffusers pipeline or model class" in card  # says what format it gets and why
     assert "| t2i | guided | gaussian_mixture | 1.0 |" in card  # routes and teachers
-    for row in json.loads((run / "results.json").read_text()):
-        assert "| t2i/accuracy |" in card and f"{row['accuracy']:.4g}" in card
+    results = json.loads((run / "results.json").read_text())
+    for row in results["rows"]:
+        assert f"{row['accuracy']:.3f}" in card
+    assert "| route: metric | guided (serves t2i) | student |" in card
+    [verdict] = results["verdicts"]
+    assert f"| **t2i: student / guided** |  | {verdict['ratio']:.3f}x" in card
     assert "![samples of route t2i](samples/t2i.png)" in card and (out / "samples" / "t2i.png").is_file()
     assert "Rows: teacher: guided / student." in card and "1: component " in card
     assert "## Graph" in card and "lr_schedule: constant" in card

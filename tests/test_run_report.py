@@ -81,8 +81,11 @@ def test_the_report_holds_losses_results_labelled_grids_and_the_graph(
     text = (quickstart_runs[0] / "report.html").read_text()
     assert "loss: route t2i" in text and text.count("<svg") == 1
     results = json.loads((quickstart_runs[0] / "results.json").read_text())
-    for row in results:
-        assert f"<th>{row['field']}</th>" in text
+    assert results["teachers"] == {"t2i": "guided"} and results["bar"] == 0.95
+    assert "<th>guided (serves t2i)</th>" in text and "<th>student</th>" in text
+    [verdict] = results["verdicts"]
+    assert f"{verdict['ratio']:.3f}x {'pass' if verdict['passed'] else 'FAIL'}" in text
+    assert "t2i: accuracy (higher is better)" in text
     assert "rows: teacher: guided / student" in text
     assert "<li>component " in text  # the captions of the grid's columns
     assert "lr_schedule: constant" in text  # the graph, as YAML

@@ -34,6 +34,7 @@ def evaluate(
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.report import evaluate as score
     from fieldkit.eval.report import results_table
+    from fieldkit.eval.results import Results, route_teachers
     from fieldkit.graph.builder import BuildContext
 
     ctx = BuildContext(graph, device=default_device())
@@ -46,9 +47,10 @@ def evaluate(
     first = next(route for route in routes if route.metrics)
     sigmas = sampling_sigmas(graph, fields, tuple(first.data.shape))
     scores = score(fields, routes, sigmas, samples, seed, ctx.device)
+    results = Results(scores, route_teachers(graph.spec.routes), graph.spec.run.pass_ratio)
     if as_json:
-        click.echo(json.dumps([{"field": s.field, "route": s.route, **s.values} for s in scores], indent=1))
+        click.echo(json.dumps(results.to_json(), indent=1))
     else:
         Console().print(
-            results_table(scores, f"{graph.source.path}: {samples} samples per route, seed {seed}")
+            results_table(results, f"{graph.source.path}: {samples} samples per route, seed {seed}")
         )

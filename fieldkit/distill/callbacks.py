@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from fieldkit.atomic import atomic_write
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.distill.runlog import RunLog
-from fieldkit.eval.report import Score, results_table
+from fieldkit.eval.report import results_table
+from fieldkit.eval.results import Results, Score, route_teachers
 from fieldkit.owned import append_line
 
 if TYPE_CHECKING:
@@ -67,6 +68,11 @@ class Callback:
 def _every(step: int, period: int | None) -> bool:
     """Whether ``step`` is a multiple of ``period`` (never for a period of None or 0)."""
     return period is not None and period > 0 and step % period == 0
+
+
+def run_results(engine: Engine, scores: list[Score]) -> Results:
+    """The run's scores with the teacher of each route and the graph's bar (``run.pass_ratio``)."""
+    return Results(scores, route_teachers(engine.graph.spec.routes), engine.run_spec.pass_ratio)
 
 
 def log_now(engine: Engine, report: StepReport) -> bool:
@@ -131,7 +137,9 @@ class RunLogger(Callback):
     def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
         if self.log is not None and scores and engine.accelerator.is_main_process and engine.show_progress:
             self.log.console.print(
-                results_table(scores, "fields on their routes (same conditions and noise)")
+                results_table(
+                    run_results(engine, scores), "fields on their routes (same conditions and noise)"
+                )
             )
 
     def teardown(self, engine: Engine) -> None:
@@ -178,12 +186,13 @@ class Evaluation(Callback):
 
 
 class ResultsFile(Callback):
-    """``results.json``: one row per field and route with its metric values."""
+    """``results.json``: the results table (:meth:`fieldkit.eval.results.Results.to_json`): the bar, the
+    route teachers, the student's verdicts and one row per field and route with its metric values."""
 
     def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
         if scores and engine.out is not None and engine.accelerator.is_main_process:
-            rows = [{"field": s.field, "route": s.route, **s.values} for s in scores]
-            atomic_write(engine.out / "results.json", json.dumps(rows, indent=1))
+            results = run_results(engine, scores).to_json()
+            atomic_write(engine.out / "results.json", json.dumps(results, indent=1))
 
 
 class HtmlReport(Callback):

@@ -1,27 +1,20 @@
-"""Score fields on routes with their metrics, and show the results as one table."""
+"""Score fields on routes with their metrics, and show the results as one table on the console."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from rich.table import Table
 from torch import Tensor
 
 from fieldkit.data import evaluation_bucket
+from fieldkit.eval.results import Results, Score, column_header, combined_scores, layout
 from fieldkit.field import VelocityField
 from fieldkit.flow import generate
 from fieldkit.protocols import Route
 
-
-@dataclass(frozen=True)
-class Score:
-    """One cell group of the results table: a field's metrics on a route."""
-
-    field: str
-    route: str
-    values: dict[str, float]
+__all__ = ["Score", "combined_scores", "evaluate", "results_table"]
 
 
 def evaluate(
@@ -53,37 +46,19 @@ def evaluate(
     return scores
 
 
-def combined_scores(scores: Sequence[Score]) -> dict[str, float]:
-    """Per field, the mean of its routes' ``score`` values, when every route that reports a ``score`` for
-    some field reports one for this field too (one number to rank fields that serve several routes)."""
-    routes = list(dict.fromkeys(s.route for s in scores if "score" in s.values))
-    per_field: dict[str, dict[str, float]] = {}
-    for s in scores:
-        if "score" in s.values:
-            per_field.setdefault(s.field, {})[s.route] = s.values["score"]
-    return {
-        name: sum(values[r] for r in routes) / len(routes)
-        for name, values in per_field.items()
-        if routes and all(r in values for r in routes)
-    }
-
-
-def results_table(scores: Sequence[Score], title: str = "results") -> Table:
-    """Rows: ``route/metric`` (and ``combined``, :func:`combined_scores`, when more than one route reports a
-    ``score``); columns: fields. Fields are few and metrics many, so this keeps the table narrow."""
-    metrics = list(dict.fromkeys(f"{s.route}/{k}" for s in scores for k in s.values))
-    fields: dict[str, dict[str, float]] = {}
-    for s in scores:
-        fields.setdefault(s.field, {}).update({f"{s.route}/{k}": v for k, v in s.values.items()})
-    if len({s.route for s in scores if "score" in s.values}) > 1:
-        metrics.append("combined")
-        for name, value in combined_scores(scores).items():
-            fields[name]["combined"] = value
-    table = Table(title=title)
-    table.add_column("route/metric")
-    for name in fields:
-        table.add_column(name, justify="right")
-    for metric in metrics:
-        cells = (f"{values[metric]:.4g}" if metric in values else "-" for values in fields.values())
-        table.add_row(metric, *cells, style="bold" if metric == "combined" else None)
+def results_table(results: Results, title: str = "results") -> Table:
+    """The results table (:func:`fieldkit.eval.results.layout`) for the console: rows ``route: metric``
+    with units and the better direction, the student / route teacher rows with pass or FAIL, combined;
+    columns: fields (teachers with the routes they serve, then the student)."""
+    table_layout = layout([("", results)])
+    table = Table(title=title, caption=table_layout.caption, caption_justify="left")
+    table.add_column("route: metric")
+    for column in table_layout.columns:
+        table.add_column(column_header(column), justify="right")
+    for row in table_layout.rows:
+        cells = [
+            f"[green]{c}[/]" if c.endswith(" pass") else f"[bold red]{c}[/]" if c.endswith(" FAIL") else c
+            for c in row.cells
+        ]
+        table.add_row(row.label, *cells, style=None if row.kind == "metric" else "bold")
     return table

@@ -24,6 +24,7 @@ from PIL import Image
 
 from fieldkit.atomic import atomic_write
 from fieldkit.errors import FieldkitError
+from fieldkit.eval.results import DEFAULT_BAR, Results, column_header, layout
 
 GRID_NAME = re.compile(r"^step-(\d+)-(.+)\.png$")
 TRAINING_KEYS = ("lr", "grad_norm")
@@ -48,7 +49,7 @@ class RunFolder:
     folder: Path
     graph: dict[str, Any]
     metrics: list[dict[str, Any]]
-    results: list[dict[str, Any]]
+    results: Results
     grids: list[Grid]
 
     @property
@@ -103,12 +104,19 @@ def read_run(folder: Path, name: str | None = None) -> RunFolder:
             hint="give the folder a run wrote, e.g. runs/digits (the run.out of its graph)",
         )
     results_path = folder / "results.json"
+    graph = _read_json(folder / "graph.json")
+    results = Results.from_json(_read_json(results_path) if results_path.is_file() else [])
+    if not results.teachers:  # results.json of an older run: its rows only; the graph says the rest
+        routes = graph.get("routes", {})
+        teachers = {name: str(r["field"]) for name, r in routes.items() if r.get("field") is not None}
+        bar = float(graph.get("run", {}).get("pass_ratio", DEFAULT_BAR))
+        results = Results(results.scores, teachers, bar)
     return RunFolder(
         name or folder.name,
         folder,
-        _read_json(folder / "graph.json"),
+        graph,
         _read_metrics(folder / "metrics.jsonl"),
-        _read_json(results_path) if results_path.is_file() else [],
+        results,
         _newest_grids(folder / "samples"),
     )
 
@@ -177,26 +185,29 @@ def loss_plot(runs: Sequence[RunFolder]) -> str:
 
 
 def results_html(runs: Sequence[RunFolder]) -> str:
-    """The results of every run as one table: rows ``route/metric``, columns ``[run:] field``."""
-    columns: dict[str, dict[str, float]] = {}
-    for run in runs:
-        for row in run.results:
-            label = f"{run.name}: {row['field']}" if len(runs) > 1 else str(row["field"])
-            cells = columns.setdefault(label, {})
-            for key, value in row.items():
-                if key not in ("field", "route") and isinstance(value, int | float):
-                    cells[f"{row['route']}/{key}"] = float(value)
-    if not columns:
+    """The results table of every run (:func:`fieldkit.eval.results.layout`): one student column per run,
+    teachers shared by the runs shown once, the student / route teacher rows marked pass or FAIL."""
+    if not any(run.results.scores for run in runs):
         return "<p>No route has metrics, so there are no results (results.json is written only then).</p>"
-    metrics = list(dict.fromkeys(m for cells in columns.values() for m in cells))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    table = layout([(run.name, run.results) for run in runs])
+    head = "".join(f"<th>{html.escape(column_header(c))}</th>" for c in table.columns)
+
+    def cell(text: str) -> str:
+        mark = " pass" if text.endswith(" pass") else " fail" if text.endswith(" FAIL") else ""
+        return (
+            f'<td class="{mark.strip()}">{html.escape(text)}</td>'
+            if mark
+            else f"<td>{html.escape(text)}</td>"
+        )
+
     body = "".join(
-        f"<tr><td>{html.escape(m)}</td>"
-        + "".join(f"<td>{cells[m]:.4g}</td>" if m in cells else "<td>-</td>" for cells in columns.values())
-        + "</tr>"
-        for m in metrics
+        f'<tr class="{row.kind}"><td>{html.escape(row.label)}</td>{"".join(cell(c) for c in row.cells)}</tr>'
+        for row in table.rows
     )
-    return f"<table><thead><tr><th>route/metric</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div class="scroll"><table><thead><tr><th>route: metric</th>{head}</tr></thead>'
+        f'<tbody>{body}</tbody></table></div><p class="caption">{html.escape(table.caption)}.</p>'
+    )
 
 
 def grid_html(grid: Grid) -> str:

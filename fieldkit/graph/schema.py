@@ -169,6 +169,13 @@ class RunSpec(Strict):
     eval_samples: int = Field(
         64, ge=1, le=2**20, description="samples per route for the metrics at the end of a run"
     )
+    pass_ratio: float = Field(
+        0.95,
+        gt=0,
+        le=10,
+        description="the bar of the results table: the student passes a route when its score is at least "
+        "this times the route teacher's score (and combined, of the route teachers' mean)",
+    )
     checkpoint_every: int | None = Field(None, ge=1)
     keep_last: int = Field(3, ge=1)
     max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")

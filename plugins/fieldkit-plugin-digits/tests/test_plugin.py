@@ -71,6 +71,6 @@ def test_tiny_distillation_on_the_digits_graph(tmp_path):
     assert (out / "student" / "model.safetensors").is_file()
     grids = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert [g.rsplit("-", 1)[-1] for g in grids] == ["global.png", "local.png", "t2i.png"]
-    rows = json.loads((out / "results.json").read_text())
+    rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["route"] for r in rows} == {"t2i", "local", "global"}
     assert {r["field"] for r in rows} == {"t2i", "local", "global", "student"}
