@@ -1,0 +1,432 @@
+"""The authors' release (worldbench/DanceOPD 4440ab5) and fieldkit, side by side, each run by its own command.
+
+Both train the same LoRA student on the same tiny SD3 pipeline (``sd3.py``'s: 2 joint blocks x 64 wide,
+16 x 32 x 32 latents, the plugin's tiny text encoders, 77 + ``--t5-tokens`` text tokens), fp32, batch 1,
+K = 1 from Beta(5, 2), LoRA rank 4 on SD3's eight attention projections, a 16-step rollout on the
+scheduler's sigmas, AdamW at lr 1e-4, clipping at 1, a log line every step. The release is run unpatched,
+by its documented command, from the virtual environment it is installed in (``--release-python``; it is
+never copied into this repository)::
+
+    python -m accelerate.commands.launch --cpu --num_processes 1 -m danceopd.cli.train --config release.yaml
+
+and fieldkit by ``python -m fieldkit distill graph.yaml --out DIR``. Each round runs both, one after the
+other (the order alternates), at the same thread count (``OMP_NUM_THREADS``). While a program runs, each of
+its per-step log lines (the release's ``[DanceOPD] step=`` on stdout, fieldkit's ``metrics.jsonl`` line)
+is timed, and the CPU seconds of its process tree are read from the kernel's own accounting
+(``/proc/PID/task/*/schedstat``) at that moment: on a loaded machine a step's CPU time stays steady where
+its wall-clock time does not. The first ``--drop`` steps of each run are dropped. Printed: per round the
+median seconds per step (wall and CPU) of each program and their ratio; the medians pooled over every kept
+step; the ratio's median and interquartile range over rounds; the peak RSS of each run (``ru_maxrss`` of
+its process tree); launch to the end of step 1 and the last step's line to the exit. A warm-up round (not
+counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a user's earlier run would::
+
+    python benchmarks/release_side_by_side.py --release-python PATH/bin/python \\
+        [--rounds 33] [--steps 30] [--drop 3] [--threads 1] [--t5-tokens 256] [--work DIR]
+
+Without ``--release-python`` (nor ``FIELDKIT_RELEASE_PYTHON``) the script says so and exits 0. The release's
+venv needs its ``sd35`` extra: ``python3 -m venv V && V/bin/pip install torch==2.13.0`` first (a CPU wheel),
+then ``V/bin/pip install -e 'CHECKOUT[sd35]'`` from a checkout of the release at 4440ab5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+ROLLOUT_STEPS = 16
+LORA_RANK = 4
+LR = 1.0e-4
+RESOLUTION = 256  # the release's latents are resolution / 8 = 32 x 32, as sd3.py's
+RELEASE_STEP = re.compile(rb"^\[DanceOPD\] step=(\d+)/")
+RELEASE_CHECK = """
+import sys, yaml
+from danceopd.core.config import DEFAULT_CONFIG, load_config, validate_config
+
+def unknown(raw, default, path=""):
+    if isinstance(raw, list):
+        template = default[0] if isinstance(default, list) and default else {}
+        return [u for item in raw for u in unknown(item, template, path + "[]")]
+    if not isinstance(raw, dict) or not isinstance(default, dict):
+        return []
+    out = []
+    for key, value in raw.items():
+        if key not in default:
+            out.append(path + key)
+        else:
+            out += unknown(value, default[key], path + key + ".")
+    return out
+
+with open(sys.argv[1], encoding="utf-8") as fh:
+    raw = yaml.safe_load(fh)
+keys = unknown(raw, DEFAULT_CONFIG)
+keys = [k for k in keys if k not in ("teachers[].name", "routing.routes[].dataset")]
+if keys:
+    sys.exit("keys the release does not know: " + ", ".join(keys))
+validate_config(load_config(sys.argv[1]))
+print("ok")
+"""
+
+
+# -- the two configurations ---------------------------------------------------------------------------------
+
+
+def release_config(root: Path, steps: int, t5_tokens: int, out: Path) -> dict[str, Any]:
+    """The release's config (its own keys, ``danceopd/core/config.py``) for the tiny pipeline in ``root``."""
+    return {
+        "backend": "sd35",
+        "model": {"pretrained_model": str(root / "sd3")},
+        "student": {"init": "base", "lora_rank": LORA_RANK, "lora_alpha": LORA_RANK},
+        "teachers": [{"name": "base", "base_ckpt": None, "lora_dir": None, "weight": 1.0}],
+        "routing": {"routes": [{"teacher": "base", "dataset": "default", "weight": 1.0}]},
+        "data": {"prompts_csv": str(root / "prompts.csv"), "prompt_column": "prompt"},
+        "training": {
+            "method": "danceopd",
+            "output_dir": str(out),
+            "resolution": RESOLUTION,
+            "rollout_steps": ROLLOUT_STEPS,
+            "k": 1,
+            "query_bias": "low_t",
+            "lr": LR,
+            "weight_decay": 0.0,
+            "grad_accum": 1,
+            "max_train_steps": steps,
+            "save_steps": steps,
+            "mixed_precision": "no",
+            "gradient_clip": 1.0,
+            "max_sequence_length": t5_tokens,
+            "log_every": 1,
+        },
+    }
+
+
+def add_tiny_vae(folder: Path) -> None:
+    """A tiny VAE in the pipeline folder: the release loads the whole pipeline, which refuses one without a
+    VAE (neither program runs it; the release moves it to the CPU, fieldkit does not load it)."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(
+        latent_channels=16, block_out_channels=(8,), layers_per_block=1, norm_num_groups=8
+    ).save_pretrained(str(folder / "vae"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["vae"] = ["diffusers", "AutoencoderKL"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def fieldkit_graph(root: Path, steps: int, t5_tokens: int) -> dict[str, Any]:
+    """fieldkit's graph with the same settings: ``sd3.py``'s graph, ``steps`` updates, a log line each."""
+    from sd3 import graph_text
+
+    graph = yaml.safe_load(graph_text(root, t5_tokens))
+    assert graph["flow"]["steps"] == ROLLOUT_STEPS and graph["student"]["lora"]["rank"] == LORA_RANK
+    graph["run"].update(steps=steps, log_every=1, lr=LR)
+    return graph
+
+
+def write_configs(root: Path, steps: int, t5_tokens: int) -> tuple[Path, Path]:
+    """Write ``release.yaml`` (its output folder: ``root/release-out``) and ``graph.yaml`` into ``root``."""
+    release = root / "release.yaml"
+    release.write_text(yaml.safe_dump(release_config(root, steps, t5_tokens, root / "release-out")))
+    graph = root / "graph.yaml"
+    graph.write_text(yaml.safe_dump(fieldkit_graph(root, steps, t5_tokens)))
+    return release, graph
+
+
+def check_release(python: str, config: Path) -> str | None:
+    """Why ``python`` cannot run the release on ``config``, or None: it imports the release, every key of
+    ``config`` is one the release's defaults have, and the release's validation passes."""
+    result = subprocess.run(
+        [python, "-c", RELEASE_CHECK, str(config)], capture_output=True, text=True, env=release_env(1)
+    )
+    if result.returncode == 0 and result.stdout.strip() == "ok":
+        return None
+    return (result.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# -- running one program and reading its accounting --------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*"):
+            with contextlib.suppress(OSError):  # the task ended meanwhile
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds run so far by the live threads of ``pid``'s process tree (``schedstat``: nanoseconds)."""
+    total = 0
+    for p in tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError, IndexError, ValueError):  # the task ended meanwhile
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+@dataclass
+class Run:
+    """One program's run: the wall-clock and CPU seconds at each step line, and what it cost around them."""
+
+    launch: float
+    steps: list[tuple[float, float]] = field(default_factory=list)
+    exit: float = 0.0
+    max_rss_mib: float = 0.0
+
+    def per_step(self, drop: int) -> tuple[list[float], list[float]]:
+        """Wall and CPU seconds of each step after the first ``drop`` (step 1 also holds the start-up)."""
+        marks = self.steps[max(drop, 1) - 1 :]
+        wall = [b[0] - a[0] for a, b in itertools.pairwise(marks)]
+        cpu = [b[1] - a[1] for a, b in itertools.pairwise(marks)]
+        return wall, cpu
+
+    @property
+    def to_first_step(self) -> float:
+        return self.steps[0][0] - self.launch
+
+    @property
+    def after_last_step(self) -> float:
+        return self.exit - self.steps[-1][0]
+
+
+def run(cmd: list[str], env: dict[str, str], steps: int, metrics: Path | None, log: Path) -> Run:
+    """Run ``cmd`` and time its step lines: the release's on stdout, or fieldkit's lines of ``metrics``."""
+    with log.open("wb") as sink:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=sink)
+        assert proc.stdout is not None
+        result, pending, seen, offset = Run(launch=start), b"", 0, 0
+        fd = proc.stdout.fileno()
+        while True:
+            ready, _, _ = select.select([fd], [], [], 0.005)
+            chunk = os.read(fd, 65536) if ready else b""
+            now = time.perf_counter()
+            if ready and not chunk:
+                break  # stdout closed: the program is exiting
+            sink.write(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if metrics is None:
+                seen += sum(1 for line in lines if RELEASE_STEP.match(line))
+            elif metrics.exists():
+                with metrics.open("rb") as fh:
+                    fh.seek(offset)
+                    new = fh.read()
+                complete = new[: new.rfind(b"\n") + 1]
+                offset += len(complete)
+                seen += sum(1 for line in complete.splitlines() if b'"step"' in line)
+            while len(result.steps) < min(seen, steps):
+                result.steps.append((now, cpu_seconds(proc.pid)))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        result.exit = time.perf_counter()
+        result.max_rss_mib = usage.ru_maxrss / 1024  # KiB on Linux; the largest process of the tree
+    if proc.returncode != 0 or len(result.steps) < steps:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        fail(
+            f"{' '.join(cmd[:4])} ... exited {proc.returncode} after {len(result.steps)} of {steps} "
+            "step lines; its output ends:\n  " + "\n  ".join(tail)
+        )
+    return result
+
+
+def release_env(threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return env | {
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+
+def fieldkit_env(threads: int) -> dict[str, str]:
+    checkout = Path(__file__).resolve().parents[1]
+    path = [
+        str(checkout),
+        str(checkout / "plugins" / "fieldkit-plugin-sd3"),
+        os.environ.get("PYTHONPATH", ""),
+    ]
+    return release_env(threads) | {"PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
+# -- the rounds and the summary -----------------------------------------------------------------------------
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--release-python",
+        default=os.environ.get("FIELDKIT_RELEASE_PYTHON"),
+        help="python of the venv the release is installed in (default: $FIELDKIT_RELEASE_PYTHON)",
+    )
+    p.add_argument("--rounds", type=int, default=33, help="counted rounds, each runs both programs once")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
+    p.add_argument(
+        "--drop", type=int, default=3, help="first steps of each run left out of the per-step figures"
+    )
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both programs")
+    p.add_argument("--t5-tokens", type=int, default=256, help="T5 tokens of the prompt (SD3's default 256)")
+    p.add_argument(
+        "--work", type=Path, default=None, help="folder for the pipeline and runs (default: temporary)"
+    )
+    args = p.parse_args(argv)
+    if not args.release_python:
+        print(
+            "skipped: the authors' release is not given; pass --release-python PATH/bin/python (a venv with "
+            "the release installed, see this script's --help)"
+        )
+        return
+    if not (args.rounds >= 1 and args.steps >= args.drop + 3 and args.drop >= 1 and args.threads >= 1):
+        fail("need --rounds >= 1, --drop >= 1, --steps >= --drop + 3 and --threads >= 1")
+    if not shutil.which(args.release_python):
+        fail(f"--release-python {args.release_python} is not an executable")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = (args.work or Path(tmp)).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        compare(args, root)
+
+
+def compare(args: argparse.Namespace, root: Path) -> None:
+    from sd3 import make_pipeline
+
+    if not (root / "sd3" / "vae").is_dir():
+        add_tiny_vae(make_pipeline(root))
+    release_cfg, graph = write_configs(root, args.steps, args.t5_tokens)
+    if problem := check_release(args.release_python, release_cfg):
+        fail(f"{args.release_python} cannot run the release on {release_cfg.name}: {problem}")
+    commands = {
+        "release": [
+            args.release_python,
+            "-m",
+            "accelerate.commands.launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "-m",
+            "danceopd.cli.train",
+            "--config",
+            str(release_cfg),
+        ],
+        "fieldkit": [
+            sys.executable,
+            "-m",
+            "fieldkit",
+            "distill",
+            str(graph),
+            "--out",
+            str(root / "fieldkit-out"),
+        ],
+    }
+    envs = {"release": release_env(args.threads), "fieldkit": fieldkit_env(args.threads)}
+    outs = {"release": root / "release-out", "fieldkit": root / "fieldkit-out"}
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    print(
+        f"{stamp}  {os.cpu_count()} cores ({platform.machine()}), {args.threads} thread(s) each, tiny SD3, "
+        f"fp32, batch 1, K 1, LoRA r {LORA_RANK}, {ROLLOUT_STEPS}-step rollout, {args.steps} steps per run, "
+        f"first {args.drop} dropped, {args.rounds} rounds + 1 warm-up"
+    )
+    runs: dict[str, list[Run]] = {"release": [], "fieldkit": []}
+    print(
+        "| round | load 1 min | release s/step | fieldkit s/step | ratio | release CPU s/step | "
+        "fieldkit CPU s/step | CPU ratio | RSS MiB (rel / fk) | to step 1 s | after last s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in range(args.rounds + 1):
+        order = ["release", "fieldkit"] if r % 2 else ["fieldkit", "release"]
+        load = os.getloadavg()[0]
+        done = {}
+        for name in order:
+            shutil.rmtree(outs[name], ignore_errors=True)
+            metrics = outs[name] / "metrics.jsonl" if name == "fieldkit" else None
+            done[name] = run(commands[name], envs[name], args.steps, metrics, root / f"{name}.log")
+        if r == 0:
+            continue  # the warm-up round
+        rel, fk = done["release"], done["fieldkit"]
+        (rw, rc), (fw, fc) = rel.per_step(args.drop), fk.per_step(args.drop)
+        for name in runs:
+            runs[name].append(done[name])
+        print(
+            f"| {r} | {load:.1f} | {statistics.median(rw):.4f} | {statistics.median(fw):.4f} | "
+            f"{statistics.median(rw) / statistics.median(fw):.2f} | {statistics.median(rc):.4f} | "
+            f"{statistics.median(fc):.4f} | {statistics.median(rc) / statistics.median(fc):.2f} | "
+            f"{rel.max_rss_mib:.0f} / {fk.max_rss_mib:.0f} | "
+            f"{rel.to_first_step:.1f} / {fk.to_first_step:.1f} | "
+            f"{rel.after_last_step:.1f} / {fk.after_last_step:.1f} |",
+            flush=True,
+        )
+    summarise(runs, args.drop)
+
+
+def summarise(runs: dict[str, list[Run]], drop: int) -> None:
+    """The table of medians and ratios over every counted round."""
+    pooled = {name: [r.per_step(drop) for r in rs] for name, rs in runs.items()}
+
+    def row(label: str, values: dict[str, list[float]], per_round: list[float] | None, unit: str) -> None:
+        rel, fk = (statistics.median(values[n]) for n in ("release", "fieldkit"))
+        ratio = f"**{rel / fk:.2f}**"
+        if per_round:
+            lo, hi = quartiles(per_round)
+            ratio += f" (per round median {statistics.median(per_round):.2f}, IQR {lo:.2f}-{hi:.2f})"
+        print(f"| {label} | {rel:{unit}} | {fk:{unit}} | {ratio} |")
+
+    wall = {n: [s for w, _ in ps for s in w] for n, ps in pooled.items()}
+    cpu = {n: [s for _, c in ps for s in c] for n, ps in pooled.items()}
+    ratios = {
+        i: [statistics.median(r[i]) / statistics.median(f[i]) for r, f in zip(*pooled.values(), strict=True)]
+        for i in (0, 1)
+    }
+    print("\n| | release | fieldkit | release / fieldkit |\n|---|---|---|---|")
+    row("s/step, pooled median (wall)", wall, ratios[0], ".4f")
+    row("CPU s/step, pooled median", cpu, ratios[1], ".4f")
+    for label, attr in (
+        ("peak RSS MiB, median (min-max)", "max_rss_mib"),
+        ("launch to end of step 1, s, median (min-max)", "to_first_step"),
+        ("after the last step to exit, s, median (min-max)", "after_last_step"),
+    ):
+        cells = []
+        for name in ("release", "fieldkit"):
+            values = [getattr(r, attr) for r in runs[name]]
+            cells.append(f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})")
+        meds = [statistics.median(getattr(r, attr) for r in runs[n]) for n in ("release", "fieldkit")]
+        print(f"| {label} | {cells[0]} | {cells[1]} | {meds[0] / meds[1]:.2f} |")
+    print("load average at the end (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
