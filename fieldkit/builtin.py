@@ -291,7 +291,7 @@ def build_distill_method(p: DistillParams, ctx: BuildContext) -> DistillMethod:
 
 
 def build_flowopd_method(p: FlowOPDParams, ctx: BuildContext) -> FlowOPDMethod:
-    """Flow-OPD: a clipped policy gradient over SDE rollouts with a -KL(student || teacher) reward."""
+    """Flow-OPD: a clipped policy gradient over SDE rollouts against the teacher's transitions."""
     from fieldkit.distill.flowopd import FlowOPDMethod
 
     return FlowOPDMethod(p)

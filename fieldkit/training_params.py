@@ -79,12 +79,18 @@ class DenseParams(DistillParams):
 
 
 class FlowOPDParams(Params):
-    """Flow-OPD: SDE rollouts, a dense -KL reward per state, group advantages, a clipped PPO ratio."""
+    """Flow-OPD: SDE rollouts, a per-step advantage from the teacher's transition, a clipped PPO ratio."""
 
     needs_route_fields: ClassVar[bool] = True
 
+    reward: Literal["logratio", "release"] = Field(
+        "logratio",
+        description="logratio: the sampled log-ratio of the teacher's and the student's step densities, "
+        "normalised in each group (fieldkit's); release: minus the closed-form KL of the two transition "
+        "means, not normalised (the authors' release; its expected policy gradient is zero)",
+    )
     rollout_steps: int | None = Field(None, ge=1, description="N SDE steps; default: flow.steps")
     eta: float = Field(0.7, gt=0, description="noise level of the SDE rollout (Flow-GRPO's a)")
-    group: int = Field(16, ge=2, description="rollouts per condition (advantages are normalised in a group)")
+    group: int = Field(16, ge=2, description="rollouts per condition (reward logratio normalises in a group)")
     adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to [-adv_clip, adv_clip]")
     ratio_clip: float = Field(1e-4, gt=0, lt=1, description="PPO clip of the probability ratio")

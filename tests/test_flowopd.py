@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import Tensor
 
 from fieldkit.analytic import gaussian_velocity
 from fieldkit.cli import cli
@@ -19,6 +20,8 @@ from fieldkit.distill.flowopd import (
     group_advantages,
     log_prob,
     noise_scale,
+    ppo_loss,
+    release_advantages,
     sde_step,
 )
 from fieldkit.errors import FieldkitError
@@ -91,6 +94,38 @@ def test_group_advantages() -> None:
     torch.testing.assert_close(adv[:, 1], torch.zeros(4))  # equal returns: no advantage
 
 
+def test_the_release_advantage_has_zero_expected_policy_gradient() -> None:
+    """Closed form. A student ``w v`` against its teacher ``v`` at fixed pre-step states: the release
+    advantage ``-KL(mu_s, mu_t)`` does not depend on the step drawn, and ``grad_w log p(x' | x) = e / std *
+    d mu / dw`` is odd in the step's standard normal draw ``e``, so the PPO loss's gradient over ``e`` and
+    ``-e`` cancels exactly: ``E[A grad log p] = 0``. The log-ratio reward's does not cancel: its
+    ``e``-even part is ``(w - 1) (dt c)^2 (e . v)^2 / std^2 >= 0``, moving ``w`` toward the teacher's 1."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 2, 2)
+    sigma, nxt = torch.full((64,), 0.7), torch.full((64,), 0.6)
+    v = gaussian_velocity(x, sigma, torch.tensor(0.5), 0.3)
+    e = torch.randn_like(x)
+
+    def gradient(reward: str, noise: Tensor, start: float) -> float:
+        w = torch.nn.Parameter(torch.tensor(start))
+        new, teacher = sde_step(x, w * v, sigma, nxt, 0.7, 0.99), sde_step(x, v, sigma, nxt, 0.7, 0.99)
+        reached = (new.mean + new.std * noise).detach()
+        old = log_prob(reached, new).detach()
+        if reward == "release":
+            advantages = release_advantages(new, teacher, clip=5.0)
+        else:
+            advantages = log_prob(reached, teacher) - old
+        ppo_loss(log_prob(reached, new), old, advantages, 1e-4).backward()
+        assert w.grad is not None
+        return float(w.grad)
+
+    for start in (1.5, 0.6):
+        release = gradient("release", e, start) + gradient("release", -e, start)
+        assert abs(release) <= 1e-6 * abs(gradient("release", e, start))
+        logratio = gradient("logratio", e, start) + gradient("logratio", -e, start)
+        assert logratio * (start - 1.0) > 0
+
+
 def _inputs(student, teacher, n: int = 8, seed: int = 0) -> LossInputs:
     cond = Cond(label=torch.arange(n) % 2)
     return LossInputs(
@@ -104,7 +139,8 @@ def _inputs(student, teacher, n: int = 8, seed: int = 0) -> LossInputs:
     )
 
 
-def test_a_student_equal_to_its_teacher_has_no_reward_and_no_gradient() -> None:
+@pytest.mark.parametrize("reward", ["logratio", "release"])
+def test_a_student_equal_to_its_teacher_has_no_reward_and_no_gradient(reward: str) -> None:
     mean = torch.tensor(0.5)
     weight = torch.nn.Parameter(torch.ones(()))
 
@@ -114,7 +150,7 @@ def test_a_student_equal_to_its_teacher_has_no_reward_and_no_gradient() -> None:
     def student(x, sigma, cond):
         return weight * gaussian_velocity(x, sigma, mean, 0.3)
 
-    method = FlowOPDMethod(FlowOPDParams(group=4))
+    method = FlowOPDMethod(FlowOPDParams(group=4, reward=reward))
     out = method.loss(_inputs(FunctionField(student), FunctionField(teacher)))
     out.loss.backward()
     assert float(out.loss.detach()) == 0.0
@@ -190,3 +226,13 @@ def test_flowopd_runs_from_yaml(tmp_path: Path) -> None:
         ["distill", str(graph), "--out", str(tmp_path / "bad"), "--set", "method.group=3", "--no-progress"],
     )
     assert bad.exit_code == 2 and "multiple of method.group" in bad.output
+    # The authors' variant (closed-form KL advantage, groups of 16, no normalisation) from the same YAML.
+    release = CliRunner().invoke(
+        cli,
+        [
+            *("distill", str(graph), "--out", str(tmp_path / "release"), "--no-progress"),
+            *("--set", "method={type: flowopd, reward: release, group: 8}"),
+        ],
+    )
+    assert release.exit_code == 0, release.output
+    assert (tmp_path / "release" / "student" / "model.safetensors").is_file()

@@ -6,15 +6,20 @@ The student rolls out the Flow-GRPO SDE of its velocity ``v`` with noise level `
 
     x' ~ N(mu(x, v), s^2 |dt| I),    mu(x, v) = x + dt [v + s^2 / (2 sigma) (x + (1 - sigma) v)],
 
-which keeps the flow's marginals for the exact velocity and is the Euler step at ``eta = 0``. The reward of
-the transition ``x -> x'`` is the log-ratio of the teacher's and the student's step densities at the state it
-reached, ``r = log N(x'; mu(x, v_teacher), s^2 |dt|) - log N(x'; mu(x, v_student), s^2 |dt|)`` (mean over
-elements), whose expectation over the student's step is ``-KL(student step || teacher step) = -|mu_s -
-mu_t|^2 / (2 s^2 |dt|)``, the digest's per-step reward. The sampled log-ratio, not that closed form, is the
-reward: the closed form does not depend on the step taken from ``x``, so it would give the step no policy
-gradient, where the log-ratio's gradient in expectation is the KL's (on-policy distillation's per-token
-reward). Each transition is credited with its own reward (no reward-to-go: discount 0); ``group`` rollouts
-share each condition, and ``A_i = clip((r_i - mean_group) / std_group, +-adv_clip)`` per step.
+which keeps the flow's marginals for the exact velocity and is the Euler step at ``eta = 0``. Each
+transition ``x -> x'`` gets its own advantage (no reward-to-go: discount 0), by ``reward``:
+
+- ``logratio`` (fieldkit's, the default): the log-ratio of the teacher's and the student's step densities at
+  the state it reached, ``r = log N(x'; mu(x, v_teacher), s^2 |dt|) - log N(x'; mu(x, v_student), s^2
+  |dt|)`` (mean over elements), whose expectation over the student's step is ``-KL(student step || teacher
+  step) = -|mu_s - mu_t|^2 / (2 s^2 |dt|)``, and whose policy gradient in expectation is the KL's (on-policy
+  distillation's per-token reward); ``group`` rollouts share each condition, ``A = clip((r - mean_group) /
+  std_group, +-adv_clip)`` per step.
+- ``release`` (the authors' release, as the paper ran it): that closed form itself, ``A = clip(-|mu_s -
+  mu_t|^2 / (2 s^2 |dt|), +-adv_clip)`` at the pre-step state, with no group normalisation. It does not
+  depend on the step taken from ``x``, so ``E[A grad log p(x' | x)] = A E[grad log p] = 0``: its policy
+  gradient is zero in expectation, and only the finite sample (and the clipping) moves the student.
+
 The loss is PPO's ``-mean min(rho A, clip(rho, 1 - ratio_clip, 1 + ratio_clip) A)`` over every transition,
 ``rho = p_theta(x' | x) / p_rollout(x' | x)`` (1 at the rollout's weights: one update per rollout).
 """
@@ -67,6 +72,14 @@ def log_prob(x_next: Tensor, step: SDEStep) -> Tensor:
     return (-0.5 * z**2 - torch.log(step.std.float()) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
 
 
+def release_advantages(student: SDEStep, teacher: SDEStep, clip: float) -> Tensor:
+    """``clip(-|mu_s - mu_t|^2 / (2 std^2), +-clip)`` per transition (mean over elements) ``[B]``: the
+    closed-form transition KL as the advantage, as the authors' release has it (kl_scale -1, detached)."""
+    gap = (student.mean.float() - teacher.mean.float()) ** 2 / (2 * student.std.float() ** 2)
+    kl = gap.flatten(1).mean(1)
+    return (-kl).clamp(-clip, clip).detach()
+
+
 def group_advantages(returns: Tensor, group: int, clip: float) -> Tensor:
     """``clip((R - mean_g R) / (std_g R + 1e-6), +-clip)`` within each block of ``group`` consecutive rows
     (same condition), separately at every step; ``returns`` is ``[B, N]``."""
@@ -75,6 +88,13 @@ def group_advantages(returns: Tensor, group: int, clip: float) -> Tensor:
     centred = grouped - grouped.mean(1, keepdim=True)
     scaled = centred / (grouped.std(1, keepdim=True) + 1e-6)
     return scaled.clamp(-clip, clip).reshape(b, n)
+
+
+def ppo_loss(logp: Tensor, old: Tensor, advantages: Tensor, ratio_clip: float) -> Tensor:
+    """``-mean min(rho A, clip(rho, 1 +- ratio_clip) A)`` with ``rho = exp(logp - old)`` per transition."""
+    ratio = torch.exp(logp - old)
+    clipped = ratio.clamp(1 - ratio_clip, 1 + ratio_clip)
+    return -torch.minimum(ratio * advantages, clipped * advantages).mean()
 
 
 class FlowOPDMethod:
@@ -143,10 +163,11 @@ class FlowOPDMethod:
         with torch.no_grad():
             teacher = sde_step(x, v_teacher, sigma, sigma_next, p.eta, below)
             old = log_prob(reached, new)  # the rollout's weights are these weights: rho = 1 at this update
-            rewards = (log_prob(reached, teacher) - old).reshape(b, steps)
-            advantages = group_advantages(rewards, p.group, p.adv_clip).flatten()
-        ratio = torch.exp(log_prob(reached, new) - old)
-        clipped = ratio.clamp(1 - p.ratio_clip, 1 + p.ratio_clip)
-        loss = -torch.minimum(ratio * advantages, clipped * advantages).mean()
+            if p.reward == "release":
+                advantages = release_advantages(new, teacher, p.adv_clip)
+            else:
+                rewards = (log_prob(reached, teacher) - old).reshape(b, steps)
+                advantages = group_advantages(rewards, p.group, p.adv_clip).flatten()
+        loss = ppo_loss(log_prob(reached, new), old, advantages, p.ratio_clip)
         timings = {"rollout": t1 - t0, "teacher": t2 - t1, "student_forward": time.perf_counter() - t3}
         return LossOutput(loss, steps, b * steps, sigma.detach(), timings)
