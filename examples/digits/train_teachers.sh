@@ -6,7 +6,7 @@
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(t2i local global realism)
+[ ${#names[@]} -gt 0 ] || names=(t2i local global realism edit)
 for name in "${names[@]}"; do
   rm -rf "runs/teachers/$name"
   "$BIN/fieldkit" train "examples/digits/teachers/$name.yaml" --out "runs/teachers/$name" --no-progress
