@@ -103,6 +103,18 @@ def first_sentence(text: str) -> str:
     return " ".join(words)
 
 
+def _plugin_notes() -> str:
+    """Notes for a graph error that a broken plugin or a registration mistake may explain."""
+    host = get_host()
+    notes = ""
+    if host.failures:
+        names = ", ".join(sorted({f.name for f in host.failures}))
+        notes += f"\n  note: some plugins failed to load ({names}); see `fieldkit plugins`"
+    for warning in host.warnings():
+        notes += f"\n  note: plugin {warning}"
+    return notes
+
+
 def _fail(ctx: click.Context, exc: Exception, code: int) -> None:
     """Print ``exc`` as one message on stderr (after the traceback with ``--debug``); exit with ``code``."""
     debug = bool(ctx.params.get("debug"))
@@ -110,10 +122,8 @@ def _fail(ctx: click.Context, exc: Exception, code: int) -> None:
         click.echo(traceback.format_exc(), err=True, nl=False)
     if isinstance(exc, FieldkitError):
         message = str(exc)
-        failed = get_host().failures if isinstance(exc, GraphError) else []
-        if failed:
-            names = ", ".join(sorted({f.name for f in failed}))
-            message += f"\n  note: some plugins failed to load ({names}); see `fieldkit plugins`"
+        if isinstance(exc, GraphError):
+            message += _plugin_notes()
     else:
         message = f"unexpected {type(exc).__name__}: {exc}"
         if not debug:

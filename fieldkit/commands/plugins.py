@@ -17,17 +17,22 @@ def plugins(as_json: bool) -> None:
     """List plugins: name, version, hooks, and the types and commands each registers.
 
     Plugins that failed to load or register are listed by name, with the error; fieldkit keeps working
-    without them. FIELDKIT_LOAD_PLUGINS=a,b limits which installed plugins load (empty: none).
+    without them. Warnings name mistakes that lose a plugin silently: a fieldkit_* function without
+    @hookimpl, a hook that registered nothing, an installed fieldkit-plugin-* without a fieldkit entry
+    point, a FIELDKIT_LOAD_PLUGINS name that matches nothing. FIELDKIT_LOAD_PLUGINS=a,b limits which
+    installed plugins load (empty: none).
     """
     host = get_host()
     infos = host.plugins()
     problems = host.registry.problems
+    warnings = host.warnings()
     allowed = os.environ.get(ALLOW_ENV)
     if as_json:
         out = {
             "plugins": [asdict(info) for info in infos],
             "failures": [asdict(failure) for failure in host.failures],
             "problems": list(problems),
+            "warnings": [asdict(warning) for warning in warnings],
             "load_plugins": allowed,
         }
         click.echo(json.dumps(out, indent=2))
@@ -49,5 +54,7 @@ def plugins(as_json: bool) -> None:
         console.print(f"[red]failed: {failure.name}[/red] ({failure.stage}): {failure.error}", markup=True)
     for problem in problems:
         console.print(f"[yellow]problem:[/yellow] {problem}")
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if allowed is not None:
         console.print(f"{ALLOW_ENV}={allowed!r}: only the installed plugins it names are loaded")

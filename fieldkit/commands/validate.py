@@ -8,6 +8,7 @@ import click
 from fieldkit.commands.options import graph_options
 from fieldkit.graph.loader import Graph, Typed
 from fieldkit.graph.refs import find_refs
+from fieldkit.plugins.manager import get_host
 
 
 @click.command(short_help="Check a graph (and what training needs) without reading weights.")
@@ -38,6 +39,8 @@ def validate(graph: Graph, build: bool) -> None:
 
     console = Console(highlight=False)
     console.print(f"[green]valid:[/green] {graph.source.path}")
+    for warning in get_host().warnings():
+        console.print(f"[yellow]warning:[/yellow] plugin {warning}")
 
     fields = Table(title="fields", title_justify="left")
     for column in ("name", "type", "kind", "plugin", "uses"):

@@ -5,10 +5,17 @@ registers inside its own try/except: a broken plugin is reported by name and the
 except clauses catch BaseException, so a plugin that calls ``sys.exit`` is contained too; only
 KeyboardInterrupt (the user's Ctrl-C) goes through.
 ``FIELDKIT_LOAD_PLUGINS=a,b`` limits loading to the named entry points or distributions (empty: none).
+
+Mistakes that would otherwise be silent are kept as warnings (:meth:`PluginHost.warnings`): a
+``fieldkit_*`` function without ``@hookimpl`` (pluggy never calls it), a hook that registered nothing, an
+installed ``fieldkit-plugin-*`` distribution with no entry point in the ``fieldkit`` group, and a
+``FIELDKIT_LOAD_PLUGINS`` name that matches no installed plugin.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,6 +48,18 @@ class PluginFailure:
 
 
 @dataclass(frozen=True)
+class PluginWarning:
+    """A registration mistake that loses a plugin's types or the plugin itself without any error."""
+
+    name: str
+    stage: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.message}"
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     """What ``fieldkit plugins`` lists for one plugin."""
 
@@ -56,6 +75,7 @@ class PluginHost:
 
     pm: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
     failures: list[PluginFailure] = field(default_factory=list)
+    _warnings: list[PluginWarning] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     _registry: Registry | None = None
     _commands: dict[str, tuple[str, Any]] | None = None
@@ -69,6 +89,15 @@ class PluginHost:
             self.pm.unregister(name=name)
             raise PluginError(f"plugin {name!r} implements a hook fieldkit does not define: {exc}") from None
         self.versions[name] = version
+        self._warnings += [
+            PluginWarning(
+                name,
+                "hooks",
+                f"{attr} is not marked @hookimpl, so fieldkit never calls it "
+                "(decorate it with fieldkit.plugin_api.hookimpl)",
+            )
+            for attr in _unmarked_hooks(self.pm, plugin)
+        ]
         self._registry = None
         self._commands = None
 
@@ -76,13 +105,16 @@ class PluginHost:
         """Remove a plugin by name (tests register plugins inline and remove them in ``finally``)."""
         self.pm.unregister(name=name)
         self.versions.pop(name, None)
+        self._warnings = [w for w in self._warnings if w.name != name]
         self._registry = None
         self._commands = None
 
     def load_entry_points(self) -> None:
         """Load every allowed entry point of the ``fieldkit`` group, each in its own try/except."""
         allowed = _allow_list()
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        self._warnings += _entry_point_warnings(entry_points, allowed)
+        for ep in entry_points:
             dist = _canonical(ep.dist.name) if ep.dist is not None else ""
             if allowed is not None and ep.name not in allowed and dist not in allowed:
                 continue
@@ -113,8 +145,10 @@ class PluginHost:
     def _collect(self) -> Registry:
         registry = Registry()
         self.failures = [f for f in self.failures if f.stage != "register types"]
+        self._warnings = [w for w in self._warnings if w.stage != "register types"]
         for kind, hook_name in _HOOKS.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                before = len(registry.problems) + sum(len(table) for table in registry.entries.values())
                 try:
                     impl.function(register=make_register(registry, kind, impl.plugin_name))
                 except KeyboardInterrupt:
@@ -122,6 +156,9 @@ class PluginHost:
                 except BaseException as exc:
                     msg = f"{hook_name}: {type(exc).__name__}: {exc}"
                     self.failures.append(PluginFailure(impl.plugin_name, "register types", msg))
+                    continue
+                if len(registry.problems) + sum(len(table) for table in registry.entries.values()) == before:
+                    self._warnings.append(_registered_nothing(impl.plugin_name, "register types", hook_name))
         return registry
 
     def commands(self) -> dict[str, Any]:
@@ -138,9 +175,11 @@ class PluginHost:
             import click
 
             self.failures = [f for f in self.failures if f.stage != "register commands"]
+            self._warnings = [w for w in self._warnings if w.stage != "register commands"]
             group = click.Group("fieldkit")
             owners: dict[str, tuple[str, Any]] = {}
             for impl in self.pm.hook.fieldkit_register_commands.get_hookimpls():
+                before = dict(group.commands)
                 try:
                     impl.function(cli=group)
                 except KeyboardInterrupt:
@@ -148,6 +187,12 @@ class PluginHost:
                 except BaseException as exc:
                     msg = f"fieldkit_register_commands: {type(exc).__name__}: {exc}"
                     self.failures.append(PluginFailure(impl.plugin_name, "register commands", msg))
+                else:
+                    if group.commands == before:
+                        hook = "fieldkit_register_commands"
+                        self._warnings.append(
+                            _registered_nothing(impl.plugin_name, "register commands", hook)
+                        )
                 for name, command in list(group.commands.items()):
                     if name not in owners:
                         owners[name] = (impl.plugin_name, command)
@@ -158,6 +203,12 @@ class PluginHost:
                         group.commands[name] = owners[name][1]
             self._commands = owners
         return self._commands
+
+    def warnings(self) -> list[PluginWarning]:
+        """The registration mistakes found so far, with every hook run (types and commands) first."""
+        _ = self.registry
+        self._plugin_commands()
+        return list(self._warnings)
 
     def plugins(self) -> list[PluginInfo]:
         """Name, version, implemented hooks and registered types of every plugin."""
@@ -182,6 +233,60 @@ def _new_manager() -> pluggy.PluginManager:
 def _canonical(name: str) -> str:
     """A distribution name as packaging normalises it: ``Fieldkit_Plugin.X`` -> ``fieldkit-plugin-x``."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _unmarked_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """The ``fieldkit_*`` functions of ``plugin`` that lack the ``@hookimpl`` mark (pluggy skips them)."""
+    return sorted(
+        name
+        for name in dir(plugin)
+        if name.startswith("fieldkit_")
+        and callable(inspect.getattr_static(plugin, name, None))
+        and pm.parse_hookimpl_opts(plugin, name) is None
+    )
+
+
+def _registered_nothing(plugin: str, stage: str, hook: str) -> PluginWarning:
+    return PluginWarning(
+        plugin, stage, f"{hook} ran but registered nothing (did it forget to call register?)"
+    )
+
+
+def _entry_point_warnings(
+    entry_points: metadata.EntryPoints, allowed: set[str] | None
+) -> list[PluginWarning]:
+    """Installed ``fieldkit-plugin-*`` distributions without a ``fieldkit`` entry point (among the allowed
+    ones), and names in ``FIELDKIT_LOAD_PLUGINS`` that match neither an entry point nor a distribution."""
+    found: dict[str, list[str]] = {}  # fieldkit-plugin-* distribution -> its entry-point groups
+    for dist in metadata.distributions():
+        # The Name header alone (parsing every distribution's whole metadata would cost ~0.1 s at startup).
+        header = re.search(r"^Name:[ \t]*(\S+)", dist.read_text("METADATA") or "", re.MULTILINE)
+        name = _canonical(header.group(1)) if header else ""
+        if name.startswith("fieldkit-plugin-"):
+            found.setdefault(name, []).extend(ep.group for ep in dist.entry_points)
+    served = {_canonical(ep.dist.name) for ep in entry_points if ep.dist is not None}
+    warnings = []
+    for dist_name, groups in sorted(found.items()):
+        if dist_name in served or (allowed is not None and dist_name not in allowed):
+            continue
+        near = sorted({g for g in groups if "fieldkit" in g.lower()})
+        seen = f" (it has entry points in {', '.join(map(repr, near))})" if near else ""
+        message = (
+            f"installed, but has no entry point in the group {ENTRY_POINT_GROUP!r}{seen}, so it never loads; "
+            f'its pyproject.toml needs [project.entry-points.{ENTRY_POINT_GROUP}] NAME = "module"'
+        )
+        warnings.append(PluginWarning(dist_name, "entry points", message))
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is not None:
+        known = {ep.name for ep in entry_points} | served | set(found) | {BUILTIN_NAME}
+        for name in sorted({n.strip() for n in raw.split(",") if n.strip()}):
+            if name in known or _canonical(name) in known:
+                continue
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            message = f"{ALLOW_ENV} names {name!r}, which matches no installed plugin{guess}"
+            warnings.append(PluginWarning(name, "entry points", message))
+    return warnings
 
 
 def _allow_list() -> set[str] | None:
