@@ -41,7 +41,7 @@ def sd3(root: Path, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     from fieldkit_sd3.field import SD3Field
     from fieldkit_sd3.tiny import make_tiny_pipeline
 
-    from fieldkit.models.diffusers_loading import scheduler_config
+    from fieldkit.backbones.loading import scheduler_config
 
     folder = make_tiny_pipeline(root / "sd3")
     pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), vae=None, local_files_only=True)
@@ -56,7 +56,7 @@ def zimage(root: Path, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     from fieldkit_zimage.field import ZImageField
     from fieldkit_zimage.tiny import make_tiny_pipeline
 
-    from fieldkit.models.diffusers_loading import scheduler_config
+    from fieldkit.backbones.loading import scheduler_config
 
     folder = make_tiny_pipeline(root / "zimage")
     pipe = ZImagePipeline.from_pretrained(str(folder), local_files_only=True)

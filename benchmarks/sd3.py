@@ -90,11 +90,11 @@ PROMPTS = [
 
 def make_pipeline(root: Path) -> Path:
     """The tiny SD3 pipeline folder: the plugin's tiny text encoders, and the item's transformer."""
-    from fieldkit_sd3.loading import build_transformer
+    from fieldkit_sd3.field import SD3Field
     from fieldkit_sd3.tiny import make_tiny_pipeline
 
     folder = make_tiny_pipeline(root / "sd3", sd35=False)
-    build_transformer(TINY_SD3, seed=0).save_pretrained(str(folder / "transformer"))
+    SD3Field.build_transformer(TINY_SD3, seed=0).save_pretrained(str(folder / "transformer"))
     with (root / "prompts.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["prompt"])
@@ -289,13 +289,13 @@ def engine_overhead(engine: Engine, steps: int, device: torch.device, console: C
 def attention_processors(rounds: int, t5_tokens: int, device: torch.device, amp, console: Console) -> None:
     from diffusers.models.attention_processor import JointAttnProcessor2_0
     from fieldkit_sd3.attention import FieldkitJointAttnProcessor
-    from fieldkit_sd3.loading import build_transformer
+    from fieldkit_sd3.field import SD3Field
 
     table = Table(
         "transformer", "stock fwd ms", "fieldkit fwd ms", "stock f+b ms", "fieldkit f+b ms", "fwd", "f+b"
     )
     for label, config in (("tiny 2 x 64", TINY_SD3), ("4 x 256", WIDE_SD3)):
-        model = build_transformer(config, seed=0).to(device)
+        model = SD3Field.build_transformer(config, seed=0).to(device)
         width = config["joint_attention_dim"]
         inputs = {
             "hidden_states": torch.randn(1, *SHAPE, device=device),

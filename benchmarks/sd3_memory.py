@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fieldkit.models.memory import count, report, shared_and_copied_bytes
+from fieldkit.backbones.memory import count, report, shared_and_copied_bytes
 
 SD3_MEDIUM = {
     "sample_size": 128,
@@ -84,14 +84,13 @@ def text_encoders() -> dict[str, int]:
 def measured_tiny(adapters: int) -> tuple[int, int]:
     """Parameter bytes of a tiny base with ``adapters`` LoRA fields over it, and of as many full copies."""
     from fieldkit_sd3.field import SD3Field
-    from fieldkit_sd3.loading import load_transformer
     from fieldkit_sd3.tiny import make_tiny_lora, make_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_tiny_pipeline(root / "sd3")
         loras = [make_tiny_lora(root / "sd3", root / f"lora{i}", seed=i) for i in range(adapters)]
-        return shared_and_copied_bytes(SD3Field(load_transformer(root / "sd3")), loras)
+        return shared_and_copied_bytes(SD3Field(SD3Field.load_transformer(root / "sd3")), loras)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fieldkit.models.memory import count, report, shared_and_copied_bytes
+from fieldkit.backbones.memory import count, report, shared_and_copied_bytes
 
 Z_IMAGE = {
     "dim": 3840,
@@ -66,13 +66,12 @@ def encoders() -> dict[str, int]:
 def measured_tiny(adapters: int) -> tuple[int, int]:
     """Parameter bytes of the tiny Omni base with ``adapters`` LoRA fields over it, and of as many copies."""
     from fieldkit_zimage.field import ZImageField
-    from fieldkit_zimage.loading import load_transformer
     from fieldkit_zimage.tiny import make_tiny_lora, make_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_tiny_pipeline(Path(tmp) / "omni", omni=True)
         loras = [make_tiny_lora(root, Path(tmp) / f"lora{i}", seed=i) for i in range(adapters)]
-        return shared_and_copied_bytes(ZImageField(load_transformer(root)), loras)
+        return shared_and_copied_bytes(ZImageField(ZImageField.load_transformer(root)), loras)
 
 
 def main(argv: list[str] | None = None) -> None:

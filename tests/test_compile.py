@@ -169,7 +169,6 @@ def test_a_lora_student_compiles_with_its_merged_rollout():
 def test_the_sd3_transformer_compiles_per_joint_block():
     fieldkit_sd3 = pytest.importorskip("fieldkit_sd3")
     from fieldkit_sd3.field import SD3Field
-    from fieldkit_sd3.loading import build_transformer
 
     config = {
         "sample_size": 8,
@@ -184,7 +183,7 @@ def test_the_sd3_transformer_compiles_per_joint_block():
         "pooled_projection_dim": 16,
         "pos_embed_max_size": 4,
     }
-    eager = SD3Field(build_transformer(config, seed=0))
+    eager = SD3Field(SD3Field.build_transformer(config, seed=0))
     compiled = copy.deepcopy(eager)
     assert compile_model(compiled, "default", backend=BACKEND) == 2
     assert fieldkit_sd3 is not None and repeated_blocks(compiled) == list(

@@ -206,7 +206,7 @@ def merge_and_strip(model: nn.Module, adapters: Iterable[str] | None = None) -> 
         configs = getattr(module, "peft_config", None)
         if isinstance(configs, dict):
             configs.clear()
-            setattr(module, "_hf_peft_config_loaded", False)
+            vars(module)["_hf_peft_config_loaded"] = False
     return model
 
 

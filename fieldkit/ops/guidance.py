@@ -10,6 +10,14 @@ from fieldkit.field import VelocityField, uncond_of
 from fieldkit.ops.base import Operator
 
 
+def cond_and_uncond(field: VelocityField, x: Tensor, sigma: Tensor, cond: Cond) -> tuple[Tensor, Tensor]:
+    """``(v_c, v_u)``: ``field`` at ``cond`` and at its unconditional counterpart, in ONE batched call on
+    ``[x, x]`` (``sigma`` ``[B]``)."""
+    both = Cond.cat([cond, uncond_of(field, cond)])
+    v_c, v_u = field(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+    return v_c, v_u
+
+
 class Guidance(Operator):
     """``v = v_u + w (v_c - v_u)``, with cond and uncond evaluated in ONE batched forward of ``field``.
 
@@ -24,8 +32,7 @@ class Guidance(Operator):
         field = self.fields[0]
         if self.w == 1.0:
             return field(x, sigma, cond)
-        both = Cond.cat([cond, uncond_of(field, cond)])
-        v_c, v_u = field(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+        v_c, v_u = cond_and_uncond(field, x, sigma, cond)
         return v_u + self.w * (v_c - v_u)
 
     def extra_repr(self) -> str:

@@ -14,7 +14,6 @@ the plugin.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,39 +31,27 @@ __version__ = "0.1.0"
 
 def build_sd3(params: SD3Params, ctx: BuildContext) -> Any:
     """An SD3 / SD3.5 transformer as a field: v = transformer(x, 1000 sigma, text, pooled)."""
-    from fieldkit.models.diffusers_loading import DTYPES, scheduler_config
+    from fieldkit.backbones.build import load_or_build
     from fieldkit_sd3.attention import use_fieldkit_attention
     from fieldkit_sd3.field import SD3Field
-    from fieldkit_sd3.loading import build_transformer, load_transformer
 
-    dtype = DTYPES[params.dtype] if params.dtype else None
-    scheduler = None
-    if params.path is not None:
-        path = ctx.path(params.path)
-        transformer = load_transformer(path, params.subfolder, dtype)
-        scheduler = scheduler_config(path)
-    else:
-        transformer = build_transformer(params.config or {}, params.seed, dtype)
+    field = load_or_build(SD3Field, params, ctx)
     if params.attention == "fieldkit":
-        use_fieldkit_attention(transformer)
-    if params.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return SD3Field(transformer, scheduler=scheduler)
+        use_fieldkit_attention(field.transformer)
+    return field
 
 
 def build_sd3_lora(params: SD3LoraParams, ctx: BuildContext) -> Any:
     """A LoRA adapter over an sd3 base field; N adapters share one base transformer in memory."""
-    from fieldkit_sd3.field import as_sd3_field
+    from fieldkit.backbones.build import adapter_field
+    from fieldkit_sd3.field import SD3Field
 
-    base = as_sd3_field(ctx.field(params.base), f"sd3.lora's base {str(params.base)!r}")
-    path = ctx.path(params.path)
-    name = params.adapter or re.sub(r"\W", "_", path.name.removesuffix(".safetensors"))
-    return base.with_adapter(path, name, scale=params.scale, weight_name=params.weight_name)
+    return adapter_field(SD3Field, params, ctx, "sd3.lora")
 
 
 def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:
     """Prompts (or edit pairs) with SD3 text embeddings computed once and cached to safetensors."""
-    from fieldkit.models.diffusers_loading import DTYPES
+    from fieldkit.backbones.loading import DTYPES
     from fieldkit_sd3.prompts import prompt_bucket
 
     return prompt_bucket(

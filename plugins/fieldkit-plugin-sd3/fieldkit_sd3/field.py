@@ -13,12 +13,14 @@ capabilities cost one base plus N adapters in memory instead of N full models.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
 
+import torch
+from torch import Tensor, nn
+
+from fieldkit.backbones.field import SharedAdapterField
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError
-from fieldkit.models.adapters import SharedAdapterField, as_shared_field
 
 #: The projections LoRA adapts by default: every attention projection of SD3's joint (and dual) attention,
 #: the targets of diffusers' SD3 LoRA training script.
@@ -31,27 +33,37 @@ TIMESTEP_SCALE = 1000.0
 class SD3Field(SharedAdapterField):
     """``v = transformer(x, timestep = 1000 sigma, text, pooled)`` of one adapter of a shared transformer.
 
-    ``adapter = None`` is the base model. ``lora_targets`` names the projections a LoRA student adapts.
-    A deep copy (what fieldkit's student is made from) is a standalone field computing the same velocity:
-    its own adapter merged into the copied weights, the adapters of the other fields sharing the base dropped.
+    ``adapter = None`` is the base model. A deep copy (what fieldkit's student is made from) is a standalone
+    field computing the same velocity: its own adapter merged into the copied weights, the adapters of the
+    other fields sharing the base dropped.
     """
 
+    backbone = "SD3"
+    model_class = "SD3Transformer2DModel"
     lora_pipeline = "StableDiffusion3Pipeline"
     lora_targets = LORA_TARGETS
-    backbone = "SD3"
+    cond_keys = ("text", "pooled")
+    cond_hint = (
+        "use the sd3.prompts data bucket, or pass prompt_embeds as 'text' and pooled_prompt_embeds "
+        "as 'pooled'"
+    )
+    load_hint = "point `path` at an SD3 / SD3.5 pipeline folder or a transformer folder saved by diffusers"
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
-        for key in ("text", "pooled"):
-            if key not in cond:
-                raise FieldkitError(
-                    f"the SD3 field needs cond[{key!r}] (prompt embeddings), got keys {sorted(cond)}",
-                    hint="use the sd3.prompts data bucket, or pass prompt_embeds as 'text' and "
-                    "pooled_prompt_embeds as 'pooled'",
-                )
-        self.activate()
+    @classmethod
+    def build_transformer(
+        cls, config: dict[str, Any], seed: int = 0, dtype: torch.dtype | None = None
+    ) -> Any:
+        """A freshly initialised transformer from config keys, seeded; the text width is checked first."""
+        hidden = config.get("num_attention_heads", 18) * config.get("attention_head_dim", 64)
+        if config.get("caption_projection_dim", 1152) != hidden:
+            raise FieldkitError(
+                f"caption_projection_dim must equal num_attention_heads x attention_head_dim = {hidden}",
+                hint="SD3 adds the projected text tokens to the image stream of that width",
+            )
+        return super().build_transformer(config, seed, dtype)
+
+    def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         dtype = self.compute_dtype()
-        if sigma.dim() == 0:
-            sigma = sigma.expand(x.shape[0])
         out = self.transformer(
             hidden_states=x.to(dtype),
             timestep=sigma * TIMESTEP_SCALE,
@@ -61,28 +73,6 @@ class SD3Field(SharedAdapterField):
         )[0]
         return out.to(x.dtype)
 
-    def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> Tensor | None:
-        """The ``steps + 1`` sigmas the pipeline samples ``shape`` latents with (``None``: no scheduler)."""
-        from fieldkit_sd3.schedule import pipeline_sigmas
-
-        if self.scheduler is None:
-            return None
-        return pipeline_sigmas(self.scheduler, steps, shape, self.transformer.config.patch_size)
-
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype the transformer's inputs take: its patch embedding's weight dtype.
-
-        diffusers' ``transformer.dtype`` walks every submodule (looking for layerwise-casting hooks) on each
-        call: about 1 ms on a LoRA-wrapped tiny transformer, 14 calls a DanceOPD step, ~8% of the step
-        (benchmarks/sd3.py). The patch embedding is what first sees ``x``; a hooked one defers to diffusers.
-        """
-        proj = getattr(getattr(self.transformer, "pos_embed", None), "proj", None)
-        weight = getattr(proj, "weight", None)
-        if weight is None or hasattr(proj, "_diffusers_hook") or not weight.is_floating_point():
-            return self.transformer.dtype
-        return weight.dtype
-
-
-def as_sd3_field(field: object, what: str) -> SD3Field:
-    """``field`` when it is an :class:`SD3Field`, else a FieldkitError naming ``what`` needed it."""
-    return as_shared_field(field, SD3Field, what, "an sd3")
+    def input_layer(self) -> nn.Module | None:
+        """The patch embedding, the first layer to see ``x``."""
+        return getattr(getattr(self.transformer, "pos_embed", None), "proj", None)

@@ -2,58 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from fieldkit.graph.refs import FieldRef
+from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
 from fieldkit.plugins.registry import Params
 
-DType = Literal["float32", "bfloat16", "float16"]
 
-
-class SD3Params(Params):
+class SD3Params(TransformerParams):
     """An SD3 / SD3.5 transformer, loaded from a local folder or built from a config."""
 
-    path: str | None = Field(
-        None,
-        description="pipeline folder (its transformer/ is used) or transformer folder; relative to the graph",
-    )
-    subfolder: str | None = Field(
-        None, description="default: 'transformer' when `path` has one, else `path` itself; '' forces `path`"
-    )
-    config: dict[str, Any] | None = Field(
-        None,
-        description="build a freshly initialised transformer from these SD3Transformer2DModel config keys",
-    )
-    seed: int = Field(0, description="initialisation seed when built from `config`")
-    dtype: DType | None = Field(None, description="load or cast to this dtype (checked); default: as stored")
     attention: Literal["fieldkit", "diffusers"] = Field(
         "fieldkit",
         description="fieldkit: joint attention through fieldkit.attention (run.attention applies); "
         "diffusers: SD3's stock processor (calls SDPA directly)",
     )
-    gradient_checkpointing: bool = Field(
-        False, description="recompute each block's activations in the backward pass (a student that trains)"
-    )
-
-    @model_validator(mode="after")
-    def _one_origin(self) -> SD3Params:
-        if (self.path is None) == (self.config is None):
-            raise ValueError("give exactly one of `path` (load weights) or `config` (build from a config)")
-        return self
 
 
-class SD3LoraParams(Params):
+class SD3LoraParams(AdapterParams):
     """A LoRA capability over an sd3 base field, sharing the base's weights in memory."""
-
-    base: FieldRef = Field(description="the sd3 field whose transformer hosts the adapter")
-    path: str = Field(description="LoRA folder or file in the diffusers / peft format (pytorch_lora_weights)")
-    weight_name: str | None = Field(None, description="the weights file inside `path`, if not the default")
-    adapter: str | None = Field(
-        None, description="adapter name; default: from the LoRA's folder or file name"
-    )
-    scale: float = Field(1.0, description="LoRA scale: W x + scale (alpha / r) B A x")
 
 
 class PromptParams(Params):

@@ -5,7 +5,7 @@ Every row of the file becomes one text, ``template.format(**row)``: ``"{prompt}"
 encoded with the pipeline's own ``encode_prompt`` (CLIP-L + CLIP-G + T5, exactly what
 ``StableDiffusion3Pipeline`` feeds its transformer) and written to a safetensors cache. A cache whose
 fingerprint (texts, encoder configs, sequence length, dtype) matches is read instead of encoding again,
-row by row, so a large cache is never loaded whole.
+row by row, so a large cache is never loaded whole (:mod:`fieldkit.backbones.prompts`).
 
 Batches carry ``text`` ``[B, T, D]`` and ``pooled`` ``[B, P]`` with the empty prompt's embeddings as their
 null values (what classifier-free guidance contrasts against, as diffusers' default negative prompt).
@@ -15,17 +15,14 @@ field (a LoRA teacher, see docs/sd3.md).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from fieldkit.cond import Cond
-from fieldkit.data import Batch
+from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
 from fieldkit.errors import FieldkitError
-from fieldkit.tables import CachedRows, cached_fingerprint, digest_folders, read_texts, write_cache
+from fieldkit.tables import read_texts
 
 CACHE_FORMAT = "fieldkit-sd3.prompts/1"
 TEXT_ENCODERS = (
@@ -36,14 +33,6 @@ TEXT_ENCODERS = (
     "tokenizer_2",
     "tokenizer_3",
 )
-
-
-def fingerprint(texts: list[str], pipeline: Path, max_sequence_length: int, dtype: torch.dtype) -> str:
-    """sha256 of what the cached embeddings depend on: the texts, the text encoders' and tokenizers' config
-    files and weight-file sizes, the T5 sequence length and the dtype."""
-    digest = hashlib.sha256(json.dumps([texts, max_sequence_length, str(dtype)]).encode())
-    digest_folders(digest, pipeline, TEXT_ENCODERS)
-    return digest.hexdigest()
 
 
 @torch.inference_mode()
@@ -90,28 +79,6 @@ def encode_texts(
     }
 
 
-class PromptBucket:
-    """Draws prompts uniformly; a batch is their cached embeddings as a :class:`~fieldkit.Cond`."""
-
-    def __init__(self, cache: Path, shape: tuple[int, ...]) -> None:
-        self.cache = cache
-        self.shape = shape
-        self.table = CachedRows(cache, ("text", "pooled"), ("null_text", "null_pooled"))
-        self.texts = self.table.texts
-        self.nulls = {"text": self.table.extra["null_text"], "pooled": self.table.extra["null_pooled"]}
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def rows(self, index: Tensor) -> Cond:
-        """The cached embeddings of rows ``index`` (read from disk row by row)."""
-        return Cond(self.table.rows(index), nulls=self.nulls)
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        """``batch_size`` prompts drawn uniformly with replacement (conditions only, no target images)."""
-        return Batch(self.rows(torch.randint(len(self), (batch_size,), generator=generator)))
-
-
 def prompt_bucket(
     file: Path,
     pipeline: Path,
@@ -122,21 +89,26 @@ def prompt_bucket(
     max_sequence_length: int = 256,
     dtype: torch.dtype = torch.bfloat16,
     device: torch.device | None = None,
-) -> PromptBucket:
-    """A :class:`PromptBucket` over ``file``, encoding (and caching) only when the cache is missing or stale.
+) -> CachedBucket:
+    """The prompts of ``file`` as a bucket of cached embeddings, encoding only when the cache is missing or
+    stale (its fingerprint: the texts, the text encoders' and tokenizers' files, the T5 length, the dtype).
 
     ``cache`` defaults to ``FILE.sd3-embeddings.safetensors`` beside the prompt file.
     """
     texts = read_texts(file, template)
     path = cache or file.with_name(file.name + ".sd3-embeddings.safetensors")
-    key = fingerprint(texts, pipeline, max_sequence_length, dtype)
-    if cached_fingerprint(path, CACHE_FORMAT) != key:
-        tensors = encode_texts(
+    key = fingerprint([texts, max_sequence_length, str(dtype)], pipeline, TEXT_ENCODERS).hexdigest()
+    cached(
+        path,
+        CACHE_FORMAT,
+        key,
+        texts,
+        lambda: encode_texts(
             pipeline,
             texts,
             max_sequence_length=max_sequence_length,
             dtype=dtype,
             device=device or torch.device("cpu"),
-        )
-        write_cache(path, tensors, texts, CACHE_FORMAT, key)
-    return PromptBucket(path, shape)
+        ),
+    )
+    return CachedBucket(path, shape, ("text", "pooled"), nulls=("text", "pooled"))

@@ -98,12 +98,12 @@ def make_tiny_pipeline(folder: Path, *, sd35: bool = True, seed: int = 0) -> Pat
     """Write a tiny, randomly initialised SD3 (or SD3.5) pipeline folder (about 0.3 MB) and return it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-    from fieldkit_sd3.loading import build_transformer
+    from fieldkit_sd3.field import SD3Field
 
     clip_tok, t5_tok = _tokenizers()
     with torch.random.fork_rng(devices=[]):
         pipe = StableDiffusion3Pipeline(
-            transformer=build_transformer(transformer_config(sd35), seed=seed),
+            transformer=SD3Field.build_transformer(transformer_config(sd35), seed=seed),
             scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
             vae=None,
             text_encoder=_clip(seed + 1, len(clip_tok)),
@@ -121,7 +121,7 @@ def make_tiny_lora(pipeline: Path, out: Path, *, rank: int = 4, seed: int = 0, s
     """Write a random LoRA (diffusers / peft format, ``B != 0``) for the tiny pipeline's transformer: a
     stand-in for an edit or style LoRA trained elsewhere."""
     from fieldkit.models.lora import random_lora
-    from fieldkit_sd3.loading import load_transformer
+    from fieldkit_sd3.field import SD3Field
 
-    transformer = load_transformer(pipeline)
+    transformer = SD3Field.load_transformer(pipeline)
     return random_lora(transformer, LORA_TARGETS, out, rank=rank, seed=seed, std=std)

@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from fieldkit_sd3.field import SD3Field
-from fieldkit_sd3.loading import load_transformer
 from torch import nn
 
 from fieldkit import Cond, loads_graph
+from fieldkit.backbones.field import parameter_bytes
 from fieldkit.distill.student import make_student
 from fieldkit.errors import GraphError
 from fieldkit.graph import BuildContext
 from fieldkit.graph.schema import StudentSpec
-from fieldkit.models.adapters import parameter_bytes
 from fieldkit.models.lora import tuner_layers
 
 
@@ -48,7 +47,7 @@ def test_two_adapter_fields_on_one_base_equal_two_merged_copies(
     base, a, b = ctx.field("base"), ctx.field("a"), ctx.field("b")
     assert a.transformer is base.transformer is b.transformer  # one base in memory
     ref_a, ref_b = merged_copy(tiny, "lora-a"), merged_copy(tiny, "lora-b", scale=0.5)
-    ref_base = SD3Field(load_transformer(tiny / "sd3"))
+    ref_base = SD3Field(SD3Field.load_transformer(tiny / "sd3"))
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.8, 0.3])
     with torch.inference_mode():
@@ -71,7 +70,7 @@ def test_shared_base_holds_far_fewer_bytes_than_copies(sd3_plugin, tiny: Path) -
     fields = [ctx.field(name) for name in ("base", "a", "b")]
     shared = parameter_bytes(nn.ModuleList(fields))
     copies = parameter_bytes(nn.ModuleList(copy.deepcopy(f) for f in fields))
-    one = parameter_bytes(SD3Field(load_transformer(tiny / "sd3")))
+    one = parameter_bytes(SD3Field(SD3Field.load_transformer(tiny / "sd3")))
     adapters = sum(p.numel() * p.element_size() for n, p in fields[0].named_parameters() if "lora_" in n)
     assert shared == one + adapters  # one base plus the adapters
     assert copies == 3 * one  # three full models
@@ -132,7 +131,7 @@ def test_a_full_student_of_the_base_trains_every_base_weight(
     params = dict(student.named_parameters())
     assert params and all(p.requires_grad for p in params.values())
     assert not any("lora_" in n for n in params)
-    assert params.keys() == dict(SD3Field(load_transformer(tiny / "sd3")).named_parameters()).keys()
+    assert params.keys() == dict(SD3Field(SD3Field.load_transformer(tiny / "sd3")).named_parameters()).keys()
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     student(x, torch.tensor([0.6, 0.4]), prompt_cond).square().mean().backward()
     for name in (
@@ -155,5 +154,5 @@ fields:
     ctx = BuildContext(loads_graph(yaml))
     with pytest.raises(GraphError, match="must be loaded over a base field"):
         ctx.field("again")
-    with pytest.raises(GraphError, match="needs an sd3 field"):
+    with pytest.raises(GraphError, match="must be a field of the SD3 backbone"):
         ctx.field("bad")

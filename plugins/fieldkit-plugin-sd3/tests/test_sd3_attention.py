@@ -9,7 +9,6 @@ import pytest
 import torch
 from fieldkit_sd3.attention import FieldkitJointAttnProcessor, use_fieldkit_attention
 from fieldkit_sd3.field import SD3Field
-from fieldkit_sd3.loading import load_transformer
 
 from fieldkit import Cond
 from fieldkit.attention import AttentionUnavailable, use_backend
@@ -22,7 +21,7 @@ SIGMA = torch.tensor([0.7, 0.2])
 def test_processor_is_set_everywhere_and_matches_the_stock_one(
     tiny: Path, prompt_cond: Cond, folder: str
 ) -> None:
-    stock = load_transformer(tiny / folder)
+    stock = SD3Field.load_transformer(tiny / folder)
     ours = copy.deepcopy(stock)
     use_fieldkit_attention(ours)
     processors = ours.attn_processors
@@ -40,7 +39,7 @@ def test_processor_is_set_everywhere_and_matches_the_stock_one(
 def test_the_processor_goes_through_fieldkits_dispatcher(tiny: Path, prompt_cond: Cond) -> None:
     """A backend that cannot run on CPU is refused by fieldkit: proof that the kernel is fieldkit's choice
     (SD3's stock processor calls SDPA directly and ignores it)."""
-    stock, ours = load_transformer(tiny / "sd3"), load_transformer(tiny / "sd3")
+    stock, ours = SD3Field.load_transformer(tiny / "sd3"), SD3Field.load_transformer(tiny / "sd3")
     use_fieldkit_attention(ours)
     with torch.inference_mode(), use_backend("sdpa-efficient"):
         SD3Field(stock)(X, SIGMA, prompt_cond)
@@ -51,7 +50,7 @@ def test_the_processor_goes_through_fieldkits_dispatcher(tiny: Path, prompt_cond
 def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_gradients(
     tiny: Path, prompt_cond: Cond
 ) -> None:
-    plain = load_transformer(tiny / "sd3").train()
+    plain = SD3Field.load_transformer(tiny / "sd3").train()
     checkpointed = copy.deepcopy(plain)
     checkpointed.enable_gradient_checkpointing()
     calls = {"plain": 0, "checkpointed": 0}

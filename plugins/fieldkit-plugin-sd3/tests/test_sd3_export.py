@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 from fieldkit_sd3.field import SD3Field
-from fieldkit_sd3.loading import load_transformer
-from fieldkit_sd3.schedule import scheduler_sigmas
 
 from fieldkit import Cond, euler_sample
+from fieldkit.backbones.schedule import scheduler_sigmas
 from fieldkit.distill.engine import export_model
 from fieldkit.distill.student import make_student
 from fieldkit.graph.schema import LoraSpec, StudentSpec
@@ -32,7 +31,7 @@ def pipeline_latents(pipe, cond: Cond, noise: torch.Tensor) -> torch.Tensor:
 def trained_lora_student(tiny: Path, alpha: float) -> SD3Field:
     """A LoRA student whose adapter is not zero (as after training)."""
     student = make_student(
-        SD3Field(load_transformer(tiny / "sd3")),
+        SD3Field(SD3Field.load_transformer(tiny / "sd3")),
         StudentSpec(init="base", train="lora", lora=LoraSpec(rank=4, alpha=alpha)),
     )
     g = torch.Generator().manual_seed(7)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from fieldkit_sd3.field import SD3Field
-from fieldkit_sd3.loading import load_transformer
 
 from fieldkit import Cond, loads_graph
 from fieldkit.errors import GraphError
@@ -36,7 +35,7 @@ def test_dtype_is_applied_and_checked_and_a_transformer_folder_loads_without_sub
 ) -> None:
     half = graph_field(f"fields:\n  base: {{type: sd3, path: '{tiny / 'sd3'}', dtype: bfloat16}}\n")
     assert half.transformer.dtype == torch.bfloat16
-    load_transformer(tiny / "sd3").save_pretrained(str(tmp_path / "t"))
+    SD3Field.load_transformer(tiny / "sd3").save_pretrained(str(tmp_path / "t"))
     alone = graph_field(f"fields:\n  base: {{type: sd3, path: '{tmp_path / 't'}'}}\n")
     assert alone.transformer.dtype == torch.float32
     with pytest.raises(GraphError, match="no SD3Transformer2DModel at"):
@@ -64,7 +63,7 @@ def test_built_from_a_config_is_seeded_and_checks_the_caption_width(sd3_plugin) 
 
 def test_velocity_is_the_transformer_output_at_timestep_1000_sigma(tiny: Path, prompt_cond: Cond) -> None:
     """fieldkit's sigma in [0, 1] is SD3's timestep / 1000, and SD3's output (noise - data) is v as it is."""
-    transformer = load_transformer(tiny / "sd3")
+    transformer = SD3Field.load_transformer(tiny / "sd3")
     field = SD3Field(transformer)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.9, 0.25])
@@ -81,6 +80,6 @@ def test_velocity_is_the_transformer_output_at_timestep_1000_sigma(tiny: Path, p
 
 
 def test_a_missing_prompt_embedding_is_named(tiny: Path, prompt_cond: Cond) -> None:
-    field = SD3Field(load_transformer(tiny / "sd3"))
+    field = SD3Field(SD3Field.load_transformer(tiny / "sd3"))
     with pytest.raises(Exception, match=r"cond\['pooled'\]"):
         field(torch.zeros(2, 4, 8, 8), torch.ones(2), prompt_cond.without("pooled"))

@@ -8,10 +8,9 @@ import pytest
 import torch
 from fieldkit_sd3.attention import use_fieldkit_attention
 from fieldkit_sd3.field import SD3Field
-from fieldkit_sd3.loading import load_transformer
-from fieldkit_sd3.schedule import scheduler_sigmas
 
 from fieldkit import Cond, Guidance, euler_sample
+from fieldkit.backbones.schedule import scheduler_sigmas
 
 TOLERANCE = 1e-5  # measured: 7e-7 on latents of magnitude ~5 (float32, CPU)
 
@@ -46,7 +45,7 @@ def test_euler_of_guided_field_matches_the_pipeline(
         max_sequence_length=16,
     ).images
 
-    transformer = load_transformer(tiny / folder)
+    transformer = SD3Field.load_transformer(tiny / folder)
     if processor == "fieldkit":
         use_fieldkit_attention(transformer)
     cond = Cond(text=text, pooled=pooled, nulls={"text": null_text[:1], "pooled": null_pooled[:1]})

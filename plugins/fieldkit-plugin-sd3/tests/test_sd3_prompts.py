@@ -35,7 +35,7 @@ def test_csv_prompts_are_embedded_as_the_pipeline_embeds_them(tiny: Path, pipe, 
     data = bucket(file, tiny)
     assert data.texts == texts and len(texts) == 8
     index = torch.tensor([3, 0, 3])
-    cond = data.rows(index)
+    cond = data.rows(index).cond
     text, pooled = encode(pipe, [texts[i] for i in index])
     torch.testing.assert_close(cond["text"], text, rtol=0, atol=1e-6)
     torch.testing.assert_close(cond["pooled"], pooled, rtol=0, atol=1e-6)
@@ -54,7 +54,7 @@ def test_edit_pairs_from_jsonl_fill_the_template(tiny: Path, pipe, tmp_path: Pat
     data = bucket(file, tiny, template="{instruction}: {prompt}")
     assert data.texts[0] == "make it a watercolor painting: a red fox in fresh snow"
     text, _ = encode(pipe, [data.texts[1]])
-    torch.testing.assert_close(data.rows(torch.tensor([1]))["text"], text, rtol=0, atol=1e-6)
+    torch.testing.assert_close(data.rows(torch.tensor([1])).cond["text"], text, rtol=0, atol=1e-6)
 
 
 def test_the_cache_is_written_once_and_renewed_when_the_texts_change(tiny: Path, tmp_path: Path) -> None:
@@ -67,13 +67,13 @@ def test_the_cache_is_written_once_and_renewed_when_the_texts_change(tiny: Path,
     again = bucket(file, tiny)
     assert cache.stat().st_mtime_ns == stamp  # read, not encoded again
     torch.testing.assert_close(
-        again.rows(torch.tensor([0, 1]))["text"], first.rows(torch.tensor([0, 1]))["text"]
+        again.rows(torch.tensor([0, 1])).cond["text"], first.rows(torch.tensor([0, 1])).cond["text"]
     )
-    dog = first.rows(torch.tensor([1]))["text"]
+    dog = first.rows(torch.tensor([1])).cond["text"]
     file.write_text('{"prompt": "a cat"}\n{"prompt": "a bird"}\n')
     renewed = bucket(file, tiny)
     assert renewed.texts == ["a cat", "a bird"] and cache.stat().st_mtime_ns != stamp
-    assert not torch.equal(renewed.rows(torch.tensor([1]))["text"], dog)
+    assert not torch.equal(renewed.rows(torch.tensor([1])).cond["text"], dog)
 
 
 def test_bad_prompt_files_get_one_clear_error(tiny: Path, tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ the plugin.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,48 +42,33 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def _load(params: ZImageParams | ZImageEditParams, ctx: BuildContext, edit: bool) -> Any:
-    from fieldkit.models.diffusers_loading import DTYPES, scheduler_config
-    from fieldkit_zimage.field import ZImageField
-    from fieldkit_zimage.loading import build_transformer, load_transformer
-
-    dtype = DTYPES[params.dtype] if params.dtype else None
-    scheduler = None
-    if params.path is not None:
-        path = ctx.path(params.path)
-        transformer = load_transformer(path, params.subfolder, dtype)
-        scheduler = scheduler_config(path)
-    else:
-        transformer = build_transformer(params.config or {}, params.seed, dtype)
-    if params.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return ZImageField(transformer, edit=edit, scheduler=scheduler)
-
-
 def build_zimage(params: ZImageParams, ctx: BuildContext) -> Any:
     """A Z-Image transformer as a field: ``v = -transformer(x, 1 - sigma, text)`` (T2I, or an edit batch)."""
-    return _load(params, ctx, edit=False)
+    from fieldkit.backbones.build import load_or_build
+    from fieldkit_zimage.field import ZImageField
+
+    return load_or_build(ZImageField, params, ctx, edit=False)
 
 
 def build_zimage_edit(params: ZImageEditParams, ctx: BuildContext) -> Any:
     """A Z-Image Omni transformer as an edit field; with ``base``, over that field's transformer."""
-    from fieldkit_zimage.field import as_zimage_field
+    from fieldkit.backbones.build import load_or_build
+    from fieldkit.backbones.field import as_shared_field
+    from fieldkit_zimage.field import ZImageField
 
     if params.base is None:
-        return _load(params, ctx, edit=True)
-    base = as_zimage_field(ctx.field(params.base), f"zimage.edit's base {str(params.base)!r}")
+        return load_or_build(ZImageField, params, ctx, edit=True)
+    base = as_shared_field(ctx.field(params.base), ZImageField, f"zimage.edit's base {str(params.base)!r}")
     return base.spawn(base.adapter, edit=True)
 
 
 def build_zimage_lora(params: ZImageLoraParams, ctx: BuildContext) -> Any:
     """A LoRA adapter over a zimage base field; N adapters share one base transformer in memory."""
-    from fieldkit_zimage.field import as_zimage_field
+    from fieldkit.backbones.build import adapter_field
+    from fieldkit_zimage.field import ZImageField
 
-    base = as_zimage_field(ctx.field(params.base), f"zimage.lora's base {str(params.base)!r}")
-    path = ctx.path(params.path)
-    name = params.adapter or re.sub(r"\W", "_", path.name.removesuffix(".safetensors"))
-    field = base.with_adapter(path, name, scale=params.scale, weight_name=params.weight_name)
-    return field if params.task is None else field.spawn(name, edit=params.task == "edit")
+    field = adapter_field(ZImageField, params, ctx, "zimage.lora")
+    return field if params.task is None else field.spawn(field.adapter, edit=params.task == "edit")
 
 
 def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
@@ -97,7 +81,7 @@ def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
 
 
 def _encoding(params: PromptParams | EditParams, ctx: BuildContext) -> Any:
-    from fieldkit.models.diffusers_loading import DTYPES
+    from fieldkit.backbones.loading import DTYPES
     from fieldkit_zimage.data import Encoding
 
     return Encoding(

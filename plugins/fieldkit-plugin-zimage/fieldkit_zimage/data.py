@@ -26,18 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fieldkit.cond import Cond
-from fieldkit.data import Batch
+from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
 from fieldkit.errors import FieldkitError
-from fieldkit.tables import (
-    CachedRows,
-    cached_fingerprint,
-    digest_folders,
-    fill,
-    read_rows,
-    read_texts,
-    write_cache,
-)
+from fieldkit.tables import fill, read_rows, read_texts
 from fieldkit_zimage.field import pack_text
 
 PROMPTS_FORMAT = "fieldkit-zimage.prompts/1"
@@ -46,37 +37,8 @@ TEXT_ENCODER = ("text_encoder", "tokenizer")
 IMAGE_ENCODERS = ("vae", "siglip", "siglip_processor")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BATCH = 16
-
-
-class FeatureBucket:
-    """Draws rows uniformly; a batch is their cached features as a :class:`~fieldkit.Cond` whose text has the
-    negative prompt as its null value, and the rows' target latents when the cache has them."""
-
-    def __init__(self, cache: Path, shape: tuple[int, ...], keys: tuple[str, ...], targets: bool = False):
-        self.cache = cache
-        self.shape = shape
-        self.table = CachedRows(
-            cache, keys + (("target",) if targets else ()), ("null_text", "null_text_len")
-        )
-        self.targets = targets
-
-    @property
-    def texts(self) -> list[str]:
-        return self.table.texts
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def rows(self, index: Tensor) -> Batch:
-        """The cached features of rows ``index`` (read from disk row by row)."""
-        data = self.table.rows(index)
-        target = data.pop("target", None)
-        nulls = {"text": self.table.extra["null_text"], "text_len": self.table.extra["null_text_len"]}
-        return Batch(Cond(data, nulls=nulls), target)
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        """``batch_size`` rows drawn uniformly with replacement."""
-        return self.rows(torch.randint(len(self), (batch_size,), generator=generator))
+#: The keys whose null values (the negative prompt's) the caches hold: what guidance contrasts against.
+NULLS = ("text", "text_len")
 
 
 def _packed(features: list[list[Tensor]], negative: list[Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
@@ -97,12 +59,6 @@ def _encode_texts(pipe: Any, texts: list[str], *, max_sequence_length: int, edit
     for i in range(0, len(texts), BATCH):
         out += prompt_features(pipe, texts[i : i + BATCH], max_sequence_length=max_sequence_length, edit=edit)
     return out
-
-
-def _fingerprint(parts: list[Any], pipeline: Path, subfolders: tuple[str, ...]) -> hashlib._Hash:
-    digest = hashlib.sha256(json.dumps(parts).encode())
-    digest_folders(digest, pipeline, subfolders)
-    return digest
 
 
 @dataclass(frozen=True)
@@ -138,17 +94,16 @@ class Encoding:
 
 def prompt_bucket(
     file: Path, enc: Encoding, *, template: str = "{prompt}", cache: Path | None = None
-) -> FeatureBucket:
+) -> CachedBucket:
     """T2I prompts of ``file`` encoded by the pipeline's text encoder (cached; re-encoded only when stale).
 
     ``cache`` defaults to ``FILE.zimage-features.safetensors`` beside the prompt file.
     """
     texts = read_texts(file, template)
     path = cache or file.with_name(file.name + ".zimage-features.safetensors")
-    key = _fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
-    if cached_fingerprint(path, PROMPTS_FORMAT) != key:
-        write_cache(path, enc.texts(enc.encoders(edit=False), texts, edit=False), texts, PROMPTS_FORMAT, key)
-    return FeatureBucket(path, enc.shape, ("text", "text_len"))
+    key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
+    cached(path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts, edit=False))
+    return CachedBucket(path, enc.shape, ("text", "text_len"), NULLS)
 
 
 @dataclass(frozen=True)
@@ -248,7 +203,7 @@ def vae_scale(pipeline: Path) -> int:
 
 def edit_bucket(
     pairs: Path, enc: Encoding, *, template: str = "{instruction}", cache: Path | None = None
-) -> FeatureBucket:
+) -> CachedBucket:
     """Edit pairs encoded by the encoders of the pipeline (a ``ZImageOmniPipeline`` folder), cached.
 
     ``cache`` defaults to ``FILE.zimage-features.safetensors`` beside a pair file, or
@@ -265,7 +220,7 @@ def edit_bucket(
             if image is not None:
                 loaded[image] = load_image(image, size, pair.where)
     texts = [p.text for p in items]
-    digest = _fingerprint(enc.key(texts, [str(i) for i in images]), pipeline, TEXT_ENCODER + IMAGE_ENCODERS)
+    digest = fingerprint(enc.key(texts, [str(i) for i in images]), pipeline, TEXT_ENCODER + IMAGE_ENCODERS)
     for image in images:
         digest.update(hashlib.sha256(image.read_bytes()).digest())
     key = digest.hexdigest()
@@ -275,7 +230,8 @@ def edit_bucket(
         else pairs.with_name(pairs.name + ".zimage-features.safetensors")
     )
     targets = items[0].target is not None
-    if cached_fingerprint(path, EDITS_FORMAT) != key:
+
+    def encode() -> dict[str, Tensor]:
         from fieldkit_zimage.encode import image_latent, image_siglip
 
         pipe = enc.encoders(edit=True)
@@ -291,5 +247,7 @@ def edit_bucket(
                 f"shape {list(shape)}",
                 hint="set `shape` to the latent shape of your images",
             )
-        write_cache(path, tensors, texts, EDITS_FORMAT, key)
-    return FeatureBucket(path, shape, ("text", "text_len", "source", "siglip"), targets=targets)
+        return tensors
+
+    cached(path, EDITS_FORMAT, key, texts, encode)
+    return CachedBucket(path, shape, ("text", "text_len", "source", "siglip"), NULLS, targets=targets)

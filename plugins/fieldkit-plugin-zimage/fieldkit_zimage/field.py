@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fieldkit.backbones.field import SharedAdapterField
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError
-from fieldkit.models.adapters import AdapterSwitch, SharedAdapterField, as_shared_field
+from fieldkit.models.lora import AdapterSwitch
 
 #: The projections a LoRA adapts by default: attention and the SwiGLU feed-forward (the paper's targets).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
@@ -77,10 +78,14 @@ class ZImageField(SharedAdapterField):
     ``edit`` fields refuse a batch without a source image.
     """
 
+    backbone = "Z-Image"
+    model_class = "ZImageTransformer2DModel"
     lora_pipeline = "ZImagePipeline"
     lora_targets = LORA_TARGETS
     lora_rank = 128  # the paper's student rank
-    backbone = "Z-Image"
+    cond_keys = ("text", "text_len")
+    cond_hint = "use a zimage.prompts or zimage.edits data bucket (or field.text_cond)"
+    load_hint = "point `path` at a ZImagePipeline / ZImageOmniPipeline folder or a transformer folder"
 
     def __init__(
         self,
@@ -99,28 +104,17 @@ class ZImageField(SharedAdapterField):
             )
         self.edit = edit
 
-    def spawn(self, adapter: str | None, *, edit: bool | None = None) -> ZImageField:
-        """A field over the same transformer running ``adapter``, T2I or edit (default: as this one)."""
-        edit = self.edit if edit is None else edit
-        return ZImageField(self.transformer, self.switch, adapter, edit=edit, scheduler=self.scheduler)
+    def options(self) -> dict[str, Any]:
+        return {"edit": self.edit}
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
-        for key in ("text", "text_len"):
-            if key not in cond:
-                raise FieldkitError(
-                    f"the Z-Image field needs cond[{key!r}] (prompt features), got keys {sorted(cond)}",
-                    hint="use a zimage.prompts or zimage.edits data bucket (or field.text_cond)",
-                )
+    def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         editing = "source" in cond
         if self.edit and not editing:
             raise FieldkitError(
                 "this Z-Image edit field needs cond['source'] and cond['siglip'] (the image to edit)",
                 hint="route it to a zimage.edits data bucket",
             )
-        self.activate()
         dtype = self.compute_dtype()
-        if sigma.dim() == 0:
-            sigma = sigma.expand(x.shape[0])
         t = ((TIMESTEPS - sigma * TIMESTEPS) / TIMESTEPS).to(dtype)
         latents = list(x.to(dtype).unsqueeze(2).unbind(0))
         text = [[seg.to(dtype) for seg in segs] for segs in unpack_text(cond["text"], cond["text_len"])]
@@ -150,25 +144,16 @@ class ZImageField(SharedAdapterField):
             out = self.transformer(latents, t, [segs[0] for segs in text], return_dict=False)[0]
         return -torch.stack([o.to(x.dtype) for o in out]).squeeze(2)
 
-    def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> Tensor | None:
-        """The ``steps + 1`` sigmas the pipeline samples ``shape`` latents with (``None``: no scheduler)."""
-        from fieldkit_zimage.schedule import pipeline_sigmas
-
-        return None if self.scheduler is None else pipeline_sigmas(self.scheduler, steps, shape)
-
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype of the transformer's inputs: its patch embedding's weight dtype (diffusers' own
-        ``transformer.dtype`` walks every submodule on each call)."""
+    def input_layer(self) -> nn.Module | None:
+        """The patch embedding, the first layer to see ``x``."""
         embedders = getattr(self.transformer, "all_x_embedder", None)
-        weight = getattr(next(iter(embedders.values()), None), "weight", None) if embedders else None
-        if weight is None or not weight.is_floating_point():
-            return self.transformer.dtype
-        return weight.dtype
+        return next(iter(embedders.values()), None) if embedders else None
+
+    def base_sigmas(self, steps: int) -> list[float]:
+        """``linspace(1, 1/steps, steps)``, what both pipelines hand the scheduler."""
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
+
+        return list(get_default_z_image_sigmas(steps))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, edit={self.edit}"
-
-
-def as_zimage_field(field: object, what: str) -> ZImageField:
-    """``field`` when it is a :class:`ZImageField`, else a FieldkitError naming ``what`` needed it."""
-    return as_shared_field(field, ZImageField, what, "a zimage")

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from fieldkit.cond import Cond
-from fieldkit.field import VelocityField, uncond_of
-from fieldkit.ops.guidance import Guidance
+from fieldkit.field import VelocityField
+from fieldkit.ops.guidance import Guidance, cond_and_uncond
 
 
 class ZImageGuidance(Guidance):
@@ -35,8 +35,7 @@ class ZImageGuidance(Guidance):
         guided = (1000 - sigma * 1000) / 1000 <= self.truncation  # as the pipelines test their timesteps
         if self.w == 1.0 or not bool(guided.any()):
             return field(x, sigma, cond)
-        both = Cond.cat([cond, uncond_of(field, cond)])
-        v_c, v_u = field(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
+        v_c, v_u = cond_and_uncond(field, x, sigma, cond)
         v = v_c + self.scale * (v_c - v_u)
         if self.normalization > 0:
             dims = tuple(range(1, x.dim()))

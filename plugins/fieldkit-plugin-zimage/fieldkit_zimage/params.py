@@ -2,55 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
+from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
 from fieldkit.graph.refs import FieldRef
 from fieldkit.plugins.registry import Params
 
-DType = Literal["float32", "bfloat16", "float16"]
 
-
-class ZImageParams(Params):
+class ZImageParams(TransformerParams):
     """A Z-Image transformer, loaded from a local folder or built from a config."""
 
-    path: str | None = Field(
-        None,
-        description="pipeline folder (its transformer/ and scheduler/ are used) or transformer folder; "
-        "relative to the graph",
-    )
-    subfolder: str | None = Field(
-        None, description="default: 'transformer' when `path` has one, else `path` itself; '' forces `path`"
-    )
-    config: dict[str, Any] | None = Field(
-        None, description="build a freshly initialised transformer from these ZImageTransformer2DModel keys"
-    )
-    seed: int = Field(0, description="initialisation seed when built from `config`")
-    dtype: DType | None = Field(None, description="load or cast to this dtype (checked); default: as stored")
-    gradient_checkpointing: bool = Field(
-        False, description="recompute each block's activations in the backward pass (a student that trains)"
-    )
 
-    @model_validator(mode="after")
-    def _one_origin(self) -> ZImageParams:
-        if (self.path is None) == (self.config is None):
-            raise ValueError("give exactly one of `path` (load weights) or `config` (build from a config)")
-        return self
-
-
-class ZImageEditParams(Params):
+class ZImageEditParams(TransformerParams):
     """A Z-Image Omni transformer as an edit field: its own (path / config) or the one of a `base` field."""
 
     base: FieldRef | None = Field(None, description="a zimage field whose transformer (and adapter) to share")
-    path: str | None = Field(None, description="ZImageOmniPipeline folder or Omni transformer folder")
-    subfolder: str | None = Field(None, description="as for zimage")
-    config: dict[str, Any] | None = Field(
-        None, description="build from these config keys (siglip_feat_dim set)"
-    )
-    seed: int = Field(0, description="initialisation seed when built from `config`")
-    dtype: DType | None = Field(None, description="load or cast to this dtype (checked); default: as stored")
-    gradient_checkpointing: bool = Field(False, description="as for zimage")
 
     @model_validator(mode="after")
     def _one_origin(self) -> ZImageEditParams:
@@ -59,18 +27,9 @@ class ZImageEditParams(Params):
         return self
 
 
-class ZImageLoraParams(Params):
+class ZImageLoraParams(AdapterParams):
     """A LoRA capability over a zimage base field, sharing the base's weights in memory."""
 
-    base: FieldRef = Field(
-        description="the zimage (or zimage.edit) field whose transformer hosts the adapter"
-    )
-    path: str = Field(description="LoRA folder or file in the diffusers / peft format (pytorch_lora_weights)")
-    weight_name: str | None = Field(None, description="the weights file inside `path`, if not the default")
-    adapter: str | None = Field(
-        None, description="adapter name; default: from the LoRA's folder or file name"
-    )
-    scale: float = Field(1.0, description="LoRA scale: W x + scale (alpha / r) B A x")
     task: Literal["t2i", "edit"] | None = Field(
         None, description="edit: refuse batches without a source image; default: the base's"
     )

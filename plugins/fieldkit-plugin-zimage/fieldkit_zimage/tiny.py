@@ -139,13 +139,13 @@ def make_tiny_pipeline(folder: Path, *, omni: bool = False, dynamic: bool = Fals
     """Write a tiny random ``ZImagePipeline`` (or ``ZImageOmniPipeline`` with ``omni``) folder; return it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImageOmniPipeline, ZImagePipeline
 
-    from fieldkit_zimage.loading import build_transformer
+    from fieldkit_zimage.field import ZImageField
 
     tok = tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         parts: dict[str, Any] = {
-            "transformer": build_transformer(transformer_config(omni), seed=seed),
+            "transformer": ZImageField.build_transformer(transformer_config(omni), seed=seed),
             "scheduler": FlowMatchEulerDiscreteScheduler(**scheduler_config(dynamic)),
             "vae": vae(),
             "text_encoder": text_encoder(len(tok)),
@@ -162,7 +162,8 @@ def make_tiny_lora(pipeline: Path, out: Path, *, rank: int = 4, seed: int = 0, s
     """Write a random LoRA (diffusers / peft format, ``B != 0``) of the tiny pipeline's transformer on the
     paper's targets: a stand-in for an edit or realism LoRA trained elsewhere."""
     from fieldkit.models.lora import random_lora
-    from fieldkit_zimage.field import LORA_TARGETS
-    from fieldkit_zimage.loading import load_transformer
+    from fieldkit_zimage.field import LORA_TARGETS, ZImageField
 
-    return random_lora(load_transformer(pipeline), LORA_TARGETS, out, rank=rank, seed=seed, std=std)
+    return random_lora(
+        ZImageField.load_transformer(pipeline), LORA_TARGETS, out, rank=rank, seed=seed, std=std
+    )

@@ -66,15 +66,17 @@ def test_the_tiny_graphs_validate_dry_run_and_train(zimage_plugin, workspace: Pa
 def test_the_rollout_steps_through_the_pipelines_sigmas(zimage_plugin, workspace: Path, tiny: Path) -> None:
     """With a dynamically shifting scheduler (the static shift 3 of the released models gives the even grid
     exactly, see docs/zimage.md), ``model`` and ``shift`` differ, and the engine takes the pipeline's."""
-    from fieldkit_zimage.schedule import pipeline_sigmas
+    from fieldkit_zimage.field import ZImageField
 
+    from fieldkit.backbones.loading import scheduler_config
     from fieldkit.distill.engine import Engine
     from fieldkit.flow import sigma_schedule
-    from fieldkit.models.diffusers_loading import scheduler_config
 
     base = f"fields.base.path={tiny / 't2i-dynamic'}"
     engine = Engine(load_graph(workspace / "graph.yaml", [base]), write=False, show_progress=False)
-    want = pipeline_sigmas(scheduler_config(tiny / "t2i-dynamic"), 4, (16, 8, 8))
+    folder = tiny / "t2i-dynamic"
+    field = ZImageField(ZImageField.load_transformer(folder), scheduler=scheduler_config(folder))
+    want = field.sampling_sigmas(4, (16, 8, 8))
     assert torch.equal(engine.sigmas, want)
     shift = load_graph(workspace / "graph.yaml", [base, "flow.schedule=shift"])
     assert torch.equal(Engine(shift, write=False, show_progress=False).sigmas, sigma_schedule(4, 3.0))

@@ -10,7 +10,7 @@ from fieldkit_zimage.field import ZImageField, text_cond
 from fieldkit_zimage.guidance import ZImageGuidance
 
 from fieldkit import euler_sample
-from fieldkit.models.diffusers_loading import scheduler_config
+from fieldkit.backbones.loading import scheduler_config
 
 PROMPTS = ["a red cat", "two dogs on a hill at dusk"]
 STEPS = 4

@@ -11,17 +11,16 @@ import pytest
 import torch
 from fieldkit_zimage.encode import image_latent, image_siglip, prompt_features
 from fieldkit_zimage.field import LORA_TARGETS, ZImageField, text_cond
-from fieldkit_zimage.loading import load_transformer
 from fieldkit_zimage.tiny import make_tiny_lora
 
 from fieldkit import Cond, euler_sample, loads_graph
+from fieldkit.backbones.field import parameter_bytes
+from fieldkit.backbones.loading import scheduler_config
 from fieldkit.distill.engine import export_model
 from fieldkit.distill.student import make_student
 from fieldkit.errors import GraphError
 from fieldkit.graph import BuildContext
 from fieldkit.graph.schema import LoraSpec, StudentSpec
-from fieldkit.models.adapters import parameter_bytes
-from fieldkit.models.diffusers_loading import scheduler_config
 from fieldkit.models.lora import lora_tensors, save_lora
 
 STEPS = 3
@@ -77,7 +76,7 @@ def test_lora_teachers_share_one_base_and_equal_merged_copies(
     sigma = torch.tensor([0.8, 0.3])
     references = [
         merged(tiny, loras, "local", 1.0),
-        ZImageField(load_transformer(tiny / "omni")),
+        ZImageField(ZImageField.load_transformer(tiny / "omni")),
         merged(tiny, loras, "global", 0.5),
     ]
     with torch.inference_mode():
@@ -101,7 +100,7 @@ def test_an_edit_field_refuses_a_t2i_batch_and_a_base_without_siglip(zimage_plug
     bad = BuildContext(loads_graph(f"fields:\n  e: {{type: zimage.edit, path: '{tiny / 't2i'}'}}\n"))
     with pytest.raises(GraphError, match="SigLIP input"):
         bad.field("e")
-    t2i_only = ZImageField(load_transformer(tiny / "t2i"))
+    t2i_only = ZImageField(ZImageField.load_transformer(tiny / "t2i"))
     edit = text_cond([[torch.randn(5, 32)] * 3], [torch.randn(3, 32)] * 3)
     edit = edit.replace(source=torch.randn(1, 16, 8, 8), siglip=torch.randn(1, 4, 4, 32))
     with pytest.raises(Exception, match="without SigLIP input"):
@@ -130,7 +129,7 @@ def test_exports_load_in_both_pipelines_and_sample_as_fieldkit_does(
 ) -> None:
     from diffusers import ZImageOmniPipeline, ZImagePipeline, ZImageTransformer2DModel
 
-    base = ZImageField(load_transformer(tiny / "omni"), scheduler=scheduler_config(tiny / "omni"))
+    base = ZImageField(ZImageField.load_transformer(tiny / "omni"), scheduler=scheduler_config(tiny / "omni"))
     student = make_student(base, StudentSpec(init="base", train="lora", lora=LoraSpec(rank=4, alpha=8)))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -160,7 +159,9 @@ def test_exports_load_in_both_pipelines_and_sample_as_fieldkit_does(
             str(tiny / "omni"), vae=omni_pipe.vae, local_files_only=True, **extra
         )
         if kind == "adapter":
-            t2i.transformer = load_transformer(tiny / "omni")  # the student's base, in the T2I pipeline
+            t2i.transformer = ZImageField.load_transformer(
+                tiny / "omni"
+            )  # the student's base, in the T2I pipeline
             t2i.load_lora_weights(str(adapter))
             omni.load_lora_weights(str(adapter))
         t2i_latents, edit_latents = pipeline_latents

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fieldkit.models.adapters import SharedAdapterField, parameter_bytes
+from fieldkit.backbones.field import SharedAdapterField, parameter_bytes
 from fieldkit.models.lora import lora_parameters
 
 GIB = 1024**3

@@ -1,0 +1,40 @@
+"""The factories of a backbone's sources: a transformer loaded or built, and a LoRA adapter over a base."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fieldkit.backbones.field import SharedAdapterField, as_shared_field
+from fieldkit.backbones.loading import DTYPES, scheduler_config
+from fieldkit.backbones.params import AdapterParams, TransformerParams
+
+if TYPE_CHECKING:
+    from fieldkit.graph.builder import BuildContext
+
+F = TypeVar("F", bound=SharedAdapterField)
+
+
+def load_or_build(cls: type[F], params: TransformerParams, ctx: BuildContext, **options: Any) -> F:
+    """A ``cls`` field over a ``cls.model_class`` transformer loaded from ``params.path`` (with the folder's
+    scheduler config, when it has one) or built from ``params.config``; ``options`` go to ``cls``."""
+    dtype = DTYPES[params.dtype] if params.dtype else None
+    scheduler = None
+    if params.path is not None:
+        path = ctx.path(params.path)
+        transformer = cls.load_transformer(path, params.subfolder, dtype, params.variant)
+        scheduler = scheduler_config(path)
+    else:
+        transformer = cls.build_transformer(params.config or {}, params.seed, dtype)
+    if params.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return cls(transformer, scheduler=scheduler, **options)
+
+
+def adapter_field(cls: type[F], params: AdapterParams, ctx: BuildContext, kind: str) -> F:
+    """The LoRA at ``params.path`` as a field over the ``cls`` field ``params.base`` (one base transformer,
+    N adapters); the adapter is named ``params.adapter``, else after the LoRA's folder or file."""
+    base = as_shared_field(ctx.field(params.base), cls, f"{kind}'s base {str(params.base)!r}")
+    path = ctx.path(params.path)
+    name = params.adapter or re.sub(r"\W", "_", path.name.removesuffix(".safetensors"))
+    return base.with_adapter(path, name, scale=params.scale, weight_name=params.weight_name)

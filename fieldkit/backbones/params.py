@@ -1,0 +1,55 @@
+"""The parameters every diffusers backbone source shares, as graphs write them (torch-free: validating a
+graph never imports torch). A plugin subclasses them to add its own keys (SD3's ``attention``, say)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from fieldkit.graph.refs import FieldRef
+from fieldkit.plugins.registry import Params
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class TransformerParams(Params):
+    """A diffusers transformer, loaded from a local folder or built from a config."""
+
+    path: str | None = Field(
+        None,
+        description="pipeline folder (its transformer/ and scheduler/ are used) or transformer folder; "
+        "relative to the graph",
+    )
+    subfolder: str | None = Field(
+        None, description="default: 'transformer' when `path` has one, else `path` itself; '' forces `path`"
+    )
+    variant: str | None = Field(
+        None, description="the weights variant to load, e.g. 'fp16' for diffusion_pytorch_model.fp16.*"
+    )
+    config: dict[str, Any] | None = Field(
+        None, description="build a freshly initialised transformer from these model config keys"
+    )
+    seed: int = Field(0, description="initialisation seed when built from `config`")
+    dtype: DType | None = Field(None, description="load or cast to this dtype (checked); default: as stored")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in the backward pass (a student that trains)"
+    )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> TransformerParams:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give exactly one of `path` (load weights) or `config` (build from a config)")
+        return self
+
+
+class AdapterParams(Params):
+    """A LoRA capability over a base field of the same backbone, sharing the base's weights in memory."""
+
+    base: FieldRef = Field(description="the field whose transformer hosts the adapter")
+    path: str = Field(description="LoRA folder or file in the diffusers / peft format (pytorch_lora_weights)")
+    weight_name: str | None = Field(None, description="the weights file inside `path`, if not the default")
+    adapter: str | None = Field(
+        None, description="adapter name; default: from the LoRA's folder or file name"
+    )
+    scale: float = Field(1.0, description="LoRA scale: W x + scale (alpha / r) B A x")

@@ -1,0 +1,75 @@
+"""A data bucket of encoded prompts (or edit pairs) cached to safetensors, for any backbone's encoders.
+
+A backbone plugin reads its rows, computes a fingerprint of what the features depend on
+(:func:`fingerprint`: the texts, settings, and the encoders' files), encodes only when the cache's
+fingerprint differs (:func:`cached`), and serves the cache as a :class:`CachedBucket`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fieldkit.cond import Cond
+from fieldkit.data import Batch
+from fieldkit.tables import CachedRows, cached_fingerprint, digest_folders, write_cache
+
+
+def fingerprint(parts: list[Any], pipeline: Path, subfolders: tuple[str, ...]) -> hashlib._Hash:
+    """sha256 of ``parts`` (JSON) and of the encoders' files in ``pipeline/<subfolder>`` (names, sizes,
+    configs and vocabularies); a caller may feed it more (image bytes) before ``hexdigest()``."""
+    digest = hashlib.sha256(json.dumps(parts).encode())
+    digest_folders(digest, pipeline, subfolders)
+    return digest
+
+
+def cached(path: Path, fmt: str, key: str, texts: list[str], encode: Callable[[], dict[str, Tensor]]) -> Path:
+    """``path``, (re)written with ``encode()`` when it is not a ``fmt`` cache of fingerprint ``key``."""
+    if cached_fingerprint(path, fmt) != key:
+        write_cache(path, encode(), texts, fmt, key)
+    return path
+
+
+class CachedBucket:
+    """Draws rows of a cache uniformly; a batch is their ``keys`` as a :class:`~fieldkit.Cond` whose null
+    values are the cache's ``null_<key>`` tensors for the keys in ``nulls`` (what guidance contrasts
+    against), with the rows' ``target`` latents when ``targets``."""
+
+    def __init__(
+        self,
+        cache: Path,
+        shape: tuple[int, ...],
+        keys: tuple[str, ...],
+        nulls: tuple[str, ...],
+        targets: bool = False,
+    ) -> None:
+        self.cache = cache
+        self.shape = shape
+        self.targets = targets
+        extra = tuple(f"null_{key}" for key in nulls)
+        self.table = CachedRows(cache, keys + (("target",) if targets else ()), extra)
+        self.nulls = {key: self.table.extra[f"null_{key}"] for key in nulls}
+
+    @property
+    def texts(self) -> list[str]:
+        """The text of every row."""
+        return self.table.texts
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def rows(self, index: Tensor) -> Batch:
+        """The cached tensors of rows ``index`` (read from disk row by row)."""
+        data = self.table.rows(index)
+        target = data.pop("target", None)
+        return Batch(Cond(data, nulls=self.nulls), target)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """``batch_size`` rows drawn uniformly with replacement."""
+        return self.rows(torch.randint(len(self), (batch_size,), generator=generator))
