@@ -115,7 +115,8 @@ class ZImageField(SharedAdapterField):
                 hint="route it to a zimage.edits data bucket",
             )
         dtype = self.compute_dtype()
-        t = ((TIMESTEPS - sigma * TIMESTEPS) / TIMESTEPS).to(dtype)
+        # t stays float32 whatever the model's dtype, as in the pipelines (bfloat16 would round 1000 t)
+        t = ((TIMESTEPS - sigma * TIMESTEPS) / TIMESTEPS).float()
         latents = list(x.to(dtype).unsqueeze(2).unbind(0))
         text = [[seg.to(dtype) for seg in segs] for segs in unpack_text(cond["text"], cond["text_len"])]
         if editing:

@@ -92,3 +92,24 @@ def test_dynamic_shifting_matches_the_pipeline(tiny, pipeline_latents) -> None:
     want = pipeline_latents[0](pipe, segs, x, STEPS, guidance_scale=0.0)
     got = fieldkit_sample(pipe, text_cond(segs, segs[0]), x, 0.0, 0.0, 1.0, tiny / "t2i-dynamic")
     assert (got - want).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_bfloat16_matches_the_bfloat16_pipeline_with_t_in_float32(tiny, pipeline_latents, scale) -> None:
+    """The pipelines run a bfloat16 transformer at ``t`` in float32. Six steps put ``t = 1/7`` on the grid,
+    which bfloat16 rounds (``1000 t`` = 142.857 becomes 142): that moved the latents by ~1e-2."""
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(str(tiny / "t2i"), dtype=torch.bfloat16, local_files_only=True)
+    segs = prompt_features(pipe, PROMPTS, max_sequence_length=64, edit=False)
+    negative = prompt_features(pipe, [""], max_sequence_length=64, edit=False)[0]
+    x = noise(3)
+    want = pipeline_latents[0](
+        pipe, segs, x, 6, negative_prompt_embeds=[negative[0]] * len(PROMPTS), guidance_scale=scale
+    )
+    field = ZImageField(pipe.transformer, scheduler=scheduler_config(tiny / "t2i"))
+    sigmas = field.sampling_sigmas(6, tuple(x.shape[1:]))
+    with torch.inference_mode():
+        got = euler_sample(ZImageGuidance(field, scale), x, text_cond(segs, negative), sigmas).final
+    assert (got - x).abs().max() > 0.1
+    assert (got - want).abs().max() <= 1e-6
