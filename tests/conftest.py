@@ -105,15 +105,15 @@ def distill_world() -> Iterator[PluginHost]:
 
 @pytest.fixture(scope="session")
 def quickstart_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two short runs of the quickstart world through the CLI (the second shorter, with a cosine schedule),
-    shared by the report and export tests (treat them as read-only)."""
+    """Two short runs of the quickstart world through the CLI (the first with grids at steps 2 and 4, the
+    second shorter, with a cosine schedule), shared by the report and export tests (read-only)."""
     from test_cli_run import DISTILL, invoke
 
     root = tmp_path_factory.mktemp("runs")
     graph = root / "graph.yaml"
     graph.write_text(DISTILL)
     cosine = ["--set", "run.lr_schedule=cosine", "--set", "run.steps=2"]
-    for name, extra in (("constant", []), ("cosine", cosine)):
+    for name, extra in (("constant", ["--set", "run.sample_every=2"]), ("cosine", cosine)):
         result = invoke("distill", str(graph), "--out", str(root / name), "--no-progress", *extra)
         assert result.exit_code == 0, result.output
     return root / "constant", root / "cosine"

@@ -48,19 +48,19 @@ def test_the_table_marks_units_directions_teachers_and_verdicts():
     assert [c.serves for c in table.columns] == [("t2i",), ("edit",), ()]
     labels = [row.label for row in table.rows]
     assert labels == [
-        "t2i: score (higher is better)",
-        "t2i: fd (lower is better)",
+        "t2i: score ↑",
+        "t2i: fd ↓",
         "t2i: student / t2i_teacher",
-        "edit: score (higher is better)",
-        "edit: psnr (dB, higher is better)",
+        "edit: score ↑",
+        "edit: psnr (dB) ↑",
         "edit: student / edit_teacher",
-        "combined: score (higher is better) (mean over routes)",
+        "combined: mean score ↑",
         "combined: student / route teachers",
     ]
     rows = {row.label: row.cells for row in table.rows}
     assert rows["t2i: student / t2i_teacher"] == ["", "", "0.950x pass"]
     assert rows["edit: student / edit_teacher"] == ["", "", "0.900x FAIL"]
-    assert rows["combined: score (higher is better) (mean over routes)"] == ["0.450", "0.550", "0.605"]
+    assert rows["combined: mean score ↑"] == ["0.450", "0.550", "0.605"]
     assert "0.95x the score of the route's teacher" in table.caption
     card = markdown([("run", Results(scores(0.76, 0.45), TEACHERS, 0.95))])
     assert "| route: metric | t2i_teacher (serves t2i) | edit_teacher (serves edit) | student |" in card
@@ -76,9 +76,9 @@ def test_a_comparison_shows_identical_teachers_once_and_one_student_per_run():
 
 
 def test_labels_and_numbers_have_one_format():
-    assert metric_label("psnr") == "psnr (dB, higher is better)"
-    assert metric_label("level_error") == "level_error (lower is better)"
-    assert metric_label("spread") == "spread (near 1 is better)"
+    assert metric_label("psnr") == "psnr (dB) ↑"
+    assert metric_label("level_error") == "level_error ↓"
+    assert metric_label("spread") == "spread"  # its good value is the teacher's, not a direction
     assert metric_label("mystery") == "mystery"
     assert [number(v) for v in (0.12345, 23.0, float("nan"))] == ["0.123", "23.000", "nan"]
 

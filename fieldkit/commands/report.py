@@ -16,10 +16,12 @@ import click
     help="The HTML file to write (default: RUN/report.html for one run, report.html for several).",
 )
 def report(runs: tuple[Path, ...], output: Path | None) -> None:
-    """Write one self-contained HTML page for the run folder RUN, or a comparison of several: the loss of
-    each route and the training metrics over steps, the results table, the newest sample grid of each
-    route with its row names and captions, and the graph. The page embeds its plots and images and loads
-    nothing from the network. `fieldkit distill` writes RUN/report.html at the end of every run.
+    """Write one self-contained HTML page for the run folder RUN, or a comparison of several: whether the
+    student passed (the results table) and which weights were scored, a picture of the field graph, every
+    route's loss on one axis, the training metrics that change, each route's sample grids over the steps,
+    and the graph; a comparison adds the settings that differ and puts the runs' grids side by side. The
+    page embeds its plots and images and loads nothing from the network. `fieldkit distill` writes
+    RUN/report.html at the end of every run.
 
     \b
     Examples:

@@ -18,33 +18,34 @@ DEFAULT_BAR = 0.95
 STUDENT = "student"
 COMBINED = "combined"
 
-# What a metric's value means: its unit and which direction is better ("higher", "lower", or "near 1").
+# What a metric's value means: its unit and which direction is better ("higher" or "lower"; a metric whose
+# good value depends on the teacher, such as the mixture's spread, gets no mark).
 # Metrics name their values; these are the names fieldkit and its plugins use.
 HIGHER: frozenset[str] = frozenset(
     {"score", "accuracy", "identity", "position", "count", "success", "realism", "psnr"}
 )
 LOWER: frozenset[str] = frozenset({"fd", "level_error", "error", "loss"})
-NEAR_ONE: frozenset[str] = frozenset({"spread"})
 UNITS: Mapping[str, str] = {"psnr": "dB"}
 
 
-def direction(metric: str) -> Literal["higher", "lower", "near 1", ""]:
+def direction(metric: str) -> Literal["higher", "lower", ""]:
     """Which values of ``metric`` are better ("" when fieldkit does not know the metric)."""
     if metric in HIGHER:
         return "higher"
     if metric in LOWER or metric.endswith("_error"):
         return "lower"
-    if metric in NEAR_ONE:
-        return "near 1"
     return ""
 
 
+ARROWS: Mapping[str, str] = {"higher": "↑", "lower": "↓"}
+LEGEND = "↑ higher is better, ↓ lower is better"
+
+
 def metric_label(metric: str) -> str:
-    """``psnr (dB, higher is better)``, ``fd (lower is better)``, ``name`` when nothing is known."""
-    notes = [n for n in (UNITS.get(metric, ""), direction(metric)) if n]
-    if notes and notes[-1] == direction(metric):
-        notes[-1] = f"{notes[-1]} is better"
-    return f"{metric} ({', '.join(notes)})" if notes else metric
+    """``psnr (dB) ↑``, ``fd ↓``; the bare name when fieldkit does not know the metric's direction."""
+    unit = f" ({UNITS[metric]})" if metric in UNITS else ""
+    arrow = ARROWS.get(direction(metric), "")
+    return f"{metric}{unit}{' ' + arrow if arrow else ''}"
 
 
 def number(value: float) -> str:
@@ -260,14 +261,14 @@ def layout(runs: Sequence[tuple[str, Results]]) -> Layout:
         > 1
     ):
         cells = [number(combined[c.run][c.field]) if c.field in combined[c.run] else "-" for c in columns]
-        rows.append(Row(f"{COMBINED}: {metric_label('score')} (mean over routes)", cells, COMBINED))
+        rows.append(Row(f"{COMBINED}: mean {metric_label('score')}", cells, COMBINED))
         if (cells := verdict_cells(COMBINED)) is not None:
             rows.append(Row(f"{COMBINED}: student / route teachers", cells, "verdict"))
     bars = sorted({r.bar for r in results})
     bar = " or ".join(f"{b:g}x" for b in bars)
     caption = (
         f"pass: the student's score is at least {bar} the score of the route's teacher (combined: of the "
-        "route teachers' mean, each on its own route); run.pass_ratio sets the bar"
+        f"route teachers' mean, each on its own route); run.pass_ratio sets the bar. {LEGEND}"
     )
     return Layout(columns, rows, caption)
 

@@ -1,18 +1,19 @@
 """One self-contained HTML page for a run, or a comparison of runs (``fieldkit report``).
 
-The page holds, for every run folder: the loss of each route and the training metrics over steps (inline
-SVG plots made with matplotlib), the results table (``results.json``), the newest sample grid of each route
-with its row names and captions (``samples/*.png`` and the labels written beside them), and the graph
-(``graph.json``). Images are embedded as base64 PNG, so the page needs no other file and no network.
+For every run folder the page says first whether the student passed (the results table of
+:mod:`fieldkit.eval.results`, from ``results.json``) and which weights were evaluated (the EMA or the online
+weights), then shows a picture of the field graph, every route's loss on one axis (smoothed over the faint
+raw curve), the training metrics that change, each route's sample grids over the training steps (a step
+slider; the PNG shows its row names and captions), and the graph itself. A comparison adds a table of the
+settings that differ and puts the runs' grids side by side. Images and plots are embedded, so the page needs
+no other file and no network; it reads on a phone-width screen too.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +25,11 @@ from PIL import Image
 
 from fieldkit.atomic import atomic_write
 from fieldkit.errors import FieldkitError
+from fieldkit.eval.graph_svg import graph_svg
+from fieldkit.eval.report_plots import loss_plot, training_plot
 from fieldkit.eval.results import DEFAULT_BAR, Results, column_header, layout
 
 GRID_NAME = re.compile(r"^step-(\d+)-(.+)\.png$")
-TRAINING_KEYS = ("lr", "grad_norm")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class RunFolder:
     graph: dict[str, Any]
     metrics: list[dict[str, Any]]
     results: Results
-    grids: list[Grid]
+    history: list[Grid]
 
     @property
     def routes(self) -> list[str]:
@@ -58,6 +60,24 @@ class RunFolder:
         named = list(self.graph.get("routes", {}))
         logged = [k.split("/", 1)[1] for r in self.metrics for k in r if k.startswith("loss/")]
         return list(dict.fromkeys([*named, *logged]))
+
+    @property
+    def grids(self) -> list[Grid]:
+        """The newest grid of each route, in the graph's route order."""
+        newest = {g.route: g for g in sorted(self.history, key=lambda g: g.step)}
+        return [newest[r] for r in [*self.routes, *newest] if r in newest][: len(newest)]
+
+    def grids_of(self, route: str) -> list[Grid]:
+        """Every grid of ``route``, oldest first."""
+        return sorted((g for g in self.history if g.route == route), key=lambda g: g.step)
+
+    @property
+    def evaluated_weights(self) -> str:
+        """Which weights the run evaluated, sampled and exported: its EMA or the online weights."""
+        ema = (self.graph.get("student") or {}).get("ema")
+        if ema:
+            return f"an EMA of the student's weights (decay {ema}), not the last update's weights"
+        return "the student's weights after the last update (no EMA: student.ema is off)"
 
 
 def _read_json(path: Path) -> Any:
@@ -81,17 +101,18 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _newest_grids(samples: Path) -> list[Grid]:
-    newest: dict[str, tuple[int, Path]] = {}
+def _grids(samples: Path) -> list[Grid]:
+    """Every sample grid of a run (``samples/step-STEP-ROUTE.png`` and the labels written beside it)."""
+    grids = []
     for png in sorted(samples.glob("step-*.png")) if samples.is_dir() else []:
         match = GRID_NAME.match(png.name)
-        if match and int(match[1]) >= newest.get(match[2], (-1, png))[0]:
-            newest[match[2]] = (int(match[1]), png)
-    grids = []
-    for route, (step, png) in newest.items():
+        if match is None:
+            continue
         labels = png.with_suffix(".json")
         data = _read_json(labels) if labels.is_file() else {}
-        grids.append(Grid(route, step, png, list(data.get("rows", [])), list(data.get("captions", []))))
+        grids.append(
+            Grid(match[2], int(match[1]), png, list(data.get("rows", [])), list(data.get("captions", [])))
+        )
     return grids
 
 
@@ -117,71 +138,8 @@ def read_run(folder: Path, name: str | None = None) -> RunFolder:
         graph,
         _read_metrics(folder / "metrics.jsonl"),
         results,
-        _newest_grids(folder / "samples"),
+        _grids(folder / "samples"),
     )
-
-
-def _svg(figure: Any) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]  # drop the XML prolog and doctype: the SVG is inlined in HTML
-
-
-def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [
-        (int(r["step"]), float(r[key]))
-        for r in records
-        if isinstance(r.get(key), int | float) and math.isfinite(float(r[key])) and r.get("finite", True)
-    ]
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def _route_loss(run: RunFolder, route: str) -> tuple[list[int], list[float]]:
-    """A route's loss over steps: ``loss/ROUTE``, else the loss of updates routed to it alone."""
-    steps, values = _series(run.metrics, f"loss/{route}")
-    if steps:
-        return steps, values
-    return _series([r for r in run.metrics if r.get("route") == route], "loss")
-
-
-def loss_plot(runs: Sequence[RunFolder]) -> str:
-    """Inline SVG: one panel per route, the loss over steps of every run (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    routes = list(dict.fromkeys(r for run in runs for r in run.routes))
-    keys = [*routes, *(k for k in TRAINING_KEYS if any(_series(run.metrics, k)[0] for run in runs))]
-    if not keys:
-        return "<p>No metrics were logged.</p>"
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys, strict=False):
-        is_route = key in routes
-        for run in runs:
-            steps, values = _route_loss(run, key) if is_route else _series(run.metrics, key)
-            if steps:
-                few = len(steps) < 20  # a few logged points: mark them, or a single one would not show
-                ax.plot(
-                    steps, values, label=run.name, linewidth=1.2, marker="o" if few else None, markersize=3
-                )
-        ax.set_title(f"loss: route {key}" if is_route else key)
-        ax.set_xlabel("step")
-        positive = all(v > 0 for line in ax.get_lines() for v in line.get_ydata())
-        if (is_route or key == "grad_norm") and positive and ax.get_lines():  # log needs positive values
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if len(runs) > 1:
-            ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.set_visible(False)
-    figure.tight_layout()
-    svg = _svg(figure)
-    plt.close(figure)
-    return svg
 
 
 def results_html(runs: Sequence[RunFolder]) -> str:
@@ -210,32 +168,125 @@ def results_html(runs: Sequence[RunFolder]) -> str:
     )
 
 
-def grid_html(grid: Grid) -> str:
-    """A figure: the grid as an embedded PNG, its row names and its numbered captions as text."""
+def _image(grid: Grid, hidden: bool) -> str:
+    """One grid as an embedded PNG (a small grid at twice its size, unblurred); its labels in the alt text
+    (the PNG shows them)."""
     data = base64.b64encode(grid.png.read_bytes()).decode("ascii")
-    with Image.open(grid.png) as image:  # a small grid is shown at twice its size, unblurred
+    with Image.open(grid.png) as image:
         width = image.width * (2 if image.width < 400 else 1)
-    rows = f"rows: {html.escape(' / '.join(grid.rows))}" if grid.rows else ""
-    captions = "".join(f"<li>{html.escape(c) or '(empty prompt)'}</li>" for c in grid.captions)
-    listing = f"<ol>{captions}</ol>" if captions else ""
-    alt = html.escape(f"samples of route {grid.route} at step {grid.step}")
+    alt = f"samples of route {grid.route} at step {grid.step}"
+    if grid.rows:
+        alt += f"; rows: {' / '.join(grid.rows)}"
+    if grid.captions:
+        alt += "; columns: " + ", ".join(
+            f"{i} {c or '(empty prompt)'}" for i, c in enumerate(grid.captions, 1)
+        )
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}" width="{width}">'
-        f"<figcaption><b>route {html.escape(grid.route)}</b>, step {grid.step}. {rows}{listing}"
-        "</figcaption></figure>"
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" width="{width}" '
+        f'data-step="{grid.step}"{" hidden" if hidden else ""}>'
+    )
+
+
+def grids_html(grids: Sequence[Grid], title: str) -> str:
+    """A figure of one route's grids over the training steps: the newest shown, a slider for the others."""
+    if not grids:
+        return f'<figure class="steps"><figcaption>{html.escape(title)}: no grid</figcaption></figure>'
+    images = "".join(_image(g, i != len(grids) - 1) for i, g in enumerate(grids))
+    slider = (
+        f'<input type="range" min="0" max="{len(grids) - 1}" value="{len(grids) - 1}" '
+        f'aria-label="training step of {html.escape(title)}">'
+        if len(grids) > 1
+        else ""
+    )
+    steps = ", ".join(str(g.step) for g in grids)
+    return (
+        f'<figure class="steps"><figcaption><b>{html.escape(title)}</b>, <span class="step">step '
+        f"{grids[-1].step}</span> (grids at steps {steps}) {slider}</figcaption>{images}</figure>"
+    )
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """``{"run.lr": "0.001", ...}``: a nested mapping as dotted keys and YAML-ish leaf values."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: json.dumps(value)}
+
+
+def settings_diff(runs: Sequence[RunFolder]) -> str:
+    """A table of the graph settings whose values differ between the runs (``-``: not set in that run)."""
+    flat = [_flatten(run.graph) for run in runs]
+    keys = [k for k in dict.fromkeys(k for f in flat for k in f) if len({f.get(k) for f in flat}) > 1]
+    if not keys:
+        return "<p>The runs' graphs are identical.</p>"
+    head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
+    body = "".join(
+        f"<tr><td>{html.escape(k)}</td>"
+        + "".join(f"<td>{html.escape(f.get(k, '-'))}</td>" for f in flat)
+        + "</tr>"
+        for k in keys
+    )
+    head = f"<thead><tr><th>setting</th>{head}</tr></thead>"
+    return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
+
+
+def _summary(run: RunFolder) -> str:
+    """One line per run: how far it trained, whether the student passed, which weights were evaluated."""
+    steps = run.metrics[-1].get("step") if run.metrics else 0
+    planned = (run.graph.get("run") or {}).get("steps")
+    verdicts = run.results.verdicts
+    failed = [v.route for v in verdicts if not v.passed]
+    if not verdicts:
+        verdict = "no verdict (no route compares the student with a teacher's score)"
+    elif failed:
+        verdict = f'<span class="fail">FAIL</span> on {html.escape(", ".join(failed))}'
+    else:
+        verdict = '<span class="pass">pass</span> on every route'
+    bar = f" at {run.results.bar:g}x the route teacher" if verdicts else ""
+    return (
+        f"<li><b>{html.escape(run.name)}</b>: step {steps} of {planned}; the student: {verdict}{bar}. "
+        f"Evaluated, sampled and exported: {html.escape(run.evaluated_weights)}.</li>"
     )
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }
+* { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; margin: 0 auto; padding: 1em; max-width: 1200px; color: #222;
+       line-height: 1.4; }
+h1 { font-size: 1.4em; overflow-wrap: anywhere; }
+h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: .9em; }
-td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+td, th { border: 1px solid #ccc; padding: .25em .5em; text-align: right; vertical-align: top; }
 td:first-child, th:first-child { text-align: left; }
-figure { margin: 1em 0; } figure img { image-rendering: pixelated; max-width: 100%; }
-figcaption { font-size: .9em; } figcaption ol { margin: .3em 0; columns: 2; }
-pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .8em; }
+tr.verdict td, tr.combined td { font-weight: 600; }
+.pass { color: #137333; } .fail { color: #c5221f; font-weight: 700; }
+.caption { font-size: .85em; color: #555; }
+figure { margin: 1em 0; max-width: 100%; }
+figure img { image-rendering: pixelated; max-width: 100%; height: auto; display: block; }
+figure img[hidden] { display: none; }
+figcaption { font-size: .9em; margin-bottom: .3em; }
+figcaption input { vertical-align: middle; width: 12em; max-width: 100%; }
+.side { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; margin: 1em 0; }
+.side figure { flex: 1 1 300px; margin: 0; }
 .plot svg { max-width: 100%; height: auto; }
+svg.graph { font-family: system-ui, sans-serif; font-size: 12px; }
+svg.graph .head { font-weight: 600; fill: #555; } svg.graph .detail { fill: #555; font-size: 10px; }
+pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .8em; }
+"""
+
+SCRIPT = """
+document.querySelectorAll("figure.steps").forEach(function (box) {
+  var input = box.querySelector("input"), images = box.querySelectorAll("img");
+  var label = box.querySelector(".step");
+  if (!input) return;
+  input.addEventListener("input", function () {
+    images.forEach(function (img, i) { img.hidden = i !== Number(input.value); });
+    label.textContent = "step " + images[Number(input.value)].dataset.step;
+  });
+});
 """
 
 
@@ -247,29 +298,43 @@ def report_html(runs: Sequence[RunFolder]) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>fieldkit report: {html.escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>fieldkit report: {html.escape(title)}</h1>",
-        "<ul>"
-        + "".join(
-            f"<li><b>{html.escape(r.name)}</b>: {len(r.metrics)} records in metrics.jsonl"
-            f"{', last step ' + str(r.metrics[-1].get('step')) if r.metrics else ''}</li>"
-            for r in runs
-        )
-        + "</ul>",
-        "<h2>Loss per route and training metrics</h2>",
-        f'<div class="plot">{loss_plot(runs)}</div>',
+        "<ul>" + "".join(_summary(run) for run in runs) + "</ul>",
         "<h2>Results</h2>",
         results_html(runs),
     ]
-    for run in runs:
-        parts.append(f"<h2>Samples: {html.escape(run.name)}</h2>")
-        parts.extend(grid_html(g) for g in run.grids) if run.grids else parts.append(
-            "<p>No sample grids.</p>"
-        )
+    if len(runs) > 1:
+        parts += ["<h2>Settings that differ</h2>", settings_diff(runs)]
+    parts.append("<h2>Field graph</h2>")
+    pictures = dict.fromkeys(graph_svg(run.graph) for run in runs)
+    parts += [f'<div class="scroll">{picture}</div>' for picture in pictures]
+    parts += [
+        "<h2>Loss per route</h2>",
+        f'<div class="plot">{loss_plot([(run.name, run.metrics, run.routes) for run in runs])}</div>',
+    ]
+    panels, notes = training_plot([(run.name, run.metrics) for run in runs])
+    if panels or notes:
+        parts.append("<h2>Training metrics</h2>")
+        parts += [f'<div class="plot">{panels}</div>'] if panels else []
+        parts += [f"<p>{html.escape('; '.join(notes))}.</p>"] if notes else []
+    parts.append("<h2>Samples</h2>")
+    routes = list(dict.fromkeys(r for run in runs for r in run.routes if run.grids_of(r)))
+    if not routes:
+        parts.append("<p>No sample grids.</p>")
+    for route in routes:
+        if len(runs) == 1:
+            parts.append(grids_html(runs[0].grids_of(route), f"route {route}"))
+        else:
+            figures = "".join(grids_html(run.grids_of(route), f"{run.name}: route {route}") for run in runs)
+            parts.append(f'<div class="side">{figures}</div>')
     for run in runs:
         graph = html.escape(yaml.safe_dump(run.graph, sort_keys=False, default_flow_style=None, width=100))
-        parts.append(f"<h2>Graph: {html.escape(run.name)}</h2><pre>{graph}</pre>")
-    parts.append("</body></html>")
+        parts.append(
+            f"<details><summary>Graph of {html.escape(run.name)} (YAML)</summary><pre>{graph}</pre></details>"
+        )
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts)
 
 

@@ -1,0 +1,140 @@
+"""The report's plots (inline SVG made with matplotlib): every route's loss on one axis, smoothed, with the
+raw curve faint behind it; and the training metrics that change (a constant learning rate gets a sentence,
+not a panel)."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+TRAINING_KEYS = ("lr", "grad_norm")
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of ``key`` over the finite records that hold a finite number for it."""
+    points = [
+        (int(r["step"]), float(r[key]))
+        for r in records
+        if isinstance(r.get(key), int | float) and math.isfinite(float(r[key])) and r.get("finite", True)
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def route_loss(records: Sequence[dict[str, Any]], route: str) -> tuple[list[int], list[float]]:
+    """A route's loss over steps: ``loss/ROUTE``, else the loss of updates routed to it alone."""
+    steps, values = series(records, f"loss/{route}")
+    if steps:
+        return steps, values
+    return series([r for r in records if r.get("route") == route], "loss")
+
+
+def smooth(values: Sequence[float], span: int) -> list[float]:
+    """Exponential moving average, bias-corrected: ``m_t = a x_t + (1 - a) m_{t-1}``, ``a = 2 / (span + 1)``,
+    shown as ``m_t / (1 - (1 - a)^t)`` so the first points are not pulled toward 0."""
+    a, m, out = 2.0 / (span + 1), 0.0, []
+    for t, x in enumerate(values, 1):
+        m = a * x + (1 - a) * m
+        out.append(m / (1 - (1 - a) ** t))
+    return out
+
+
+def _svg(figure: Any) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prolog and doctype: the SVG is inlined in HTML
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_plot(runs: Sequence[tuple[str, Sequence[dict[str, Any]], Sequence[str]]]) -> str:
+    """Inline SVG: the loss of every route of every ``(run name, metrics records, routes)`` on one log axis;
+    a colour per route, a line style per run; the smoothed curve over the faint raw one."""
+    plt = _pyplot()
+    routes = list(dict.fromkeys(route for _, _, rs in runs for route in rs))
+    curves = [(name, route, *route_loss(records, route)) for name, records, rs in runs for route in rs]
+    curves = [c for c in curves if c[2]]
+    if not curves:
+        return "<p>No loss was logged.</p>"
+    figure, ax = plt.subplots(figsize=(7.5, 3.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(dict.fromkeys(name for name, *_ in curves))
+    for name, route, steps, values in curves:
+        colour = colours[routes.index(route) % len(colours)]
+        style = LINE_STYLES[names.index(name) % len(LINE_STYLES)]
+        label = f"{name}: {route}" if len(names) > 1 else route
+        few = len(steps) < 20  # a few logged points: mark them, or a single one would not show
+        ax.plot(steps, values, color=colour, linestyle=style, linewidth=0.8, alpha=0.25)
+        ax.plot(
+            steps,
+            smooth(values, max(1, len(values) // 15)),
+            color=colour,
+            linestyle=style,
+            linewidth=1.8,
+            label=label,
+            marker="o" if few else None,
+            markersize=3,
+        )
+    if all(v > 0 for *_, values in curves for v in values):  # log needs positive values
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(4, len(curves)))
+    figure.tight_layout()
+    svg = _svg(figure)
+    plt.close(figure)
+    return svg
+
+
+def constant(values: Sequence[float]) -> bool:
+    """Whether every value equals the first (to float precision)."""
+    return all(math.isclose(v, values[0], rel_tol=1e-9, abs_tol=0.0) for v in values)
+
+
+def training_plot(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> tuple[str, list[str]]:
+    """Inline SVG panels of the training metrics that change over the run, and one sentence per metric that
+    stayed constant (``lr 0.001 throughout``)."""
+    panels: list[str] = []
+    notes: list[str] = []
+    for key in TRAINING_KEYS:
+        lines = [(name, *series(records, key)) for name, records in runs]
+        lines = [line for line in lines if line[1]]
+        if not lines:
+            continue
+        if all(constant(values) for _, _, values in lines):
+            values = sorted({values[0] for _, _, values in lines})
+            notes.append(f"{key} {' / '.join(f'{v:g}' for v in values)} throughout")
+            continue
+        panels.append(key)
+    if not panels:
+        return "", notes
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 2.8), squeeze=False)
+    for ax, key in zip(axes.flat, panels, strict=True):
+        for index, (name, records) in enumerate(runs):
+            steps, values = series(records, key)
+            if steps:
+                style = LINE_STYLES[index % len(LINE_STYLES)]
+                ax.plot(steps, values, linestyle=style, linewidth=1.2, label=name)
+        if key == "grad_norm" and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+            ax.set_yscale("log")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend(fontsize=8)
+    figure.tight_layout()
+    svg = _svg(figure)
+    plt.close(figure)
+    return svg, notes
