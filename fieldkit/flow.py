@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fieldkit.capabilities import HasSamplingSigmas
 from fieldkit.cond import Cond
@@ -31,20 +31,30 @@ def sigma_schedule(steps: int, shift: float = 1.0, *, dtype: torch.dtype = torch
     return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).to(dtype)
 
 
+def own_sigmas(field: object, steps: int, shape: tuple[int, ...]) -> Tensor | None:
+    """The ``steps + 1`` sigmas ``field``'s own pipeline samples latents of ``shape`` with: its
+    ``sampling_sigmas``, or, for an operator (guidance over a teacher, say), those of the first field it is
+    built from that has them (depth first); ``None`` when none has."""
+    for part in field.modules() if isinstance(field, nn.Module) else [field]:
+        if isinstance(part, HasSamplingSigmas):
+            sigmas = part.sampling_sigmas(steps, shape)
+            if isinstance(sigmas, Tensor):
+                return sigmas
+    return None
+
+
 def rollout_sigmas(schedule: str, steps: int, shift: float, field: object, shape: tuple[int, ...]) -> Tensor:
     """The ``steps + 1`` sigmas a rollout steps through.
 
     ``shift``: :func:`sigma_schedule` (an even grid, shifted). ``model``: the sigmas ``field``'s own pipeline
-    samples latents of ``shape`` with at inference, ``field.sampling_sigmas(steps, shape)`` (its scheduler's
-    shift or dynamic shifting); an error when the field has none. ``auto``: ``model`` when the field has
-    them, else ``shift``.
+    samples latents of ``shape`` with at inference, :func:`own_sigmas` (its scheduler's shift or dynamic
+    shifting; an operator's from the fields it is built from); an error when the field has none.
+    ``auto``: ``model`` when the field has them, else ``shift``.
     """
     if schedule not in ("auto", "model", "shift"):
         raise ValueError(f"unknown schedule {schedule!r}; use auto, model or shift")
-    sigmas = None
-    if schedule != "shift" and isinstance(field, HasSamplingSigmas):
-        sigmas = field.sampling_sigmas(steps, shape)
-    if isinstance(sigmas, Tensor):
+    sigmas = None if schedule == "shift" else own_sigmas(field, steps, shape)
+    if sigmas is not None:
         return sigmas.to(torch.float32)
     if schedule == "model":
         raise FieldkitError(

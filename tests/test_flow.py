@@ -351,3 +351,31 @@ def test_rollout_sigmas_take_the_models_own_schedule_unless_asked_for_the_shift_
         torch.testing.assert_close(rollout_sigmas("auto", 3, 3.0, plain, (1,)), sigma_schedule(3, 3.0))
         with pytest.raises(FieldkitError, match=r"flow\.schedule is 'model'"):
             rollout_sigmas("model", 3, 3.0, plain, (1,))
+
+
+def test_an_operators_schedule_is_the_one_of_the_field_it_is_built_from() -> None:
+    """Guidance over a teacher with a scheduler samples on the teacher's sigmas (it fell back to the even
+    grid: operators have no scheduler of their own)."""
+    from fieldkit.commands.sources import sampling_sigmas
+    from fieldkit.field import ModuleField
+    from fieldkit.flow import rollout_sigmas
+    from fieldkit.graph import loads_graph
+    from fieldkit.ops.guidance import Guidance
+
+    own = torch.tensor([1.0, 0.95, 0.6, 0.0])
+
+    class Teacher(ModuleField):
+        def forward(self, x, sigma, cond):
+            return x
+
+        def sampling_sigmas(self, steps, shape):
+            return own
+
+    guided = Guidance(Teacher(), 3.0)
+    assert torch.equal(rollout_sigmas("auto", 3, 3.0, guided, (1, 4, 4)), own)
+    graph = loads_graph(
+        "fields: {a: {type: gaussian_mixture, classes: 2, shape: [1, 4, 4]}}\nflow: {steps: 3, shift: 3.0}"
+    )
+    plain = {"plain": Guidance(wiggly, 1.0)}  # a compared field without a scheduler comes first
+    assert torch.equal(sampling_sigmas(graph, plain, (1, 4, 4), route_field=guided), own)
+    assert torch.equal(sampling_sigmas(graph, {**plain, "guided": guided}, (1, 4, 4)), own)

@@ -45,7 +45,7 @@ def evaluate(
     names = list(dict.fromkeys(field_names or default))
     fields = collect_fields(graph, ctx, names, checkpoints)
     first = next(route for route in routes if route.metrics)
-    sigmas = sampling_sigmas(graph, fields, tuple(first.data.shape))
+    sigmas = sampling_sigmas(graph, fields, tuple(first.data.shape), first.field)
     scores = score(fields, routes, sigmas, samples, seed, ctx.device)
     results = Results(scores, route_teachers(graph.spec.routes), graph.spec.run.pass_ratio)
     if as_json:

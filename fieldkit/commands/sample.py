@@ -59,7 +59,7 @@ def sample(
     if not fields:
         raise FieldkitError("nothing to sample", hint="give --field NAME or --checkpoint DIR")
     batch = evaluation_bucket(chosen.data).sample(samples, torch.Generator().manual_seed(seed))
-    sigmas = sampling_sigmas(graph, fields, tuple(chosen.data.shape))
+    sigmas = sampling_sigmas(graph, fields, tuple(chosen.data.shape), chosen.field)
     rows = [
         generate(
             f,

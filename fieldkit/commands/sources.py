@@ -37,14 +37,22 @@ def collect_fields(
     return fields
 
 
-def sampling_sigmas(graph: Graph, fields: dict[str, VelocityField], shape: tuple[int, ...]) -> torch.Tensor:
+def sampling_sigmas(
+    graph: Graph,
+    fields: dict[str, VelocityField],
+    shape: tuple[int, ...],
+    route_field: VelocityField | None = None,
+) -> torch.Tensor:
     """The sigmas every compared field samples with: the graph's ``flow.schedule`` (as training rolls out),
-    read from the first field's own scheduler where the schedule asks for it (the fields compared share one
-    grid, so that they differ only in their velocities)."""
-    from fieldkit.flow import rollout_sigmas
+    read where the schedule asks for it from the route's own field (an operator's: from the fields it is built
+    from), else from the first compared field that has a scheduler (the fields compared share one grid, so
+    that they differ only in their velocities)."""
+    from fieldkit.flow import own_sigmas, rollout_sigmas
 
     flow = graph.spec.flow
-    return rollout_sigmas(flow.schedule, flow.steps, flow.shift, next(iter(fields.values())), shape)
+    candidates = [f for f in (route_field, *fields.values()) if f is not None]
+    source = next((f for f in candidates if own_sigmas(f, flow.steps, shape) is not None), candidates[0])
+    return rollout_sigmas(flow.schedule, flow.steps, flow.shift, source, shape)
 
 
 def default_device() -> torch.device:
