@@ -16,8 +16,9 @@ from test_cli_run import DISTILL, invoke
 from fieldkit import loads_graph
 from fieldkit.distill.engine import Engine
 from fieldkit.distill.interval import IntervalMeans
-from fieldkit.distill.trackers import flat_hparams
+from fieldkit.distill.trackers import Where, flat_hparams, installed, where
 from fieldkit.errors import FieldkitError
+from fieldkit.graph.schema import TRACKERS, TrackerSpec
 
 TWO_ROUTES = """
 fields:
@@ -83,8 +84,38 @@ def test_a_missing_tracker_package_is_one_clear_error(distill_world, tmp_path, m
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None if name == "wandb" else object())
     graph = loads_graph(textwrap.dedent(TWO_ROUTES), ["run.report_to=[wandb]"])
-    with pytest.raises(FieldkitError, match=r"pip install 'fieldkit\[trackers\]'"):
+    with pytest.raises(FieldkitError, match=r"hint: pip install wandb"):
         Engine(graph, out=tmp_path / "run", show_progress=False).run()
+
+
+def test_the_run_is_filed_by_run_tracker_then_the_environment_then_the_defaults(tmp_path, monkeypatch):
+    run = tmp_path / "digits-1"
+    for var in ("WANDB_PROJECT", "WANDB_NAME", "WANDB_TAGS", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert where("wandb", TrackerSpec(), run) == Where("fieldkit", "digits-1", (), run / "trackers")
+    monkeypatch.setenv("WANDB_PROJECT", "env-project")
+    monkeypatch.setenv("WANDB_TAGS", "x, y")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "w"))
+    assert where("wandb", TrackerSpec(), run) == Where("env-project", "digits-1", ("x", "y"), tmp_path / "w")
+    spec = TrackerSpec(project="p", name="n", tags=["t"], dir="d")
+    assert where("wandb", spec, run) == Where("p", "n", ("t",), Path("d"))
+    # tensorboard reads no environment variable
+    assert where("tensorboard", TrackerSpec(), run).project == "fieldkit"
+
+
+def test_report_to_takes_a_name_a_list_or_all(distill_world, monkeypatch):
+    one = loads_graph(textwrap.dedent(TWO_ROUTES), ["run.report_to=tensorboard"])
+    assert one.spec.run.report_to == ["tensorboard"]
+    assert set(TRACKERS) == set(__import__("accelerate.tracking").tracking.LOGGER_TYPE_TO_CLASS)
+    available = {"tensorboard", "wandb"}
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name in available else None)
+    assert installed(["all"]) == ["tensorboard", "wandb"]
+    assert installed(["wandb", "all"]) == ["wandb", "tensorboard"]
+    with pytest.raises(FieldkitError, match="'mlflow' but the mlflow package is not installed"):
+        installed(["mlflow"])
+    available.clear()
+    with pytest.raises(FieldkitError, match="'all' but no tracker package is installed"):
+        installed(["all"])
 
 
 def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path, monkeypatch):
@@ -95,6 +126,8 @@ def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")  # applies: run.tracker.project is unset
+    monkeypatch.setenv("WANDB_NAME", "overridden")  # does not: run.tracker.name is set
     graph = tmp_path / "graph.yaml"
     graph.write_text(DISTILL)
     out = tmp_path / "run"
@@ -106,12 +139,16 @@ def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path
         "--set",
         "run.sample_every=2",
     ]
+    extra += ["--set", "run.tracker={name: my-run, tags: [a, b]}"]
     result = invoke("distill", str(graph), "--out", str(out), "--no-progress", *extra)
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     results = json.loads((out / "results.json").read_text())
+    board = out / "trackers" / "fieldkit" / "my-run"  # RUN/trackers/PROJECT/NAME
+    assert f"tracker tensorboard: {board} (view: tensorboard --logdir {out / 'trackers'})" in result.stderr
+    assert "tracker wandb: project from-env, run my-run: " in result.stderr
 
-    events = EventAccumulator(str(out / "trackers" / "graph"), size_guidance={"scalars": 0, "images": 0})
+    events = EventAccumulator(str(board), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     losses = events.Scalars("loss/t2i")
     assert [e.step for e in losses] == [r["step"] for r in lines] == [2, 4]
@@ -122,7 +159,7 @@ def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path
     student = next(r for r in results["rows"] if r["field"] == "student")
     accuracy = events.Scalars("eval/t2i/student/accuracy")
     assert [e.value for e in accuracy] == pytest.approx([student["accuracy"]], rel=1e-6)
-    hparams = next((out / "trackers" / "graph").rglob("hparams.yml")).read_text()
+    hparams = next(board.rglob("hparams.yml")).read_text()
     assert "run.lr: 0.001" in hparams and "run.log_every: 2" in hparams
 
     import wandb
@@ -130,6 +167,8 @@ def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path
     wandb.teardown()  # stop wandb's service process: everything it was sent is in the run file now
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     records = wandb_records(run_file)
+    [run] = [r.run for r in records if r.HasField("run")]
+    assert (run.project, run.display_name, list(run.tags)) == ("from-env", "my-run", ["a", "b"])
     config = {
         u.key: json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update
     }

@@ -1,30 +1,137 @@
-"""Experiment trackers through accelerate's tracker API, chosen by ``run.report_to: [tensorboard, wandb]``.
+"""Experiment trackers through accelerate's tracker API, chosen by ``run.report_to`` (a name, a list, or
+``all``: every tracker accelerate supports whose package is installed).
 
 What they get (main process only): the graph as hyperparameters (flattened to ``run.lr``-style keys), the
 means of every ``run.log_every`` updates (the same records as ``metrics.jsonl``), each sample grid as an
-image (``samples/ROUTE``), and the end-of-run metrics (``eval/ROUTE/FIELD/METRIC``). tensorboard writes to
-``RUN/trackers/``; wandb follows its own settings (``WANDB_MODE=offline``, ``WANDB_DIR``, ...).
+image (``samples/ROUTE``), and the end-of-run metrics (``eval/ROUTE/FIELD/METRIC``). Where the run is filed
+comes from ``run.tracker`` (project, name, tags, dir), else the tracker's own environment variables
+(``WANDB_PROJECT``, ``WANDB_NAME``, ``WANDB_TAGS``, ``WANDB_DIR``, ``CLEARML_PROJECT``, ...), else project
+``fieldkit``, the run folder's name and ``RUN/trackers``. Where each tracker writes is printed at the start.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
 
 from fieldkit.distill.callbacks import Callback, StepReport, _every, log_now
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.errors import FieldkitError
-from fieldkit.eval.report import Score
+from fieldkit.eval.results import Score
+from fieldkit.graph.schema import TRACKERS, TrackerSpec
 
 if TYPE_CHECKING:
     from accelerate.tracking import GeneralTracker
 
     from fieldkit.distill.engine import Engine
 
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+#: The package each tracker needs (``run.report_to: all`` takes those installed).
+PACKAGES = {name: name for name in TRACKERS}
+#: The environment variables a tracker reads for the project, the run's name, its tags and its folder: they
+#: apply where ``run.tracker`` leaves a value unset (accelerate passes the project itself, so fieldkit reads
+#: them and passes them on).
+ENVIRONMENT: dict[str, dict[str, str]] = {
+    "wandb": {"project": "WANDB_PROJECT", "name": "WANDB_NAME", "tags": "WANDB_TAGS", "dir": "WANDB_DIR"},
+    "mlflow": {"project": "MLFLOW_EXPERIMENT_NAME"},
+    "comet_ml": {"project": "COMET_PROJECT_NAME"},
+    "clearml": {"project": "CLEARML_PROJECT", "name": "CLEARML_TASK"},
+    "swanlab": {"project": "SWANLAB_PROJECT"},
+}
+DEFAULT_PROJECT = "fieldkit"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where one tracker files the run: its project, the run's name and tags, and its local folder."""
+
+    project: str
+    name: str
+    tags: tuple[str, ...]
+    dir: Path
+
+
+def where(tracker: str, spec: TrackerSpec, run_folder: Path) -> Where:
+    """``run.tracker``'s values, else the tracker's environment variables, else the defaults."""
+    env = {key: os.environ.get(var) or None for key, var in ENVIRONMENT.get(tracker, {}).items()}
+    tags = spec.tags or [t.strip() for t in (env.get("tags") or "").split(",") if t.strip()]
+    return Where(
+        spec.project or env.get("project") or DEFAULT_PROJECT,
+        spec.name or env.get("name") or run_folder.name,
+        tuple(tags),
+        Path(spec.dir or env.get("dir") or run_folder / "trackers"),
+    )
+
+
+def _tracker(name: str, at: Where) -> GeneralTracker:
+    """accelerate's tracker ``name``, given what it supports of ``at`` (its constructor's arguments)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    cls: Any = LOGGER_TYPE_TO_CLASS[name]
+    tags = list(at.tags) or None
+    if name != "tensorboard":
+        at.dir.mkdir(parents=True, exist_ok=True)
+    made: GeneralTracker
+    match name:
+        case "tensorboard":  # the run's folder: DIR/PROJECT/NAME
+            made = cls(at.name, at.dir / at.project)
+        case "wandb":
+            made = cls(at.project, name=at.name, tags=tags, dir=str(at.dir))
+        case "mlflow":
+            tag_map = {t: "true" for t in at.tags} or None
+            made = cls(experiment_name=at.project, logging_dir=str(at.dir), run_name=at.name, tags=tag_map)
+        case "aim":
+            made = cls(at.name, str(at.dir), experiment=at.project)
+        case "clearml":
+            made = cls(at.project, project_name=at.project, task_name=at.name, tags=tags)
+        case "dvclive":
+            made = cls(None, dir=str(at.dir))
+        case "swanlab":
+            made = cls(at.project, experiment_name=at.name, logdir=str(at.dir))
+        case "trackio":
+            made = cls(at.project, name=at.name)
+        case _:  # comet_ml: the project only
+            made = cls(at.project)
+    return made
+
+
+def location(name: str, tracker: GeneralTracker, at: Where) -> str:
+    """One line that says where a started tracker writes (and how to look at it)."""
+    if name == "tensorboard":
+        return f"tensorboard: {getattr(tracker, 'logging_dir', at.dir)} (view: tensorboard --logdir {at.dir})"
+    run = getattr(tracker, "run", None)
+    url = getattr(run, "url", None) if run is not None else None
+    folder = getattr(run, "dir", None) if run is not None else None
+    place = url or folder or at.dir
+    return f"{name}: project {at.project}, run {at.name}: {place}"
+
+
+def installed(names: list[str]) -> list[str]:
+    """``names`` with ``all`` replaced by every tracker whose package is installed; a named tracker whose
+    package is missing is one clear error."""
+    import importlib.util
+
+    if "all" in names:
+        found = [n for n in TRACKERS if importlib.util.find_spec(PACKAGES[n]) is not None]
+        if not found:
+            raise FieldkitError(
+                "run.report_to is 'all' but no tracker package is installed",
+                hint="pip install 'fieldkit[trackers]' (tensorboard and wandb), or remove run.report_to",
+            )
+        names = list(dict.fromkeys([*(n for n in names if n != "all"), *found]))
+    for name in names:
+        if importlib.util.find_spec(PACKAGES[name]) is None:
+            raise FieldkitError(
+                f"run.report_to has {name!r} but the {PACKAGES[name]} package is not installed",
+                hint=f"pip install {PACKAGES[name]} ('fieldkit[trackers]' has tensorboard and wandb), or "
+                "remove it from run.report_to",
+            )
+    return names
 
 
 def flat_hparams(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -39,24 +146,16 @@ def flat_hparams(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: str(value)}
 
 
-def make_trackers(names: list[str], run_name: str, logging_dir: Path) -> list[GeneralTracker]:
-    """Start accelerate's trackers of ``names`` (as ``Accelerator.init_trackers`` does)."""
-    import importlib.util
-
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-
-    trackers = []
-    for name in names:
-        if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise FieldkitError(
-                f"run.report_to has {name!r} but the {PACKAGES[name]} package is not installed",
-                hint="pip install 'fieldkit[trackers]', or remove it from run.report_to",
-            )
-        cls = LOGGER_TYPE_TO_CLASS[name]
-        tracker = cls(run_name, logging_dir) if cls.requires_logging_directory else cls(run_name)
+def make_trackers(names: list[str], spec: TrackerSpec, run_folder: Path) -> list[tuple[GeneralTracker, str]]:
+    """Start the trackers of ``names`` (``run.report_to``) filed as ``spec`` says; with each, the line that
+    says where it writes."""
+    started = []
+    for name in installed(names):
+        at = where(name, spec, run_folder)
+        tracker = _tracker(name, at)
         tracker.start()
-        trackers.append(tracker)
-    return trackers
+        started.append((tracker, location(name, tracker, at)))
+    return started
 
 
 class Trackers(Callback):
@@ -71,7 +170,11 @@ class Trackers(Callback):
         names = engine.run_spec.report_to
         if not names or not engine.accelerator.is_main_process or engine.out is None:
             return
-        self.trackers = make_trackers(list(names), engine.graph.name, engine.out / "trackers")
+        started = make_trackers(list(names), engine.run_spec.tracker, engine.out)
+        self.trackers = [tracker for tracker, _ in started]
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            "\n".join(f"tracker {line}" for _, line in started), markup=False
+        )
         hparams = flat_hparams(engine.graph.spec.model_dump(mode="json"))
         for tracker in self.trackers:
             tracker.store_init_configuration(hparams)

@@ -7,7 +7,7 @@ student is trained: router, method, student, flow schedule and run settings.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -125,6 +125,34 @@ class FsdpSpec(Strict):
     )
 
 
+#: ``run.report_to``: the trackers accelerate supports (its ``LOGGER_TYPE_TO_CLASS``), or all installed ones.
+TrackerName = Literal[
+    "all", "tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio"
+]
+TRACKERS: tuple[str, ...] = get_args(TrackerName)[1:]
+
+
+class TrackerSpec(Strict):
+    """Where the trackers of ``run.report_to`` file the run (each tracker takes what it supports)."""
+
+    project: str | None = Field(
+        None,
+        min_length=1,
+        description="the project (wandb, trackio, swanlab, comet_ml, clearml; mlflow's experiment; a folder "
+        "for tensorboard); default: the tracker's environment variable (WANDB_PROJECT, ...), else fieldkit",
+    )
+    name: str | None = Field(
+        None, min_length=1, description="the run's name in its project; default: the run folder's name"
+    )
+    tags: list[str] = Field(default_factory=list, description="tags of the run (wandb, mlflow, clearml, aim)")
+    dir: str | None = Field(
+        None,
+        min_length=1,
+        description="where local tracker files go, relative to the working directory; default: RUN/trackers "
+        "(wandb: WANDB_DIR when set)",
+    )
+
+
 class RunSpec(Strict):
     """Optimisation and bookkeeping of a run."""
 
@@ -160,10 +188,14 @@ class RunSpec(Strict):
     )
     fsdp: FsdpSpec = Field(default_factory=FsdpSpec, description="FSDP settings (run.parallel: fsdp)")
     log_every: int = Field(10, ge=1)
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+    report_to: list[TrackerName] = Field(
         default_factory=list,
-        description="trackers (accelerate's) that get the interval means, sample grids, eval metrics and "
-        "the graph as hyperparameters; pip install 'fieldkit[trackers]'",
+        description="trackers (accelerate's: a name or a list; all: every one installed) that get the "
+        "interval means, sample grids, eval metrics and the graph as hyperparameters; pip install "
+        "'fieldkit[trackers]' for tensorboard and wandb",
+    )
+    tracker: TrackerSpec = Field(
+        default_factory=TrackerSpec, description="project, name, tags and folder of the trackers' run"
     )
     sample_every: int | None = Field(None, ge=1)
     eval_samples: int = Field(
@@ -192,6 +224,11 @@ class RunSpec(Strict):
                 "before it is sharded); set compile: off"
             )
         return self
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("out")
     @classmethod
