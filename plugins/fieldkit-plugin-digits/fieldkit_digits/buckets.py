@@ -18,8 +18,9 @@ states shaped ``(1, 8, 16)`` and the same Cond keys:
 ``split: train`` draws train digits, ``split: heldout`` held-out digits (sources of edits, real canvases).
 ``phrasing`` picks the prompt phrasings: ``train`` (eight per kind, what teachers and students learn), or
 ``heldout`` (two per kind that nothing trains on). :meth:`evaluation` returns what metrics and sample grids
-read: held-out digits, no prompt dropout and the ``eval_phrasing`` phrasings (by default the held-out ones;
-``eval_phrasing: train`` probes the train phrasings instead).
+read: held-out digits (``eval_split``: all of them, or their ``validation`` or ``test`` half), no prompt
+dropout and the ``eval_phrasing`` phrasings (by default the held-out ones; ``eval_phrasing: train`` probes
+the train phrasings instead).
 ``drop`` replaces the prompt by the empty one with that probability (teacher training, for CFG).
 ``targets`` (default: off) restricts what the bucket's *targets* hold, for data-limited baselines:
 ``limit: N`` draws every batch from one fixed set of N (condition, target) pairs, ``noise: s`` adds Gaussian
@@ -60,9 +61,14 @@ class DigitsBucket:
         self._pairs: Batch | None = None
 
     def evaluation(self) -> DigitsBucket:
-        """The bucket metrics and sample grids read: held-out digits, the ``eval_phrasing`` phrasings
-        (held-out by default), no prompt dropout."""
-        update = {"split": "heldout", "phrasing": self.params.eval_phrasing, "drop": 0.0, "targets": None}
+        """The bucket metrics and sample grids read: the ``eval_split`` held-out digits, the
+        ``eval_phrasing`` phrasings (held-out by default), no prompt dropout."""
+        update = {
+            "split": self.params.eval_split,
+            "phrasing": self.params.eval_phrasing,
+            "drop": 0.0,
+            "targets": None,
+        }
         return type(self)(self.params.model_copy(update=update))
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:

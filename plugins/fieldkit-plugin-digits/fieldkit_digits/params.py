@@ -20,12 +20,19 @@ class TargetParams(Params):
 class BucketParams(Params):
     """Settings shared by the digits buckets."""
 
-    split: Literal["train", "heldout"] = Field("train", description="which digits to draw")
+    split: Literal["train", "heldout", "validation", "test"] = Field(
+        "train", description="which digits to draw (validation and test halve the held-out ones)"
+    )
     phrasing: Literal["train", "heldout"] = Field(
         "train", description="which phrasings of the prompts to sample (heldout: those nothing trains on)"
     )
     eval_phrasing: Literal["train", "heldout"] = Field(
         "heldout", description="which phrasings the evaluation twin (metrics, sample grids) reads"
+    )
+    eval_split: Literal["heldout", "validation", "test"] = Field(
+        "heldout",
+        description="which held-out digits the evaluation twin reads: all of them, or one of their two "
+        "disjoint halves (validation: where settings are chosen; test: what is reported)",
     )
     drop: float = Field(0.0, ge=0, lt=1, description="probability of the empty prompt (CFG training)")
     seed: int = Field(0, description="seed of the train / held-out split of the digits")

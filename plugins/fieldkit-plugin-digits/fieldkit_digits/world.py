@@ -25,7 +25,7 @@ SIDES = ("left", "right")
 LOCAL_OPS = ("replace", "remove", "add")
 GLOBAL_OPS = ("invert", "bold", "mirror", "flip")
 SHAPE = (1, 8, 16)
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "validation", "test")
 
 
 @lru_cache(maxsize=1)
@@ -40,17 +40,21 @@ def all_digits() -> tuple[Tensor, Tensor]:
 
 @lru_cache(maxsize=8)
 def split_indices(seed: int = 0, heldout: float = 0.2) -> dict[str, Tensor]:
-    """Indices of the train and held-out digits: per class, a ``heldout`` fraction drawn with ``seed``."""
+    """Indices of the train and held-out digits: per class, a ``heldout`` fraction drawn with ``seed``; the
+    held-out digits of each class are halved into ``validation`` (settings are chosen there) and ``test``
+    (what is reported), disjoint."""
     _, labels = all_digits()
     gen = torch.Generator().manual_seed(seed)
-    train, held = [], []
+    parts: dict[str, list[Tensor]] = {name: [] for name in SPLITS}
     for c in range(10):
         idx = (labels == c).nonzero().squeeze(1)
         idx = idx[torch.randperm(idx.numel(), generator=gen)]
         n_held = round(heldout * idx.numel())
-        held.append(idx[:n_held])
-        train.append(idx[n_held:])
-    return {"train": torch.cat(train).sort().values, "heldout": torch.cat(held).sort().values}
+        parts["heldout"].append(idx[:n_held])
+        parts["validation"].append(idx[: n_held // 2])
+        parts["test"].append(idx[n_held // 2 : n_held])
+        parts["train"].append(idx[n_held:])
+    return {name: torch.cat(p).sort().values for name, p in parts.items()}
 
 
 class DigitPool:

@@ -29,6 +29,18 @@ def test_held_out_digits_are_never_in_train():
         assert abs(n_held / n_all - 0.2) < 0.02
     assert torch.equal(split["heldout"], split_indices(0)["heldout"])  # fixed by seed
     assert not torch.equal(split["heldout"], split_indices(1)["heldout"])
+    # The held-out digits halve into validation and test, disjoint, every class in both.
+    validation, test = set(split["validation"].tolist()), set(split["test"].tolist())
+    assert not validation & test and validation | test == held
+    for c in range(10):
+        assert (labels[split["validation"]] == c).any() and (labels[split["test"]] == c).any()
+
+
+def test_validation_and_test_evaluation_read_disjoint_digits():
+    pools = {name: T2IBucket(T2IParams(eval_split=name)).evaluation().pool for name in ("validation", "test")}
+    a, b = (p.images.flatten(1) for p in pools.values())
+    assert not (a[:, None] == b[None]).all(-1).any()
+    assert T2IBucket(T2IParams()).evaluation().pool.split == "heldout"  # the default is unchanged
 
 
 def test_buckets_draw_only_their_split():
