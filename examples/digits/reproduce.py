@@ -21,6 +21,7 @@ Every student is scored with one sampler, 16 Euler steps on the shift-3 schedule
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,26 +41,69 @@ HERE = Path(__file__).resolve().parent
 GRAPHS = {
     "t2i_edit": HERE / "reproduce" / "t2i_edit.yaml",
     "local_global": HERE / "reproduce" / "local_global.yaml",
+    "t2i_edit_specialist": HERE / "reproduce" / "t2i_edit_specialist.yaml",
     "diagnostic": HERE / "graph.yaml",
     "guidance": HERE / "guidance.yaml",
     "realism": HERE / "realism.yaml",
 }
-PAIRS = {"t2i_edit": ("t2i", "local"), "local_global": ("local", "global")}
+# Comparison 1's pairs: their routes, and the teachers (fields) the tuned merge combines.
+PAIRS = {
+    "t2i_edit": ("t2i", "local"),
+    "local_global": ("local", "global"),
+    "t2i_edit_specialist": ("t2i", "local"),
+}
+MERGED = {
+    "t2i_edit": ("t2i", "local"),
+    "local_global": ("local", "global"),
+    "t2i_edit_specialist": ("t2i", "edit"),
+}
+# Every setting the runs depend on, stated here rather than inherited from the graphs' YAML (which may change:
+# graph.yaml gained `student.ema: 0.995` after study v2's diagnostic ran), applied before each run's own
+# overrides. The results key hashes the resolved graph, so a YAML change that these do not cover reruns.
+_COMMON = (
+    "student.train=full",
+    "student.ema=null",
+    "router={type: hard, granularity: update}",
+    "method={type: danceopd, query: low, k: 1}",
+    "flow={steps: 16, shift: 3.0}",
+    "run.lr=0.0003",
+    "run.grad_clip=1.0",
+)
+
+
+def _stated(init: str, batch: int, routes: Sequence[str]) -> tuple[str, ...]:
+    # Scores read the test half of the held-out digits; settings are chosen on the validation half.
+    split = tuple(f"routes.{r}.data.eval_split=test" for r in routes)
+    return (f"student.init={init}", *_COMMON, f"run.batch_size={batch}", *split)
+
+
+STATED = {
+    "t2i_edit": _stated("merged", 16, PAIRS["t2i_edit"]),
+    "local_global": _stated("arith", 16, PAIRS["local_global"]),
+    "t2i_edit_specialist": _stated("merged", 16, PAIRS["t2i_edit_specialist"]),
+    "diagnostic": _stated("arith", 32, ("t2i", "local", "global")),
+    "guidance": _stated("t2i", 32, ("t2i",)),
+    "realism": _stated("t2i", 32, ("t2i",)),
+}
+# The seeds of every comparison, fixed before any run (the verdict rule's tests need at least 5 to decide
+# what three seeds cannot; study v2 ran 0-2).
+SEEDS = (0, 1, 2, 3, 4)
+# Seed s is scored on evaluation draw EVAL_SEED + 2 s (conditions; noise EVAL_SEED + 2 s + 1): the evaluation
+# conditions are resampled per seed, the runs of a pair share them.
+EVAL_SEED = 1000
 # Every student and teacher is scored with the same sampler, whatever it trained with.
 EVAL_STEPS, EVAL_SHIFT = 16, 3.0
-# The task-arithmetic merge's coefficient is chosen on validation conditions (another seed of the held-out
-# split than the one the scores use) over this grid: theta = t2i + lam * sum_m (theta_m - t2i).
+# The task-arithmetic merge's coefficient is chosen on validation conditions (the validation half of the
+# held-out digits; scores read the test half) over this grid: theta = t2i + lam * sum_m (theta_m - t2i).
 MERGE_GRID = (0.25, 0.5, 0.75, 1.0)
 # A reference's gain over its init that makes a comparison measure learning, not damage (issue 11).
 MIN_GAIN = 0.10
-VALIDATION_SEED = 1
 # Setting (b): the distillation stage sees every bucket's conditions, but methods that read targets (joint
 # SFT, off-policy states) get only a small, noisy sample of them. The teachers saw the full clean pairs.
 SCARCE = "{limit: 64, noise: 0.2}"
-# The three-bucket diagnostic starts from the main job's init, task arithmetic local + global - t2i. (The
-# paper's starts from its local-edit student; ours already serves two of the three routes, so study v1's
-# diagnostic, trained from it for 150 steps, measured which method damaged it least, not what each learns.)
-DIAGNOSTIC = ("student.init=arith",)
+# The three-bucket diagnostic starts from the main job's init, task arithmetic local + global - t2i (STATED).
+# (The paper's starts from its local-edit student; ours already serves two of the three routes, so study
+# v1's diagnostic, trained from it for 150 steps, measured which method damaged it least.)
 # Optimizer steps of every matched-step run: long enough that each DanceOPD reference is clearly above its
 # init on every seed. Measured on seed 0 before the study (combined score of the init, then at 100 steps):
 # T2I + Edit from its equal-weight merge 0.499 -> 0.946, Local + Global from task arithmetic 0.072 -> 0.813,
@@ -90,7 +134,7 @@ def comparisons() -> dict[str, list[Run]]:
     """Every comparison of the paper (digest sections 4 and 8) as named runs."""
     out: dict[str, list[Run]] = {}
     comp: list[Run] = []
-    for pair in ("t2i_edit", "local_global"):
+    for pair in PAIRS:
         ref = f"{pair}/danceopd"
         comp += [
             Run("composition", f"{pair}/teachers", pair, kind="eval", time_twin=False),
@@ -131,20 +175,33 @@ def comparisons() -> dict[str, list[Run]]:
                 ("method={type: dense, weighting: none}",),
                 ref=ref,
             ),
-            # Flow-OPD (the paper: group 16, eta 0.7): groups of 4 rollouts so that an update of the pair
-            # graphs' 16 samples still sees 4 conditions.
-            Run("composition", f"{pair}/flowopd", pair, ("method={type: flowopd, group: 4}",), ref=ref),
+            # Flow-OPD, fieldkit's variant (the sampled log-ratio reward, normalised in groups of 4 rollouts,
+            # so that an update of 16 samples still sees 4 conditions) and the authors' (the closed-form
+            # transition KL as advantage, groups of 16, no normalisation, MAR off; eta 0.7, clip +-5, PPO
+            # ratio clip 1e-4 in both).
+            Run(
+                "composition",
+                f"{pair}/flowopd",
+                pair,
+                ("method={type: flowopd, reward: logratio, group: 4}",),
+                ref=ref,
+            ),
+            Run(
+                "composition",
+                f"{pair}/flowopd-release",
+                pair,
+                ("method={type: flowopd, reward: release, group: 16}", "run.batch_size=16"),
+                ref=ref,
+            ),
         ]
     out["composition"] = comp
     dref = "diagnostic/danceopd"
-    base = Run("diagnostic", dref, "diagnostic", DIAGNOSTIC, curve=True)
+    base = Run("diagnostic", dref, "diagnostic", curve=True)
     out["diagnostic"] = [
-        Run("diagnostic", "diagnostic/teachers", "diagnostic", DIAGNOSTIC, kind="eval"),
+        Run("diagnostic", "diagnostic/teachers", "diagnostic", kind="eval"),
         base,
     ]
-    out["routing"] = [
-        Run("routing", "routing/soft", "diagnostic", (*DIAGNOSTIC, "router.type=soft"), ref=dref)
-    ]
+    out["routing"] = [Run("routing", "routing/soft", "diagnostic", ("router.type=soft",), ref=dref)]
     query = []
     for bias in ("mid", "high"):
         query.append(
@@ -152,7 +209,7 @@ def comparisons() -> dict[str, list[Run]]:
                 "query",
                 f"query/shift3-{bias}",
                 "diagnostic",
-                (*DIAGNOSTIC, f"method.query={bias}"),
+                (f"method.query={bias}",),
                 ref=dref,
                 curve=True,
             )
@@ -164,31 +221,28 @@ def comparisons() -> dict[str, list[Run]]:
                 "query",
                 f"query/linear-{bias}",
                 "diagnostic",
-                (*DIAGNOSTIC, "flow.shift=1.0", f"method.query={bias}"),
+                ("flow.shift=1.0", f"method.query={bias}"),
                 ref=None if bias == "low" else lin_ref,
                 curve=True,
             )
         )
     out["query"] = query
     out["queries_k"] = [
-        *(
-            Run("queries_k", f"k/k{k}", "diagnostic", (*DIAGNOSTIC, f"method.k={k}"), ref=dref)
-            for k in (2, 4)
-        ),
-        Run("queries_k", "k/k16-all", "diagnostic", (*DIAGNOSTIC, "method.query=all"), ref=dref),
-        Run("queries_k", "k/g-all", "diagnostic", (*DIAGNOSTIC, "router.granularity=all"), ref=dref),
+        *(Run("queries_k", f"k/k{k}", "diagnostic", (f"method.k={k}",), ref=dref) for k in (2, 4)),
+        Run("queries_k", "k/k16-all", "diagnostic", ("method.query=all",), ref=dref),
+        Run("queries_k", "k/g-all", "diagnostic", ("router.granularity=all",), ref=dref),
         # G = M at the samples per update of G = 1: a third of the batch per route (33 against 32).
         Run(
             "queries_k",
             "k/g-all-matched",
             "diagnostic",
-            (*DIAGNOSTIC, "router.granularity=all", "run.batch_size=11"),
+            ("router.granularity=all", "run.batch_size=11"),
             ref=dref,
         ),
     ]
     out["states"] = [
-        Run("states", "states/offpolicy", "diagnostic", (*DIAGNOSTIC, "method={type: offpolicy}"), ref=dref),
-        Run("states", "states/teacher", "diagnostic", (*DIAGNOSTIC, "method.states=teacher"), ref=dref),
+        Run("states", "states/offpolicy", "diagnostic", ("method={type: offpolicy}",), ref=dref),
+        Run("states", "states/teacher", "diagnostic", ("method.states=teacher",), ref=dref),
     ]
     betas = (1.0, 2.0, 4.0)
     cfg_ref = "cfg/alpha1"
@@ -232,8 +286,7 @@ def comparisons() -> dict[str, list[Run]]:
         for name, over in (("local", ()), ("t2i", ()), ("global", ()), ("merged", merged))
     ]
     out["rollout"] = [
-        Run("rollout", f"rollout/n{n}", "diagnostic", (*DIAGNOSTIC, f"flow.steps={n}"), ref=dref)
-        for n in (8, 28)
+        Run("rollout", f"rollout/n{n}", "diagnostic", (f"flow.steps={n}",), ref=dref) for n in (8, 28)
     ]
     # Beyond the paper: cheaper on-policy states, each against its pair's DanceOPD reference. One rollout's
     # states serving 4 updates (`method.reuse`), and states from an 8-step rollout (every student is still
@@ -362,7 +415,7 @@ def claims() -> list[Claim]:
 # -- running ------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     """Study-wide settings (``--quick`` shrinks them)."""
 
@@ -372,28 +425,94 @@ class Settings:
     curve_samples: int = 64
     budget_seconds: float | None = None
     quick: bool = False
-    extra: tuple[str, ...] = field(default_factory=tuple)
+    base: tuple[str, ...] = field(default_factory=tuple)  # before each run's overrides (--quick's batch)
+    extra: tuple[str, ...] = field(default_factory=tuple)  # after them (--set: every run)
 
 
-def world_fingerprint() -> str:
-    """A hash of what the numbers depend on besides this script: the teachers' weights and the digits plugin's
-    sources (buckets, prompts, metrics). A resumed study reruns every run whose world differs."""
+QUICK = Settings(
+    steps=4, eval_samples=8, curve_points=2, curve_samples=8, quick=True, base=("run.batch_size=4",)
+)
+
+
+def _digest(paths: Iterable[Path], root: Path) -> str:
     import hashlib
 
-    import fieldkit_digits
-
     digest = hashlib.sha1()
-    plugin = Path(fieldkit_digits.__file__).parent
-    files = sorted((HERE / "teachers").glob("*/model.safetensors")) + sorted(plugin.glob("*.py"))
-    for path in files:
-        digest.update(path.name.encode())
+    for path in paths:
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def run_key(run: Run, seed: int, matched: str, steps: int, world: str) -> str:
-    """What identifies a run in results.jsonl (matched-step count and world included)."""
-    return f"{run.name}|seed={seed}|{matched}|steps={steps}|world={world}"
+def world_fingerprint() -> str:
+    """A hash of the world the numbers depend on: the teachers' weights and the digits plugin's sources
+    (buckets, prompts, metrics)."""
+    import fieldkit_digits
+
+    plugin = Path(fieldkit_digits.__file__).parent
+    teachers = sorted((HERE / "teachers").glob("*/model.safetensors"))
+    return _digest([*teachers, *sorted(plugin.glob("*.py"))], HERE.parents[1])
+
+
+def code_fingerprint() -> str:
+    """A hash of the fieldkit sources a run executes (every module but the command line's: commands/ and
+    cli.py print and parse, they do not train or score)."""
+    import fieldkit
+
+    root = Path(fieldkit.__file__).parent
+    files = [
+        p
+        for p in sorted(root.rglob("*.py"))
+        if "commands" not in p.relative_to(root).parts and p.name != "cli.py"
+    ]
+    return _digest(files, root)
+
+
+def overrides_of(run: Run, seed: int, matched: str, settings: Settings) -> list[str]:
+    """Every override a run is trained with: the stated settings, then the run's own, then the study's."""
+    steps = settings.steps if matched == "steps" else 10**9
+    return [
+        *STATED[run.graph],
+        *settings.base,
+        *run.overrides,
+        f"run.seed={seed}",
+        f"run.steps={max(steps, 1)}",
+        "run.device=cpu",
+        *settings.extra,
+    ]
+
+
+@functools.cache
+def run_key(run: Run, seed: int, matched: str, settings: Settings, world: str, code: str) -> str:
+    """What identifies a run in results.jsonl: its name, seed and budget, and a hash of everything that
+    changes it: the resolved graph (after every override), the world (teachers, plugin), the code version,
+    the evaluation settings and, for a matched-budget twin, its reference's key."""
+    import hashlib
+
+    from fieldkit.graph import load_graph
+
+    graph = load_graph(GRAPHS[run.graph], overrides_of(run, seed, matched, settings))
+    payload = {
+        "graph": graph.spec.model_dump(mode="json"),
+        "world": world,
+        "code": code,
+        "kind": run.kind,
+        "betas": run.betas,
+        "teachers": run.teachers,
+        "curve": [settings.curve_points, settings.curve_samples]
+        if run.curve and matched == "steps"
+        else None,
+        "eval": [settings.eval_samples, EVAL_STEPS, EVAL_SHIFT, EVAL_SEED],
+        "budget": settings.budget_seconds if matched == "time" else None,
+    }
+    if matched in TWINS and run.ref is not None:
+        payload["ref"] = run_key(_run_named(run.ref), seed, "steps", settings, world, code)
+    digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{run.name}|seed={seed}|{matched}|{digest}"
+
+
+def _run_named(name: str) -> Run:
+    return next(r for runs in comparisons().values() for r in runs if r.name == name)
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -438,16 +557,25 @@ def _teacher_counter(routes: Sequence[Any]) -> tuple[list[int], list[Any]]:
 
 
 def score_fields(
-    engine: Any, fields: dict[str, Any], samples: int, seed: int = 0
+    engine: Any, fields: dict[str, Any], samples: int, seed: int = 0, split: str | None = None
 ) -> dict[str, dict[str, float]]:
     """``{field: {route/metric: value, combined: value}}`` on the same conditions and noise (drawn with
-    ``seed``), every field sampled with the study's one sampler (``EVAL_STEPS``, shift ``EVAL_SHIFT``)."""
+    ``seed``), every field sampled with the study's one sampler (``EVAL_STEPS``, shift ``EVAL_SHIFT``); on
+    the held-out digits the graph's routes read, or on their ``split`` half (``validation``, ``test``)."""
+    from dataclasses import replace
+
     from fieldkit.eval.report import combined_scores, evaluate
     from fieldkit.flow import sigma_schedule
 
     device = engine.accelerator.device
     sigmas = sigma_schedule(EVAL_STEPS, EVAL_SHIFT).to(device)
-    scores = evaluate(fields, engine.router.routes, sigmas, samples, seed, device=device)
+    routes = engine.router.routes
+    if split is not None:  # the same routes, their evaluation reading the `split` half of the held-out digits
+        routes = [
+            replace(r, data=type(r.data)(r.data.params.model_copy(update={"eval_split": split})))
+            for r in routes
+        ]
+    scores = evaluate(fields, routes, sigmas, samples, seed, device=device)
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for s in scores:
         table[s.field].update({f"{s.route}/{k}": float(v) for k, v in s.values.items()})
@@ -456,25 +584,30 @@ def score_fields(
     return dict(table)
 
 
-def _tuned_merge(engine: Any, run: Run, settings: Settings) -> dict[str, Any]:
-    """Task arithmetic ``t2i + lam * sum_m (theta_m - t2i)`` over the pair's teachers, ``lam`` chosen on
-    validation conditions (seed ``VALIDATION_SEED``) from ``MERGE_GRID``; scored on the usual ones."""
+def eval_seed(seed: int) -> int:
+    """The evaluation draw of training seed ``seed`` (conditions; its noise is the next seed)."""
+    return EVAL_SEED + 2 * seed
+
+
+def _tuned_merge(engine: Any, run: Run, seed: int, settings: Settings) -> dict[str, Any]:
+    """Task arithmetic ``t2i + lam * sum_m (theta_m - t2i)`` over the pair's teachers, ``lam`` chosen from
+    ``MERGE_GRID`` on the validation half of the held-out digits; scored on the test half."""
     from fieldkit.merge import merge_models
 
     base = engine.ctx.field("t2i")
-    edits = [engine.ctx.field(name) for name in PAIRS[run.graph] if name != "t2i"]
+    edits = [engine.ctx.field(name) for name in MERGED[run.graph] if name != "t2i"]
     validation: dict[str, float] = {}
     best: tuple[float, float, Any] | None = None
     for lam in MERGE_GRID:
         model = merge_models([base, *edits], [1 - lam * len(edits), *([lam] * len(edits))])
-        score = score_fields(engine, {"init": model}, settings.eval_samples, VALIDATION_SEED)["init"][
-            "combined"
-        ]
+        score = score_fields(engine, {"init": model}, settings.eval_samples, eval_seed(seed), "validation")[
+            "init"
+        ]["combined"]
         validation[f"{lam:g}"] = score
         if best is None or score > best[0]:
             best = (score, lam, model)
     assert best is not None
-    scores = score_fields(engine, {"init": best[2]}, settings.eval_samples)
+    scores = score_fields(engine, {"init": best[2]}, settings.eval_samples, eval_seed(seed))
     return {
         "steps": 0,
         "train_seconds": 0.0,
@@ -529,13 +662,8 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
 
     torch.set_num_threads(1)
     steps = settings.steps if matched == "steps" else 10**9
-    overrides = [
-        *run.overrides,
-        f"run.seed={seed}",
-        f"run.steps={max(steps, 1)}",
-        "run.device=cpu",
-        *settings.extra,
-    ]
+    overrides = overrides_of(run, seed, matched, settings)
+    at = eval_seed(seed)
     graph = load_graph(GRAPHS[run.graph], overrides)
     engine = Engine(graph, None, show_progress=False, write=False)
     record: dict[str, Any] = {
@@ -551,7 +679,7 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     }
     t_eval = time.perf_counter()
     if run.kind == "merge":
-        record.update(_tuned_merge(engine, run, settings))
+        record.update(_tuned_merge(engine, run, seed, settings))
         record["eval_seconds"] = time.perf_counter() - t_eval
         return record
     if run.kind == "eval":
@@ -564,7 +692,8 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
             base = engine.ctx.field("t2i")
             fields.update({f"t2i@w={b:g}": Guidance(base, b) for b in run.betas if b != 1})
         fields["init"] = engine.inference_model()
-        record.update(steps=0, train_seconds=0.0, scores=score_fields(engine, fields, settings.eval_samples))
+        scores = score_fields(engine, fields, settings.eval_samples, at)
+        record.update(steps=0, train_seconds=0.0, scores=scores)
         record["eval_seconds"] = time.perf_counter() - t_eval
         return record
     count, handles = _teacher_counter(engine.router.routes)
@@ -581,7 +710,9 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         metric_curve.append(
             {
                 "step": 0,
-                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"],
+                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples, at)[
+                    "student"
+                ],
             }
         )
         eval_seconds += time.perf_counter() - t0
@@ -590,7 +721,9 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         train_seconds += time.perf_counter() - t0
         if report.applied and report.step in checkpoints and report.step != steps:
             t1 = time.perf_counter()
-            values = score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"]
+            values = score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples, at)[
+                "student"
+            ]
             metric_curve.append({"step": report.step, **values})
             eval_seconds += time.perf_counter() - t1
         spent = train_seconds if matched == "time" else passes(**student_count, teacher=count[0])
@@ -601,13 +734,15 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     for h in [*handles, student_handle]:
         h.remove()
     t0 = time.perf_counter()
-    scores = score_fields(engine, _student_fields(engine, run.betas), settings.eval_samples)
+    scores = score_fields(engine, _student_fields(engine, run.betas), settings.eval_samples, at)
     eval_seconds += time.perf_counter() - t0
     if run.curve and matched == "steps":
         metric_curve.append(
             {
                 "step": engine.step,
-                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples)["student"],
+                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples, at)[
+                    "student"
+                ],
             }
         )
     hist = engine.history
@@ -655,23 +790,7 @@ def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) 
 
 
 def study(args: argparse.Namespace) -> None:
-    settings = Settings(
-        steps=args.steps or STEPS,
-        eval_samples=args.eval_samples,
-        curve_samples=args.curve_samples,
-        budget_seconds=args.budget_seconds,
-        extra=tuple(args.set),
-    )
-    if args.quick:
-        settings = Settings(
-            steps=args.steps or 4,
-            eval_samples=8,
-            curve_points=2,
-            curve_samples=8,
-            budget_seconds=args.budget_seconds,
-            quick=True,
-            extra=("run.batch_size=4", *args.set),
-        )
+    settings = settings_of(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -680,7 +799,7 @@ def study(args: argparse.Namespace) -> None:
     if unknown:
         sys.exit(f"unknown comparison(s) {sorted(unknown)}; known: {', '.join(comparisons())}")
     todo = plan(selected, args.seeds, args.matched.split(","))
-    world = world_fingerprint()
+    world, code = world_fingerprint(), code_fingerprint()
     claims = out / "claims"
     claims.mkdir(exist_ok=True)
     waiting = todo
@@ -688,26 +807,29 @@ def study(args: argparse.Namespace) -> None:
     while waiting:
         deferred = []
         for run, seed, matched in waiting:
-            key = run_key(run, seed, matched, settings.steps, world)
+            key = run_key(run, seed, matched, settings, world, code)
             results = read_results(results_path)
-            if key in {run_key_of(r) for r in results}:
+            if key in {r.get("key") for r in results}:
                 continue
             budget = None  # a twin's budget: its reference's training seconds or model passes
             if matched in TWINS:
-                reference = _reference_budget(results, run, seed, settings.steps, world, matched)
+                ref_key = run_key(_run_named(str(run.ref)), seed, "steps", settings, world, code)
+                reference = _reference_budget(results, ref_key, matched)
                 budget = (settings.budget_seconds if matched == "time" else None) or reference
                 if budget is None:
                     deferred.append((run, seed, matched))
                     continue
             if _claim(claims, key):
                 # Re-read after claiming: another process may have finished it since the check above.
-                if key not in {run_key_of(r) for r in read_results(results_path)}:
-                    _run_one(run, seed, matched, settings, world, results_path, budget)
+                if key not in {r.get("key") for r in read_results(results_path)}:
+                    _run_one(run, seed, matched, settings, (key, world, code), results_path, budget)
+                    if args.git_commit:
+                        _git_commit(results_path, key)
                     idle_since = time.monotonic()
                 _release(claims, key)
         if deferred and time.monotonic() - idle_since > args.wait_minutes * 60:
             for run, seed, matched in deferred:
-                key = run_key(run, seed, matched, settings.steps, world)
+                key = run_key(run, seed, matched, settings, world, code)
                 print(f"skip {key}: its reference {run.ref} has not run (run the study again once it has)")
             return
         if deferred:  # their references are running in another process: poll results.jsonl
@@ -754,16 +876,17 @@ def _run_one(
     seed: int,
     matched: str,
     settings: Settings,
-    world: str,
+    identity: tuple[str, str, str],
     results_path: Path,
     budget: float | None,
 ) -> None:
-    """Train (or evaluate) one run, for at most ``budget`` training seconds, and append its record."""
-    key = run_key(run, seed, matched, settings.steps, world)
+    """Train (or evaluate) one run, for at most ``budget`` training seconds or passes, and append its record
+    with its ``(key, world, code)``."""
+    key, world, code = identity
     started = time.perf_counter()
     print(f"run {key}", flush=True)
     record = execute(run, seed, matched, settings, budget)
-    record["world"] = world
+    record.update(key=key, world=world, code=code)
     record["wall_seconds"] = time.perf_counter() - started
     with results_path.open("a") as fh:  # one line per run, appended when it finishes
         fh.write(json.dumps(record) + "\n")
@@ -775,27 +898,37 @@ def _run_one(
     )
 
 
-def run_key_of(record: dict[str, Any]) -> str:
-    return (
-        f"{record['name']}|seed={record['seed']}|{record['matched']}|steps={record.get('target_steps')}"
-        f"|world={record.get('world')}"
+def _git_commit(results_path: Path, key: str) -> None:
+    """Commit ``results_path`` alone (``--git-commit``): a study that stops keeps every finished run."""
+    import subprocess
+
+    subprocess.run(["git", "add", str(results_path)], check=True)
+    subprocess.run(
+        ["git", "commit", "-q", "-m", f"study: {key.split('|')[0]} {key}", "--", str(results_path)]
     )
 
 
-def _reference_budget(
-    results: list[dict[str, Any]], run: Run, seed: int, steps: int, world: str, matched: str
-) -> float | None:
-    """The reference's training seconds (``time``) or model passes (``compute``) on this seed, once it ran."""
+def _reference_budget(results: list[dict[str, Any]], ref_key: str, matched: str) -> float | None:
+    """The reference's training seconds (``time``) or model passes (``compute``), once it ran."""
     for r in results:
-        if (
-            r["name"] == run.ref
-            and r["seed"] == seed
-            and r["matched"] == "steps"
-            and r.get("target_steps") == steps
-            and r.get("world") == world
-        ):
+        if r.get("key") == ref_key:
             return float(r["train_seconds"] if matched == "time" else r["passes"])
     return None
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The study's settings from the command line (``--quick``: :data:`QUICK`)."""
+    if args.quick:
+        return replace(
+            QUICK, steps=args.steps or QUICK.steps, budget_seconds=args.budget_seconds, extra=tuple(args.set)
+        )
+    return Settings(
+        steps=args.steps or STEPS,
+        eval_samples=args.eval_samples,
+        curve_samples=args.curve_samples,
+        budget_seconds=args.budget_seconds,
+        extra=tuple(args.set),
+    )
 
 
 # -- report -------------------------------------------------------------------------------------------------
@@ -1195,7 +1328,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("command", nargs="?", default="run", choices=["run", "report", "list"])
     parser.add_argument("--out", default="docs/reproduction", help="results folder (results.jsonl, plots)")
     parser.add_argument("--quick", action="store_true", help="one seed, 4 steps, tiny evals: a smoke test")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help=f"comma-separated seeds (default {','.join(map(str, SEEDS))}; --quick: 0)",
+    )
     parser.add_argument("--only", default="", help=f"comparisons to run, of: {','.join(comparisons())}")
     parser.add_argument(
         "--steps", type=int, default=None, help=f"optimizer steps of matched-step runs (default {STEPS})"
@@ -1222,14 +1359,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], help="extra override for every run")
     parser.add_argument("--report", action="store_true", help="write the report after the runs")
     parser.add_argument(
+        "--git-commit", action="store_true", help="git-commit OUT/results.jsonl after every finished run"
+    )
+    parser.add_argument(
         "--page", default=None, help="a page whose <!-- table:NAME --> blocks the report rewrites"
     )
     args = parser.parse_args(argv)
-    args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    args.seeds = (
+        [int(s) for s in args.seeds.split(",")] if args.seeds else ([0] if args.quick else list(SEEDS))
+    )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.command == "list":
+        settings, world, code = settings_of(args), world_fingerprint(), code_fingerprint()
         for run, seed, matched in plan(list(comparisons()), args.seeds, args.matched.split(",")):
-            print(run_key(run, seed, matched, args.steps or STEPS, "-"), " ".join(run.overrides), sep="  ")
+            overrides = overrides_of(run, seed, matched, settings)
+            print(run_key(run, seed, matched, settings, world, code), " ".join(overrides), sep="  ")
         return
     if args.command == "run":
         study(args)

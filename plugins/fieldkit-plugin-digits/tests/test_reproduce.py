@@ -43,23 +43,52 @@ def test_every_comparison_is_planned_and_references_precede_their_twins():
         "init",
         "rollout",
     } <= set(table)
-    todo = repro.plan(list(table), [0, 1, 2], ["steps", "compute", "time"])
+    todo = repro.plan(list(table), [0], ["steps", "compute"])
     seen: set[str] = set()
     for run, seed, matched in todo:
-        if matched in ("compute", "time"):
-            assert f"{run.ref}|seed={seed}|steps|steps=200|world=w" in seen, run.name
-        seen.add(repro.run_key(run, seed, matched, 200, "w"))
+        if matched == "compute":
+            assert repro.run_key(repro._run_named(run.ref), seed, "steps", repro.QUICK, "w", "c") in seen
+        seen.add(repro.run_key(run, seed, matched, repro.QUICK, "w", "c"))
     names = {run.name for run, _, _ in todo}
-    for pair in ("t2i_edit", "local_global"):  # Table 2A / 2B: every baseline, both data settings
+    for pair in ("t2i_edit", "local_global", "t2i_edit_specialist"):  # Table 2A / 2B: every baseline
         for method in (
-            *("danceopd", "dense", "dense-uniform", "flowopd", "merge", "merge-ta"),
+            *("danceopd", "dense", "dense-uniform", "flowopd", "flowopd-release", "merge", "merge-ta"),
             *("joint-a", "joint-b", "offpolicy-a", "offpolicy-b"),
         ):
             assert f"{pair}/{method}" in names
     assert "k/g-all-matched" in names  # G = M at the samples per update of G = 1
-    assert len(todo) == len(set(repro.run_key(r, s, m, 200, "w") for r, s, m in todo))
+    assert len(todo) == len(seen)
+    assert repro.plan(["composition"], list(repro.SEEDS), ["steps"])[-1][1] == 4  # five seeds, fixed
 
 
+def test_the_key_covers_the_resolved_graph_world_and_code():
+    """A changed setting of the graph (here the EMA the YAML gained after study v2), world or code is
+    another run; the stated settings make the YAML's EMA irrelevant to the resolved graph."""
+    repro = _load()
+    run = repro._run_named("diagnostic/danceopd")
+    key = repro.run_key(run, 0, "steps", repro.QUICK, "w", "c")
+    assert key != repro.run_key(run, 0, "steps", repro.QUICK, "w2", "c")
+    assert key != repro.run_key(run, 0, "steps", repro.QUICK, "w", "c2")
+    ema = repro.replace(repro.QUICK, extra=("student.ema=0.995",))
+    assert key != repro.run_key(run, 0, "steps", ema, "w", "c")
+    overrides = repro.overrides_of(run, 0, "steps", repro.QUICK)
+    assert "student.ema=null" in overrides and "run.seed=0" in overrides
+
+
+def test_a_committed_run_reruns_from_head_to_its_scores():
+    """tests/data/quick-run.jsonl holds one run of the study as the driver wrote it (the quick settings): run
+    again from HEAD it gives the same scores to the last bit, the same steps and the same model passes.
+    Regenerate it (only when a change is meant to change it) with the driver's --quick on that run."""
+    repro = _load()
+    record = json.loads((Path(__file__).parent / "data" / "quick-run.jsonl").read_text())
+    run = repro._run_named(record["name"])
+    assert record["overrides"] == repro.overrides_of(run, record["seed"], record["matched"], repro.QUICK)
+    again = repro.execute(run, record["seed"], record["matched"], repro.QUICK, None)
+    assert again["scores"] == record["scores"]
+    assert (again["steps"], again["passes"]) == (record["steps"], record["passes"])
+
+
+@pytest.mark.slow
 def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path):
     """The whole --quick study (every run, 4 steps, 8 samples), in the default suite so it cannot rot."""
     repro = _load()
