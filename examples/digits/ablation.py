@@ -10,6 +10,15 @@ every route at a few checkpoints, for the online weights and for EMA copies of t
 
     python examples/digits/ablation.py run task-arithmetic --set student.init=arith
     python examples/digits/ablation.py report             # the table in docs/digits.md
+
+The main job over seeds, selected on validation (docs/digits.md, "The main job over seeds"): every candidate
+init trained on every seed of ``MAIN_SEEDS`` for ``MAIN_STEPS`` updates, the online weights and side EMAs
+scored every ``MAIN_EVERY`` updates on the validation half of the held-out digits and on the test half;
+``select`` picks the init, the weights (online or an EMA decay) and the length on validation alone, and
+``main-seeds`` prints the test scores of that choice on every seed against the bars.
+
+    python examples/digits/ablation.py main-run --init arith --seed 0     # one candidate on one seed
+    python examples/digits/ablation.py main-seeds                         # the table in docs/digits.md
 """
 
 from __future__ import annotations
@@ -25,7 +34,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from reproduce import score_fields  # noqa: E402  (the study's scoring: same conditions and noise per field)
+from reproduce import (  # noqa: E402  (the study's scoring: same conditions, noise; its fingerprints)
+    code_fingerprint,
+    eval_seed,
+    score_fields,
+    world_fingerprint,
+)
 
 GRAPH = HERE / "graph.yaml"
 RESULTS = HERE.parent.parent / "docs" / "digits" / "ablation"
@@ -247,6 +261,132 @@ def main_job_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+MAIN_RUNS = RESULTS.parent / "main-job-seeds"  # one record per (init, seed)
+MAIN_SEEDS = (0, 1, 2)
+MAIN_INITS = ("arith", "local")
+MAIN_DECAYS = (0.99, 0.995, 0.999)
+MAIN_STEPS, MAIN_EVERY, MAIN_SAMPLES = 1600, 200, 256
+SEED_FLOOR = 0.93  # no seed's route below 0.93x its teacher
+SPLITS = ("validation", "test")
+
+
+def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_STEPS) -> Path:
+    """Train the main job (``graph.yaml``, ``student.init=init``, seed ``seed``; the engine's own EMA off,
+    side EMAs at ``MAIN_DECAYS`` instead) and record, every ``MAIN_EVERY`` updates and at the end, every copy
+    of the weights and the teachers on the validation and the test halves of the held-out digits (the
+    seed's evaluation draw). The record is rewritten at every checkpoint; it is complete at the end."""
+    from fieldkit.distill.ema import EMA
+    from fieldkit.distill.engine import Engine
+    from fieldkit.graph import load_graph
+
+    overrides = [f"student.init={init}", "student.ema=null", f"run.seed={seed}", f"run.steps={steps}"]
+    graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])
+    engine = Engine(graph, None, show_progress=False, write=False)
+    emas = {f"ema{d:g}": EMA(engine.student, d) for d in MAIN_DECAYS}
+    teachers = {r.name + "_teacher": r.field for r in engine.router.routes}
+    at = eval_seed(seed)
+    record: dict[str, Any] = {"init": init, "seed": seed, "overrides": overrides, "steps": steps, "curve": []}
+    record.update(world=world_fingerprint(), code=code_fingerprint())
+    record["teachers"] = {s: score_fields(engine, teachers, MAIN_SAMPLES, at, s) for s in SPLITS}
+    path = folder / f"{init}-seed{seed}.json"
+    for report in engine.steps():
+        if not report.applied:
+            continue
+        for ema in emas.values():
+            ema.update(engine.student)
+        if report.step % MAIN_EVERY == 0 or report.step == steps:
+            fields = _students(engine, emas)
+            point = {s: score_fields(engine, fields, MAIN_SAMPLES, at, s) for s in SPLITS}
+            record["curve"].append({"step": report.step, **point})
+            record["complete"] = report.step == steps
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{path.name}.tmp"
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            tmp.replace(path)
+    return path
+
+
+def _worst_ratio(student: dict[str, float], teachers: dict[str, dict[str, float]]) -> float:
+    """The lowest student / teacher score ratio over the routes."""
+    return min(_bars(student, teachers)[0].values())
+
+
+def select(records: Sequence[dict[str, Any]]) -> tuple[str, str, int]:
+    """The (init, weights, step) whose worst route ratio to its teacher, on validation and averaged over
+    the seeds, is highest (ties: the fewer steps); only complete records of every seed take part."""
+    best: tuple[float, int, tuple[str, str, int]] | None = None
+    for init in sorted({r["init"] for r in records}):
+        runs = [r for r in records if r["init"] == init and r.get("complete")]
+        if {r["seed"] for r in runs} != set(MAIN_SEEDS):
+            continue
+        for i, point in enumerate(runs[0]["curve"]):
+            for weights in point["validation"]:
+                ratios = [
+                    _worst_ratio(r["curve"][i]["validation"][weights], r["teachers"]["validation"])
+                    for r in runs
+                ]
+                score = sum(ratios) / len(ratios)
+                if best is None or (score, -point["step"]) > (best[0], best[1]):
+                    best = (score, -point["step"], (init, weights, point["step"]))
+    if best is None:
+        raise LookupError(f"no init has a complete record for every seed of {MAIN_SEEDS}")
+    return best[2]
+
+
+def main_seeds_table(records: Sequence[dict[str, Any]]) -> str:
+    """The main job over seeds (docs/digits.md): the choice made on validation, then per route the mean and
+    95% interval over the seeds of student / teacher on the test half, each seed's value, and the bars."""
+    from fieldkit.eval.verdict import Paired
+
+    try:
+        init, weights, step = select(records)
+    except LookupError:
+        done = ", ".join(f"{r['init']} seed {r['seed']}" for r in records if r.get("complete")) or "none"
+        return (
+            f"Pending: the main job over seeds needs a complete record for every seed of {MAIN_SEEDS} "
+            f"under `docs/digits/main-job-seeds/` (complete so far: {done})."
+        )
+    runs = sorted((r for r in records if r["init"] == init), key=lambda r: r["seed"])
+    rows = []
+    for r in runs:
+        point = next(p for p in r["curve"] if p["step"] == step)
+        student, teachers = point["test"][weights], r["teachers"]["test"]
+        ratios, _ = _bars(student, teachers)
+        best = max(t["combined"] for t in teachers.values())
+        rows.append((r["seed"], ratios, student["combined"], best))
+    lines = [
+        f"Chosen on validation: init `{init}`, weights `{weights}`, {step} updates "
+        "(the highest worst-route ratio to the teachers, mean over seeds "
+        f"{', '.join(map(str, MAIN_SEEDS))}).",
+        "",
+        "| route | student / teacher, mean [95% interval] | per seed | lowest seed |",
+        "|---|---|---|---|",
+    ]
+    ok = True
+    for route in ("t2i", "local", "global"):
+        values = [ratios[route] for _, ratios, _, _ in rows]
+        summary = Paired(tuple(values))  # the ratios themselves: their mean and its t interval
+        mean, (lo, hi) = summary.mean, summary.interval()
+        ok &= mean >= RATIO and min(values) >= SEED_FLOOR
+        per = ", ".join(f"{v:.3f}" for v in values)
+        lines.append(f"| {route} | {mean:.3f}x [{lo:.3f}, {hi:.3f}] | {per} | {min(values):.3f} |")
+    beats = [combined > best for _, _, combined, best in rows]
+    ok &= all(beats)
+    combined = ", ".join(f"{c:.3f} against {b:.3f}" for _, _, c, b in rows)
+    lines += [
+        "",
+        f"Combined against the best single teacher, per seed: {combined}.",
+        "",
+        f"Bars: every route's mean at least {RATIO}x its teacher, no seed below {SEED_FLOOR}x, combined "
+        f"above the best single teacher on every seed: **{'every bar met' if ok else 'not every bar met'}**.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def read_main(folder: Path = MAIN_RUNS) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,11 +398,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--curve-samples", type=int, default=128, help="samples per route at checkpoints")
     sub.add_parser("report", help="print the ablation tables from the committed records")
     sub.add_parser("main-job", help="print the main job's table from docs/digits/main-job-results.json")
+    m = sub.add_parser("main-run", help="train one candidate of the main job over seeds")
+    m.add_argument("--init", choices=MAIN_INITS, required=True)
+    m.add_argument("--seed", type=int, choices=MAIN_SEEDS, required=True)
+    sub.add_parser("main-seeds", help="print the main job over seeds (docs/digits.md) from its records")
     args = parser.parse_args(argv)
     if args.command == "report":
         print(report(read()), end="")
     if args.command == "main-job":
         print(main_job_table(json.loads(MAIN_JOB.read_text())), end="")
+    if args.command == "main-run":
+        print(main_run(args.init, args.seed))
+    if args.command == "main-seeds":
+        print(main_seeds_table(read_main()), end="")
     if args.command == "run":
         decays = [float(d) for d in args.ema.split(",") if d]
         run(args.name, args.overrides, decays, args.every, args.curve_samples)
