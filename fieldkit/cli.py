@@ -20,6 +20,7 @@ from fieldkit.commands.evaluate import evaluate
 from fieldkit.commands.export import export
 from fieldkit.commands.merge import merge
 from fieldkit.commands.options import graph_options
+from fieldkit.commands.plugin import plugin
 from fieldkit.commands.plugins import plugins
 from fieldkit.commands.report import report
 from fieldkit.commands.sample import sample
@@ -43,6 +44,7 @@ BUILTIN_COMMANDS: tuple[click.Command, ...] = (
     evaluate,
     export,
     merge,
+    plugin,
     plugins,
     report,
     sample,

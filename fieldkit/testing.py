@@ -1,5 +1,6 @@
-"""Helpers for plugins' test suites: register a plugin inline, silence diffusers, and ask a fresh process what
-fieldkit loads through the entry points. Nothing here is imported by fieldkit itself."""
+"""Helpers for plugins' test suites: load no installed plugin, register a plugin inline, silence diffusers,
+and ask a fresh process what fieldkit loads through the entry points. Nothing here is imported by fieldkit
+itself."""
 
 from __future__ import annotations
 
@@ -12,10 +13,27 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from fieldkit.plugins.manager import PluginHost, get_host
+from fieldkit.plugins.manager import ALLOW_ENV, PluginHost, get_host, reset_host
 
 #: Modules a plugin must not import when fieldkit loads it (they take seconds).
 HEAVY = ("diffusers", "transformers", "peft")
+
+
+@contextmanager
+def no_installed_plugins() -> Iterator[None]:
+    """A fresh plugin host that loads no installed plugin (``FIELDKIT_LOAD_PLUGINS`` empty), only fieldkit's
+    own types; a test then registers what it needs inline (:func:`registered`). Restored afterwards."""
+    before = os.environ.get(ALLOW_ENV)
+    os.environ[ALLOW_ENV] = ""
+    reset_host()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[ALLOW_ENV]
+        else:
+            os.environ[ALLOW_ENV] = before
+        reset_host()
 
 
 @contextmanager

@@ -1,0 +1,100 @@
+"""``fieldkit plugin new NAME``: the skeleton it writes is a plugin package that passes its own tests, its
+code is lint-clean whatever the name's length, and a bad name or an existing folder is one message, exit 2,
+with nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fieldkit.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def new(name: str, out: Path) -> Path:
+    result = CliRunner().invoke(cli, ["plugin", "new", name, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out / f"fieldkit-plugin-{name.replace('_', '-')}"
+
+
+def run(*args: str, cwd: Path, python: str = sys.executable, path: str = "") -> subprocess.CompletedProcess:
+    """``python args`` in ``cwd`` with this checkout's fieldkit first on the path (and ``path`` after it)."""
+    env = {k: v for k, v in os.environ.items() if k != "FIELDKIT_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), path) if p)
+    return subprocess.run([python, *args], cwd=cwd, capture_output=True, text=True, env=env, check=False)
+
+
+def test_the_skeleton_writes_one_package_with_an_entry_point_and_tests(tmp_path):
+    package = new("myfield", tmp_path)
+    files = sorted(str(p.relative_to(package)) for p in package.rglob("*") if p.is_file())
+    assert files == [
+        "README.md",
+        "fieldkit_myfield/__init__.py",
+        "fieldkit_myfield/data.py",
+        "fieldkit_myfield/fields.py",
+        "fieldkit_myfield/py.typed",
+        "fieldkit_myfield/training.py",
+        "pyproject.toml",
+        "tests/conftest.py",
+        "tests/test_myfield.py",
+    ]
+    assert (
+        '[project.entry-points.fieldkit]\nmyfield = "fieldkit_myfield"\n'
+        in (package / "pyproject.toml").read_text()
+    )
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left beside it
+
+
+def test_the_skeleton_passes_its_own_tests(tmp_path):
+    package = new("myfield", tmp_path)
+    proc = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=package, path=str(package))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "5 passed, 1 skipped" in proc.stdout  # the entry-point test needs an install (the slow test below)
+
+
+@pytest.mark.parametrize("name", ["x", "two_words", "a" * 40])
+def test_the_skeleton_is_lint_clean_whatever_the_name(tmp_path, name):
+    package = new(name, tmp_path)
+    for args in (["check", "--no-cache", "."], ["format", "--no-cache", "--check", "."]):
+        proc = run("-m", "ruff", *args, cwd=package)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["MyField", "1field", "my-field", "my__field", "field_", "", "a" * 41])
+def test_a_bad_name_is_one_message_and_exit_2(tmp_path, name):
+    result = CliRunner().invoke(cli, ["plugin", "new", name, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{name!r} is not a plugin name" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_folder_is_left_untouched_and_exit_2(tmp_path):
+    (tmp_path / "fieldkit-plugin-myfield").mkdir()
+    (tmp_path / "fieldkit-plugin-myfield" / "mine.txt").write_text("keep")
+    result = CliRunner().invoke(cli, ["plugin", "new", "myfield", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "already exists" in result.stderr
+    assert [p.name for p in (tmp_path / "fieldkit-plugin-myfield").iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.slow
+def test_the_skeleton_installs_and_loads_through_its_entry_point(tmp_path):
+    package = new("myfield", tmp_path / "src")
+    env = tmp_path / "venv"
+    venv.create(env, system_site_packages=True, with_pip=True)
+    python = str(env / "bin" / "python")
+    install = ["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(package)]
+    proc = run(*install, cwd=tmp_path, python=python)
+    assert proc.returncode == 0, proc.stderr
+    # Run from outside the source folder: the tests import the installed package through its entry point.
+    tests = tmp_path / "tests"
+    (package / "tests").rename(tests)
+    proc = run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests), cwd=tmp_path, python=python)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 passed" in proc.stdout
