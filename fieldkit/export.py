@@ -128,9 +128,27 @@ def _diffusers(run: RunFolder, out: Path, base: Path | None) -> Exported:
     return Exported(
         out,
         f"diffusers {pipeline_class} folder, the distilled student as its {component}",
-        f'from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained("{out.name}")',
+        _pipeline_snippet(out.name, str(pipeline_class)),
         "diffusers",
     )
+
+
+#: Pipelines whose snippet needs more than ``from_pretrained``: why, and the lines that load it.
+_BF16_VAE = (
+    "# {cls} encodes edit images with vae.encode(image.bfloat16()): an fp32 VAE fails on edits, so\n"
+    "# the VAE is loaded in bfloat16 (diffusers casts the latents back)\n"
+    "import torch\n"
+    "from diffusers import AutoencoderKL, DiffusionPipeline\n"
+    'vae = AutoencoderKL.from_pretrained("{out}", subfolder="vae", torch_dtype=torch.bfloat16)\n'
+    'pipe = DiffusionPipeline.from_pretrained("{out}", vae=vae)'
+)
+
+
+def _pipeline_snippet(out: str, pipeline_class: str) -> str:
+    """The Python that loads an exported pipeline folder ``out``."""
+    if pipeline_class == "ZImageOmniPipeline":
+        return _BF16_VAE.format(cls=pipeline_class, out=out)
+    return f'from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained("{out}")'
 
 
 def _peft(run: RunFolder, out: Path) -> Exported:

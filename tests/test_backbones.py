@@ -54,3 +54,16 @@ def test_pipeline_sigmas_are_the_schedulers_own_with_mu_from_the_image_tokens(tm
     want = torch.cat([3 * t / (1 + 2 * t), torch.zeros(1, dtype=torch.float64)]).float()
     got = scheduler_sigmas(write_scheduler(tmp_path, **static), 4)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_a_pipelines_model_folder_and_a_student_folder_find_their_scheduler(tmp_path: Path) -> None:
+    euler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
+    pipeline = write_scheduler(tmp_path / "pipe", **euler)
+    (pipeline / "model_index.json").write_text("{}")
+    (pipeline / "transformer").mkdir()
+    assert scheduler_config(pipeline / "transformer") == euler  # PIPELINE/transformer: the pipeline's
+    student = tmp_path / "run" / "student"  # RUN/student keeps its own copy
+    student.mkdir(parents=True)
+    (student / "scheduler_config.json").write_text(json.dumps({**euler, "shift": 2.0}))
+    assert scheduler_config(student) == {**euler, "shift": 2.0}
+    assert scheduler_config(tmp_path / "run") is None

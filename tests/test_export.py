@@ -86,7 +86,9 @@ def test_a_lora_student_exports_a_peft_adapter_that_computes_the_merged_student(
     assert not torch.allclose(before, merged(x, sigma, cond))  # the adapter is what training changed
 
 
-def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(tmp_path: Path) -> None:
+def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tiny = pytest.importorskip("fieldkit_sd3.tiny", reason="the sd3 plugin is not installed")
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
@@ -97,11 +99,14 @@ def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(t
         for p in student.parameters():
             p.add_(0.01)
     student.save_pretrained(run / "student")
-    graph = {
-        "fields": {"init": {"type": "sd3", "path": str(pipeline)}},
+    graph = {  # the model path relative to the graph file's folder, as graphs write it
+        "fields": {"init": {"type": "sd3", "path": "base"}},
         "student": {"init": "init", "train": "full"},
     }
     (run / "graph.json").write_text(json.dumps(graph))
+    (run / "sessions.jsonl").write_text(json.dumps({"step": 0, "graph": str(tmp_path / "graph.yaml")}) + "\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # resolved against the graph's folder, not the working one
     out = tmp_path / "export"
     result = invoke("export", str(run), "-o", str(out))
     assert result.exit_code == 0, result.output

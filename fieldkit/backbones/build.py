@@ -22,8 +22,9 @@ def load_or_build(cls: type[F], params: TransformerParams, ctx: BuildContext, **
     scheduler = None
     if params.path is not None:
         path = ctx.path(params.path)
-        transformer = cls.load_transformer(path, params.subfolder, dtype, params.variant)
-        scheduler = scheduler_config(path)
+        base = ctx.path(params.base_config) if params.base_config else None
+        transformer = cls.load_transformer(path, params.subfolder, dtype, params.variant, base)
+        scheduler = scheduler_config(base if path.is_file() and base is not None else path)
     else:
         transformer = cls.build_transformer(params.config or {}, params.seed, dtype)
     if params.gradient_checkpointing:

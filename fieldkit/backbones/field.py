@@ -9,13 +9,14 @@ when used.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.loading import build_model, load_model
+from fieldkit.backbones.loading import SCHEDULER_FILE, build_model, load_model
 from fieldkit.backbones.schedule import pipeline_sigmas
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError
@@ -83,10 +84,20 @@ class SharedAdapterField(ModuleField):
         subfolder: str | None = None,
         dtype: torch.dtype | None = None,
         variant: str | None = None,
+        base_config: Path | None = None,
     ) -> Any:
         """``cls.model_class.from_pretrained`` from a local folder (a pipeline folder: its ``transformer/``;
-        or a model folder), nothing fetched, the dtype checked; ``dtype=None`` keeps the stored one."""
-        return load_model(cls.model_class, path, subfolder, dtype, hint=cls.load_hint, variant=variant)
+        or a model folder), or ``from_single_file`` of a file with the config of the folder ``base_config``;
+        nothing fetched, the dtype checked; ``dtype=None`` keeps the stored one."""
+        return load_model(
+            cls.model_class,
+            path,
+            subfolder,
+            dtype,
+            hint=cls.load_hint,
+            variant=variant,
+            base_config=base_config,
+        )
 
     @classmethod
     def build_transformer(
@@ -183,13 +194,16 @@ class SharedAdapterField(ModuleField):
         return self.spawn(name)
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the transformer as a diffusers model folder (``config.json`` + safetensors)."""
+        """Write the transformer as a diffusers model folder (``config.json`` + safetensors), with the
+        pipeline's scheduler config as ``scheduler_config.json`` when the field has one."""
         if self.switch.hosted:
             raise FieldkitError(
                 f"this {self.backbone} field shares its transformer with LoRA adapters; save a copy of it",
                 hint="copy.deepcopy(field) merges the field's own adapter and drops the others",
             )
         self.transformer.save_pretrained(str(path), safe_serialization=True)
+        if self.scheduler is not None:  # what sampling_sigmas needs when the folder is loaded again
+            (Path(path) / SCHEDULER_FILE).write_text(json.dumps(self.scheduler, indent=1))
         return Path(path)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Self:

@@ -27,6 +27,11 @@ class TransformerParams(Params):
     variant: str | None = Field(
         None, description="the weights variant to load, e.g. 'fp16' for diffusion_pytorch_model.fp16.*"
     )
+    base_config: str | None = Field(
+        None,
+        description="when `path` is a single-file checkpoint (.safetensors): the pipeline or transformer "
+        "folder of the same model, whose config (and scheduler) it is read with; relative to the graph",
+    )
     config: dict[str, Any] | None = Field(
         None, description="build a freshly initialised transformer from these model config keys"
     )

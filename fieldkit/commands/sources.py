@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from fieldkit.errors import FieldkitError
-from fieldkit.field import VelocityField
+from fieldkit.field import ModuleField, VelocityField
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
 
@@ -19,7 +20,9 @@ def collect_fields(
     """``{label: field}`` for graph nodes ``names`` and model folders ``checkpoints`` (loaded, frozen).
 
     Model folders are loaded in float32, the dtype fields are sampled in, whatever dtype they were saved
-    in (a student saved in float16 or bfloat16 would otherwise meet float32 states).
+    in (a student saved in float16 or bfloat16 would otherwise meet float32 states): fieldkit's own models
+    with :func:`fieldkit.models.load_pretrained`, a diffusers model folder (an sd3 or zimage student) as the
+    graph's student would be (:func:`diffusers_student`).
     """
     from fieldkit.models import load_pretrained
 
@@ -31,10 +34,55 @@ def collect_fields(
             )
         fields[name] = ctx.field(name)
     for folder in checkpoints:
-        fields[folder.name if folder.name != "student" else str(folder)] = (
-            load_pretrained(folder, dtype=torch.float32).to(ctx.device).freeze()
-        )
+        label = folder.name if folder.name != "student" else str(folder)
+        if _is_diffusers_folder(folder):
+            fields[label] = diffusers_student(graph, ctx, folder)
+        else:
+            fields[label] = load_pretrained(folder, dtype=torch.float32).to(ctx.device).freeze()
     return fields
+
+
+def _is_diffusers_folder(folder: Path) -> bool:
+    try:
+        return "_diffusers_version" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def diffusers_student(graph: Graph, ctx: BuildContext, folder: Path) -> VelocityField:
+    """The diffusers model ``folder`` (``RUN/student`` of an sd3 or zimage run) as a field of the source type
+    that made the graph's student: the first transformer source at or under ``student.init`` (following LoRA
+    ``base`` links), built by its own factory from ``folder`` in float32."""
+    from fieldkit.backbones.params import AdapterParams, TransformerParams
+
+    if graph.spec.student is None:
+        raise FieldkitError(
+            f"{folder} is a diffusers model folder, and {graph.source.path} has no student to say which "
+            "source type loads it",
+            hint="pass the graph the run was trained from",
+        )
+    typed = graph.nodes[str(graph.spec.student.init)]
+    while isinstance(typed.params, AdapterParams):
+        typed = graph.nodes[str(typed.params.base)]
+    if not isinstance(typed.params, TransformerParams):
+        raise FieldkitError(
+            f"{folder} is a diffusers model folder, but the student's init in {graph.source.path} is a "
+            f"{typed.registration.name!r} node, not a diffusers transformer source"
+        )
+    update: dict[str, object] = {
+        "path": str(folder.resolve()),
+        "subfolder": "",
+        "variant": None,
+        "base_config": None,
+        "config": None,
+        "dtype": "float32",
+    }
+    if "base" in type(typed.params).model_fields:  # a source that may share another field's transformer
+        update["base"] = None
+    built = typed.registration.factory(typed.params.model_copy(update=update), ctx)
+    if not isinstance(built, ModuleField):
+        raise FieldkitError(f"the {typed.registration.name!r} source built no model field from {folder}")
+    return built.to(ctx.device).freeze()
 
 
 def sampling_sigmas(

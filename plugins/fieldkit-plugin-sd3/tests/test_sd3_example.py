@@ -47,6 +47,14 @@ def test_tiny_graph_distills_exports_and_loads_in_diffusers(sd3_plugin, tmp_path
     assert {r["route"] for r in records} <= {"t2i", "edit"}
     assert (example / "tiny-models" / "prompts.sd3-embeddings.safetensors").is_file()
 
+    # the student samples from its folder, on the pipeline's scheduler that the folder keeps
+    assert json.loads((run / "student" / "scheduler_config.json").read_text())["shift"] == 3.0
+    grid = tmp_path / "student.png"
+    invoke(
+        "sample", str(example / "tiny.yaml"), "--checkpoint", str(run / "student"), "-n", "2", "-o", str(grid)
+    )
+    assert grid.is_file()
+
     invoke("export", str(run), "--format", "peft", "-o", str(run / "lora"))
     config = json.loads((run / "lora" / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["base_model_name_or_path"] == str(example / "tiny-models" / "sd3")

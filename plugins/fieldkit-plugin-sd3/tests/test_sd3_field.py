@@ -83,3 +83,42 @@ def test_a_missing_prompt_embedding_is_named(tiny: Path, prompt_cond: Cond) -> N
     field = SD3Field(SD3Field.load_transformer(tiny / "sd3"))
     with pytest.raises(Exception, match=r"cond\['pooled'\]"):
         field(torch.zeros(2, 4, 8, 8), torch.ones(2), prompt_cond.without("pooled"))
+
+
+def _weights_equal(a: SD3Field, b: SD3Field) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_folder_of_fp16_variant_weights_loads_with_variant(sd3_plugin, tiny: Path, tmp_path: Path) -> None:
+    """diffusers writes and loads ``diffusion_pytorch_model.fp16.safetensors`` with ``variant="fp16"``."""
+    SD3Field.load_transformer(tiny / "sd3").save_pretrained(str(tmp_path / "t"), variant="fp16")
+    with pytest.raises(GraphError, match="only the weights variant") as err:
+        graph_field(f"fields:\n  base: {{type: sd3, path: '{tmp_path / 't'}'}}\n")
+    assert "variant: fp16" in str(err.value)
+    loaded = graph_field(f"fields:\n  base: {{type: sd3, path: '{tmp_path / 't'}', variant: fp16}}\n")
+    assert _weights_equal(loaded, graph_field(f"fields:\n  base: {{type: sd3, path: '{tiny / 'sd3'}'}}\n"))
+
+
+def test_a_single_file_checkpoint_loads_with_its_pipelines_config_and_scheduler(
+    sd3_plugin, tiny: Path, tmp_path: Path
+) -> None:
+    """A single .safetensors file (the form community checkpoints ship in) with ``base_config``, the folder
+    whose config (and scheduler) it is read with; written here from the tiny pipeline's transformer."""
+    from safetensors.torch import save_file
+
+    reference = graph_field(f"fields:\n  base: {{type: sd3, path: '{tiny / 'sd3'}'}}\n")
+    file = tmp_path / "sd35-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.transformer.state_dict().items()}, str(file))
+    with pytest.raises(GraphError, match="single-file checkpoint") as err:
+        graph_field(f"fields:\n  base: {{type: sd3, path: '{file}'}}\n")
+    assert "base_config" in str(err.value)
+    single = graph_field(f"fields:\n  base: {{type: sd3, path: '{file}', base_config: '{tiny / 'sd3'}'}}\n")
+    assert _weights_equal(single, reference)
+    assert torch.equal(single.sampling_sigmas(4, (4, 8, 8)), reference.sampling_sigmas(4, (4, 8, 8)))
+
+
+def test_a_pipelines_transformer_folder_samples_on_the_pipelines_scheduler(sd3_plugin, tiny: Path) -> None:
+    inner = graph_field(f"fields:\n  base: {{type: sd3, path: '{tiny / 'sd3' / 'transformer'}'}}\n")
+    whole = graph_field(f"fields:\n  base: {{type: sd3, path: '{tiny / 'sd3'}'}}\n")
+    sigmas = inner.sampling_sigmas(4, (4, 8, 8))
+    assert sigmas is not None and torch.equal(sigmas, whole.sampling_sigmas(4, (4, 8, 8)))

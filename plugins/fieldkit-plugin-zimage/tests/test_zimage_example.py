@@ -59,6 +59,9 @@ def test_the_tiny_graphs_validate_dry_run_and_train(zimage_plugin, workspace: Pa
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(r["finite"] for r in records)
     assert (run / "student" / "config.json").is_file()
+    grid = run / "student.png"  # the student samples from its folder
+    invoke("sample", str(graph), "--checkpoint", str(run / "student"), "-n", "2", "-o", str(grid))
+    assert grid.is_file()
     invoke("export", str(run), "--format", "peft", "-o", str(run / "lora"))
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
 

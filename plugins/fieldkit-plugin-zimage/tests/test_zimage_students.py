@@ -170,3 +170,30 @@ def test_exports_load_in_both_pipelines_and_sample_as_fieldkit_does(
         images = [make_image(1), make_image(2)]
         edits = edit_latents(omni, images, ["make it blue", "add a hat"], x, STEPS, guidance_scale=0.0)
         assert (edits - edit_want).abs().max() <= 1e-5, kind
+
+
+def test_the_omni_exports_readme_snippet_loads_a_pipeline_that_edits(
+    tiny, make_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """diffusers' ZImageOmniPipeline encodes edit images in bfloat16: the export's own snippet loads the VAE
+    so, and the pipeline it loads edits (with the fp32 VAE of a plain from_pretrained it fails)."""
+    import json
+    import re
+
+    from fieldkit.export import export_run
+
+    run = tmp_path / "run"
+    ZImageField.load_transformer(tiny / "omni").save_pretrained(str(run / "student"))
+    graph = {"fields": {"init": {"type": "zimage", "path": str(tiny / "omni")}}, "student": {"init": "init"}}
+    (run / "graph.json").write_text(json.dumps(graph))
+    export_run(run, "diffusers", tmp_path / "export")
+    [snippet] = re.findall(r"```python\n(.*?)```", (tmp_path / "export" / "README.md").read_text(), re.S)
+    assert "bfloat16" in snippet
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(snippet, namespace)
+    pipe = namespace["pipe"]
+    out = pipe(  # type: ignore[operator]
+        image=[make_image(1)], prompt="make it blue", num_inference_steps=1, output_type="latent"
+    )
+    assert out.images.shape == (1, 16, 8, 8)
