@@ -294,11 +294,20 @@ def push_to_hub(folder: Path, repo: str, api: Any = None, private: bool = False)
     """Upload an exported folder to the Hub repository ``repo`` (created if missing); returns its URL.
 
     ``api`` is a ``huggingface_hub.HfApi`` (a new one, which reads the token from the environment or
-    ``huggingface-cli login``, by default).
+    ``huggingface-cli login``, by default). A failed upload (offline, no network, no token, a refused repo)
+    is a FieldkitError that says the folder is kept and how to upload it later.
     """
+    import httpx
     from huggingface_hub import HfApi
 
     api = api or HfApi()
-    url = api.create_repo(repo, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="Upload a fieldkit export")
+    try:
+        url = api.create_repo(repo, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="Upload a fieldkit export")
+    except (OSError, ValueError, httpx.HTTPError) as err:  # the hub's errors are OSErrors or ValueErrors
+        raise FieldkitError(
+            f"{folder} is written, but uploading it to the Hub repository {repo!r} failed: "
+            f"{type(err).__name__}: {err}",
+            hint=f"upload it later with `hf upload {repo} {folder} .` (log in first: `hf auth login`)",
+        ) from None
     return str(url)

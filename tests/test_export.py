@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from huggingface_hub import HfApi
@@ -15,6 +16,7 @@ from test_cli_run import DISTILL, invoke
 
 from fieldkit import loads_graph
 from fieldkit.cond import Cond
+from fieldkit.errors import FieldkitError
 from fieldkit.export import export_run, push_to_hub
 from fieldkit.graph.builder import BuildContext
 from fieldkit.models import load_pretrained
@@ -148,3 +150,25 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder_with_its_card(
     assert create == "create_repo" and created["private"] is True and created["exist_ok"] is True
     assert upload == "upload_folder" and uploaded["repo_id"] == "someone/quickstart-student"
     assert {"README.md", "config.json", "model.safetensors", "samples/t2i.png"} <= set(uploaded["files"])
+
+
+def test_a_failed_upload_keeps_the_folder_and_says_how_to_upload_it_later(
+    quickstart_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "export"
+    result = invoke("export", str(quickstart_runs[0]), "-o", str(out), "--push-to-hub", "someone/student")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{out} is written" in text and "OfflineModeIsEnabled" in text
+    assert "hf upload someone/student" in text
+    assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
+
+    class Unreachable(HfApi):
+        def create_repo(self, repo_id: str, **kwargs):  # type: ignore[override]
+            raise httpx.ConnectError("[Errno 101] Network is unreachable")
+
+    with pytest.raises(FieldkitError, match="Network is unreachable"):
+        push_to_hub(out, "someone/student", api=Unreachable(token="hf_offline_test"))
