@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fieldkit.errors import FieldkitError, GraphError, PluginError
-from fieldkit.graph.loader import Graph, load_graph, loads_graph
+from fieldkit.graph import loader
+from fieldkit.graph.loader import Graph
 from fieldkit.lazy import lazy_attributes
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from fieldkit.field import ModuleField, VelocityField, as_field
     from fieldkit.flow import euler_sample, interpolate, rollout_states, shift_sigma, sigma_schedule
     from fieldkit.ops import Guidance, Masked, Mix, Scale, SigmaWeight, Sum, TimeSwitch, TowardSource
+    from fieldkit.plugins.registry import Registry
 
 # The names below import torch: they load on first use, so `fieldkit --help` and `fieldkit validate` start
 # without it (PEP 562 module __getattr__).
@@ -46,6 +48,23 @@ __getattr__ = lazy_attributes("fieldkit", _LAZY)
 
 
 __version__ = "0.1.0"
+
+
+def load_graph(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> Graph:
+    """Read, override (``--set`` strings such as ``"run.steps=100"``) and validate a graph file, without
+    building anything or reading any weights; types come from the plugin host unless ``registry`` is given."""
+    return loader.load_graph(path, overrides, _registry(registry))
+
+
+def loads_graph(text: str, overrides: Sequence[str] = (), registry: Registry | None = None) -> Graph:
+    """:func:`load_graph` for YAML text (relative paths resolve against the working folder)."""
+    return loader.loads_graph(text, overrides, _registry(registry))
+
+
+def _registry(registry: Registry | None) -> Registry:
+    from fieldkit.plugins.manager import get_host
+
+    return get_host().registry if registry is None else registry
 
 
 def distill_graph(

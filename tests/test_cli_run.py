@@ -219,10 +219,10 @@ def test_sample_and_eval_step_through_the_graphs_flow_schedule(graph: Path) -> N
     """sample and eval use the sigmas training rolls out with: ``flow.schedule`` read from the first field."""
     import torch
 
+    from fieldkit import load_graph
     from fieldkit.commands.sources import sampling_sigmas
     from fieldkit.errors import FieldkitError
     from fieldkit.flow import sigma_schedule
-    from fieldkit.graph import load_graph
 
     class Scheduled:
         def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> torch.Tensor:

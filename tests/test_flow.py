@@ -356,10 +356,10 @@ def test_rollout_sigmas_take_the_models_own_schedule_unless_asked_for_the_shift_
 def test_an_operators_schedule_is_the_one_of_the_field_it_is_built_from() -> None:
     """Guidance over a teacher with a scheduler samples on the teacher's sigmas (it fell back to the even
     grid: operators have no scheduler of their own)."""
+    from fieldkit import loads_graph
     from fieldkit.commands.sources import sampling_sigmas
     from fieldkit.field import ModuleField
     from fieldkit.flow import rollout_sigmas
-    from fieldkit.graph import loads_graph
     from fieldkit.ops.guidance import Guidance
 
     own = torch.tensor([1.0, 0.95, 0.6, 0.0])

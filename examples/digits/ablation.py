@@ -62,9 +62,9 @@ def _students(engine: Any, emas: dict[str, Any]) -> dict[str, Any]:
 
 def run(name: str, overrides: Sequence[str], decays: Sequence[float], every: int, samples: int) -> None:
     """Train one variant and append its record to the results file."""
+    from fieldkit import load_graph
     from fieldkit.distill.ema import EMA
     from fieldkit.distill.engine import Engine
-    from fieldkit.graph import load_graph
 
     graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])
     engine = Engine(graph, None, show_progress=False, write=False)
@@ -275,9 +275,9 @@ def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_S
     side EMAs at ``MAIN_DECAYS`` instead) and record, every ``MAIN_EVERY`` updates and at the end, every copy
     of the weights and the teachers on the validation and the test halves of the held-out digits (the
     seed's evaluation draw). The record is rewritten at every checkpoint; it is complete at the end."""
+    from fieldkit import load_graph
     from fieldkit.distill.ema import EMA
     from fieldkit.distill.engine import Engine
-    from fieldkit.graph import load_graph
 
     overrides = [f"student.init={init}", "student.ema=null", f"run.seed={seed}", f"run.steps={steps}"]
     graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])

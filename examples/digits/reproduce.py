@@ -489,7 +489,7 @@ def run_key(run: Run, seed: int, matched: str, settings: Settings, world: str, c
     the evaluation settings and, for a matched-budget twin, its reference's key."""
     import hashlib
 
-    from fieldkit.graph import load_graph
+    from fieldkit import load_graph
 
     graph = load_graph(GRAPHS[run.graph], overrides_of(run, seed, matched, settings))
     payload = {
@@ -657,8 +657,8 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     seconds (``matched: time``) or model passes (``matched: compute``)."""
     import torch
 
+    from fieldkit import load_graph
     from fieldkit.distill.engine import Engine
-    from fieldkit.graph import load_graph
 
     torch.set_num_threads(1)
     steps = settings.steps if matched == "steps" else 10**9

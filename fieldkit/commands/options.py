@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fieldkit.graph.loader import load_graph
+from fieldkit import load_graph
 
 F = TypeVar("F", bound=Callable[..., Any])
 

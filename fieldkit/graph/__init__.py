@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fieldkit.graph.loader import Graph, Typed, load_graph, loads_graph
+from fieldkit.graph.loader import Graph, Typed
 from fieldkit.graph.refs import FieldRef
 from fieldkit.graph.schema import GraphSpec
 
@@ -23,4 +23,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'fieldkit.graph' has no attribute {name!r}")
 
 
-__all__ = ["BuildContext", "FieldRef", "Graph", "GraphSpec", "Typed", "load_graph", "loads_graph"]
+__all__ = ["BuildContext", "FieldRef", "Graph", "GraphSpec", "Typed"]

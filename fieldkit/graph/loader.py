@@ -264,27 +264,19 @@ def validate_source(source: YamlSource, registry: Registry) -> Graph:
     return Graph(spec, source, nodes, datasets, metrics, router, method)
 
 
-def load_graph(
-    path: str | Path,
-    overrides: Sequence[str] = (),
-    registry: Registry | None = None,
-) -> Graph:
-    """Read, override and validate a graph file without building anything or reading any weights."""
-    source = read_yaml(path)
-    return validate_parsed(source, overrides, registry)
+def load_graph(path: str | Path, overrides: Sequence[str], registry: Registry) -> Graph:
+    """Read, override and validate a graph file against ``registry``'s types, without building anything or
+    reading any weights (:func:`fieldkit.load_graph` passes the plugin host's)."""
+    return validate_parsed(read_yaml(path), overrides, registry)
 
 
-def loads_graph(text: str, overrides: Sequence[str] = (), registry: Registry | None = None) -> Graph:
+def loads_graph(text: str, overrides: Sequence[str], registry: Registry) -> Graph:
     """:func:`load_graph` for YAML text (relative paths resolve against the working folder)."""
     return validate_parsed(parse_yaml(text), overrides, registry)
 
 
-def validate_parsed(source: YamlSource, overrides: Sequence[str], registry: Registry | None) -> Graph:
+def validate_parsed(source: YamlSource, overrides: Sequence[str], registry: Registry) -> Graph:
     """Apply ``--set`` overrides to parsed YAML and validate it."""
-    if registry is None:
-        from fieldkit.plugins.manager import get_host
-
-        registry = get_host().registry
     data = apply_overrides(source.data, overrides)
     # The last override of a key path wins, as it does for the data.
     set_by: dict[Loc, str] = {tuple(parse_override(text)[0]): text for text in overrides}
