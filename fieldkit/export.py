@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ class Exported:
     kind: str
     load: str
     library: str
+    pipeline: str = ""  # the diffusers pipeline class of a pipeline folder
+    model_class: str = ""  # the diffusers model class of a model folder
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -89,11 +92,63 @@ def _component_of(pipeline: Path, class_name: str) -> str | None:
     )
 
 
-def _diffusers(run: RunFolder, out: Path, base: Path | None) -> Exported:
-    student = run.folder / "student"
+def student_from_checkpoint(run: RunFolder, which: str, into: Path) -> Path:
+    """Write the student of checkpoint ``which`` (``latest``: the newest that verifies; or a checkpoint
+    folder) as a model folder under ``into``, as the run's end writes RUN/student: the student built from
+    the graph, the checkpoint's EMA weights when it kept them (else its weights), LoRA merged."""
+    from safetensors.torch import save_file
+
+    from fieldkit.distill.checkpoint import load_weights, resolve_resume
+    from fieldkit.distill.student import make_student
+    from fieldkit.graph.builder import BuildContext
+    from fieldkit.graph.loader import validate_parsed
+    from fieldkit.graph.yaml_source import YamlSource
+    from fieldkit.models.lora import merge_and_strip
+
+    path, _ = resolve_resume(run.folder / "checkpoints", which)
+    if path is None:
+        raise FieldkitError(
+            f"{run.folder}: no checkpoint that verifies", hint="this run has nothing to export"
+        )
+    graph = validate_parsed(YamlSource(run.graph, str(_graph_root(run) / "graph.json")), (), None)
+    spec = graph.spec.student
+    if spec is None:
+        raise FieldkitError(f"{run.folder}: its graph has no student")
+    model = make_student(BuildContext(graph).field(str(spec.init)), spec)
+    state = load_weights(path)
+    try:
+        unexpected = model.load_state_dict(state.student, strict=False).unexpected_keys
+    except RuntimeError:  # shape mismatches raise even when not strict
+        unexpected = ["(a tensor of another shape)"]
+    if unexpected:
+        raise FieldkitError(
+            f"{path}: its weights do not fit the run's student", hint="is it this run's checkpoint?"
+        )
+    if state.ema is not None:
+        model.load_state_dict(state.ema, strict=False)
+    model = merge_and_strip(model).eval()
+    folder = into / "student"
+    folder.mkdir(parents=True)
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if callable(save_pretrained):
+        save_pretrained(folder)
+    else:  # a model without its own format: its weights alone
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    return folder
+
+
+def _diffusers(run: RunFolder, out: Path, base: Path | None, student: Path) -> Exported:
     config_file = student / "config.json"
     if not config_file.is_file():
-        raise FieldkitError(f"{student}: no exported student", hint="export a run that finished")
+        checkpoints = run.folder / "checkpoints"
+        stopped = checkpoints.is_dir() and any(checkpoints.iterdir())
+        raise FieldkitError(
+            f"{student}: no exported student"
+            + (" (the run stopped before its end; it has checkpoints)" if stopped else ""),
+            hint="export a checkpoint with --checkpoint latest (or a checkpoint folder)"
+            if stopped
+            else "export a run that finished",
+        )
     config = json.loads(config_file.read_text())
     class_name = str(config.get("_class_name"))
     if "_diffusers_version" not in config:
@@ -117,6 +172,7 @@ def _diffusers(run: RunFolder, out: Path, base: Path | None) -> Exported:
             f"diffusers {class_name} folder (for a whole pipeline, pass --base PIPELINE)",
             f'from diffusers import {class_name}\nmodel = {class_name}.from_pretrained("{out.name}")',
             "diffusers",
+            model_class=class_name,
         )
     component = _component_of(pipeline, class_name)
     if component is None:
@@ -124,12 +180,13 @@ def _diffusers(run: RunFolder, out: Path, base: Path | None) -> Exported:
     _copy_tree(pipeline, out)
     shutil.rmtree(out / component)
     _copy_tree(student, out / component)
-    pipeline_class = json.loads((pipeline / "model_index.json").read_text()).get("_class_name")
+    pipeline_class = str(json.loads((pipeline / "model_index.json").read_text()).get("_class_name"))
     return Exported(
         out,
         f"diffusers {pipeline_class} folder, the distilled student as its {component}",
         _pipeline_snippet(out.name, str(pipeline_class)),
         "diffusers",
+        pipeline_class,
     )
 
 
@@ -187,12 +244,106 @@ def _peft(run: RunFolder, out: Path) -> Exported:
     )
 
 
-def model_card(run: RunFolder, exported: Exported, samples: dict[str, str]) -> str:
-    """The README.md of an export: front matter, how to load it, routes and teachers, results, samples,
-    the graph."""
+#: The guidance scale at which each pipeline runs no classifier-free guidance (a student distilled from a
+#: guided field carries the guidance in its weights).
+NO_GUIDANCE = {"StableDiffusion3Pipeline": 1.0, "ZImagePipeline": 0.0, "ZImageOmniPipeline": 0.0}
+
+
+def _guided(graph: dict[str, Any]) -> bool:
+    """Whether some field of the graph is a guidance operator (``guidance`` or a plugin's ``*.guidance``)."""
+    return any(
+        str((spec or {}).get("type", "")).split(".")[-1] == "guidance"
+        for spec in graph.get("fields", {}).values()
+    )
+
+
+FIELDKIT_USAGE = """\
+import torch
+from fieldkit import load_graph
+from fieldkit.flow import generate, rollout_sigmas
+from fieldkit.graph import BuildContext
+from fieldkit.models import load_pretrained
+
+student = load_pretrained("{folder}")
+# Conditions: 8 draws from route {route}'s data ({data}, as in training; its plugin must be installed).
+data = BuildContext(load_graph("{folder}/graph.yaml")).data("{route}")
+cond = data.sample(8, torch.Generator().manual_seed(0)).cond
+shape = tuple(data.shape)
+# Sampler: {steps} Euler steps from noise (sigma 1) to an image (sigma 0), schedule {schedule}, shift {shift}.
+sigmas = rollout_sigmas("{schedule}", {steps}, {shift}, student, shape)
+images = generate(student, cond, shape, sigmas, torch.Generator().manual_seed(1))  # [8, *shape] in [-1, 1]"""
+
+
+def usage(run: RunFolder, exported: Exported) -> str:
+    """Python that generates images from the exported folder, with the run's conditions, sampler, steps
+    and shift."""
+    flow = run.graph.get("flow") or {}
+    steps, shift, schedule = flow.get("steps", 16), flow.get("shift", 3.0), flow.get("schedule", "auto")
+    folder = exported.folder.name
+    if exported.library == "fieldkit":
+        routes = run.graph.get("routes") or {}
+        route = next((name for name, r in routes.items() if (r or {}).get("metrics")), next(iter(routes), ""))
+        data = ((routes.get(route) or {}).get("data") or {}).get("type", "")
+        return FIELDKIT_USAGE.format(
+            folder=folder, route=route, data=data, steps=steps, shift=shift, schedule=schedule
+        )
+    lines = ["from diffusers import DiffusionPipeline", ""]
+    if exported.pipeline:
+        lines.append(f'pipe = DiffusionPipeline.from_pretrained("{folder}")')
+    elif exported.library == "peft":
+        lines += [
+            "# BASE: the pipeline folder (or Hub id) the student started from",
+            'pipe = DiffusionPipeline.from_pretrained("BASE")',
+            f'pipe.load_lora_weights("{folder}")',
+        ]
+    else:
+        lines = [
+            f"from diffusers import DiffusionPipeline, {exported.model_class}",
+            "",
+            "# BASE: the pipeline folder (or Hub id) the student started from",
+            f'student = {exported.model_class}.from_pretrained("{folder}")',
+            'pipe = DiffusionPipeline.from_pretrained("BASE", transformer=student)',
+        ]
+    guidance = NO_GUIDANCE.get(exported.pipeline) if _guided(run.graph) else None
+    extra = f", guidance_scale={guidance}" if guidance is not None else ""
+    trained_on = "its own sigmas" if schedule != "shift" else f"the shift-{shift} schedule"
+    lines += [
+        f"# Sampler: the pipeline's Euler scheduler, {steps} steps (the run trained on {trained_on}).",
+        *(
+            ["# No classifier-free guidance: the student carries the guidance it was distilled from."]
+            if extra
+            else []
+        ),
+        f'image = pipe("a photo of a cat", num_inference_steps={steps}{extra}).images[0]',
+        'image.save("sample.png")',
+    ]
+    return "\n".join(lines)
+
+
+def base_model(run: RunFolder, base: Path | None) -> str | None:
+    """The model the student started from: ``--base``, else the ``path`` of the student's init source."""
+    if base is not None:
+        return base.name
+    init = (run.graph.get("student") or {}).get("init")
+    path = (run.graph.get("fields", {}).get(init) or {}).get("path")
+    return str(path) if isinstance(path, str) else None
+
+
+def model_card(
+    run: RunFolder,
+    exported: Exported,
+    samples: dict[str, str],
+    license: str = "other",
+    base: str | None = None,
+) -> str:
+    """The README.md of an export: front matter (library, license, base model, tags), how to load it and
+    generate an image, which weights these are, routes and teachers, results, samples, the graph."""
     graph = run.graph
     method = (graph.get("method") or {}).get("type", "danceopd")
-    front = {"library_name": exported.library, "tags": ["fieldkit", "flow-matching", "distillation", method]}
+    front: dict[str, Any] = {"library_name": exported.library, "license": license}
+    if base:
+        front["base_model"] = base
+    front["tags"] = ["fieldkit", "flow-matching", "distillation", method]
     routes = graph.get("routes", {})
     route_rows = [
         f"| {name} | {r.get('field') or '-'} | {(r.get('data') or {}).get('type', '-')} | {r.get('weight')} |"
@@ -220,12 +371,23 @@ def model_card(run: RunFolder, exported: Exported, samples: dict[str, str]) -> s
         f"# {run.name}",
         "",
         f"A student distilled with fieldkit (method `{method}`): "
-        f"{training}. This folder is a {exported.kind}.",
+        f"{training}. This folder is a {exported.kind}. Its weights are {run.evaluated_weights}.",
+        "",
+        f"License: `{license}`"
+        + (" (set it with `fieldkit export --license`)." if license == "other" else ".")
+        + " A distilled model also falls under the licenses of its teachers and of the model it started from"
+        + (f" (`{base}`)." if base else "."),
         "",
         "## Load it",
         "",
         "```python",
         exported.load,
+        "```",
+        "",
+        "## Generate an image",
+        "",
+        "```python",
+        usage(run, exported),
         "```",
         "",
         "## Routes and teachers",
@@ -269,25 +431,61 @@ def model_card(run: RunFolder, exported: Exported, samples: dict[str, str]) -> s
     return "\n".join(parts)
 
 
-def export_run(run_folder: Path, fmt: str, out: Path, base: Path | None = None) -> Exported:
-    """Export the run in ``run_folder`` as ``fmt`` (diffusers or peft) to the new folder ``out``, with its
-    model card; nothing is left at ``out`` if the export fails."""
+def default_folder(run_folder: Path, fmt: str, base: Path | None = None, student: Path | None = None) -> Path:
+    """Where ``fieldkit export`` writes when no -o is given, named for what it will hold:
+    RUN/peft-lora, RUN/fieldkit-model, RUN/diffusers-pipeline or RUN/diffusers-model (``student``: the model
+    folder exported, RUN/student by default)."""
+    if fmt == "peft":
+        return run_folder / "peft-lora"
+    config_file = (student or run_folder / "student") / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config and "_diffusers_version" not in config:
+        return run_folder / "fieldkit-model"
+    pipeline = base or _init_path(read_run(run_folder))
+    whole = pipeline is not None and (pipeline / "model_index.json").is_file()
+    return run_folder / ("diffusers-pipeline" if whole else "diffusers-model")
+
+
+def export_run(
+    run_folder: Path,
+    fmt: str,
+    out: Path | None = None,
+    base: Path | None = None,
+    *,
+    checkpoint: str | None = None,
+    license: str = "other",
+) -> Exported:
+    """Export the run in ``run_folder`` as ``fmt`` (diffusers or peft) to the new folder ``out`` (default:
+    :func:`default_folder`), with its model card and the graph it ran (``graph.yaml``); ``checkpoint``
+    (``latest`` or a checkpoint folder) exports that checkpoint's student instead of RUN/student. Nothing is
+    left at ``out`` if the export fails."""
     if fmt not in FORMATS:
         raise FieldkitError(f"unknown export format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
-    if out.exists():
-        raise FieldkitError(f"{out} already exists", hint="choose a new folder with -o, or remove it")
     run = read_run(run_folder)
-    with atomic_path(out) as tmp:  # the exporters create the folder
-        exported = _diffusers(run, tmp, base) if fmt == "diffusers" else _peft(run, tmp)
-        samples = {}
-        for grid in run.grids:
-            (tmp / "samples").mkdir(exist_ok=True)
-            check_regular(grid.png, "sample grid")
-            shutil.copy2(grid.png, tmp / "samples" / f"{grid.route}.png")
-            samples[grid.route] = f"samples/{grid.route}.png"
-        final = Exported(out, exported.kind, exported.load.replace(tmp.name, out.name), exported.library)
-        (tmp / "README.md").write_text(model_card(run, final, samples))
-    return final
+    with tempfile.TemporaryDirectory() as scratch:
+        student = run.folder / "student"
+        if checkpoint is not None and fmt != "peft":
+            student = student_from_checkpoint(run, checkpoint, Path(scratch))
+        out = out or default_folder(run_folder, fmt, base, student)
+        if out.exists():
+            raise FieldkitError(f"{out} already exists", hint="choose a new folder with -o, or remove it")
+        with atomic_path(out) as tmp:  # the exporters create the folder
+            exported = _peft(run, tmp) if fmt == "peft" else _diffusers(run, tmp, base, student)
+            _finish(run, exported, tmp, out, license, base_model(run, base))
+    return replace(exported, folder=out, load=exported.load.replace(tmp.name, out.name))
+
+
+def _finish(run: RunFolder, exported: Exported, tmp: Path, out: Path, license: str, base: str | None) -> None:
+    """Beside the model: the newest sample grid of each route, graph.yaml and the model card."""
+    samples = {}
+    for grid in run.grids:
+        (tmp / "samples").mkdir(exist_ok=True)
+        check_regular(grid.png, "sample grid")
+        shutil.copy2(grid.png, tmp / "samples" / f"{grid.route}.png")
+        samples[grid.route] = f"samples/{grid.route}.png"
+    final = replace(exported, folder=out, load=exported.load.replace(tmp.name, out.name))
+    (tmp / "graph.yaml").write_text(yaml.safe_dump(run.graph, sort_keys=False, default_flow_style=None))
+    (tmp / "README.md").write_text(model_card(run, final, samples, license, base))
 
 
 def push_to_hub(folder: Path, repo: str, api: Any = None, private: bool = False) -> str:

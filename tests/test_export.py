@@ -5,6 +5,8 @@ student computes; every export has a model card; pushing goes through huggingfac
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import httpx
@@ -44,6 +46,43 @@ def test_a_fieldkit_student_exports_in_its_own_layout_with_a_card(quickstart_run
     assert "![samples of route t2i](samples/t2i.png)" in card and (out / "samples" / "t2i.png").is_file()
     assert "Rows: teacher: guided / student." in card and "1: component " in card
     assert "## Graph" in card and "lr_schedule: constant" in card
+    assert "license: other" in card and "weights after the last update (no EMA" in card
+
+
+def test_the_card_snippet_generates_images_from_the_export_folder_alone(
+    quickstart_runs, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    shutil.copytree(quickstart_runs[0], run)
+    result = invoke("export", str(run), "--license", "apache-2.0")
+    assert result.exit_code == 0, result.output
+    out = run / "fieldkit-model"  # the default folder says what it holds
+    card = (out / "README.md").read_text()
+    assert "license: apache-2.0" in card
+    [snippet] = [b for b in re.findall(r"```python\n(.*?)```", card, re.DOTALL) if "generate(" in b]
+    assert "# Sampler: 4 Euler steps" in snippet and "shift 3.0" in snippet  # the run's flow settings
+    shutil.rmtree(run / "student")  # the export folder is all the snippet reads
+    monkeypatch.chdir(run)
+    namespace: dict[str, object] = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    images = namespace["images"]
+    assert isinstance(images, torch.Tensor) and images.shape == (8, 1, 4, 4) and images.isfinite().all()
+
+
+def test_a_run_that_stopped_before_its_end_exports_from_a_checkpoint(quickstart_runs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(quickstart_runs[0], run)
+    shutil.rmtree(run / "student")
+    refused = invoke("export", str(run))
+    assert refused.exit_code == 2
+    assert "the run stopped before its end; it has checkpoints" in refused.output
+    assert "--checkpoint latest" in refused.output and not (run / "fieldkit-model").exists()
+    result = invoke("export", str(run), "--checkpoint", "latest")
+    assert result.exit_code == 0, result.output
+    # the last checkpoint is the end of the run: its student is the one the run exported
+    loaded, student = load_pretrained(run / "fieldkit-model"), load_pretrained(quickstart_runs[0] / "student")
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
 
 
 def test_export_refuses_an_existing_folder_and_a_peft_export_of_a_full_student(
@@ -118,6 +157,8 @@ def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(
         torch.testing.assert_close(loaded.transformer.state_dict()[name], value, rtol=0, atol=0)
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "DiffusionPipeline.from_pretrained" in card
+    assert f"base_model: {pipeline}" in card  # the model the student started from
+    assert 'image = pipe("a photo of a cat", num_inference_steps=16).images[0]' in card
     assert "no sample grids" in card.lower() and "No route had metrics" in card
 
 

@@ -3,6 +3,7 @@ key), ``--set`` overrides, and lazy building through BuildContext (with a plugin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +386,15 @@ def test_relative_paths_resolve_against_the_graph_folder(tmp_path):
     ctx = BuildContext(load_graph(write(tmp_path, GOOD)))
     assert ctx.path("weights/teacher.safetensors") == tmp_path / "weights" / "teacher.safetensors"
     assert ctx.path("/abs/w.safetensors") == Path("/abs/w.safetensors")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["run.optimizer={type: sgd, momentum: 0.9, nesterov: true}"], ["run.parallel=fsdp"]],
+)
+def test_a_runs_graph_json_with_every_default_written_out_validates_as_the_same_graph(overrides):
+    """graph.json (the spec with every default) is a graph again: export and --checkpoint rebuild from it."""
+    graph = load_graph(Path(__file__).parent.parent / "examples" / "quickstart" / "graph.yaml", overrides)
+    dumped = json.loads(graph.spec.model_dump_json())
+    again = loads_graph(json.dumps(dumped))
+    assert again.spec == graph.spec

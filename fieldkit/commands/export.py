@@ -18,7 +18,24 @@ import click
     help="diffusers: a pipeline (or model) folder; peft: the LoRA adapter alone.",
 )
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), help="A new folder (default: RUN/export-FORMAT)."
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="A new folder (default: named for what it holds: RUN/fieldkit-model, RUN/diffusers-pipeline, "
+    "RUN/diffusers-model or RUN/peft-lora).",
+)
+@click.option(
+    "--checkpoint",
+    metavar="latest|DIR",
+    help="Export this checkpoint's student (latest: the newest that verifies) instead of RUN/student, e.g. "
+    "for a run that stopped before its end.",
+)
+@click.option(
+    "--license",
+    "license_id",
+    default="other",
+    show_default=True,
+    help="The license in the model card's metadata (an SPDX id such as apache-2.0).",
 )
 @click.option(
     "--base",
@@ -28,10 +45,17 @@ import click
 @click.option("--push-to-hub", "repo", metavar="REPO", help="Also upload the folder to this Hub repository.")
 @click.option("--private", is_flag=True, help="Create the Hub repository as private.")
 def export(
-    run: Path, fmt: str, output: Path | None, base: Path | None, repo: str | None, private: bool
+    run: Path,
+    fmt: str,
+    output: Path | None,
+    checkpoint: str | None,
+    license_id: str,
+    base: Path | None,
+    repo: str | None,
+    private: bool,
 ) -> None:
-    """Export the student of the run folder RUN with a README.md model card (routes, teachers, results,
-    sample grids, the graph).
+    """Export the student of the run folder RUN with a README.md model card (how to load it and generate an
+    image, base model and license, routes, teachers, results, sample grids, the graph) and graph.yaml.
 
     With --format diffusers, a diffusers student goes back into its pipeline folder, which
     DiffusionPipeline.from_pretrained loads; fieldkit's own MMDiT has no diffusers class and keeps the
@@ -44,13 +68,14 @@ def export(
       fieldkit export runs/digits
       fieldkit export runs/sd35 --base models/sd35 -o sd35-distilled --push-to-hub me/sd35-distilled
       fieldkit export runs/lora --format peft
+      fieldkit export runs/stopped --checkpoint latest
     """
     from rich.console import Console
 
     from fieldkit.export import export_run, push_to_hub
 
     console = Console(stderr=True, highlight=False)
-    exported = export_run(run, fmt, output or run / f"export-{fmt}", base)
+    exported = export_run(run, fmt, output, base, checkpoint=checkpoint, license=license_id)
     console.print(f"wrote {exported.folder}: {exported.kind}")
     if repo:
         console.print(f"pushed to {push_to_hub(exported.folder, repo, private=private)}")

@@ -100,6 +100,8 @@ class OptimizerSpec(Strict):
     @model_validator(mode="after")
     def _params_fit_type(self) -> OptimizerSpec:
         for key in sorted(self.model_fields_set - {"type"}):
+            if getattr(self, key) == type(self).model_fields[key].default:
+                continue  # a default written out (a run's graph.json) asks for nothing
             owner = next(t for t, keys in OPTIMIZER_PARAMS.items() if key in keys)
             if owner != self.type:
                 raise ValueError(f"{key!r} is a parameter of {owner}, not of {self.type}; remove it")
@@ -214,7 +216,7 @@ class RunSpec(Strict):
 
     @model_validator(mode="after")
     def _fsdp_settings(self) -> RunSpec:
-        if self.parallel != "fsdp" and self.fsdp.model_fields_set:
+        if self.parallel != "fsdp" and self.fsdp != FsdpSpec():
             raise ValueError(
                 "run.fsdp applies to run.parallel: fsdp only; set parallel: fsdp or remove run.fsdp"
             )
