@@ -20,7 +20,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,11 +207,12 @@ def perturb(model: torch.nn.Module, seed: int) -> None:
             p.add_((torch.randn(p.shape, generator=gen) * 0.02).to(p))
 
 
-def make_engine(text: str) -> Engine:
-    """An Engine (writes nothing) over ``text``, with the teacher and student given non-zero outputs.
+def make_engine(text: str, overrides: Sequence[str] = (), out: Path | None = None) -> Engine:
+    """An Engine over ``text`` with ``--set`` style ``overrides``, its teacher and student given non-zero
+    outputs; it writes into ``out`` (a run folder) when given, else nothing.
 
     Call inside :func:`bench_plugin`."""
-    engine = Engine(loads_graph(text), write=False, show_progress=False)
+    engine = Engine(loads_graph(text, overrides), out, write=out is not None, show_progress=False)
     perturb(engine.student, 0)
     perturb(engine.ctx.field("teacher"), 1)
     return engine

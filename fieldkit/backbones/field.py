@@ -193,6 +193,11 @@ class SharedAdapterField(ModuleField):
         )
         return self.spawn(name)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer block's activations in the backward pass: what
+        ``student.gradient_checkpointing: true`` turns on (a source's own ``gradient_checkpointing``, too)."""
+        self.transformer.enable_gradient_checkpointing()
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the transformer as a diffusers model folder (``config.json`` + safetensors), with the
         pipeline's scheduler config as ``scheduler_config.json`` when the field has one."""

@@ -28,8 +28,8 @@ def make_student(init: VelocityField, spec: StudentSpec) -> nn.Module:
             raise GraphError(
                 f"student.gradient_checkpointing is on but {type(student).__name__} (student.init "
                 f"{str(spec.init)!r}) has no enable_gradient_checkpointing()",
-                hint="turn it off, or use a model that has it (fieldkit's MMDiT); some sources take "
-                "their own gradient_checkpointing parameter (e.g. sd3)",
+                hint="turn it off, or train a model that has it (fieldkit's MMDiT, the diffusers backbones "
+                "such as sd3 and zimage)",
             )
         student.enable_gradient_checkpointing()
     if spec.train == "lora":
