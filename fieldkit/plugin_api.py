@@ -1,8 +1,9 @@
 """Everything a fieldkit plugin imports, in one module: the hook marker, the typed ``register`` callbacks, the
 contracts of each kind, the optional capabilities, and the helpers a field, bucket or method is written with.
 
-A plugin's registration module imports from here and nowhere else in fieldkit; the rest of fieldkit may
-change between versions. Importing this module imports no torch: the names that need it load on first use
+A plugin imports fieldkit from here and nowhere else, except a plugin that wraps a diffusers transformer,
+which also builds on the backbone kit :mod:`fieldkit.backbones`; the rest of fieldkit may change between
+versions. Importing this module imports no torch: the names that need it load on first use
 (so ``fieldkit --help`` and ``fieldkit validate`` stay fast with a plugin installed). Put the imports a hook's
 annotations need under ``if TYPE_CHECKING:`` and import torch-using names inside the factories.
 
@@ -23,7 +24,10 @@ annotations need under ``if TYPE_CHECKING:`` and import torch-using names inside
   :func:`sigma_schedule`, :func:`shift_sigma`, :func:`sample_indices`, :func:`broadcast_sigma`. In a method,
   predict with ``inputs.student`` (the forward with gradients) and roll out with ``inputs.policy``.
 - **Files**: :func:`atomic_path` (write a cache or an asset whole or not at all), :func:`load_pretrained`
-  (fieldkit's own model folders).
+  (fieldkit's own model folders), :func:`read_rows`, :func:`read_texts` and :func:`fill` (prompt files).
+- **Backbones** (with :mod:`fieldkit.backbones`): :class:`Guidance` and :func:`cond_and_uncond` (the
+  batched cond + uncond call), :func:`uncond_of`, :func:`attention` (fieldkit's attention dispatcher),
+  :class:`AdapterSwitch` and :func:`random_lora` (LoRA adapters over a shared base).
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ from fieldkit.plugins.registry import Params
 
 if TYPE_CHECKING:
     from fieldkit.atomic import atomic_path
+    from fieldkit.attention import attention
     from fieldkit.cond import Cond
     from fieldkit.data import Batch, Shard, batch_captions, evaluation_bucket
     from fieldkit.distill.queries import sample_indices
-    from fieldkit.field import ModuleField, VelocityField, as_field, broadcast_sigma
+    from fieldkit.field import ModuleField, VelocityField, as_field, broadcast_sigma, uncond_of
     from fieldkit.flow import (
         euler_sample,
         euler_step,
@@ -65,7 +70,9 @@ if TYPE_CHECKING:
     )
     from fieldkit.graph.builder import BuildContext
     from fieldkit.models import load_pretrained
+    from fieldkit.models.lora import AdapterSwitch, random_lora
     from fieldkit.ops.base import Operator
+    from fieldkit.ops.guidance import Guidance, cond_and_uncond
     from fieldkit.protocols import (
         DataBucket,
         LossInputs,
@@ -81,14 +88,16 @@ if TYPE_CHECKING:
         Route,
         Router,
     )
+    from fieldkit.tables import fill, read_rows, read_texts
 
 # The names below import torch: they load on first use (PEP 562 module __getattr__).
 _LAZY = {
     "fieldkit.atomic": ("atomic_path",),
+    "fieldkit.attention": ("attention",),
     "fieldkit.cond": ("Cond",),
     "fieldkit.data": ("Batch", "Shard", "batch_captions", "evaluation_bucket"),
     "fieldkit.distill.queries": ("sample_indices",),
-    "fieldkit.field": ("ModuleField", "VelocityField", "as_field", "broadcast_sigma"),
+    "fieldkit.field": ("ModuleField", "VelocityField", "as_field", "broadcast_sigma", "uncond_of"),
     "fieldkit.flow": (
         "euler_sample",
         "euler_step",
@@ -101,7 +110,9 @@ _LAZY = {
     ),
     "fieldkit.graph.builder": ("BuildContext",),
     "fieldkit.models": ("load_pretrained",),
+    "fieldkit.models.lora": ("AdapterSwitch", "random_lora"),
     "fieldkit.ops.base": ("Operator",),
+    "fieldkit.ops.guidance": ("Guidance", "cond_and_uncond"),
     "fieldkit.protocols": (
         "DataBucket",
         "LossInputs",
@@ -117,17 +128,20 @@ _LAZY = {
         "Route",
         "Router",
     ),
+    "fieldkit.tables": ("fill", "read_rows", "read_texts"),
 }
 __getattr__ = lazy_attributes("fieldkit.plugin_api", _LAZY)
 
 
 __all__ = [
+    "AdapterSwitch",
     "Batch",
     "BuildContext",
     "Cond",
     "DataBucket",
     "FieldRef",
     "FieldkitError",
+    "Guidance",
     "HasCaptions",
     "HasEvaluation",
     "HasLoraRank",
@@ -156,18 +170,25 @@ __all__ = [
     "VelocityField",
     "as_field",
     "atomic_path",
+    "attention",
     "batch_captions",
     "broadcast_sigma",
+    "cond_and_uncond",
     "euler_sample",
     "euler_step",
     "evaluation_bucket",
+    "fill",
     "generate",
     "hookimpl",
     "interpolate",
     "load_pretrained",
+    "random_lora",
+    "read_rows",
+    "read_texts",
     "rollout_states",
     "sample_indices",
     "shift_sigma",
     "sigma_schedule",
     "target_velocity",
+    "uncond_of",
 ]

@@ -28,16 +28,12 @@ from fieldkit.flow import rollout_sigmas, sigma_schedule
 from fieldkit.plugins import Params
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Every plugin package in the repository: their modules import fieldkit through plugin_api only.
+#: Every plugin package in the repository: their modules import fieldkit through plugin_api only (and a
+#: diffusers backbone through the backbone kit, fieldkit.backbones).
 PLUGIN_PACKAGES = sorted(
     [p for p in (ROOT / "plugins").glob("*/fieldkit_*") if p.is_dir()]
     + list((ROOT / "tests" / "plugins").glob("*/fieldkit_plugin_*"))
 )
-#: Plugins that still import fieldkit's internals, each with why.
-NOT_YET_ON_PLUGIN_API = {
-    "fieldkit_sd3": "being rewritten on the diffusers backbone kit (issue 23 item 3)",
-    "fieldkit_zimage": "being rewritten on the diffusers backbone kit (issue 23 item 3)",
-}
 
 
 def test_importing_plugin_api_imports_no_torch():
@@ -67,16 +63,16 @@ def _fieldkit_imports(path: Path) -> list[str]:
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name.split(".")[0] == "fieldkit"]
                 found += [f"{file.name}:{node.lineno}: import {name}" for name in names]
-    return [line for line in found if "from fieldkit.plugin_api import" not in line]
+    public = ("from fieldkit.plugin_api import", "from fieldkit.backbones")
+    return [line for line in found if not any(name in line for name in public)]
 
 
 @pytest.mark.parametrize("package", PLUGIN_PACKAGES, ids=lambda p: p.stem)
 def test_plugins_import_fieldkit_through_plugin_api_only(package):
     internal = _fieldkit_imports(package)
-    if package.stem in NOT_YET_ON_PLUGIN_API:
-        assert internal, f"{package.stem} is on plugin_api now: remove it from NOT_YET_ON_PLUGIN_API"
-    else:
-        assert internal == []
+    assert internal == [], (
+        f"import these from fieldkit.plugin_api (add a name there if it lacks one): {internal}"
+    )
 
 
 # -- the capabilities ---------------------------------------------------------------------------------------

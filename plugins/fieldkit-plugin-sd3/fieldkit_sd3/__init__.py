@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fieldkit.plugins import hookimpl
+from fieldkit.plugin_api import hookimpl
 from fieldkit_sd3.params import PromptParams, SD3LoraParams, SD3Params
 
 if TYPE_CHECKING:
-    from fieldkit.graph import BuildContext
-    from fieldkit.protocols import RegisterDataset, RegisterSource
+    from fieldkit.plugin_api import BuildContext, RegisterDataset, RegisterSource
 
 __version__ = "0.1.0"
 

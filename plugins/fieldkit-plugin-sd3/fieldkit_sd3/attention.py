@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fieldkit.attention import attention
+from fieldkit.plugin_api import attention
 
 
 class FieldkitJointAttnProcessor:

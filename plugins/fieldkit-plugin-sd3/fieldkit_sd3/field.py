@@ -19,8 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from fieldkit.backbones.field import SharedAdapterField
-from fieldkit.cond import Cond
-from fieldkit.errors import FieldkitError
+from fieldkit.plugin_api import Cond, FieldkitError
 
 #: The projections LoRA adapts by default: every attention projection of SD3's joint (and dual) attention,
 #: the targets of diffusers' SD3 LoRA training script.

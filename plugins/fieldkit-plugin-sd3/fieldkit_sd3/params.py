@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
-from fieldkit.plugins.registry import Params
+from fieldkit.plugin_api import Params
 
 
 class SD3Params(TransformerParams):

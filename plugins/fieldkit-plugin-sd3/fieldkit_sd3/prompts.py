@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
-from fieldkit.errors import FieldkitError
-from fieldkit.tables import read_texts
+from fieldkit.plugin_api import FieldkitError, read_texts
 
 CACHE_FORMAT = "fieldkit-sd3.prompts/1"
 TEXT_ENCODERS = (

@@ -120,7 +120,7 @@ def make_tiny_pipeline(folder: Path, *, sd35: bool = True, seed: int = 0) -> Pat
 def make_tiny_lora(pipeline: Path, out: Path, *, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:
     """Write a random LoRA (diffusers / peft format, ``B != 0``) for the tiny pipeline's transformer: a
     stand-in for an edit or style LoRA trained elsewhere."""
-    from fieldkit.models.lora import random_lora
+    from fieldkit.plugin_api import random_lora
     from fieldkit_sd3.field import SD3Field
 
     transformer = SD3Field.load_transformer(pipeline)

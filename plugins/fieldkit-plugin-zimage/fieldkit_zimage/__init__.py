@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fieldkit.plugins import hookimpl
+from fieldkit.plugin_api import hookimpl
 from fieldkit_zimage.params import (
     EditParams,
     GuidanceParams,
@@ -36,8 +36,7 @@ from fieldkit_zimage.params import (
 )
 
 if TYPE_CHECKING:
-    from fieldkit.graph import BuildContext
-    from fieldkit.protocols import RegisterDataset, RegisterOperator, RegisterSource
+    from fieldkit.plugin_api import BuildContext, RegisterDataset, RegisterOperator, RegisterSource
 
 __version__ = "0.1.0"
 

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 
 from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
-from fieldkit.errors import FieldkitError
-from fieldkit.tables import fill, read_rows, read_texts
+from fieldkit.plugin_api import FieldkitError, fill, read_rows, read_texts
 from fieldkit_zimage.field import pack_text
 
 PROMPTS_FORMAT = "fieldkit-zimage.prompts/1"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fieldkit.errors import FieldkitError
+from fieldkit.plugin_api import FieldkitError
 
 #: Images up to this many pixels are used as they are (larger ones are resized down, as the pipeline does).
 MAX_AREA = 1024 * 1024

@@ -23,9 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from fieldkit.backbones.field import SharedAdapterField
-from fieldkit.cond import Cond
-from fieldkit.errors import FieldkitError
-from fieldkit.models.lora import AdapterSwitch
+from fieldkit.plugin_api import AdapterSwitch, Cond, FieldkitError
 
 #: The projections a LoRA adapts by default: attention and the SwiGLU feed-forward (the paper's targets).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")

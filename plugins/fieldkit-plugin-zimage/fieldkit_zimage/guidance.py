@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fieldkit.cond import Cond
-from fieldkit.field import VelocityField
-from fieldkit.ops.guidance import Guidance, cond_and_uncond
+from fieldkit.plugin_api import Cond, Guidance, VelocityField, cond_and_uncond
 
 
 class ZImageGuidance(Guidance):

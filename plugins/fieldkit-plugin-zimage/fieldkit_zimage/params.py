@@ -7,8 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
-from fieldkit.graph.refs import FieldRef
-from fieldkit.plugins.registry import Params
+from fieldkit.plugin_api import FieldRef, Params
 
 
 class ZImageParams(TransformerParams):

@@ -161,7 +161,7 @@ def make_tiny_pipeline(folder: Path, *, omni: bool = False, dynamic: bool = Fals
 def make_tiny_lora(pipeline: Path, out: Path, *, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:
     """Write a random LoRA (diffusers / peft format, ``B != 0``) of the tiny pipeline's transformer on the
     paper's targets: a stand-in for an edit or realism LoRA trained elsewhere."""
-    from fieldkit.models.lora import random_lora
+    from fieldkit.plugin_api import random_lora
     from fieldkit_zimage.field import LORA_TARGETS, ZImageField
 
     return random_lora(
