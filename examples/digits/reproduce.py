@@ -21,6 +21,7 @@ Every student is scored with one sampler, 16 Euler steps on the shift-3 schedule
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import functools
 import json
 import math
@@ -799,6 +800,8 @@ def study(args: argparse.Namespace) -> None:
     if unknown:
         sys.exit(f"unknown comparison(s) {sorted(unknown)}; known: {', '.join(comparisons())}")
     todo = plan(selected, args.seeds, args.matched.split(","))
+    if args.runs:  # only the runs named (shell patterns), e.g. --runs 't2i_edit_specialist/*'
+        todo = [t for t in todo if any(fnmatch.fnmatch(t[0].name, pat) for pat in args.runs.split(","))]
     world, code = world_fingerprint(), code_fingerprint()
     claims = out / "claims"
     claims.mkdir(exist_ok=True)
@@ -1150,6 +1153,24 @@ def page_tables(results: list[dict[str, Any]]) -> dict[str, str]:
     return tables
 
 
+def v3_tables(results: list[dict[str, Any]]) -> dict[str, str]:
+    """What docs/reproduction.md shows of study v3 before v3 replaces v2 (``OUT/v3/results.jsonl``): the
+    T2I + Edit pair on the edit specialist, every run of it that has landed."""
+    rows = [r for r in results if r["name"].startswith("t2i_edit_specialist/")]
+    if not rows:
+        return {"specialist": "Not run yet: `v3/results.jsonl` holds no run of `t2i_edit_specialist`."}
+    teachers = {(r["graph"], r["seed"]): r for r in rows if r["name"].endswith("/teachers")}
+    return {"specialist": runs_table("composition", rows, teachers)}
+
+
+def all_page_tables(out: Path) -> dict[str, str]:
+    """Every table ``report --page`` writes: v2's (``OUT/results.jsonl``) and v3's so far (``OUT/v3``)."""
+    return {
+        **page_tables(read_results(out / "results.jsonl")),
+        **v3_tables(read_results(out / "v3" / "results.jsonl")),
+    }
+
+
 def fill_page(text: str, tables: dict[str, str]) -> str:
     """``text`` with the block between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` replaced by
     ``tables[NAME]`` for every marked block (``report --page FILE`` rewrites a page's tables this way)."""
@@ -1334,6 +1355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"comma-separated seeds (default {','.join(map(str, SEEDS))}; --quick: 0)",
     )
     parser.add_argument("--only", default="", help=f"comparisons to run, of: {','.join(comparisons())}")
+    parser.add_argument("--runs", default="", help="only the runs whose names match these shell patterns")
     parser.add_argument(
         "--steps", type=int, default=None, help=f"optimizer steps of matched-step runs (default {STEPS})"
     )
@@ -1381,8 +1403,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(report(args))
         if args.page:
             page = Path(args.page)
-            tables = page_tables(read_results(Path(args.out) / "results.jsonl"))
-            page.write_text(fill_page(page.read_text(), tables))
+            page.write_text(fill_page(page.read_text(), all_page_tables(Path(args.out))))
 
 
 if __name__ == "__main__":
