@@ -14,7 +14,7 @@ setup: $(STAMP)
 # torch is pinned first: an unpinned torch (or accelerate/peft pulling one) resolves to a CUDA build of
 # several GB; once 2.13.0 (CPU) is in, the library's range `torch>=2.6` installs nothing more.
 $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fieldkit-plugin-digits/pyproject.toml \
-		plugins/fieldkit-plugin-zimage/pyproject.toml
+		plugins/fieldkit-plugin-zimage/pyproject.toml plugins/fieldkit-plugin-flux/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fiel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-sd3
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-digits
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-zimage
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-flux
 	touch $(STAMP)
 
 demo: setup

@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fieldkit.backbones.pairs import load_image, read_pairs
 from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
-from fieldkit.plugin_api import FieldkitError, fill, read_rows, read_texts
+from fieldkit.plugin_api import FieldkitError, read_texts
 from fieldkit_zimage.field import pack_text
 
 PROMPTS_FORMAT = "fieldkit-zimage.prompts/1"
 EDITS_FORMAT = "fieldkit-zimage.edits/1"
 TEXT_ENCODER = ("text_encoder", "tokenizer")
 IMAGE_ENCODERS = ("vae", "siglip", "siglip_processor")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BATCH = 16
 #: The keys whose null values (the negative prompt's) the caches hold: what guidance contrasts against.
 NULLS = ("text", "text_len")
@@ -103,88 +103,6 @@ def prompt_bucket(
     key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
     cached(path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts, edit=False))
     return CachedBucket(path, enc.shape, ("text", "text_len"), NULLS)
-
-
-@dataclass(frozen=True)
-class EditPair:
-    """One edit: the source image, the instruction's text, the target image if any, and where it was read."""
-
-    source: Path
-    text: str
-    target: Path | None
-    where: str
-
-
-def read_pairs(path: Path, template: str = "{instruction}") -> list[EditPair]:
-    """The edit pairs of a CSV / JSONL file or of a folder (see the module's docstring)."""
-    pairs = _folder_pairs(path, template) if path.is_dir() else _file_pairs(path, template)
-    if not pairs:
-        raise FieldkitError(f"{path} holds no edit pairs")
-    with_target = sum(p.target is not None for p in pairs)
-    if 0 < with_target < len(pairs):
-        missing = next(p for p in pairs if p.target is None)
-        raise FieldkitError(
-            f"{missing.where}: no target image, while {with_target} of {len(pairs)} pairs have one",
-            hint="give a target for every pair (off-policy baselines train on them) or for none",
-        )
-    return pairs
-
-
-def _file_pairs(path: Path, template: str) -> list[EditPair]:
-    pairs = []
-    for number, row in read_rows(path, "edit-pair file"):
-        where = f"{path}:{number}"
-        if not row.get("source"):
-            raise FieldkitError(f"{where}: no 'source' column (the image to edit); the row has {sorted(row)}")
-        target = row.get("target") or None
-        pairs.append(
-            EditPair(
-                source=path.parent / row["source"],
-                text=fill(template, row, where),
-                target=path.parent / target if target else None,
-                where=where,
-            )
-        )
-    return pairs
-
-
-def _folder_pairs(folder: Path, template: str) -> list[EditPair]:
-    pairs = []
-    for image in sorted(folder.iterdir()):
-        if image.suffix.lower() not in IMAGE_SUFFIXES or image.stem.endswith(".target"):
-            continue
-        note = image.with_suffix(".txt")
-        if not note.is_file():
-            raise FieldkitError(
-                f"{image}: no instruction file {note.name} beside it",
-                hint="each source image NAME.png of an edit folder needs its instruction in NAME.txt",
-            )
-        instruction = note.read_text(encoding="utf-8").strip()
-        targets = [t for t in folder.glob(f"{image.stem}.target.*") if t.suffix.lower() in IMAGE_SUFFIXES]
-        text = fill(template, {"instruction": instruction}, str(note))
-        pairs.append(EditPair(image, text, targets[0] if targets else None, str(image)))
-    return pairs
-
-
-def load_image(path: Path, size: tuple[int, int], where: str) -> Any:
-    """The RGB image at ``path`` of exactly ``size`` (width, height) pixels, or one error naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FieldkitError(f"{where}: image {path} not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            image = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as err:
-        raise FieldkitError(f"{where}: cannot read image {path} ({err})") from None
-    if image.size != size:
-        raise FieldkitError(
-            f"{where}: image {path} is {image.size[0]}x{image.size[1]} pixels; this bucket needs "
-            f"{size[0]}x{size[1]} (its latent shape times the VAE's scale)",
-            hint="resize the images, or set the bucket's `shape` to [C, height / 8, width / 8]",
-        )
-    return image
 
 
 def vae_scale(pipeline: Path) -> int:

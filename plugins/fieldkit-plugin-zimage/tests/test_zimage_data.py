@@ -138,7 +138,7 @@ def test_targets_for_some_pairs_only_are_refused(tiny, make_image, tmp_path: Pat
 
 
 def test_csv_pairs_resolve_paths_beside_the_file_and_name_the_line_of_a_bad_row(tmp_path: Path) -> None:
-    from fieldkit_zimage.data import read_pairs
+    from fieldkit.backbones.pairs import read_pairs
 
     file = tmp_path / "pairs.csv"
     file.write_text("source,instruction,target\na.png,make it red,a.out.png\nb.png,make it blue,b.out.png\n")
