@@ -22,6 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "fields": (
         "fieldkit.errors",
         "fieldkit.owned",
+        "fieldkit.memory_guard",
         "fieldkit.atomic",
         "fieldkit.files",
         "fieldkit.tables",

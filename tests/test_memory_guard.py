@@ -12,8 +12,9 @@ import torch
 from test_cli_run import DISTILL
 
 from fieldkit import loads_graph
+from fieldkit.distill.memory import training_bytes
 from fieldkit.errors import FieldkitError
-from fieldkit.memory_guard import GIB, available_bytes, meta_bytes, tensor_bytes, training_bytes
+from fieldkit.memory_guard import GIB, available_bytes, meta_bytes, tensor_bytes
 from fieldkit.models import MMDiT, MMDiTConfig, load_pretrained
 
 

@@ -19,7 +19,7 @@ def run_graph(
     from rich.console import Console
 
     from fieldkit.distill.engine import Engine
-    from fieldkit.memory_guard import check_training_fits
+    from fieldkit.distill.memory import check_training_fits
     from fieldkit.owned import write_error
 
     console = Console(stderr=True, highlight=False)

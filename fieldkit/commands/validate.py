@@ -35,7 +35,7 @@ def validate(graph: Graph, build: bool) -> None:
 
     check_trainable(graph)
     if build:
-        from fieldkit.memory_guard import check_training_fits
+        from fieldkit.distill.memory import check_training_fits
 
         check_shapes(graph)
         check_training_fits(graph)
