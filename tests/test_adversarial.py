@@ -414,7 +414,7 @@ class NanMetric:
     """A plugin metric that scores every sample NaN (a metric of a diverged model, or a buggy one)."""
 
     def __call__(self, samples: object, batch: object) -> dict[str, float]:
-        return {"score": float("nan")}
+        return {"nan_score": float("nan")}
 
 
 def test_a_nan_metric_is_written_to_results_json_as_null_not_nan(world: World) -> None:
@@ -431,7 +431,7 @@ def test_a_nan_metric_is_written_to_results_json_as_null_not_nan(world: World) -
         code, output = _run(["distill", str(world.graph), "--out", str(out), "--set", "run.steps=1"], False)
         assert code == 0, output
         results = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
-        assert results["rows"] and all(row["score"] is None for row in results["rows"])
+        assert results["rows"] and all(row["nan_score"] is None for row in results["rows"])
     finally:
         host.unregister("nan")
 
@@ -451,7 +451,16 @@ def test_settings_changed_on_resume_are_applied_with_a_note_and_each_session_kee
 ) -> None:
     run = world.run
     before = (run / "sessions.jsonl").read_text().splitlines()
-    changed = ["--set", "run.steps=5", "--set", "run.batch_size=8", "--set", "run.seed=3"]
+    changed = [
+        "--set",
+        "run.steps=5",
+        "--set",
+        "run.batch_size=8",
+        "--set",
+        "run.seed=3",
+        "--set",
+        "run.sample_every=2",
+    ]
     code, output = _run([*_resume(world), *changed], False)
     assert code == 0, output
     text = " ".join(output.split())
