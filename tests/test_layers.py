@@ -63,6 +63,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "fieldkit.plugins.manager",
         "fieldkit.plugin_api",
         "fieldkit.testing",
+        "fieldkit.commands.options",  # the GRAPH / --set decorator, for plugins' commands too
         "fieldkit",
     ),
     "commands": ("fieldkit.cli", "fieldkit.commands", "fieldkit.__main__"),
