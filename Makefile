@@ -14,7 +14,8 @@ setup: $(STAMP)
 # torch is pinned first: an unpinned torch (or accelerate/peft pulling one) resolves to a CUDA build of
 # several GB; once 2.13.0 (CPU) is in, the library's range `torch>=2.6` installs nothing more.
 $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fieldkit-plugin-digits/pyproject.toml \
-		plugins/fieldkit-plugin-zimage/pyproject.toml plugins/fieldkit-plugin-flux/pyproject.toml
+		plugins/fieldkit-plugin-zimage/pyproject.toml plugins/fieldkit-plugin-flux/pyproject.toml \
+		plugins/fieldkit-plugin-qwenimage/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
@@ -23,6 +24,7 @@ $(STAMP): pyproject.toml plugins/fieldkit-plugin-sd3/pyproject.toml plugins/fiel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-digits
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-zimage
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-flux
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e plugins/fieldkit-plugin-qwenimage
 	touch $(STAMP)
 
 demo: setup
@@ -36,8 +38,8 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: setup
-	$(BIN)/ruff check fieldkit plugins tests benchmarks docs examples
-	$(BIN)/ruff format --check fieldkit plugins tests benchmarks docs examples
+	$(BIN)/ruff check fieldkit tests benchmarks docs examples
+	$(BIN)/ruff format --check fieldkit tests benchmarks docs examples
 	$(BIN)/mypy
 
 # CPU benchmarks (ratios measured in one process; see docs/performance.md). benchmarks/gpu.sh is for a GPU.

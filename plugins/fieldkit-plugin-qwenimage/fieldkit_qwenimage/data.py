@@ -1,0 +1,141 @@
+"""Data buckets of Qwen-Image prompts and edit pairs, encoded once by the pipelines' encoders and cached.
+
+``qwenimage.prompts``: each row of a CSV / JSONL file is one prompt, ``template.format(**row)``, encoded as
+``QwenImagePipeline`` encodes it (Qwen2.5-VL features, padded, with their mask); the negative prompt's are
+the null values (what true CFG contrasts against).
+
+``qwenimage.edits``: edit pairs (:mod:`fieldkit.backbones.pairs`), every source of one size. Each is
+cached as ``QwenImageEditPipeline`` conditions on it when called with that one image: the source resized to
+about one megapixel and VAE-encoded, the instruction and the negative prompt each encoded by Qwen2.5-VL
+with the image shown (so the negative features are per row); targets (when every pair has one) as VAE
+latents of the bucket's latent shape, the clean images of off-policy baselines.
+
+Caches are safetensors files keyed by a fingerprint of the texts, the image files' bytes, the encoders'
+files, the sequence length, the negative prompt and the dtype; a matching cache is read row by row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fieldkit.backbones.pairs import digest_images, load_pair_images, pairs_cache, read_pairs
+from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
+from fieldkit.plugin_api import FieldkitError, read_texts
+from fieldkit_qwenimage.field import pad_text
+
+PROMPTS_FORMAT = "fieldkit-qwenimage.prompts/1"
+EDITS_FORMAT = "fieldkit-qwenimage.edits/1"
+TEXT_ENCODER = ("text_encoder", "tokenizer")
+EDIT_ENCODERS = ("text_encoder", "processor", "vae")
+KEYS = ("text", "text_mask")
+NEGATIVE_KEYS = ("negative_text", "negative_text_mask")
+BATCH = 8
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a bucket encodes: the pipeline folder, the latent shape ``[C, H, W]``, the negative prompt, the
+    Qwen2.5-VL tokens per T2I prompt, and the encoders' (and cache's) dtype and device."""
+
+    pipeline: Path
+    shape: tuple[int, ...]
+    negative_prompt: str = " "
+    max_sequence_length: int = 512
+    dtype: torch.dtype = torch.bfloat16
+    device: torch.device | None = None
+
+    def key(self, *parts: Any) -> list[Any]:
+        """What a cache of this encoding depends on, beside the encoders' files."""
+        return [*parts, self.negative_prompt, self.max_sequence_length, str(self.dtype)]
+
+    def features(self, pipe: Any, texts: list[str], images: list[Any] | None = None) -> list[Tensor]:
+        """The features of ``texts`` (for an edit, each with its resized source image shown)."""
+        from fieldkit_qwenimage.encode import prompt_features
+
+        out: list[Tensor] = []
+        for i in range(0, len(texts), BATCH):
+            shown = None if images is None else images[i : i + BATCH]
+            n = self.max_sequence_length
+            out += prompt_features(pipe, texts[i : i + BATCH], max_sequence_length=n, images=shown)
+        return out
+
+    def encoders(self, edit: bool) -> Any:
+        from fieldkit_qwenimage.encode import load_encoders
+
+        return load_encoders(
+            self.pipeline, edit=edit, dtype=self.dtype, device=self.device or torch.device("cpu")
+        )
+
+
+def prompt_bucket(
+    file: Path, enc: Encoding, *, template: str = "{prompt}", cache: Path | None = None
+) -> CachedBucket:
+    """T2I prompts of ``file`` encoded by the pipeline's Qwen2.5-VL (cached; re-encoded only when stale).
+
+    ``cache`` defaults to ``FILE.qwenimage-features.safetensors`` beside the prompt file.
+    """
+    texts = read_texts(file, template)
+    path = cache or file.with_name(file.name + ".qwenimage-features.safetensors")
+    key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
+
+    def encode() -> dict[str, Tensor]:
+        text, mask = pad_text(enc.features(enc.encoders(edit=False), [*texts, enc.negative_prompt]))
+        n, text = len(texts), text.to(enc.dtype)
+        return {"text": text[:n], "text_mask": mask[:n], "null_text": text[n:], "null_text_mask": mask[n:]}
+
+    cached(path, PROMPTS_FORMAT, key, texts, encode)
+    return CachedBucket(path, enc.shape, KEYS, KEYS)
+
+
+def edit_bucket(
+    pairs: Path, enc: Encoding, *, template: str = "{instruction}", cache: Path | None = None
+) -> CachedBucket:
+    """Edit pairs encoded by the encoders of the pipeline (a ``QwenImageEditPipeline`` folder), cached.
+
+    ``cache`` defaults to ``FILE.qwenimage-features.safetensors`` beside a pair file, or
+    ``FOLDER/qwenimage-features.safetensors`` inside a pair folder.
+    """
+    from fieldkit_qwenimage.encode import edit_image, image_latent
+
+    items = read_pairs(pairs, template)
+    shape = enc.shape
+    loaded = load_pair_images(items, (shape[-1] * 8, shape[-2] * 8))
+    texts = [p.text for p in items]
+    parts = enc.key(texts, [str(p.source) for p in items])
+    key = digest_images(fingerprint(parts, enc.pipeline, EDIT_ENCODERS), items).hexdigest()
+    targets = items[0].target is not None
+
+    def encode() -> dict[str, Tensor]:
+        pipe = enc.encoders(edit=True)
+        resized = [edit_image(pipe, loaded[p.source]) for p in items]
+        prompts = enc.features(pipe, texts, resized)
+        negatives = enc.features(pipe, [enc.negative_prompt] * len(items), resized)
+        text, mask = pad_text([*prompts, *negatives])
+        n = len(items)
+        tensors = {
+            "text": text[:n].to(enc.dtype),
+            "text_mask": mask[:n],
+            "negative_text": text[n:].to(enc.dtype),
+            "negative_text_mask": mask[n:],
+            "source": torch.stack([image_latent(pipe, im) for im in resized]).to(enc.dtype),
+        }
+        if targets:
+            latents = [image_latent(pipe, loaded[p.target]) for p in items if p.target is not None]
+            tensors["target"] = torch.stack(latents).to(enc.dtype)
+            if tuple(tensors["target"].shape[1:]) != tuple(shape):
+                raise FieldkitError(
+                    f"the VAE of {enc.pipeline} gives target latents {list(tensors['target'].shape[1:])}, "
+                    f"not the bucket's shape {list(shape)}",
+                    hint="set `shape` to the latent shape of your target images",
+                )
+        return tensors
+
+    path = cached(
+        pairs_cache(pairs, cache, "qwenimage-features.safetensors"), EDITS_FORMAT, key, texts, encode
+    )
+    return CachedBucket(path, shape, (*KEYS, *NEGATIVE_KEYS, "source"), (), targets=targets)

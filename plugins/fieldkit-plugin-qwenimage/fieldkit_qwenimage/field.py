@@ -1,0 +1,154 @@
+"""``QwenImageField``: a diffusers ``QwenImageTransformer2DModel`` as a fieldkit velocity field, T2I or edit.
+
+The convention boundary, in one place. Qwen-Image predicts ``noise - data`` (fieldkit's ``v``) and takes the
+timestep as the pipelines pass it, ``(1000 sigma) / 1000`` in the latents' dtype. Latents are
+``[B, C, H, W]`` here and 2x2-packed tokens ``[B, (H / 2)(W / 2), 4C]`` there, with the image shapes
+``(1, H / 2, W / 2)`` from which the transformer builds its positions.
+
+The :class:`~fieldkit.Cond` carries the Qwen2.5-VL features ``text`` ``[B, T, D]`` (the last hidden states
+after the pipeline's template prefix, zero-padded) with ``text_mask`` ``[B, T]`` (1 on real tokens). A batch
+with a ``source`` ``[B, C, Hs, Ws]`` (the clean latent of the image to edit, at the size the edit pipeline
+encodes it) is an edit: the source's tokens follow the noisy ones as a second image, and only the noisy
+tokens' output is the velocity, as ``QwenImageEditPipeline`` runs it (its instruction features already saw
+the image through Qwen2.5-VL). Only the text has a null value (the negative prompt's features, encoded with
+the same image for an edit), so guidance's unconditional branch keeps the source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fieldkit.backbones.field import SharedAdapterField
+from fieldkit.backbones.packing import check_packable, pack, unpack
+from fieldkit.plugin_api import AdapterSwitch, Cond, FieldkitError
+
+#: The projections a LoRA adapts by default: attention (both streams) and both feed-forwards, the layers
+#: that community Qwen-Image LoRAs train.
+LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "img_mlp.net.0.proj",
+    "img_mlp.net.2",
+    "txt_mlp.net.0.proj",
+    "txt_mlp.net.2",
+)
+#: The scale of the scheduler's timesteps (``timestep = 1000 sigma``), from which the pipelines derive ``t``.
+TIMESTEPS = 1000.0
+
+
+def pad_text(features: list[Tensor], length: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(text [N, T, D], text_mask [N, T])`` from per-prompt features ``[L_i, D]`` zero-padded to ``T =
+    length`` (default: the longest)."""
+    longest = max(f.shape[0] for f in features)
+    length = longest if length is None else length
+    if longest > length:
+        raise FieldkitError(f"text of {longest} tokens does not fit the padded length {length}")
+    text = features[0].new_zeros((len(features), length, features[0].shape[-1]))
+    mask = torch.zeros(len(features), length, dtype=torch.long)
+    for row, f in enumerate(features):
+        text[row, : f.shape[0]] = f
+        mask[row, : f.shape[0]] = 1
+    return text, mask
+
+
+def text_cond(prompts: list[Tensor], negative: Tensor | list[Tensor], **extra: Tensor) -> Cond:
+    """A Cond of padded prompt features and the negative prompt's: one ``[L, D]`` for every row (the null
+    value of the text), or one per row (``negative_text``: an edit's negative prompt is encoded with the
+    row's image), all padded to one length."""
+    rows = negative if isinstance(negative, list) else [negative]
+    text, mask = pad_text([*prompts, *rows])
+    n = len(prompts)
+    data = {"text": text[:n], "text_mask": mask[:n], **extra}
+    if isinstance(negative, list):
+        return Cond(data, negative_text=text[n:], negative_text_mask=mask[n:])
+    return Cond(data, nulls={"text": text[n:], "text_mask": mask[n:]})
+
+
+class QwenImageField(SharedAdapterField):
+    """``v = transformer(pack(x), t = sigma, text, text_mask)``; with ``source`` in the Cond, the edit call
+    on ``[pack(x), pack(source)]`` whose first ``(H / 2)(W / 2)`` tokens are the velocity.
+
+    ``edit`` fields refuse a batch without a source image.
+    """
+
+    backbone = "Qwen-Image"
+    model_class = "QwenImageTransformer2DModel"
+    lora_pipeline = "QwenImagePipeline"
+    lora_targets = LORA_TARGETS
+    lora_rank = 64
+    cond_keys = ("text", "text_mask")
+    cond_hint = (
+        "use a qwenimage.prompts or qwenimage.edits data bucket (or fieldkit_qwenimage.field.text_cond)"
+    )
+    load_hint = "point `path` at a QwenImagePipeline / QwenImageEditPipeline folder or a transformer folder"
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        switch: AdapterSwitch | None = None,
+        adapter: str | None = None,
+        *,
+        edit: bool = False,
+        scheduler: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(transformer, switch, adapter, scheduler=scheduler)
+        self.edit = edit
+
+    def options(self) -> dict[str, Any]:
+        return {"edit": self.edit}
+
+    def uncond(self, cond: Cond) -> Cond:
+        """The negative prompt in place of the prompt: the row's own (``negative_text``) when the batch
+        carries one, else the text's null value. The source image is kept."""
+        if "negative_text" in cond:
+            return cond.replace(text=cond["negative_text"], text_mask=cond["negative_text_mask"])
+        return cond.uncond()
+
+    def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
+        editing = "source" in cond
+        if self.edit and not editing:
+            raise FieldkitError(
+                "this Qwen-Image edit field needs cond['source'] (the latent of the image to edit)",
+                hint="route it to a qwenimage.edits data bucket",
+            )
+        check_packable(x, "the Qwen-Image latent", self.backbone)
+        dtype = self.compute_dtype()
+        b, _, h, w = x.shape
+        tokens = pack(x.to(dtype))
+        shapes = [(1, h // 2, w // 2)]
+        if editing:
+            source = cond["source"].to(dtype)
+            check_packable(source, "cond['source']", self.backbone)
+            tokens = torch.cat([tokens, pack(source)], dim=1)
+            shapes.append((1, source.shape[-2] // 2, source.shape[-1] // 2))
+        mask = cond["text_mask"]
+        out = self.transformer(
+            hidden_states=tokens,
+            timestep=(sigma * TIMESTEPS).to(dtype) / TIMESTEPS,
+            encoder_hidden_states=cond["text"].to(dtype),
+            encoder_hidden_states_mask=None if bool(mask.all()) else mask,  # as the pipelines pass it
+            img_shapes=[shapes] * b,
+            return_dict=False,
+        )[0]
+        return unpack(out[:, : (h // 2) * (w // 2)], h, w).to(x.dtype)
+
+    def input_layer(self) -> nn.Module | None:
+        """The token embedding, the first layer to see ``x``."""
+        return getattr(self.transformer, "img_in", None)
+
+    def base_sigmas(self, steps: int) -> list[float]:
+        """``linspace(1, 1/steps, steps)``, what both pipelines hand the scheduler."""
+        return list(np.linspace(1.0, 1 / steps, steps))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, edit={self.edit}"

@@ -1,0 +1,78 @@
+"""The parameters of the plugin's types, as graphs write them (plain data; nothing heavy is imported)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
+from fieldkit.plugin_api import FieldRef, Params
+
+
+class QwenImageParams(TransformerParams):
+    """A Qwen-Image transformer, loaded from a local folder or built from a config."""
+
+
+class QwenImageEditParams(TransformerParams):
+    """A Qwen-Image-Edit transformer as an edit field: its own (path / config) or a `base` field's."""
+
+    base: FieldRef | None = Field(
+        None, description="a qwenimage field whose transformer (and adapter) to share"
+    )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> QwenImageEditParams:
+        if sum(x is not None for x in (self.base, self.path, self.config)) != 1:
+            raise ValueError("give exactly one of `base` (share a field), `path` or `config`")
+        return self
+
+
+class QwenImageLoraParams(AdapterParams):
+    """A LoRA capability over a qwenimage base field (diffusers / peft, kohya or ComfyUI-style
+    ``diffusion_model.`` layout: what QwenImagePipeline.load_lora_weights reads), sharing its base."""
+
+    task: Literal["t2i", "edit"] | None = Field(
+        None, description="edit: refuse batches without a source image; default: the base's"
+    )
+
+
+class GuidanceParams(Params):
+    """True classifier-free guidance as the Qwen-Image pipelines apply it, with their norm rescale."""
+
+    field: FieldRef
+    scale: float = Field(
+        ge=0,
+        description="the pipelines' true_cfg_scale s: v = v_u + s (v_c - v_u), rescaled per token to |v_c|; "
+        "s <= 1 is off",
+    )
+
+
+class _Encoded(Params):
+    """What the data buckets share: the pipeline whose encoders embed, the latent shape, the caching."""
+
+    pipeline: str = Field(description="the Qwen-Image pipeline folder whose encoders embed the data")
+    shape: list[int] = Field(
+        min_length=3, max_length=3, description="latent shape [C, H, W], e.g. [16, 128, 128] for 1024 px"
+    )
+    negative_prompt: str = Field(" ", description="the text true CFG contrasts against (the pipelines': ' ')")
+    cache: str | None = Field(None, description="feature cache; default: beside the data")
+    dtype: DType = Field("bfloat16", description="dtype of the encoders and of the cache")
+
+
+class PromptParams(_Encoded):
+    """T2I prompts from a CSV / JSONL file, embedded once by QwenImagePipeline's Qwen2.5-VL."""
+
+    file: str = Field(description="a .csv (header row) or .jsonl file of prompts; relative to the graph")
+    template: str = Field("{prompt}", description="the text of a row, filled from its columns")
+    max_sequence_length: int = Field(512, ge=1, le=1024, description="Qwen2.5-VL tokens per prompt (512)")
+
+
+class EditParams(_Encoded):
+    """Edit pairs (source image, instruction, optional target), encoded once by QwenImageEditPipeline."""
+
+    pairs: str = Field(
+        description="a .csv / .jsonl file (columns source, instruction, target) or a folder of NAME.png + "
+        "NAME.txt (+ NAME.target.png); relative to the graph"
+    )
+    template: str = Field("{instruction}", description="the text of a pair, filled from its columns")
