@@ -38,8 +38,8 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: setup
-	$(BIN)/ruff check fieldkit tests benchmarks docs examples
-	$(BIN)/ruff format --check fieldkit tests benchmarks docs examples
+	$(BIN)/ruff check fieldkit plugins tests benchmarks docs examples
+	$(BIN)/ruff format --check fieldkit plugins tests benchmarks docs examples
 	$(BIN)/mypy
 
 # CPU benchmarks (ratios measured in one process; see docs/performance.md). benchmarks/gpu.sh is for a GPU.

@@ -185,7 +185,10 @@ def engines(names: list[str], root: Path, total: int) -> Iterator[tuple[str, Eng
     for name in names:
         if name == "digits":
             text = graph_text(steps=total, batch=16, guidance=3.0)
-            yield "digits student, full, batch 16, guided teacher (w = 3)", make_engine(text, out=root / name)
+            yield (
+                "digits student, full, batch 16, guided teacher (w = 3)",
+                make_engine(text, out=root / f"run-{name}"),
+            )
         elif name == "sd3":
             from sd3 import graph_text as sd3_graph
             from sd3 import make_pipeline, sd3_plugin
@@ -194,7 +197,7 @@ def engines(names: list[str], root: Path, total: int) -> Iterator[tuple[str, Eng
             sd3_plugin()
             make_pipeline(root)
             text = sd3_graph(root, 256)
-            engine = make_engine(text, [f"run.steps={total}"], out=root / name)
+            engine = make_engine(text, [f"run.steps={total}"], out=root / f"run-{name}")
             yield "tiny SD3 student, LoRA r = 4, batch 1", engine
         else:
             raise SystemExit(f"error: unknown student {name!r}; choose from digits, sd3")

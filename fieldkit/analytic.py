@@ -100,7 +100,8 @@ class MixtureAccuracy:
         means = self.field.means.to(samples)
         label = batch.cond["label"].long()
         distances = (samples.unsqueeze(1) - means.unsqueeze(0)).flatten(2).norm(dim=-1)
-        accuracy = (distances.argmin(1) == label).float().mean()
+        finite = torch.isfinite(samples).flatten(1).all(1)  # argmin would pick a class for a NaN sample
+        accuracy = ((distances.argmin(1) == label) & finite).float().mean()
         dims = samples[0].numel()
         spread = distances.gather(1, label.unsqueeze(1)).mean() / (self.field.std * dims**0.5)
         return {"accuracy": float(accuracy), "spread": float(spread), "score": float(accuracy)}

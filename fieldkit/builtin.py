@@ -95,8 +95,13 @@ def build_mmdit(p: MMDiTParams, ctx: BuildContext) -> MMDiT:
     """A freshly initialised MMDiT (seeded), e.g. the starting point of a teacher trained from scratch."""
     import torch
 
+    from fieldkit.memory_guard import check_model_fits
     from fieldkit.models import MMDiT
 
+    if ctx.device.type == "meta":  # validate --build and the memory guard: shapes only, nothing allocated
+        with torch.device("meta"):
+            return MMDiT(p.config)
+    check_model_fits(lambda: MMDiT(p.config), ctx.device, "a fieldkit.mmdit of this config")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         return MMDiT(p.config)

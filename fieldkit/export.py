@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -34,6 +34,9 @@ from fieldkit.eval.results import markdown
 from fieldkit.eval.run_report import RunFolder, read_run
 from fieldkit.files import check_regular
 from fieldkit.models.lora import DIFFUSERS_WEIGHTS, WRAPPER, lora_tensors, save_lora
+
+if TYPE_CHECKING:
+    from fieldkit.plugins.registry import Registry
 
 FORMATS = ("diffusers", "peft")
 
@@ -92,10 +95,11 @@ def _component_of(pipeline: Path, class_name: str) -> str | None:
     )
 
 
-def student_from_checkpoint(run: RunFolder, which: str, into: Path) -> Path:
+def student_from_checkpoint(run: RunFolder, which: str, into: Path, registry: Registry) -> Path:
     """Write the student of checkpoint ``which`` (``latest``: the newest that verifies; or a checkpoint
     folder) as a model folder under ``into``, as the run's end writes RUN/student: the student built from
-    the graph, the checkpoint's EMA weights when it kept them (else its weights), LoRA merged."""
+    the graph (its types looked up in ``registry``), the checkpoint's EMA weights when it kept them (else its
+    weights), LoRA merged."""
     from safetensors.torch import save_file
 
     from fieldkit.distill.checkpoint import load_weights, resolve_resume
@@ -110,7 +114,7 @@ def student_from_checkpoint(run: RunFolder, which: str, into: Path) -> Path:
         raise FieldkitError(
             f"{run.folder}: no checkpoint that verifies", hint="this run has nothing to export"
         )
-    graph = validate_parsed(YamlSource(run.graph, str(_graph_root(run) / "graph.json")), (), None)
+    graph = validate_parsed(YamlSource(run.graph, str(_graph_root(run) / "graph.json")), (), registry)
     spec = graph.spec.student
     if spec is None:
         raise FieldkitError(f"{run.folder}: its graph has no student")
@@ -454,10 +458,12 @@ def export_run(
     *,
     checkpoint: str | None = None,
     license: str = "other",
+    registry: Registry | None = None,
 ) -> Exported:
     """Export the run in ``run_folder`` as ``fmt`` (diffusers or peft) to the new folder ``out`` (default:
     :func:`default_folder`), with its model card and the graph it ran (``graph.yaml``); ``checkpoint``
-    (``latest`` or a checkpoint folder) exports that checkpoint's student instead of RUN/student. Nothing is
+    (``latest`` or a checkpoint folder) exports that checkpoint's student instead of RUN/student, rebuilt
+    from the run's graph with the types of ``registry`` (the command passes the plugin host's). Nothing is
     left at ``out`` if the export fails."""
     if fmt not in FORMATS:
         raise FieldkitError(f"unknown export format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
@@ -465,7 +471,9 @@ def export_run(
     with tempfile.TemporaryDirectory() as scratch:
         student = run.folder / "student"
         if checkpoint is not None and fmt != "peft":
-            student = student_from_checkpoint(run, checkpoint, Path(scratch))
+            if registry is None:
+                raise ValueError("export_run(checkpoint=...) needs the registry of the run's types")
+            student = student_from_checkpoint(run, checkpoint, Path(scratch), registry)
         out = out or default_folder(run_folder, fmt, base, student)
         if out.exists():
             raise FieldkitError(f"{out} already exists", hint="choose a new folder with -o, or remove it")

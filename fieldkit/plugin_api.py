@@ -25,6 +25,8 @@ annotations need under ``if TYPE_CHECKING:`` and import torch-using names inside
   predict with ``inputs.student`` (the forward with gradients) and roll out with ``inputs.policy``.
 - **Files**: :func:`atomic_path` (write a cache or an asset whole or not at all), :func:`load_pretrained`
   (fieldkit's own model folders), :func:`read_rows`, :func:`read_texts` and :func:`fill` (prompt files).
+- **Commands**: :func:`graph_options` gives a plugin's click command ``GRAPH`` and ``--set`` and passes it
+  the validated :class:`Graph`.
 - **Backbones** (with :mod:`fieldkit.backbones`): :class:`Guidance` and :func:`cond_and_uncond` (the
   batched cond + uncond call), :func:`uncond_of`, :func:`attention` (fieldkit's attention dispatcher),
   :class:`AdapterSwitch` and :func:`random_lora` (LoRA adapters over a shared base).
@@ -54,6 +56,7 @@ from fieldkit.plugins.registry import Params
 if TYPE_CHECKING:
     from fieldkit.atomic import atomic_path
     from fieldkit.attention import attention
+    from fieldkit.commands.options import graph_options
     from fieldkit.cond import Cond
     from fieldkit.data import Batch, Shard, batch_captions, evaluation_bucket
     from fieldkit.distill.queries import sample_indices
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
         target_velocity,
     )
     from fieldkit.graph.builder import BuildContext
+    from fieldkit.graph.loader import Graph
     from fieldkit.models import load_pretrained
     from fieldkit.models.lora import AdapterSwitch, random_lora
     from fieldkit.ops.base import Operator
@@ -94,6 +98,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "fieldkit.atomic": ("atomic_path",),
     "fieldkit.attention": ("attention",),
+    "fieldkit.commands.options": ("graph_options",),
     "fieldkit.cond": ("Cond",),
     "fieldkit.data": ("Batch", "Shard", "batch_captions", "evaluation_bucket"),
     "fieldkit.distill.queries": ("sample_indices",),
@@ -109,6 +114,7 @@ _LAZY = {
         "target_velocity",
     ),
     "fieldkit.graph.builder": ("BuildContext",),
+    "fieldkit.graph.loader": ("Graph",),
     "fieldkit.models": ("load_pretrained",),
     "fieldkit.models.lora": ("AdapterSwitch", "random_lora"),
     "fieldkit.ops.base": ("Operator",),
@@ -141,6 +147,7 @@ __all__ = [
     "DataBucket",
     "FieldRef",
     "FieldkitError",
+    "Graph",
     "Guidance",
     "HasCaptions",
     "HasEvaluation",
@@ -179,6 +186,7 @@ __all__ = [
     "evaluation_bucket",
     "fill",
     "generate",
+    "graph_options",
     "hookimpl",
     "interpolate",
     "load_pretrained",

@@ -54,8 +54,8 @@ def quiet_diffusers() -> None:
 
     dlog.disable_progress_bar()
     dlog.set_verbosity_error()
-    tlog.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves these unannotated
-    tlog.set_verbosity_error()  # type: ignore[no-untyped-call]
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
 
 
 def entry_point_report(name: str) -> dict[str, Any]:

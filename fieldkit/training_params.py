@@ -33,7 +33,7 @@ class DistillParams(Params):
     )
     rollout_steps: int | None = Field(None, ge=1, le=1000, description="N Euler steps; default: flow.steps")
     query: Bias = Field("low", description="index bias: low = Beta(5,2), mid, high, uniform, stratified, all")
-    k: int = Field(1, ge=1, description="queries per rollout")
+    k: int = Field(1, ge=1, le=1000, description="queries per rollout (at most the rollout's steps)")
     weighting: Literal["none", "timestep", "dt2"] = Field(
         "none",
         description="per-query loss weights: none; timestep: sigma^2 (the error of the implied "
@@ -89,8 +89,10 @@ class FlowOPDParams(Params):
         "normalised in each group (fieldkit's); release: minus the closed-form KL of the two transition "
         "means, not normalised (the authors' release; its expected policy gradient is zero)",
     )
-    rollout_steps: int | None = Field(None, ge=1, description="N SDE steps; default: flow.steps")
+    rollout_steps: int | None = Field(None, ge=1, le=1000, description="N SDE steps; default: flow.steps")
     eta: float = Field(0.7, gt=0, description="noise level of the SDE rollout (Flow-GRPO's a)")
-    group: int = Field(16, ge=2, description="rollouts per condition (reward logratio normalises in a group)")
+    group: int = Field(
+        16, ge=2, le=1024, description="rollouts per condition (reward logratio normalises in a group)"
+    )
     adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to [-adv_clip, adv_clip]")
     ratio_clip: float = Field(1e-4, gt=0, lt=1, description="PPO clip of the probability ratio")

@@ -8,6 +8,7 @@ command in a subprocess whose timeout only keeps CI from hanging, not a speed as
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -18,10 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
+from pydantic import BaseModel
 from test_cli_run import DISTILL
 
+from fieldkit import loads_graph
 from fieldkit.cli import cli
+from fieldkit.errors import GraphError
+from fieldkit.plugins import get_host, hookimpl
 
 FIELDKIT = Path(sys.executable).parent / "fieldkit"
 MINE = b"the user's own file\n"
@@ -177,11 +183,163 @@ CASES = [
         subprocess=True,
     ),
     Case(
+        "resume with another optimizer",
+        lambda w: [*_resume(w), "--set", "run.optimizer.type=sgd", "--set", "run.steps=5"],
+        2,
+        "trained with run.optimizer.type adamw, and this session asks for sgd",
+    ),
+    Case(
         "a run's lock file a FIFO",
         lambda w: _in_run(w, ".fieldkit.lock", os.mkfifo),
         2,
         "FIFO",
         subprocess=True,
+    ),
+]
+
+
+def _damaged(w: World, name: str, content: str | bytes | None, command: str = "report") -> list[str]:
+    """``report`` (or ``export``) of a copy of the run with ``content`` in file ``name`` (None: a FIFO)."""
+    path = w.run / name
+    path.unlink()
+    if content is None:
+        os.mkfifo(path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return [command, str(w.run), "-o", str(w.tmp / "out")]
+
+
+def _newest_grid(w: World) -> str:
+    return str(max((w.run / "samples").glob("step-*.png")).relative_to(w.run))
+
+
+def _huge_png() -> bytes:
+    """A small file that decodes to 144 million pixels (past PIL's decompression-bomb bound)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# -- 27.9, 27.13: report and export on damaged run folders ---------------------------------------------------
+CASES += [
+    Case(f"{command} with {what}", lambda w, a=args, c=command: _damaged(w, *a, c), 2, fragment)
+    for command in ("report", "export")
+    for what, args, fragment in [
+        ("graph.json a list", ("graph.json", "[]"), "not what a run writes"),
+        ("a metrics line a list", ("metrics.jsonl", '{"step": 1}\n[1, 2]\n'), "metrics.jsonl:2"),
+        ("a metrics step text", ("metrics.jsonl", '{"step": "x"}\n'), "not a metrics record"),
+        ("results.json [{}]", ("results.json", "[{}]"), "row 1 names no field"),
+        ("results.json rows not a list", ("results.json", '{"rows": 3}'), "rows are not a list"),
+    ]
+]
+CASES += [
+    Case(
+        f"{command} with a grid {what}",
+        lambda w, d=data, c=command: _damaged(w, _newest_grid(w), d, c),
+        2,
+        fragment,
+        subprocess=data is None,
+    )
+    for command in ("report", "export")
+    for what, data, fragment in [
+        ("corrupt", b"\x89PNG\r\n\x1a\nnot really", "not a readable PNG"),
+        ("a FIFO", None, "is a FIFO"),
+    ]
+]
+CASES.append(
+    Case(
+        "report with a decompression-bomb grid",
+        lambda w: _damaged(w, _newest_grid(w), _huge_png()),
+        2,
+        "not a readable PNG",
+    )
+)
+
+# A student of about 200 GiB: more than any machine these tests run on has free.
+_HUGE = "fields.init.config={hidden: 16384, heads: 16, depth: 4, sample_size: [4, 4], num_classes: 3}"
+
+
+def _student_config(w: World, edit: str) -> list[str]:
+    """``eval --checkpoint`` of a copy of the run's student whose config.json has ``edit`` in it."""
+    student = w.tmp / "student"
+    shutil.copytree(w.run / "student", student)
+    config = (student / "config.json").read_text()
+    head, _, _ = config.rstrip().rpartition("}")  # the edit last, so that it wins over the same key
+    (student / "config.json").write_text(f"{head}, {edit}}}")
+    return ["eval", str(w.graph), "--checkpoint", str(student), "--samples", "2"]
+
+
+def _validate(w: World, *overrides: str) -> list[str]:
+    return ["validate", str(w.graph), *(arg for o in overrides for arg in ("--set", o))]
+
+
+# -- 27.3, 27.10, 27.12: every size has a cap named in its error; what a config allocates is counted first --
+CASES += [
+    Case(f"validate --set {override}", lambda w, o=override: _validate(w, o), 2, fragment)
+    for override, fragment in [
+        ("fields.init.config.hidden=1.0e+30", "exceeded maximum size"),
+        ("fields.init.config.depth=100000", "less than or equal to 256"),
+        ("fields.init.config.sample_size=[8192, 8192]", "less than or equal to 4096"),
+        ("fields.init.config.mlp_ratio=.inf", "finite number"),
+        ("method={type: danceopd, k: 1000000}", "less than or equal to 1000"),
+        ("method={type: flowopd, rollout_steps: 1000000}", "less than or equal to 1000"),
+        ("student.lora.rank=1000000", "less than or equal to 4096"),
+        ("run.seed=18446744073709551616", "less than 9223372036854775808"),
+        ("flow.shift=1.0e+300", "less than or equal to 1000"),
+        ("routes.t2i.weight=1.0e+308", "less than or equal to 1000000"),
+        ("run.out='runs/{graph:>300}'", "more than the 255"),
+        ("run.out='~/runs'", "does not expand"),
+    ]
+]
+CASES += [
+    Case(
+        "batch_size x grad_accum",
+        lambda w: _validate(w, "run.batch_size=65536", "run.grad_accum=65536"),
+        2,
+        "more than the 1,048,576 allowed",
+    ),
+    Case(
+        "a route name of 250 letters",
+        lambda w: _validate(w, "routes={" + "r" * 250 + ": {data: {type: gaussian_mixture}}}"),
+        2,
+        "at most 64 characters",
+    ),
+    Case(
+        "a route name ending in a newline",
+        lambda w: _validate(w, 'routes={"r\\n": {data: {type: x}}}'),
+        2,
+        "not a valid name",
+    ),
+    *(
+        Case(
+            f"eval --checkpoint: config.json {edit[:30]}",
+            lambda w, e=edit: _student_config(w, e),
+            2,
+            fragment,
+        )
+        for edit, fragment in [
+            ('"sample_size": [8192, 8192]', "less than or equal to 4096"),
+            ('"hidden": 1e30', "not a valid MMDiTConfig"),
+            ('"depth": ' + "[" * 100_000 + "]" * 100_000, "nested"),
+        ]
+    ),
+    Case(
+        "validate --build: a student larger than memory",
+        lambda w: [*_validate(w, _HUGE), "--build"],
+        2,
+        "needs at least",
+    ),
+    Case(
+        "distill: a student larger than memory",
+        lambda w: ["distill", str(w.graph), "--set", _HUGE],
+        2,
+        "nothing was allocated",
     ),
 ]
 
@@ -225,3 +383,91 @@ def test_an_export_copies_the_student_so_writing_into_it_leaves_the_run_alone(wo
     with (out / "model.safetensors").open("r+b") as fh:  # a user editing the export in place
         fh.write(b"\0" * 64)
     assert student.read_bytes() == before
+
+
+class PlainParams(BaseModel):
+    """A plugin's parameters written as a plain pydantic model (not fieldkit's Params)."""
+
+    scale: float = 1.0
+    sizes: list[float] = []
+
+
+def test_a_plugin_whose_params_are_plain_pydantic_gets_no_inf_or_nan_either() -> None:
+    class PlainPlugin:
+        @hookimpl
+        def fieldkit_register_sources(self, register):  # type: ignore[no-untyped-def]
+            register("plain.zero", lambda p, ctx: None, PlainParams)
+
+    host = get_host()
+    host.register(PlainPlugin(), "plain")
+    try:
+        assert loads_graph("fields:\n  z: {type: plain.zero, scale: 2.0}\n").nodes["z"].params.scale == 2.0
+        for bad in ("scale: .inf", "scale: .nan", "sizes: [1.0, -.inf]"):
+            with pytest.raises(GraphError, match="must be a finite number") as err:
+                loads_graph(f"fields:\n  z: {{type: plain.zero, {bad}}}\n")
+            assert ":2" in err.value.message  # the file's line
+    finally:
+        host.unregister("plain")
+
+
+class NanMetric:
+    """A plugin metric that scores every sample NaN (a metric of a diverged model, or a buggy one)."""
+
+    def __call__(self, samples: object, batch: object) -> dict[str, float]:
+        return {"nan_score": float("nan")}
+
+
+def test_a_nan_metric_is_written_to_results_json_as_null_not_nan(world: World) -> None:
+    class NanPlugin:
+        @hookimpl
+        def fieldkit_register_metrics(self, register):  # type: ignore[no-untyped-def]
+            register("nan.metric", lambda p, ctx: NanMetric(), PlainParams)
+
+    host = get_host()
+    host.register(NanPlugin(), "nan")
+    try:
+        world.graph.write_text(DISTILL.replace("metrics: [", "metrics: [{type: nan.metric}, "))
+        out = world.tmp / "nan-run"
+        code, output = _run(["distill", str(world.graph), "--out", str(out), "--set", "run.steps=1"], False)
+        assert code == 0, output
+        results = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+        assert results["rows"] and all(row["nan_score"] is None for row in results["rows"])
+    finally:
+        host.unregister("nan")
+
+
+def test_a_nan_sample_is_never_counted_as_following_the_prompt() -> None:
+    from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField, MixtureAccuracy
+
+    data = GaussianMixtureData(GaussianMixtureField.random(2, (1, 2, 2), std=0.1, seed=0))
+    batch = data.sample(64, torch.Generator().manual_seed(0))
+    metric = MixtureAccuracy(data.field)
+    assert metric(batch.target, batch)["accuracy"] > 0.9  # exact samples of the mixture
+    assert metric(torch.full_like(batch.target, float("nan")), batch)["accuracy"] == 0.0
+
+
+def test_settings_changed_on_resume_are_applied_with_a_note_and_each_session_keeps_its_graph(
+    world: World,
+) -> None:
+    run = world.run
+    before = (run / "sessions.jsonl").read_text().splitlines()
+    changed = [
+        "--set",
+        "run.steps=5",
+        "--set",
+        "run.batch_size=8",
+        "--set",
+        "run.seed=3",
+        "--set",
+        "run.sample_every=2",
+    ]
+    code, output = _run([*_resume(world), *changed], False)
+    assert code == 0, output
+    text = " ".join(output.split())
+    for note in ("run.batch_size: 4 -> 8", "run.seed: 0 -> 3", "run.steps: 4 -> 5"):
+        assert f"changed since the last session: {note}" in text
+    sessions = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines()]
+    assert len(sessions) == len(before) + 1
+    assert sessions[-1]["changed"] == ["run.batch_size: 4 -> 8", "run.seed: 0 -> 3", "run.steps: 4 -> 5"]
+    assert sessions[0]["spec"]["run"]["batch_size"] == 4 and sessions[-1]["spec"]["run"]["batch_size"] == 8
+    assert json.loads((run / "graph.json").read_text())["run"]["batch_size"] == 8

@@ -104,13 +104,13 @@ def small_model(tmp_path: Path) -> Path:
 def test_a_config_far_larger_than_its_weights_is_refused_before_allocation(tmp_path):
     folder = small_model(tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "depth": 5000, "hidden": 96, "heads": 4}))
+    (folder / "config.json").write_text(json.dumps({**config, "depth": 256, "hidden": 1024, "heads": 4}))
     assert (folder / "model.safetensors").stat().st_size < 1 << 20
     before = max_rss_mb()
     with pytest.raises(CheckpointError, match=r"does not match its config\.json") as err:
         load_pretrained(folder)
     assert "holds" in err.value.message and "different models" in err.value.hint
-    # The full model (5000 blocks, over a billion values) would take more than 4 GB.
+    # The full model (256 blocks of width 1024, over three billion values) would take more than 12 GB.
     assert max_rss_mb() - before < 500
 
 

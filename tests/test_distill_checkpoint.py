@@ -259,9 +259,27 @@ def _fewer_params(path: Path) -> None:
     (path / "state.json").write_text(json.dumps(meta))
 
 
+def rewrite_scalars(path: Path, **changes) -> None:
+    meta = json.loads((path / "state.json").read_text())
+    rewrite_state(path, scalars={**meta["scalars"], **changes})
+
+
+def _groups_not_mappings(path: Path) -> None:
+    meta = json.loads((path / "state.json").read_text())
+    meta["optimizer"]["param_groups"] = [1, "two"]
+    (path / "state.json").write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
+        (_groups_not_mappings, "param_groups are not a list of groups"),
+        (lambda p: rewrite_scalars(p, processes="two"), r"processes \('two'\) is not a count"),
+        (lambda p: rewrite_scalars(p, bad_steps="x"), r"bad_steps \('x'\) is not a count"),
+        (lambda p: rewrite_scalars(p, lr_schedule="cosine"), "lr_schedule is not"),
+        (lambda p: rewrite_scalars(p, lr_schedule={"last_epoch": "x"}), "lr_schedule is not"),
+        (lambda p: rewrite_state(p, optimizer=None), "param_groups are not"),
+        (lambda p: (p / "state.json").write_text("[]"), "not a JSON object"),
         (lambda p: rewrite_state(p, step=-3), "no valid step"),
         (lambda p: rewrite_state(p, step="six"), "no valid step"),
         (lambda p: rewrite_state(p, step=5), "says step 5, the folder step 6"),
@@ -271,6 +289,13 @@ def _fewer_params(path: Path) -> None:
         (_fewer_params, "optimizer state is for 1 parameter tensors"),
     ],
     ids=[
+        "groups-not-mappings",
+        "processes-text",
+        "bad-steps-text",
+        "schedule-text",
+        "schedule-epoch-text",
+        "optimizer-null",
+        "state-a-list",
         "negative-step",
         "text-step",
         "other-step",
@@ -296,6 +321,18 @@ def test_a_consistent_checkpoint_with_bad_content_falls_back_to_the_previous_one
     assert e.step == 4 and e.checkpoint.name == "step-00000004"
     assert "skipping a bad checkpoint" in capsys.readouterr().err
     assert e.run().step == 10
+
+
+@pytest.mark.parametrize(
+    "files", [["student.safetensors"], {"state.json": "abc"}, {"state.json": {"bytes": "1", "sha256": "0"}}]
+)
+def test_a_malformed_manifest_is_refused_and_latest_falls_back(three_checkpoints, files):
+    out = three_checkpoints
+    newest = list_checkpoints(out / "checkpoints")[-1]
+    (newest / "manifest.json").write_text(json.dumps({"format": "fieldkit.train-state/1", "files": files}))
+    with pytest.raises(CheckpointError, match=r"manifest\.json is malformed"):
+        verify_checkpoint(newest)
+    assert engine(out, "run.steps=10", resume="latest").step == 4
 
 
 def test_a_manifest_that_names_a_file_outside_the_checkpoint_is_refused(three_checkpoints):

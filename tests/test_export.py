@@ -157,7 +157,7 @@ def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(
         torch.testing.assert_close(loaded.transformer.state_dict()[name], value, rtol=0, atol=0)
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "DiffusionPipeline.from_pretrained" in card
-    assert f"base_model: {pipeline}" in card  # the model the student started from
+    assert f"base_model: {graph['fields']['init']['path']}" in card  # the init it started from
     assert 'image = pipe("a photo of a cat", num_inference_steps=16).images[0]' in card
     assert "no sample grids" in card.lower() and "No route had metrics" in card
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -86,15 +85,13 @@ def test_an_existing_folder_is_left_untouched_and_exit_2(tmp_path):
 @pytest.mark.slow
 def test_the_skeleton_installs_and_loads_through_its_entry_point(tmp_path):
     package = new("myfield", tmp_path / "src")
-    env = tmp_path / "venv"
-    venv.create(env, system_site_packages=True, with_pip=True)
-    python = str(env / "bin" / "python")
-    install = ["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(package)]
-    proc = run(*install, cwd=tmp_path, python=python)
+    site = tmp_path / "site"  # a real install (wheel, dist-info, entry point) beside the environment
+    install = ["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    proc = run(*install, "--target", str(site), str(package), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     # Run from outside the source folder: the tests import the installed package through its entry point.
     tests = tmp_path / "tests"
     (package / "tests").rename(tests)
-    proc = run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests), cwd=tmp_path, python=python)
+    proc = run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests), cwd=tmp_path, path=str(site))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "6 passed" in proc.stdout

@@ -29,7 +29,7 @@ def pipeline_sigmas(
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     config = check_scheduler(scheduler, Path("scheduler"))
-    sched = FlowMatchEulerDiscreteScheduler.from_config(config)  # type: ignore[no-untyped-call]
+    sched = FlowMatchEulerDiscreteScheduler.from_config(config)
     config = sched.config  # with the scheduler's defaults filled in
     kwargs: dict[str, Any] = {}
     if config.get("use_dynamic_shifting"):

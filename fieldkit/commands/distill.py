@@ -19,9 +19,11 @@ def run_graph(
     from rich.console import Console
 
     from fieldkit.distill.engine import Engine
+    from fieldkit.distill.memory import check_training_fits
     from fieldkit.owned import write_error
 
     console = Console(stderr=True, highlight=False)
+    check_training_fits(graph)  # before the engine allocates anything
     if dry_run:
         engine = Engine(graph, write=False, show_progress=False)
         start = time.perf_counter()

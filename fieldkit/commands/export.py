@@ -73,9 +73,13 @@ def export(
     from rich.console import Console
 
     from fieldkit.export import export_run, push_to_hub
+    from fieldkit.plugins.manager import get_host
 
     console = Console(stderr=True, highlight=False)
-    exported = export_run(run, fmt, output, base, checkpoint=checkpoint, license=license_id)
+    registry = get_host().registry
+    exported = export_run(
+        run, fmt, output, base, checkpoint=checkpoint, license=license_id, registry=registry
+    )
     console.print(f"wrote {exported.folder}: {exported.kind}")
     if repo:
         console.print(f"pushed to {push_to_hub(exported.folder, repo, private=private)}")

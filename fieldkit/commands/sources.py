@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from fieldkit.errors import FieldkitError
+from fieldkit.errors import CheckpointError, FieldkitError
 from fieldkit.field import ModuleField, VelocityField
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
@@ -43,10 +42,13 @@ def collect_fields(
 
 
 def _is_diffusers_folder(folder: Path) -> bool:
-    try:
-        return "_diffusers_version" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    from fieldkit.models.pretrained import read_config_json
+
+    try:  # bounded, regular files only: a FIFO or a config nested 100,000 deep is load_pretrained's to refuse
+        config = read_config_json(folder / "config.json")
+    except CheckpointError:
         return False
+    return isinstance(config, dict) and "_diffusers_version" in config
 
 
 def diffusers_student(graph: Graph, ctx: BuildContext, folder: Path) -> VelocityField:

@@ -35,7 +35,10 @@ def validate(graph: Graph, build: bool) -> None:
 
     check_trainable(graph)
     if build:
+        from fieldkit.distill.memory import check_training_fits
+
         check_shapes(graph)
+        check_training_fits(graph)
 
     console = Console(highlight=False)
     console.print(f"[green]valid:[/green] {graph.source.path}")

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
 from fieldkit.atomic import atomic_write
 from fieldkit.distill.interval import IntervalMeans
-from fieldkit.distill.runlog import RunLog
+from fieldkit.distill.rundir import graph_changes, previous_graph
+from fieldkit.distill.runlog import RunLog, strict_json
 from fieldkit.eval.report import results_table
 from fieldkit.eval.results import Results, Score, route_teachers
 from fieldkit.owned import append_line
@@ -93,14 +96,20 @@ class RunLogger(Callback):
 
     def on_run_start(self, engine: Engine) -> None:
         run, main = engine.run_spec, engine.accelerator.is_main_process
+        changes: list[str] = []
         if engine.out is not None and main:
             engine.out.mkdir(parents=True, exist_ok=True)
-            atomic_write(engine.out / "graph.json", engine.graph.spec.model_dump_json(indent=1))
+            spec = json.loads(engine.graph.spec.model_dump_json())
+            previous = previous_graph(engine.out) if engine.step > 0 else None
+            changes = graph_changes(previous, spec) if previous is not None else []
+            atomic_write(engine.out / "graph.json", json.dumps(spec, indent=1))
             session = {
                 "step": engine.step,
                 "steps": run.steps,
                 "graph": None if engine.graph.path is None else str(engine.graph.path),
                 "overrides": list(engine.graph.source.overrides.values()),
+                "changed": changes,  # since the session before: the settings this one applies
+                "spec": spec,  # each session's whole graph: graph.json holds the newest one only
             }
             append_line(engine.out / "sessions.jsonl", json.dumps(session) + "\n", "sessions log")
         self.log = RunLog(
@@ -110,6 +119,8 @@ class RunLogger(Callback):
             enabled=main,
             show_progress=engine.show_progress,
         )
+        for change in changes:
+            self.log.note(f"[yellow]note:[/] changed since the last session: {escape(change)}")
         if engine.step >= run.steps:
             self.log.note(
                 f"[yellow]note:[/] nothing left to train: the run is at step {engine.step} and run.steps is "
@@ -192,7 +203,7 @@ class ResultsFile(Callback):
     def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
         if scores and engine.out is not None and engine.accelerator.is_main_process:
             results = run_results(engine, scores).to_json()
-            atomic_write(engine.out / "results.json", json.dumps(results, indent=1))
+            atomic_write(engine.out / "results.json", strict_json(results, indent=1))  # NaN: null
 
 
 class HtmlReport(Callback):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +23,12 @@ from torch import Tensor
 
 from fieldkit.atomic import atomic_path
 from fieldkit.errors import CheckpointError
-from fieldkit.files import save_safetensors
+from fieldkit.files import MiB, read_text, save_safetensors
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
 FORMAT = "fieldkit.train-state/1"
+MAX_JSON = 64 * MiB  # manifest.json and state.json (an optimizer's scalars grow with its parameters)
 
 
 @dataclass
@@ -138,10 +140,19 @@ def verify_checkpoint(path: Path) -> None:
             hint="it was interrupted while being written; resume from an earlier one",
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        manifest = json.loads(read_text(manifest_path, MAX_JSON, MANIFEST, CheckpointError))
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: {MANIFEST} is unreadable") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(info, dict)
+        and _count(info.get("bytes")) is not None
+        and isinstance(info.get("sha256"), str)
+        for info in files.values()
+    ):
+        raise CheckpointError(
+            f"{path}: {MANIFEST} is malformed (its files must map each name to its bytes and sha256)"
+        )
     if manifest.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: unknown checkpoint format {manifest.get('format')!r}, expected {FORMAT!r}"
@@ -164,18 +175,22 @@ def load_checkpoint(path: Path) -> TrainState:
     """Read a verified checkpoint folder."""
     verify_checkpoint(path)
     try:
-        meta = json.loads((path / "state.json").read_text())
+        meta: Any = json.loads(read_text(path / "state.json", MAX_JSON, "state.json", CheckpointError))
+        if not isinstance(meta, dict):
+            raise ValueError("state.json is not a JSON object")
         sharded = meta.get("sharded") is True
         student, optimizer, ema = {}, {}, None
         if not sharded:
             student = load_file(path / "student.safetensors")
+            _check_optimizer_meta(meta.get("optimizer"))
             optimizer = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta["optimizer"])
             ema_file = path / "ema.safetensors"
             ema = load_file(ema_file) if ema_file.is_file() else None
         rng = load_file(path / "rng.safetensors")
-    except (SafetensorError, OSError, KeyError, ValueError, AttributeError, TypeError) as exc:
+    except (SafetensorError, OSError, KeyError, ValueError, AttributeError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc}") from None
-    state = TrainState(meta.get("step"), student, optimizer, rng, ema, meta.get("scalars", {}), sharded)
+    step: Any = meta.get("step")  # checked with the rest in _check_state
+    state = TrainState(step, student, optimizer, rng, ema, meta.get("scalars", {}), sharded)
     _check_state(path, state)
     return state
 
@@ -215,6 +230,53 @@ def _check_state(path: Path, state: TrainState) -> None:
             raise CheckpointError(f"{path}: the RNG state {name!r} is not a byte vector")
     if not isinstance(state.scalars, dict):
         raise CheckpointError(f"{path}: state.json has no valid scalars")
+    scalars = state.scalars
+    for key, least in (("processes", 1), ("bad_steps", 0)):
+        if key in scalars and (_count(scalars[key]) is None or scalars[key] < least):
+            raise CheckpointError(f"{path}: state.json's {key} ({scalars[key]!r}) is not a count")
+    schedule = scalars.get("lr_schedule")
+    if schedule is not None and not (
+        isinstance(schedule, dict)
+        and isinstance(schedule.get("last_epoch", 0), int)
+        and schedule.get("last_epoch", 0) >= -1
+        and isinstance(schedule.get("base_lrs", []), list)
+        and all(_finite(lr) for lr in schedule.get("base_lrs", []))
+        and all(_plain(v) for v in schedule.values())
+    ):
+        raise CheckpointError(f"{path}: state.json's lr_schedule is not a learning-rate schedule's state")
+
+
+def _count(value: Any) -> int | None:
+    """``value`` when it is a non-negative int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(value: Any) -> bool:
+    """JSON scalars, and lists and string-keyed objects of them (what a scheduler's state holds)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
+
+
+def _check_optimizer_meta(meta: Any) -> None:
+    """Raise ValueError unless ``meta`` is a flattened optimizer state: param_groups (mappings, each with a
+    list of parameter indices) and scalars named ``INDEX.SLOT``."""
+    groups = meta.get("param_groups") if isinstance(meta, dict) else None
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict)
+        and isinstance(g.get("params"), list)
+        and all(_count(i) is not None for i in g["params"])
+        for g in groups
+    ):
+        raise ValueError("its optimizer's param_groups are not a list of groups of parameter indices")
+    if not isinstance(meta.get("scalars"), dict):
+        raise ValueError("its optimizer's scalars are not a mapping")
 
 
 # Optimizer slots that hold one value per parameter entry (Adam's moments, SGD's momentum).

@@ -27,6 +27,7 @@ from typing import Any
 from fieldkit.atomic import atomic_write, leftovers
 from fieldkit.distill.checkpoint import list_checkpoints
 from fieldkit.errors import FieldkitError
+from fieldkit.files import read_text
 from fieldkit.owned import check_name, kind, open_owned, write_error
 
 MARKER = "fieldkit-run.json"
@@ -254,3 +255,46 @@ def open_for_processes(out: str | os.PathLike[str], resume: str | None, accelera
     if message is not None:
         raise FieldkitError(message, hint=hint)
     return held if held is not None else RunFolder(Path(os.fspath(out)), chosen)
+
+
+def previous_graph(folder: Path) -> dict[str, Any] | None:
+    """The graph the run's last session ran (its ``graph.json``), or None when there is none to read."""
+    try:
+        graph = json.loads(read_text(folder / "graph.json", MAX_GRAPH, "graph.json"))
+    except (FieldkitError, ValueError, RecursionError):
+        return None
+    return graph if isinstance(graph, dict) else None
+
+
+def graph_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs between two graphs (dotted keys, sorted).
+
+    Raises a FieldkitError for a change a resume cannot apply: another optimizer type (its saved state has
+    other slots, and its first step would fail)."""
+    old, new = _flatten(previous), _flatten(current)
+    changes = [
+        f"{key}: {json.dumps(old.get(key, MISSING))} -> {json.dumps(new.get(key, MISSING))}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, MISSING) != new.get(key, MISSING)
+    ]
+    before, after = old.get("run.optimizer.type"), new.get("run.optimizer.type")
+    if before is not None and before != after:
+        raise FieldkitError(
+            f"the run was trained with run.optimizer.type {before}, and this session asks for {after}: "
+            "its checkpoints hold that optimizer's state, which another optimizer cannot continue",
+            hint=f"resume with --set run.optimizer.type={before}, or start a new run in another folder",
+        )
+    return changes
+
+
+MISSING = "(unset)"
+MAX_GRAPH = 16 << 20
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}

@@ -127,10 +127,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """Strict JSON: a non-finite float (NaN, inf) is written as ``null``, never as the ``NaN``/``Infinity``
+    that Python's json writes by default and that JSON does not have."""
+    return json.dumps(_finite(value), allow_nan=False, indent=indent)
+
+
 def json_line(record: dict[str, Any]) -> str:
-    """One line of strict JSON: a non-finite float (NaN, inf) is written as ``null``, never as the
-    ``NaN``/``Infinity`` that Python's json writes by default and that JSON does not have."""
-    return json.dumps(_finite(record), allow_nan=False) + "\n"
+    """One line of strict JSON (:func:`strict_json`)."""
+    return strict_json(record) + "\n"
 
 
 def trim_metrics(path: Path, step: int) -> list[str]:

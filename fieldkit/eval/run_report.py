@@ -28,6 +28,7 @@ from fieldkit.errors import FieldkitError
 from fieldkit.eval.graph_svg import graph_svg
 from fieldkit.eval.report_plots import loss_plot, training_plot
 from fieldkit.eval.results import DEFAULT_BAR, Results, column_header, layout
+from fieldkit.files import MiB, check_regular, read_text
 
 GRID_NAME = re.compile(r"^step-(\d+)-(.+)\.png$")
 
@@ -80,24 +81,37 @@ class RunFolder:
         return "the student's weights after the last update (no EMA: student.ema is off)"
 
 
-def _read_json(path: Path) -> Any:
+MAX_FILE = 256 * MiB  # graph.json, metrics.jsonl, results.json, a grid PNG: far above what a run writes
+
+
+def _read_json(path: Path, kinds: tuple[type, ...] = (dict,)) -> Any:
+    """The JSON in the regular file ``path``, which must be one of ``kinds`` (by default an object)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        value = json.loads(read_text(path, MAX_FILE, path.name))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise FieldkitError(f"{path}: cannot read it: {exc}", hint="is this a complete run folder?") from None
+    if not isinstance(value, kinds):
+        raise FieldkitError(
+            f"{path}: not what a run writes there (a JSON {type(value).__name__}, not an object)",
+            hint="the file was damaged; remove it or write the run again",
+        )
+    return value
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path, MAX_FILE, "metrics log").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise FieldkitError(f"{path}:{number}: not a JSON record", hint="the file was damaged") from None
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+            raise FieldkitError(f"{path}:{number}: not a metrics record", hint="the file was damaged")
+        records.append(record)
     return records
 
 
@@ -108,12 +122,51 @@ def _grids(samples: Path) -> list[Grid]:
         match = GRID_NAME.match(png.name)
         if match is None:
             continue
+        _check_png(png)
         labels = png.with_suffix(".json")
         data = _read_json(labels) if labels.is_file() else {}
+        if not all(isinstance(data.get(key, []), list) for key in ("rows", "captions")):
+            raise FieldkitError(
+                f"{labels}: not the labels of a sample grid", hint="remove it, or sample again"
+            )
         grids.append(
             Grid(match[2], int(match[1]), png, list(data.get("rows", [])), list(data.get("captions", [])))
         )
     return grids
+
+
+def _read_results(path: Path) -> Results:
+    """``results.json``: the object a run writes, or the bare list of rows older runs wrote."""
+    data = _read_json(path, (dict, list))
+    rows = data if isinstance(data, list) else data.get("rows", [])
+    if not isinstance(rows, list):
+        raise FieldkitError(f"{path}: its rows are not a list", hint="the file was damaged; evaluate again")
+    for number, row in enumerate(rows, 1):
+        if not (
+            isinstance(row, dict) and isinstance(row.get("field"), str) and isinstance(row.get("route"), str)
+        ):
+            raise FieldkitError(
+                f"{path}: row {number} names no field and route", hint="the file was damaged; evaluate again"
+            )
+    try:
+        return Results.from_json(data)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise FieldkitError(f"{path}: not the results a run writes ({exc})", hint="evaluate again") from None
+
+
+def _check_png(png: Path) -> None:
+    """Refuse a grid that is not a regular file of at most MAX_FILE bytes holding a readable PNG."""
+    check_regular(png, "sample grid")
+    if png.stat().st_size > MAX_FILE:
+        raise FieldkitError(f"{png}: the sample grid is larger than {MAX_FILE:,} bytes", hint="remove it")
+    try:
+        with Image.open(png) as image:
+            limit = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb bound (None: no bound)
+            if image.format != "PNG" or (limit is not None and image.width * image.height > limit):
+                raise ValueError("not a PNG of a sample grid's size")
+            image.verify()
+    except Exception as exc:  # PIL raises many types for damaged files: each one is a damaged grid
+        raise FieldkitError(f"{png}: not a readable PNG ({exc})", hint="remove it, or sample again") from None
 
 
 def read_run(folder: Path, name: str | None = None) -> RunFolder:
@@ -126,7 +179,7 @@ def read_run(folder: Path, name: str | None = None) -> RunFolder:
         )
     results_path = folder / "results.json"
     graph = _read_json(folder / "graph.json")
-    results = Results.from_json(_read_json(results_path) if results_path.is_file() else [])
+    results = _read_results(results_path) if results_path.is_file() else Results.from_json([])
     if not results.teachers:  # results.json of an older run: its rows only; the graph says the rest
         routes = graph.get("routes", {})
         teachers = {name: str(r["field"]) for name, r in routes.items() if r.get("field") is not None}

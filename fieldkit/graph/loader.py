@@ -7,6 +7,7 @@ problem is reported as ``file:line: path.to.key: what is wrong`` with the valid 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,22 @@ def _typed(
     except ValidationError as exc:
         problems.add_validation(loc, exc, registration.params)
         return None
-    return Typed(registration, params)
+    # A plugin's params may be a plain BaseModel, which takes .inf and .nan: refused here for every type.
+    bad = _non_finite(params.model_dump(), ())
+    for sub in bad:
+        problems.add((*loc, *sub), "must be a finite number (not .inf or .nan)")
+    return None if bad else Typed(registration, params)
+
+
+def _non_finite(value: Any, loc: Loc) -> list[Loc]:
+    """Where in ``value`` (nested dicts, lists, tuples) a float is infinite or NaN."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [loc]
+    if isinstance(value, dict):
+        return [bad for key, item in value.items() for bad in _non_finite(item, (*loc, key))]
+    if isinstance(value, list | tuple):
+        return [bad for i, item in enumerate(value) for bad in _non_finite(item, (*loc, i))]
+    return []
 
 
 def _check_refs(nodes: dict[str, Typed], spec: GraphSpec, problems: _Problems) -> None:

@@ -13,11 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from fieldkit.graph.refs import FieldRef
 
-NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
+#: the longest field or route name: a route's name is part of file names in the run folder (samples/)
+NAME_MAX = 64
 DEVICE = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 #: ``run.compile``: off, or a ``torch.compile`` mode (fieldkit.compile); the first two record CUDA graphs.
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+#: batch_size x grad_accum: the samples of one optimizer step (each under its own cap is not enough).
+MAX_SAMPLES_PER_STEP = 2**20
 
 
 class Strict(BaseModel):
@@ -45,14 +49,16 @@ class RouteSpec(Strict):
         None, description="the field that supervises this route's samples (sft trains on data and needs none)"
     )
     data: TypedSpec = Field(description="the data bucket: {type: DATASET, ...params}")
-    weight: float = Field(1.0, gt=0, description="routing weight (probabilities are weights / sum)")
+    weight: float = Field(1.0, gt=0, le=1e6, description="routing weight (probabilities are weights / sum)")
     metrics: list[TypedSpec] = Field(default_factory=list, description="metrics that score this route")
 
 
 class LoraSpec(Strict):
     """LoRA adapter settings (peft)."""
 
-    rank: int | None = Field(None, ge=1, description="default: the model's choice (zimage: 128), else 8")
+    rank: int | None = Field(
+        None, ge=1, le=4096, description="default: the model's choice (zimage: 128), else 8"
+    )
     alpha: float | None = Field(None, gt=0, description="defaults to the rank")
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: list[str] | None = Field(None, description="module names to adapt; default: the model's choice")
@@ -75,7 +81,7 @@ class FlowSpec(Strict):
     SD3-shifted even sigmas."""
 
     steps: int = Field(16, ge=1, le=1000)
-    shift: float = Field(3.0, gt=0, description="the shift of the `shift` schedule")
+    shift: float = Field(3.0, gt=0, le=1000, description="the shift of the `shift` schedule")
     schedule: Literal["auto", "model", "shift"] = Field(
         "auto",
         description="model: the sigmas the student's pipeline samples with at inference (its scheduler's "
@@ -169,7 +175,7 @@ class RunSpec(Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="adamw, sgd or adafactor")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of every random stream of the run")
     out: str = Field(
         "runs/{graph}",
         min_length=1,
@@ -211,8 +217,17 @@ class RunSpec(Strict):
         "this times the route teacher's score (and combined, of the route teachers' mean)",
     )
     checkpoint_every: int | None = Field(None, ge=1)
-    keep_last: int = Field(3, ge=1)
+    keep_last: int = Field(3, ge=1, le=10**6)
     max_bad_steps: int = Field(10, ge=1, description="consecutive non-finite steps before the run stops")
+
+    @model_validator(mode="after")
+    def _samples_per_step(self) -> RunSpec:
+        if self.batch_size * self.grad_accum > MAX_SAMPLES_PER_STEP:
+            raise ValueError(
+                f"batch_size x grad_accum = {self.batch_size * self.grad_accum:,} samples per optimizer "
+                f"step, more than the {MAX_SAMPLES_PER_STEP:,} allowed; lower batch_size or grad_accum"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fsdp_settings(self) -> RunSpec:
@@ -236,12 +251,24 @@ class RunSpec(Strict):
     @classmethod
     def _out_placeholders(cls, value: str) -> str:
         try:
-            value.format(graph="graph")
+            formatted = value.format(graph="graph")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
                 f"run.out may hold the placeholder {{graph}} and no other ({type(exc).__name__}: {exc}); "
                 "write a literal brace as {{ or }}"
             ) from None
+        if "\0" in formatted or any(c in formatted for c in "\n\r"):
+            raise ValueError("run.out holds a NUL byte or a line break; remove it")
+        if formatted.startswith("~"):
+            raise ValueError(
+                "run.out starts with '~', which fieldkit does not expand (it would make a folder named '~'); "
+                "write the full path"
+            )
+        longest = max((len(part.encode()) for part in formatted.split("/")), default=0)
+        if longest > 255:
+            raise ValueError(
+                f"run.out has a name of {longest} bytes, more than the 255 a file system allows; shorten it"
+            )
         return value
 
     @field_validator("warmup_steps")
@@ -287,8 +314,9 @@ class GraphSpec(Strict):
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
-            if not re.match(NODE_NAME, str(name)):
+            if not re.fullmatch(NODE_NAME, str(name)):
                 raise ValueError(
-                    f"{name!r} is not a valid name (letters, digits, '_' and '-'; not first digit)"
+                    f"{str(name)[:80]!r} is not a valid name (letters, digits, '_' and '-', not first a "
+                    f"digit, at most {NAME_MAX} characters)"
                 )
         return value

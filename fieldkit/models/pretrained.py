@@ -23,6 +23,7 @@ from fieldkit.atomic import atomic_path, atomic_write
 from fieldkit.errors import CheckpointError
 from fieldkit.field import ModuleField
 from fieldkit.files import MiB, check_regular, read_text, save_safetensors
+from fieldkit.memory_guard import check_model_fits
 from fieldkit.owned import check_target
 
 CONFIG_NAME = "config.json"
@@ -88,6 +89,7 @@ class PretrainedField(ModuleField):
             raise CheckpointError(f"no model folder at {path}", hint=_LAYOUT_HINT)
         config = _read_config(path / CONFIG_NAME, cls.__name__, cls.config_class)
         _check_size(cls.state_numel(config), path / WEIGHTS_NAME)  # before anything is allocated
+        check_model_fits(lambda: cls(config), torch.device(device), f"the model in {path}")
         state = _read_weights(path / WEIGHTS_NAME, device)
         model = cls(config)
         _check_fit(model.state_dict(), state, path / WEIGHTS_NAME)
@@ -108,6 +110,10 @@ def read_config_json(file: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{file} is not readable JSON: {err}", hint=_LAYOUT_HINT) from err
+    except RecursionError:
+        raise CheckpointError(
+            f"{file} is nested too deeply to be a model config", hint=_LAYOUT_HINT
+        ) from None
 
 
 def _read_config(file: Path, class_name: str, config_class: type[BaseModel]) -> Any:

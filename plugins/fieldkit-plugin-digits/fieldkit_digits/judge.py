@@ -39,11 +39,16 @@ class Classifier(nn.Module):
         return F.relu(self.fc1(h.flatten(1)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.features(x))
+        logits: Tensor = self.fc2(self.features(x))
+        return logits
 
 
 class Density(nn.Module):
     """A Gaussian mixture over flattened sides: ``log p(x) = logsumexp_k [log w_k + log N(x; m_k, S_k)]``."""
+
+    log_weights: Tensor
+    means: Tensor
+    prec_chol: Tensor
 
     def __init__(self, weights: Tensor, means: Tensor, prec_chol: Tensor) -> None:
         super().__init__()
@@ -91,7 +96,7 @@ def fit(seed: int = 0, epochs: int = 40) -> dict[str, Tensor]:
             x = torch.roll(x, shifts=shift, dims=(2, 3))
             loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             opt.step()
     gmm = GaussianMixture(10, covariance_type="full", reg_covar=0.05, random_state=seed, max_iter=200)
     gmm.fit(train.images.flatten(1).double().numpy())
@@ -131,13 +136,14 @@ class Judge:
     @torch.no_grad()
     def read(self, canvas: Tensor) -> Tensor:
         """The class (0-9, BLANK) of each side of canvases ``[B, 1, 8, 16]``: ``[B, 2]``."""
-        logits = self.classifier(halves(canvas.float().cpu()))
+        logits: Tensor = self.classifier(halves(canvas.float().cpu()))
         return logits.argmax(-1).reshape(-1, 2)
 
     @torch.no_grad()
     def read_sides(self, sides: Tensor) -> Tensor:
         """The class of each side ``[N, 1, 8, 8]``: ``[N]``."""
-        return self.classifier(sides.float().cpu()).argmax(-1)
+        logits: Tensor = self.classifier(sides.float().cpu())
+        return logits.argmax(-1)
 
     @torch.no_grad()
     def features(self, canvas: Tensor) -> Tensor:

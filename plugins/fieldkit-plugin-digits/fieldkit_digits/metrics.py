@@ -138,7 +138,7 @@ class EditMetric:
             asked = cond["digits"].cpu().long()[rows, side]
             success = self.judge.read_sides(edited) == asked
             quality = psnr(kept, kept_src)
-            names = LOCAL_OPS
+            names: tuple[str, ...] = LOCAL_OPS
         else:
             candidates = torch.stack([source, *(global_edit(source, op) for op in GLOBAL_OPS)], 1)
             dist = (candidates - samples[:, None]).pow(2).flatten(2).mean(-1)

@@ -78,7 +78,9 @@ def test_the_key_covers_the_resolved_graph_world_and_code():
 def test_a_committed_run_reruns_from_head_to_its_scores():
     """tests/data/quick-run.jsonl holds one run of the study as the driver wrote it (the quick settings): run
     again from HEAD it gives the same scores to the last bit, the same steps and the same model passes.
-    Regenerate it (only when a change is meant to change it) with the driver's --quick on that run."""
+    Regenerate it only when a change is meant to change the numbers: ``python examples/digits/reproduce.py
+    --quick --only composition --runs local_global/danceopd --matched steps --out DIR``, then copy
+    ``DIR/results.jsonl`` here."""
     repro = _load()
     record = json.loads((Path(__file__).parent / "data" / "quick-run.jsonl").read_text())
     run = repro._run_named(record["name"])

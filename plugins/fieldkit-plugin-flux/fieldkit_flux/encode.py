@@ -67,4 +67,5 @@ def image_latent(pipe: Any, image: Any, *, auto_resize: bool = True) -> Tensor:
     width, height = source_size(pipe, image, auto_resize)
     pixels = processor.preprocess(processor.resize(image, height, width), height, width)
     pixels = pixels.to(device=pipe._execution_device, dtype=pipe.vae.dtype)
-    return pipe._encode_vae_image(image=pixels, generator=None)[0].float().cpu()
+    latent: Tensor = pipe._encode_vae_image(image=pixels, generator=None)[0]
+    return latent.float().cpu()

@@ -58,7 +58,7 @@ def position_ids(h: int, w: int, frame: int, device: torch.device, dtype: torch.
 
 def text_cond(text: Tensor, pooled: Tensor, null_text: Tensor, null_pooled: Tensor, **extra: Tensor) -> Cond:
     """A Cond of prompt features whose null is the negative prompt's (``null_*``: one row each)."""
-    return Cond(text=text, pooled=pooled, **extra, nulls={"text": null_text, "pooled": null_pooled})
+    return Cond({"text": text, "pooled": pooled, **extra}, nulls={"text": null_text, "pooled": null_pooled})
 
 
 class FluxField(SharedAdapterField):

@@ -9,12 +9,16 @@ graph's ``run.attention`` and ``FIELDKIT_ATTENTION`` all apply.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fieldkit.plugin_api import attention
+
+if TYPE_CHECKING:
+    from diffusers import SD3Transformer2DModel
+    from diffusers.models.attention_processor import Attention
 
 
 class FieldkitJointAttnProcessor:
@@ -22,7 +26,7 @@ class FieldkitJointAttnProcessor:
 
     def __call__(
         self,
-        attn: nn.Module,
+        attn: Attention,
         hidden_states: Tensor,
         encoder_hidden_states: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -53,7 +57,7 @@ class FieldkitJointAttnProcessor:
                 ck = attn.norm_added_k(ck)
             q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
         out = attention(q, k, v).transpose(1, 2).flatten(2).to(q.dtype)
-        image = attn.to_out[1](attn.to_out[0](out[:, :image_tokens]))
+        image: Tensor = attn.to_out[1](attn.to_out[0](out[:, :image_tokens]))
         if encoder_hidden_states is None:
             return image
         text = out[:, image_tokens:]
@@ -62,7 +66,7 @@ class FieldkitJointAttnProcessor:
         return image, text
 
 
-def use_fieldkit_attention(transformer: nn.Module) -> None:
+def use_fieldkit_attention(transformer: SD3Transformer2DModel) -> None:
     """Set :class:`FieldkitJointAttnProcessor` on every attention layer of an SD3 transformer.
 
     Refuses a layer whose scale is not ``1 / sqrt(head_dim)`` (fieldkit's kernels use that scale) or whose

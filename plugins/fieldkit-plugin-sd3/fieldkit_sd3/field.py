@@ -63,7 +63,7 @@ class SD3Field(SharedAdapterField):
 
     def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         dtype = self.compute_dtype()
-        out = self.transformer(
+        out: Tensor = self.transformer(
             hidden_states=x.to(dtype),
             timestep=sigma * TIMESTEP_SCALE,
             encoder_hidden_states=cond["text"].to(dtype),

@@ -115,7 +115,7 @@ def vae_scale(pipeline: Path) -> int:
             f"no readable VAE config at {file} ({err})",
             hint="point `pipeline` at a ZImageOmniPipeline folder",
         ) from None
-    return 2 ** (len(config["block_out_channels"]) - 1)
+    return int(2 ** (len(config["block_out_channels"]) - 1))
 
 
 def edit_bucket(
@@ -156,8 +156,9 @@ def edit_bucket(
         dtype = enc.dtype
         tensors["source"] = torch.stack([image_latent(pipe, loaded[p.source]) for p in items]).to(dtype)
         tensors["siglip"] = torch.stack([image_siglip(pipe, loaded[p.source]) for p in items]).to(dtype)
-        if targets:
-            tensors["target"] = torch.stack([image_latent(pipe, loaded[p.target]) for p in items]).to(dtype)
+        if targets:  # then every pair has one
+            paths = [p.target for p in items if p.target is not None]
+            tensors["target"] = torch.stack([image_latent(pipe, loaded[path]) for path in paths]).to(dtype)
         if tuple(tensors["source"].shape[1:]) != tuple(shape):
             raise FieldkitError(
                 f"the VAE of {pipeline} gives latents {list(tensors['source'].shape[1:])}, not the bucket's "

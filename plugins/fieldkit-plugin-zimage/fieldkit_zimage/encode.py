@@ -80,7 +80,7 @@ def image_latent(pipe: Any, image: Any) -> Tensor:
     pixels = processor.preprocess(
         image, height=height // multiple * multiple, width=width // multiple * multiple, resize_mode="crop"
     )
-    latent = pipe.prepare_image_latents([pixels], 1, pipe._execution_device, torch.float32)[0][0]
+    latent: Tensor = pipe.prepare_image_latents([pixels], 1, pipe._execution_device, torch.float32)[0][0]
     return latent.squeeze(1).cpu()
 
 
@@ -91,4 +91,5 @@ def image_siglip(pipe: Any, image: Any) -> Tensor:
     width, height = image.size
     if width * height > MAX_AREA:
         image = pipe.image_processor._resize_to_target_area(image, MAX_AREA)
-    return pipe.prepare_siglip_embeds([image], 1, pipe._execution_device, torch.float32)[0][0].float().cpu()
+    features: Tensor = pipe.prepare_siglip_embeds([image], 1, pipe._execution_device, torch.float32)[0][0]
+    return features.float().cpu()

@@ -66,7 +66,9 @@ def text_cond(
         length = max(sum(seg.shape[0] for seg in s) for s in [*prompts, negative])
     text, text_len = pack_text(prompts, length)
     null_text, null_len = pack_text([negative], length)
-    return Cond(text=text, text_len=text_len, **extra, nulls={"text": null_text, "text_len": null_len})
+    return Cond(
+        {"text": text, "text_len": text_len, **extra}, nulls={"text": null_text, "text_len": null_len}
+    )
 
 
 class ZImageField(SharedAdapterField):
