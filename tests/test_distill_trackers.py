@@ -160,7 +160,7 @@ def test_tensorboard_and_wandb_get_means_grids_eval_metrics_and_hparams(tmp_path
     accuracy = events.Scalars("eval/t2i/student/accuracy")
     assert [e.value for e in accuracy] == pytest.approx([student["accuracy"]], rel=1e-6)
     hparams = next(board.rglob("hparams.yml")).read_text()
-    assert "run.lr: 0.001" in hparams and "run.log_every: 2" in hparams
+    assert "run.lr: 0.001" in hparams and "run.log_every: 2" in hparams and f"run.out: {out}" in hparams
 
     import wandb
 

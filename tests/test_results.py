@@ -28,7 +28,12 @@ def scores(student_t2i: float, student_edit: float) -> list[Score]:
 def test_each_route_is_judged_against_its_own_teacher_and_combined_against_their_mean():
     results = Results(scores(0.76, 0.45), TEACHERS, 0.95)
     t2i, edit, combined = results.verdicts
-    assert (t2i.route, t2i.teacher, t2i.ratio, t2i.passed) == ("t2i", "t2i_teacher", pytest.approx(0.95), True)
+    assert (t2i.route, t2i.teacher, t2i.ratio, t2i.passed) == (
+        "t2i",
+        "t2i_teacher",
+        pytest.approx(0.95),
+        True,
+    )
     assert (edit.teacher, edit.ratio, edit.passed) == ("edit_teacher", pytest.approx(0.9), False)
     # combined: (0.76 + 0.45) / 2 over (0.8 + 0.5) / 2, each teacher on its own route
     assert combined.route == "combined" and combined.ratio == pytest.approx(1.21 / 1.3)
@@ -71,7 +76,7 @@ def test_a_comparison_shows_identical_teachers_once_and_one_student_per_run():
     b = Results(scores(0.7, 0.5), TEACHERS)
     table = layout([("a", a), ("b", b)])
     assert [c.label for c in table.columns] == ["t2i_teacher", "edit_teacher", "a: student", "b: student"]
-    changed = Results([Score("t2i_teacher", "t2i", {"score": 0.9})] + a.scores[1:], TEACHERS)
+    changed = Results([Score("t2i_teacher", "t2i", {"score": 0.9}), *a.scores[1:]], TEACHERS)
     assert "b: t2i_teacher" in [c.label for c in layout([("a", a), ("b", changed)]).columns]
 
 

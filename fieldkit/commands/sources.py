@@ -33,6 +33,11 @@ def collect_fields(
             )
         fields[name] = ctx.field(name)
     for folder in checkpoints:
+        if (folder / "graph.json").is_file() and (folder / "student").is_dir():
+            raise FieldkitError(
+                f"--checkpoint {folder}: a run folder, not a model folder",
+                hint=f"give the run's student: --checkpoint {folder / 'student'}",
+            )
         label = folder.name if folder.name != "student" else str(folder)
         if _is_diffusers_folder(folder):
             fields[label] = diffusers_student(graph, ctx, folder)

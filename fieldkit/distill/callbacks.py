@@ -78,6 +78,15 @@ def run_results(engine: Engine, scores: list[Score]) -> Results:
     return Results(scores, route_teachers(engine.graph.spec.routes), engine.run_spec.pass_ratio)
 
 
+def graph_as_run(engine: Engine) -> dict[str, Any]:
+    """The graph as this run runs it (what graph.json and the trackers' hyperparameters record): ``--set``
+    overrides applied, and ``run.out`` the folder it writes (``--out`` when given, not the graph's)."""
+    spec = engine.graph.spec.model_dump(mode="json")
+    if engine.out is not None:
+        spec["run"]["out"] = str(engine.out)
+    return spec
+
+
 def log_now(engine: Engine, report: StepReport) -> bool:
     """Whether ``report``'s update ends a logging interval (every ``run.log_every`` steps, and the last)."""
     run = engine.run_spec
@@ -99,7 +108,7 @@ class RunLogger(Callback):
         changes: list[str] = []
         if engine.out is not None and main:
             engine.out.mkdir(parents=True, exist_ok=True)
-            spec = json.loads(engine.graph.spec.model_dump_json())
+            spec = graph_as_run(engine)
             previous = previous_graph(engine.out) if engine.step > 0 else None
             changes = graph_changes(previous, spec) if previous is not None else []
             atomic_write(engine.out / "graph.json", json.dumps(spec, indent=1))

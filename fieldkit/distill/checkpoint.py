@@ -134,6 +134,12 @@ def list_checkpoints(root: Path) -> list[Path]:
 def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointError unless every file listed in the manifest is present and intact."""
     manifest_path = path / MANIFEST
+    if not path.is_dir():  # a typo such as `--resume last`, not a checkpoint cut short
+        raise CheckpointError(
+            f"{path}: no such checkpoint folder",
+            hint="resume with `--resume latest` (the newest good checkpoint) or a checkpoint folder, e.g. "
+            "RUN/checkpoints/step-00000100",
+        )
     if not manifest_path.is_file():
         raise CheckpointError(
             f"{path}: not a complete checkpoint (no {MANIFEST})",

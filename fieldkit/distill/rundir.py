@@ -178,7 +178,7 @@ def _settle(run: RunFolder) -> None:
     if run.resume is None and has_checkpoint:
         raise FieldkitError(
             f"{folder} already holds a run",
-            hint="continue it with --resume latest, or choose another folder with --set run.out=PATH",
+            hint="continue it with --resume latest, or choose another output folder with --out PATH",
         )
     if run.resume == "latest" and not has_checkpoint:
         run.notes.append(f"{folder} has no checkpoint to resume from: starting the run afresh")

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from fieldkit.distill.callbacks import Callback, StepReport, _every, log_now
+from fieldkit.distill.callbacks import Callback, StepReport, _every, graph_as_run, log_now
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.errors import FieldkitError
 from fieldkit.eval.results import Score
@@ -175,7 +175,7 @@ class Trackers(Callback):
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             "\n".join(f"tracker {line}" for _, line in started), markup=False
         )
-        hparams = flat_hparams(engine.graph.spec.model_dump(mode="json"))
+        hparams = flat_hparams(graph_as_run(engine))
         for tracker in self.trackers:
             tracker.store_init_configuration(hparams)
 

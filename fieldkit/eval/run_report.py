@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from fieldkit.atomic import atomic_write
+from fieldkit.distill.trackers import flat_hparams
 from fieldkit.errors import FieldkitError
 from fieldkit.eval.graph_svg import graph_svg
 from fieldkit.eval.report_plots import loss_plot, training_plot
@@ -172,6 +173,8 @@ def _check_png(png: Path) -> None:
 def read_run(folder: Path, name: str | None = None) -> RunFolder:
     """Read a run folder (``graph.json``, ``metrics.jsonl``, ``results.json``, ``samples/``)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FieldkitError(f"{folder}: no such folder", hint="give a run folder, e.g. runs/digits")
     if not (folder / "graph.json").is_file():
         raise FieldkitError(
             f"{folder}: not a run folder (no graph.json)",
@@ -258,19 +261,9 @@ def grids_html(grids: Sequence[Grid], title: str) -> str:
     )
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    """``{"run.lr": "0.001", ...}``: a nested mapping as dotted keys and YAML-ish leaf values."""
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: json.dumps(value)}
-
-
 def settings_diff(runs: Sequence[RunFolder]) -> str:
     """A table of the graph settings whose values differ between the runs (``-``: not set in that run)."""
-    flat = [_flatten(run.graph) for run in runs]
+    flat = [{k: str(v) for k, v in flat_hparams(run.graph).items()} for run in runs]
     keys = [k for k in dict.fromkeys(k for f in flat for k in f) if len({f.get(k) for f in flat}) > 1]
     if not keys:
         return "<p>The runs' graphs are identical.</p>"

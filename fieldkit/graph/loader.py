@@ -21,7 +21,7 @@ from fieldkit.errors import GraphError
 from fieldkit.graph.checks import check_graph
 from fieldkit.graph.overrides import apply_overrides, parse_override
 from fieldkit.graph.refs import find_refs
-from fieldkit.graph.schema import GraphSpec, TypedSpec
+from fieldkit.graph.schema import FlowSpec, GraphSpec, RunSpec, StudentSpec, TypedSpec
 from fieldkit.graph.yaml_source import Loc, YamlSource, parse_yaml, read_yaml
 from fieldkit.plugins.registry import Registration, Registry, unknown_type_message
 
@@ -142,12 +142,24 @@ def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
     return close[0] if close else None
 
 
+def _section_key(key: str) -> str | None:
+    """``run.lr`` for a top-level ``lr`` (``run.steps`` for ``steps``, ``flow.shift`` for ``shift``, aliases
+    such as ``learning_rate`` too): the section key a misplaced top-level key probably meant."""
+    name = KEY_ALIASES.get(key.lower(), key)
+    for section, model in (("run", RunSpec), ("flow", FlowSpec), ("student", StudentSpec)):
+        if name in model.model_fields:
+            return f"{section}.{name}"
+    return None
+
+
 def _describe(err: ErrorDetails, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         owner = _model_at(model, loc)
         keys = list(owner.model_fields) if owner is not None else []
         guess = did_you_mean(str(loc[-1]), keys)
+        if guess is None and owner is GraphSpec:
+            guess = _section_key(str(loc[-1]))
         valid = f"; valid keys: {', '.join(keys)}" if keys else ""
         return f"unknown key {loc[-1]!r}" + (f"; did you mean {guess!r}?" if guess else "") + valid
     if kind == "missing":
@@ -208,6 +220,17 @@ def _check_refs(nodes: dict[str, Typed], spec: GraphSpec, problems: _Problems) -
             problems.add(("routes", route, "field"), f"unknown field {str(rspec.field)!r} ({known})")
     if spec.student is not None and spec.student.init not in spec.fields:
         problems.add(("student", "init"), f"unknown field {str(spec.student.init)!r} ({known})")
+    elif (
+        spec.student is not None
+        and (init := nodes.get(str(spec.student.init))) is not None
+        and init.registration.kind == "operator"
+    ):
+        problems.add(
+            ("student", "init"),
+            f"{str(spec.student.init)!r} is an operator ({init.registration.name}) built from other "
+            "fields, with no weights of its own to train; point student.init at a source with weights "
+            "(e.g. a fieldkit.checkpoint or fieldkit.mmdit)",
+        )
 
 
 def _check_cycles(nodes: dict[str, Typed], problems: _Problems) -> None:
