@@ -148,7 +148,7 @@ def test_report_compares_runs_side_by_side_with_the_settings_that_differ(
     diff = text[text.index("Settings that differ") :]
     diff = diff[: diff.index("</table>")]
     rows = re.findall(r"<tr><td>([^<]+)</td>", diff)
-    assert set(rows) == {"run.steps", "run.lr_schedule", "run.sample_every"}
+    assert set(rows) == {"run.steps", "run.lr_schedule", "run.sample_every", "run.out"}
     assert '<div class="side">' in text and text.count('<figure class="steps">') == 2
     assert "Graph of cosine (YAML)" in text and "lr_schedule: cosine" in text
 
