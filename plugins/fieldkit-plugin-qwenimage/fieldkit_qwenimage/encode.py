@@ -84,4 +84,5 @@ def image_latent(pipe: Any, resized: Any) -> Tensor:
     width, height = resized.size
     pixels = pipe.image_processor.preprocess(resized, height, width).unsqueeze(2)
     pixels = pixels.to(device=pipe._execution_device, dtype=pipe.vae.dtype)
-    return pipe._encode_vae_image(image=pixels, generator=None)[0, :, 0].float().cpu()
+    latent: Tensor = pipe._encode_vae_image(image=pixels, generator=None)[0, :, 0].float().cpu()
+    return latent

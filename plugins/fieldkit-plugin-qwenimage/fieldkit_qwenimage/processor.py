@@ -23,7 +23,7 @@ from fieldkit.plugin_api import FieldkitError
 PROCESSOR_CLASS = "Qwen2VLProcessor"
 
 
-class ImageTextProcessor(Qwen2VLProcessor):
+class ImageTextProcessor(Qwen2VLProcessor):  # type: ignore[misc]  # transformers' lazy class is Any to mypy
     """``Qwen2VLProcessor`` for images and text only (no video processor, so no torchvision needed)."""
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None) -> None:
