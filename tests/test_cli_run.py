@@ -154,6 +154,9 @@ def test_sample_and_eval_read_the_exported_student(graph: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     image = Image.open(png)
     assert image.width > image.height > 0
+    labels = json.loads(png.with_suffix(".json").read_text())  # labelled as the run's own grids are
+    assert labels["rows"] == ["guided", str(out / "student")]
+    assert len(labels["captions"]) == 5 and labels["captions"][0].startswith("component ")
     scored = invoke("eval", str(graph), "--checkpoint", str(out / "student"), "--samples", "8", "--json")
     assert scored.exit_code == 0, scored.output
     rows = json.loads(scored.output)["rows"]

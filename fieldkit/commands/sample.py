@@ -38,7 +38,7 @@ def sample(
     from rich.console import Console
 
     from fieldkit.commands.sources import collect_fields, default_device, sampling_sigmas
-    from fieldkit.data import evaluation_bucket
+    from fieldkit.data import batch_captions, evaluation_bucket
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.grid import save_grid
     from fieldkit.flow import generate
@@ -58,7 +58,8 @@ def sample(
     fields = collect_fields(graph, ctx, wanted, checkpoints)
     if not fields:
         raise FieldkitError("nothing to sample", hint="give --field NAME or --checkpoint DIR")
-    batch = evaluation_bucket(chosen.data).sample(samples, torch.Generator().manual_seed(seed))
+    bucket = evaluation_bucket(chosen.data)
+    batch = bucket.sample(samples, torch.Generator().manual_seed(seed))
     sigmas = sampling_sigmas(graph, fields, tuple(chosen.data.shape), chosen.field)
     rows = [
         generate(
@@ -71,5 +72,8 @@ def sample(
         ).cpu()
         for f in fields.values()
     ]
-    save_grid(rows, output)
+    labels = list(fields)
+    if batch.source is not None:  # an edit route: the images it starts from on top, as the run's grids
+        rows, labels = [batch.source, *rows], ["source", *labels]
+    save_grid(rows, output, row_labels=labels, captions=batch_captions(bucket, batch))
     Console(stderr=True).print(f"wrote {output}: rows = {', '.join(fields)} on route {chosen.name!r}")
