@@ -77,6 +77,8 @@ def digest_folders(digest: hashlib._Hash, root: Path, subfolders: tuple[str, ...
 
 def cached_fingerprint(path: Path, fmt: str) -> str | None:
     """The fingerprint stored in a cache file of format ``fmt``, or ``None`` when there is no such cache."""
+    if not path.is_file():  # missing, or a FIFO or a device: never opened (reading a FIFO would hang)
+        return None
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}

@@ -261,6 +261,40 @@ CASES.append(
     )
 )
 
+
+def _graph_file(w: World, text: str, *args: str) -> list[str]:
+    path = w.tmp / "other.yaml"
+    path.write_text(text)
+    return ["validate", str(path), *args]
+
+
+MERGED = DISTILL.replace("  mixture: ", "  mixture: &world ").replace(
+    "  guided:", "  other: {<<: *world, seed: 3}\n  guided:"
+)
+
+# -- 27.12, 27.15: late failures caught at validate or at start -------------------------------------------
+CASES += [
+    Case("a YAML merge key (<<: *anchor)", lambda w: _graph_file(w, MERGED), 0, "valid"),
+    Case(
+        "a merge key on a list of numbers",
+        lambda w: _graph_file(w, "fields:\n  m: {<<: [1]}\n"),
+        2,
+        "other.yaml:2: a merge key '<<' takes a mapping",
+    ),
+    Case(
+        "LoRA targets that match no module",
+        lambda w: [*_validate(w, "student.train=lora", "student.lora.targets=[nothing]"), "--build"],
+        2,
+        "not found in the base model",
+    ),
+    Case(
+        "run.device mps on a machine without MPS",
+        lambda w: ["distill", str(w.graph), "--out", str(w.tmp / "r"), "--set", "run.device=mps"],
+        2,
+        "no MPS device",
+    ),
+]
+
 # A student of about 200 GiB: more than any machine these tests run on has free.
 _HUGE = "fields.init.config={hidden: 16384, heads: 16, depth: 4, sample_size: [4, 4], num_classes: 3}"
 
@@ -471,3 +505,18 @@ def test_settings_changed_on_resume_are_applied_with_a_note_and_each_session_kee
     assert sessions[-1]["changed"] == ["run.batch_size: 4 -> 8", "run.seed: 0 -> 3", "run.steps: 4 -> 5"]
     assert sessions[0]["spec"]["run"]["batch_size"] == 4 and sessions[-1]["spec"]["run"]["batch_size"] == 8
     assert json.loads((run / "graph.json").read_text())["run"]["batch_size"] == 8
+
+
+def test_a_fifo_where_a_feature_cache_belongs_is_never_opened(tmp_path: Path) -> None:
+    from fieldkit.tables import cached_fingerprint
+
+    os.mkfifo(tmp_path / "cache.safetensors")
+    assert cached_fingerprint(tmp_path / "cache.safetensors", "fmt") is None
+
+
+def test_a_grid_left_half_written_by_a_kill_is_removed_when_the_run_resumes(world: World) -> None:
+    leftover = world.run / "samples" / ".step-00000004-t2i.png.4242.tmp"
+    leftover.write_bytes(b"half a png")
+    code, output = _run(_resume(world), False)
+    assert code == 0, output
+    assert not leftover.exists() and "unfinished temporary" in " ".join(output.split())

@@ -17,17 +17,27 @@ import torch
 from torch import nn
 
 from fieldkit.distill.student import make_student
+from fieldkit.errors import FieldkitError
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
 from fieldkit.memory_guard import available_bytes, check_fits, tensor_bytes
 
 
 def run_device(graph: Graph) -> torch.device:
-    """The device ``run.device`` names (``auto``: CUDA when there is one, else the CPU)."""
+    """The device ``run.device`` names (``auto``: CUDA when there is one, else the CPU); a device this
+    machine does not have is refused (accelerate would fall back to the CPU without a word)."""
     name = graph.spec.run.device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not present.get(device.type, True):
+        raise FieldkitError(
+            f"{graph.source.where(('run', 'device'))}: run.device is {name}, and this machine has no "
+            f"{device.type.upper()} device that PyTorch can use, so the run would train on the CPU",
+            hint="set run.device: cpu (or auto)",
+        )
+    return device
 
 
 def training_bytes(graph: Graph) -> int:

@@ -213,7 +213,7 @@ def _refuse_links(folder: Path) -> None:
 
 
 def _remove_temporaries(folder: Path, notes: list[str]) -> None:
-    found = leftovers(folder / "checkpoints") + leftovers(folder)
+    found = leftovers(folder / "checkpoints") + leftovers(folder / "samples") + leftovers(folder)
     for path in found:
         _remove(path)
     if found:

@@ -33,7 +33,14 @@ def make_student(init: VelocityField, spec: StudentSpec) -> nn.Module:
             )
         student.enable_gradient_checkpointing()
     if spec.train == "lora":
-        return add_lora(student, spec.lora)
+        try:
+            return add_lora(student, spec.lora)
+        except ValueError as exc:  # peft: targets that match no module of the student
+            raise GraphError(
+                f"student.lora: {exc}",
+                hint="name modules of the student in student.lora.targets (print(model) lists them), or "
+                "leave targets unset for the model's choice",
+            ) from None
     return student.requires_grad_(True)
 
 

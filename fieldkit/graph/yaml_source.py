@@ -67,6 +67,9 @@ _PLAIN_TAGS: dict[type[yaml.Node], str] = {
 }
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _refuse_tag(node: yaml.Node, path: str) -> GraphError:
     return GraphError(
         f"{path}:{node.start_mark.line + 1}: the tag {node.tag!r} is not allowed",
@@ -107,7 +110,11 @@ def _to_python(
         raise _refuse_tag(node, path)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
+        merged: dict[Any, tuple[Any, int]] = {}
         for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:  # `<<: *anchor`: the anchor's keys, where this mapping has none
+                _merge(value_node, loc, lines, path, budget, merged)
+                continue
             key = _to_python(key_node, (*loc, "<key>"), {}, path, budget)
             if not isinstance(key, str | int):
                 raise GraphError(
@@ -121,6 +128,10 @@ def _to_python(
                 )
             out[key] = _to_python(value_node, (*loc, key), lines, path, budget)
             lines[(*loc, key)] = key_node.start_mark.line + 1
+        for key, (value, line) in merged.items():
+            if key not in out:
+                out[key] = value
+                lines.setdefault((*loc, key), line)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, (*loc, i), lines, path, budget) for i, item in enumerate(node.value)]
@@ -128,6 +139,32 @@ def _to_python(
         return budget.scalars.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError:
         raise _refuse_tag(node, path) from None
+
+
+def _merge(
+    node: yaml.Node,
+    loc: Loc,
+    lines: dict[Loc, int],
+    path: str,
+    budget: _Budget,
+    into: dict[Any, tuple[Any, int]],
+) -> None:
+    """The keys of a merge key's mapping (or of each mapping in its list, the first one winning) into
+    ``into``, with the line each was written on; anything else there is refused."""
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    for source in sources:
+        if not isinstance(source, yaml.MappingNode):
+            raise GraphError(
+                f"{path}:{source.start_mark.line + 1}: a merge key '<<' takes a mapping or a list of "
+                "mappings (usually an alias such as *defaults)",
+                hint="write `<<: *anchor` where &anchor names a mapping",
+            )
+        own = lines.get(loc)
+        value = _to_python(source, loc, lines, path, budget)
+        if own is not None:
+            lines[loc] = own
+        for key, item in value.items():
+            into.setdefault(key, (item, lines.get((*loc, key), source.start_mark.line + 1)))
 
 
 def parse_value(text: str, where: str) -> Any:
