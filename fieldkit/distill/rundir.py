@@ -275,7 +275,7 @@ def graph_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str
     changes = [
         f"{key}: {json.dumps(old.get(key, MISSING))} -> {json.dumps(new.get(key, MISSING))}"
         for key in sorted(set(old) | set(new))
-        if old.get(key, MISSING) != new.get(key, MISSING)
+        if old.get(key, MISSING) != new.get(key, MISSING) and key not in NOT_SETTINGS
     ]
     before, after = old.get("run.optimizer.type"), new.get("run.optimizer.type")
     if before is not None and before != after:
@@ -288,6 +288,7 @@ def graph_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str
 
 
 MISSING = "(unset)"
+NOT_SETTINGS = ("run.out",)  # where the run folder is (it may have been moved), not how the run trains
 MAX_GRAPH = 16 << 20
 
 
