@@ -54,8 +54,11 @@ def training_bytes(graph: Graph) -> int:
     if hasattr(method, "group"):  # Flow-OPD: every state of the rollout is trained on
         per_sample = rollout
     activations = states = 0
-    for route in spec.routes:  # the data only: teachers are not built here
-        data = ctx.data(route)
+    # the data only (teachers are not built here), on the run's device: a bucket's encoders (sd3.prompts,
+    # zimage.prompts) cannot encode on the meta device, and what they cache the run reads again
+    data_ctx = BuildContext(graph, device=run_device(graph))
+    for route in spec.routes:
+        data = data_ctx.data(route)
         saved = _saved_bytes(student, data, meta)
         sample = math.prod(data.shape) * 4
         activations = max(activations, saved * spec.run.batch_size * per_sample)
@@ -82,8 +85,13 @@ def _saved_bytes(student: nn.Module, data: Any, meta: torch.device) -> int:
             student(x, sigma, batch.cond)
         return total
 
-    saved(1)  # a first forward may save one-off tensors (caches built on first use): not per sample
-    return max(saved(2) - saved(1), 0)
+    try:
+        saved(1)  # a first forward may save one-off tensors (caches built on first use): not per sample
+        return max(saved(2) - saved(1), 0)
+    except (NotImplementedError, RuntimeError):
+        # a forward that reads its inputs' values (Z-Image unpacks text by its lengths) cannot run on the
+        # meta device: its activations are not counted, the rest of the update still is
+        return 0
 
 
 def check_training_fits(graph: Graph) -> None:

@@ -187,7 +187,8 @@ def test_the_omni_exports_readme_snippet_loads_a_pipeline_that_edits(
     graph = {"fields": {"init": {"type": "zimage", "path": str(tiny / "omni")}}, "student": {"init": "init"}}
     (run / "graph.json").write_text(json.dumps(graph))
     export_run(run, "diffusers", tmp_path / "export")
-    [snippet] = re.findall(r"```python\n(.*?)```", (tmp_path / "export" / "README.md").read_text(), re.S)
+    card = (tmp_path / "export" / "README.md").read_text()
+    snippet = re.findall(r"## Load it\n\n```python\n(.*?)```", card, re.S)[0]
     assert "bfloat16" in snippet
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
