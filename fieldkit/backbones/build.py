@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fieldkit.backbones.field import SharedAdapterField, as_shared_field
 from fieldkit.backbones.loading import DTYPES, scheduler_config
-from fieldkit.backbones.params import AdapterParams, TransformerParams
+from fieldkit.backbones.params import AdapterParams, BucketParams, TransformerParams
+from fieldkit.backbones.prompts import Encoding
 
 if TYPE_CHECKING:
     from fieldkit.graph.builder import BuildContext
 
 F = TypeVar("F", bound=SharedAdapterField)
+E = TypeVar("E", bound=Encoding)
 
 
 def load_or_build(cls: type[F], params: TransformerParams, ctx: BuildContext, **options: Any) -> F:
@@ -39,3 +41,21 @@ def adapter_field(cls: type[F], params: AdapterParams, ctx: BuildContext, kind: 
     path = ctx.path(params.path)
     name = params.adapter or re.sub(r"\W", "_", path.name.removesuffix(".safetensors"))
     return base.with_adapter(path, name, scale=params.scale, weight_name=params.weight_name)
+
+
+def encoding(cls: type[E], params: BucketParams, ctx: BuildContext) -> E:
+    """The ``cls`` encoding of a bucket's ``params`` (paths resolved against the graph, on ``ctx``'s device);
+    ``max_sequence_length`` when the params have one. A context on the meta device (a memory check that
+    builds the graph without weights) encodes on the CPU: features need real encoders, and the cache it
+    writes serves the run."""
+    extra = (
+        {"max_sequence_length": params.max_sequence_length} if hasattr(params, "max_sequence_length") else {}
+    )
+    return cls(
+        ctx.path(params.pipeline),
+        tuple(params.shape),
+        negative_prompt=params.negative_prompt,
+        dtype=DTYPES[params.dtype],
+        device=None if ctx.device.type == "meta" else ctx.device,
+        **extra,
+    )

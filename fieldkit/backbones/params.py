@@ -58,3 +58,20 @@ class AdapterParams(Params):
         None, description="adapter name; default: from the LoRA's folder or file name"
     )
     scale: float = Field(1.0, description="LoRA scale: W x + scale (alpha / r) B A x")
+
+
+class BucketParams(Params):
+    """What a backbone's data buckets share: the pipeline whose encoders embed, the latent shape, the negative
+    prompt (the null text guidance contrasts against), the cache and the encoders' dtype. A plugin subclasses
+    it with its rows (``file`` / ``pairs``, ``template``) and, where its encoder has one, a
+    ``max_sequence_length`` with its own bounds."""
+
+    pipeline: str = Field(
+        description="the pipeline folder whose encoders embed the data; relative to the graph"
+    )
+    shape: list[int] = Field(
+        min_length=3, max_length=3, description="latent shape [C, H, W], e.g. [16, 128, 128] for 1024 px"
+    )
+    negative_prompt: str = Field("", description="the null text guidance contrasts against")
+    cache: str | None = Field(None, description="feature cache; default: beside the data")
+    dtype: DType = Field("bfloat16", description="dtype of the encoders and of the cache")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,24 @@ from torch import Tensor
 from fieldkit.cond import Cond
 from fieldkit.data import Batch
 from fieldkit.tables import CachedRows, cached_fingerprint, digest_folders, write_cache
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a bucket encodes: the pipeline folder, the latent shape ``[C, H, W]``, the negative prompt, the
+    encoder's tokens per prompt, and the encoders' (and cache's) dtype and device. A backbone subclasses it
+    with its ``encoders`` and feature methods."""
+
+    pipeline: Path
+    shape: tuple[int, ...]
+    negative_prompt: str = ""
+    max_sequence_length: int = 512
+    dtype: torch.dtype = torch.bfloat16
+    device: torch.device | None = None
+
+    def key(self, *parts: Any) -> list[Any]:
+        """What a cache of this encoding depends on, beside the encoders' files."""
+        return [*parts, self.negative_prompt, self.max_sequence_length, str(self.dtype)]
 
 
 def fingerprint(parts: list[Any], pipeline: Path, subfolders: tuple[str, ...]) -> hashlib._Hash:

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
-from fieldkit.plugin_api import FieldRef, Params
+from fieldkit.backbones.params import AdapterParams, BucketParams, TransformerParams
+from fieldkit.plugin_api import FieldRef
 
 
 class FluxParams(TransformerParams):
@@ -46,17 +46,10 @@ class FluxLoraParams(AdapterParams):
     )
 
 
-class _Encoded(Params):
-    """What the data buckets share: the pipeline whose encoders embed, the latent shape, the caching."""
+class _Encoded(BucketParams):
+    """What the data buckets share (:class:`~fieldkit.backbones.params.BucketParams`) and T5's length."""
 
-    pipeline: str = Field(description="the FLUX pipeline folder whose encoders embed the data")
-    shape: list[int] = Field(
-        min_length=3, max_length=3, description="latent shape [C, H, W], e.g. [16, 128, 128] for 1024 px"
-    )
-    negative_prompt: str = Field("", description="the null text true CFG contrasts against")
-    cache: str | None = Field(None, description="feature cache; default: beside the data")
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 tokens per prompt (512)")
-    dtype: DType = Field("bfloat16", description="dtype of the encoders and of the cache")
 
 
 class PromptParams(_Encoded):

@@ -16,7 +16,6 @@ files, the sequence length, the negative prompt and the dtype; a matching cache 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from fieldkit.backbones.pairs import digest_images, load_pair_images, pairs_cache, read_pairs
 from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
+from fieldkit.backbones.prompts import Encoding as BaseEncoding
 from fieldkit.plugin_api import FieldkitError, read_texts
 from fieldkit_qwenimage.field import pad_text
 
@@ -37,21 +37,8 @@ NEGATIVE_KEYS = ("negative_text", "negative_text_mask")
 BATCH = 8
 
 
-@dataclass(frozen=True)
-class Encoding:
-    """How a bucket encodes: the pipeline folder, the latent shape ``[C, H, W]``, the negative prompt, the
-    Qwen2.5-VL tokens per T2I prompt, and the encoders' (and cache's) dtype and device."""
-
-    pipeline: Path
-    shape: tuple[int, ...]
-    negative_prompt: str = " "
-    max_sequence_length: int = 512
-    dtype: torch.dtype = torch.bfloat16
-    device: torch.device | None = None
-
-    def key(self, *parts: Any) -> list[Any]:
-        """What a cache of this encoding depends on, beside the encoders' files."""
-        return [*parts, self.negative_prompt, self.max_sequence_length, str(self.dtype)]
+class Encoding(BaseEncoding):
+    """How a bucket encodes (:class:`~fieldkit.backbones.prompts.Encoding`), with Qwen-Image's encoders."""
 
     def features(self, pipe: Any, texts: list[str], images: list[Any] | None = None) -> list[Tensor]:
         """The features of ``texts`` (for an edit, each with its resized source image shown)."""

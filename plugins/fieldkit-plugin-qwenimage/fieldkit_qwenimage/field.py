@@ -131,12 +131,11 @@ class QwenImageField(SharedAdapterField):
             check_packable(source, "cond['source']", self.backbone)
             tokens = torch.cat([tokens, pack(source)], dim=1)
             shapes.append((1, source.shape[-2] // 2, source.shape[-1] // 2))
-        mask = cond["text_mask"]
         out = self.transformer(
             hidden_states=tokens,
             timestep=(sigma * TIMESTEPS).to(dtype) / TIMESTEPS,
             encoder_hidden_states=cond["text"].to(dtype),
-            encoder_hidden_states_mask=None if bool(mask.all()) else mask,  # as the pipelines pass it
+            encoder_hidden_states_mask=cond["text_mask"],
             img_shapes=[shapes] * b,
             return_dict=False,
         )[0]

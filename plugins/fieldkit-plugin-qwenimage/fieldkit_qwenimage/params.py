@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
+from fieldkit.backbones.params import AdapterParams, BucketParams, TransformerParams
 from fieldkit.plugin_api import FieldRef, Params
 
 
@@ -48,16 +48,11 @@ class GuidanceParams(Params):
     )
 
 
-class _Encoded(Params):
-    """What the data buckets share: the pipeline whose encoders embed, the latent shape, the caching."""
+class _Encoded(BucketParams):
+    """What the data buckets share (:class:`~fieldkit.backbones.params.BucketParams`), the pipelines'
+    negative prompt by default."""
 
-    pipeline: str = Field(description="the Qwen-Image pipeline folder whose encoders embed the data")
-    shape: list[int] = Field(
-        min_length=3, max_length=3, description="latent shape [C, H, W], e.g. [16, 128, 128] for 1024 px"
-    )
     negative_prompt: str = Field(" ", description="the text true CFG contrasts against (the pipelines': ' ')")
-    cache: str | None = Field(None, description="feature cache; default: beside the data")
-    dtype: DType = Field("bfloat16", description="dtype of the encoders and of the cache")
 
 
 class PromptParams(_Encoded):

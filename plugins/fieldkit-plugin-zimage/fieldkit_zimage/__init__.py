@@ -80,17 +80,10 @@ def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
 
 
 def _encoding(params: PromptParams | EditParams, ctx: BuildContext) -> Any:
-    from fieldkit.backbones.loading import DTYPES
+    from fieldkit.backbones.build import encoding
     from fieldkit_zimage.data import Encoding
 
-    return Encoding(
-        ctx.path(params.pipeline),
-        tuple(params.shape),
-        negative_prompt=params.negative_prompt,
-        max_sequence_length=params.max_sequence_length,
-        dtype=DTYPES[params.dtype],
-        device=ctx.device,
-    )
+    return encoding(Encoding, params, ctx)
 
 
 def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:

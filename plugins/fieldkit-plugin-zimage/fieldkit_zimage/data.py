@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from fieldkit.backbones.pairs import load_image, read_pairs
 from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
+from fieldkit.backbones.prompts import Encoding as BaseEncoding
 from fieldkit.plugin_api import FieldkitError, read_texts
 from fieldkit_zimage.field import pack_text
 
@@ -60,21 +60,8 @@ def _encode_texts(pipe: Any, texts: list[str], *, max_sequence_length: int, edit
     return out
 
 
-@dataclass(frozen=True)
-class Encoding:
-    """How a bucket encodes: the pipeline folder, the latent shape ``[C, H, W]``, the negative prompt (the
-    text's null value), Qwen3 tokens per segment, and the encoders' (and cache's) dtype and device."""
-
-    pipeline: Path
-    shape: tuple[int, ...]
-    negative_prompt: str = ""
-    max_sequence_length: int = 512
-    dtype: torch.dtype = torch.bfloat16
-    device: torch.device | None = None
-
-    def key(self, *parts: Any) -> list[Any]:
-        """What a cache of this encoding depends on, beside the encoders' files."""
-        return [*parts, self.negative_prompt, self.max_sequence_length, str(self.dtype)]
+class Encoding(BaseEncoding):
+    """How a bucket encodes (:class:`~fieldkit.backbones.prompts.Encoding`), with Z-Image's encoders."""
 
     def texts(self, pipe: Any, texts: list[str], edit: bool) -> dict[str, Tensor]:
         """The packed features of ``texts`` and, as ``null_*``, of the negative prompt."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fieldkit.backbones.params import AdapterParams, DType, TransformerParams
+from fieldkit.backbones.params import AdapterParams, BucketParams, TransformerParams
 from fieldkit.plugin_api import FieldRef, Params
 
 
@@ -45,17 +45,10 @@ class GuidanceParams(Params):
     cfg_truncation: float = Field(1.0, description="no guidance where 1 - sigma > this; 1 is off")
 
 
-class _Encoded(Params):
-    """What the data buckets share: the pipeline whose encoders embed, the latent shape, the caching."""
+class _Encoded(BucketParams):
+    """What the data buckets share (:class:`~fieldkit.backbones.params.BucketParams`) and Qwen3's length."""
 
-    pipeline: str = Field(description="the Z-Image pipeline folder whose encoders embed the data")
-    shape: list[int] = Field(
-        min_length=3, max_length=3, description="latent shape [C, H, W], e.g. [16, 128, 128] for 1024 px"
-    )
-    negative_prompt: str = Field("", description="the null text guidance contrasts against (pipelines: '')")
-    cache: str | None = Field(None, description="feature cache; default: beside the data")
     max_sequence_length: int = Field(512, ge=1, le=1024, description="Qwen3 tokens per text segment (512)")
-    dtype: DType = Field("bfloat16", description="dtype of the text and SigLIP encoders and of the cache")
 
 
 class PromptParams(_Encoded):
