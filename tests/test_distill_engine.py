@@ -330,8 +330,12 @@ def test_no_student_or_routes_is_a_clear_error(distill_world):
     text = textwrap.dedent(AFFINE)
     with pytest.raises(FieldkitError, match="no 'student' section"):
         Engine(loads_graph(text.replace("student: {init: init}\n", "")), write=False)
+    with pytest.raises(FieldkitError, match=r"student.init: 'init' is an operator \(toward_source\)"):
+        operator = text.replace("init: {type: affine, seed: 2}", "init: {type: toward_source}")
+        Engine(loads_graph(operator), write=False)  # refused by validation, before anything is built
     with pytest.raises(FieldkitError, match="has no weights to train"):
-        no_weights = text.replace("init: {type: affine, seed: 2}", "init: {type: toward_source}")
+        mixture = "init: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}"
+        no_weights = text.replace("init: {type: affine, seed: 2}", mixture)
         Engine(loads_graph(no_weights), write=False)
 
 
