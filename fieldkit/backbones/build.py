@@ -45,9 +45,7 @@ def adapter_field(cls: type[F], params: AdapterParams, ctx: BuildContext, kind: 
 
 def encoding(cls: type[E], params: BucketParams, ctx: BuildContext) -> E:
     """The ``cls`` encoding of a bucket's ``params`` (paths resolved against the graph, on ``ctx``'s device);
-    ``max_sequence_length`` when the params have one. A context on the meta device (a memory check that
-    builds the graph without weights) encodes on the CPU: features need real encoders, and the cache it
-    writes serves the run."""
+    ``max_sequence_length`` when the params have one."""
     extra = (
         {"max_sequence_length": params.max_sequence_length} if hasattr(params, "max_sequence_length") else {}
     )
@@ -56,6 +54,6 @@ def encoding(cls: type[E], params: BucketParams, ctx: BuildContext) -> E:
         tuple(params.shape),
         negative_prompt=params.negative_prompt,
         dtype=DTYPES[params.dtype],
-        device=None if ctx.device.type == "meta" else ctx.device,
+        device=ctx.device,
         **extra,
     )
