@@ -15,6 +15,7 @@ import base64
 import html
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,11 +162,12 @@ def _check_png(png: Path) -> None:
     if png.stat().st_size > MAX_FILE:
         raise FieldkitError(f"{png}: the sample grid is larger than {MAX_FILE:,} bytes", hint="remove it")
     try:
-        with Image.open(png) as image:
-            limit = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb bound (None: no bound)
-            if image.format != "PNG" or (limit is not None and image.width * image.height > limit):
-                raise ValueError("not a PNG of a sample grid's size")
-            image.verify()
+        with warnings.catch_warnings():  # past PIL's decompression-bomb bound: refused, not warned about
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(png) as image:
+                if image.format != "PNG":
+                    raise ValueError("not a PNG")
+                image.verify()
     except Exception as exc:  # PIL raises many types for damaged files: each one is a damaged grid
         raise FieldkitError(f"{png}: not a readable PNG ({exc})", hint="remove it, or sample again") from None
 
