@@ -18,33 +18,14 @@ to end.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import yaml
-from PIL import Image
+from fieldkit.backbones.tiny import copy_data, write_graphs
 
 HERE = Path(__file__).parent
 GRAPHS = ("graph.yaml", "loras.yaml")
 SHAPE = [16, 8, 12]
-
-
-def shrink(graph: dict[str, Any]) -> dict[str, Any]:
-    """The graph with tiny data shapes, float32 models, a rank-4 student and a 2-step CPU run."""
-    for field in graph["fields"].values():
-        if "dtype" in field:
-            field["dtype"] = "float32"
-    for route in graph["routes"].values():
-        route["data"].update(shape=SHAPE, dtype="float32", max_sequence_length=16)
-        if route["data"]["type"] == "flux.edits":
-            route["data"]["auto_resize"] = False
-    graph["student"]["lora"] = {"rank": 4}
-    graph["flow"]["steps"] = 4
-    graph["run"].update(steps=2, batch_size=2, grad_accum=1, precision="fp32", device="cpu", log_every=1)
-    return graph
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,15 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     from fieldkit_flux.tiny import make_tiny_lora, make_tiny_pipeline
 
     out: Path = args.out
-    (out / "edits").mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "prompts.csv", out / "prompts.csv")
-    rng = np.random.default_rng(args.seed)
-    for pairs in sorted((HERE / "edits").glob("*.jsonl")):
-        shutil.copy(pairs, out / "edits" / pairs.name)
-        for line in pairs.read_text(encoding="utf-8").splitlines():
-            image = out / "edits" / json.loads(line)["source"]
-            image.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(image)
+    copy_data(HERE, out, (96, 64), args.seed)
     models = out / "models"
     dev = make_tiny_pipeline(models / "flux1-dev", seed=args.seed)
     kontext = make_tiny_pipeline(models / "flux1-kontext-dev", kontext=True, seed=args.seed + 1)
@@ -73,9 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     weights = models / "watercolor-lora" / "pytorch_lora_weights.safetensors"
     shutil.move(weights, models / "watercolor-lora.safetensors")  # a single file, as users download them
     shutil.rmtree(models / "watercolor-lora")
-    for name in GRAPHS:
-        graph = shrink(yaml.safe_load((HERE / name).read_text(encoding="utf-8")))
-        (out / name).write_text(yaml.safe_dump(graph, sort_keys=False), encoding="utf-8")
+    data, edits = {"shape": SHAPE, "max_sequence_length": 16}, {"auto_resize": False}
+    write_graphs(HERE, out, GRAPHS, data, by_type={"flux.edits": edits})
     print(f"wrote tiny FLUX.1 models, data and {', '.join(GRAPHS)} to {out}")
 
 

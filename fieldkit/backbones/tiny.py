@@ -1,0 +1,55 @@
+"""What the tiny copies of a backbone's examples share (each ``examples/<backbone>/make_tiny.py``): the data
+files with random source images, and a graph shrunk to a CPU run of seconds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def copy_data(examples: Path, out: Path, image_size: tuple[int, int], seed: int = 0) -> None:
+    """Copy ``prompts.csv`` and ``edits/*.jsonl`` of ``examples`` to ``out``, with a random RGB image of
+    ``image_size`` (width, height) pixels at every pair's ``source`` path."""
+    import numpy as np
+    from PIL import Image
+
+    (out / "edits").mkdir(parents=True, exist_ok=True)
+    shutil.copy(examples / "prompts.csv", out / "prompts.csv")
+    rng = np.random.default_rng(seed)
+    for pairs in sorted((examples / "edits").glob("*.jsonl")):
+        shutil.copy(pairs, out / "edits" / pairs.name)
+        for line in pairs.read_text(encoding="utf-8").splitlines():
+            image = out / "edits" / json.loads(line)["source"]
+            image.parent.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (image_size[1], image_size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(image)
+
+
+def shrink(
+    graph: dict[str, Any], data: dict[str, Any], by_type: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Turn a graph (as YAML reads it) into a tiny CPU run, in place: float32 models, every route's data
+    updated with ``data`` (and ``by_type[type]`` for its dataset type), a rank-4 LoRA student, 4 sampling
+    steps, 2 training steps of batch 2."""
+    for field in graph["fields"].values():
+        if "dtype" in field:
+            field["dtype"] = "float32"
+    for route in graph["routes"].values():
+        route["data"].update(dtype="float32", **data, **(by_type or {}).get(route["data"]["type"], {}))
+    graph["student"]["lora"] = {"rank": 4}
+    graph["flow"]["steps"] = 4
+    graph["run"].update(steps=2, batch_size=2, grad_accum=1, precision="fp32", device="cpu", log_every=1)
+
+
+def write_graphs(
+    examples: Path, out: Path, names: tuple[str, ...], data: dict[str, Any], **by_type: Any
+) -> None:
+    """Each graph ``names`` of ``examples`` shrunk (:func:`shrink`) and written to ``out``."""
+    import yaml
+
+    for name in names:
+        graph = yaml.safe_load((examples / name).read_text(encoding="utf-8"))
+        shrink(graph, data, by_type)
+        (out / name).write_text(yaml.safe_dump(graph, sort_keys=False), encoding="utf-8")
