@@ -303,6 +303,10 @@ def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_S
             tmp = folder / f".{path.name}.tmp"
             tmp.write_text(json.dumps(record, indent=1) + "\n")
             tmp.replace(path)
+            worst = {
+                w: _worst_ratio(v, record["teachers"]["validation"]) for w, v in point["validation"].items()
+            }
+            print(f"{path.name} step {report.step}: worst route ratio on validation {worst}", flush=True)
     return path
 
 
