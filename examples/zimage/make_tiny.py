@@ -16,32 +16,14 @@ graphs' own, so this checks the real graphs' plumbing end to end.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import yaml
-from PIL import Image
+from fieldkit.backbones.tiny import copy_data, write_graphs
 
 HERE = Path(__file__).parent
 GRAPHS = ("graph.yaml", "realism.yaml")
 LORAS = ("local-edit-lora", "global-edit-lora", "realism-lora")
 SHAPE = [16, 8, 8]
-
-
-def shrink(graph: dict[str, Any]) -> dict[str, Any]:
-    """The graph with tiny data shapes, float32 models, a rank-4 student and a 2-step CPU run."""
-    for field in graph["fields"].values():
-        if "dtype" in field:
-            field["dtype"] = "float32"
-    for route in graph["routes"].values():
-        route["data"].update(shape=SHAPE, dtype="float32", max_sequence_length=64)
-    graph["student"]["lora"] = {"rank": 4}
-    graph["flow"]["steps"] = 4
-    graph["run"].update(steps=2, batch_size=2, grad_accum=1, precision="fp32", device="cpu", log_every=1)
-    return graph
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,21 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     from fieldkit_zimage.tiny import make_tiny_lora, make_tiny_pipeline
 
     out: Path = args.out
-    (out / "edits").mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "prompts.csv", out / "prompts.csv")
-    rng = np.random.default_rng(args.seed)
-    for pairs in sorted((HERE / "edits").glob("*.jsonl")):
-        shutil.copy(pairs, out / "edits" / pairs.name)
-        for line in pairs.read_text(encoding="utf-8").splitlines():
-            image = out / "edits" / json.loads(line)["source"]
-            image.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
+    copy_data(HERE, out, (64, 64), args.seed)
     omni = make_tiny_pipeline(out / "models" / "z-image-omni", omni=True, seed=args.seed)
     for i, name in enumerate(LORAS):
         make_tiny_lora(omni, out / "models" / name, seed=args.seed + 1 + i)
-    for name in GRAPHS:
-        graph = shrink(yaml.safe_load((HERE / name).read_text(encoding="utf-8")))
-        (out / name).write_text(yaml.safe_dump(graph, sort_keys=False), encoding="utf-8")
+    write_graphs(HERE, out, GRAPHS, {"shape": SHAPE, "max_sequence_length": 64})
     print(f"wrote tiny Z-Image models, data and {', '.join(GRAPHS)} to {out}")
 
 
