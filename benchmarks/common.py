@@ -213,8 +213,8 @@ def make_engine(text: str, overrides: Sequence[str] = (), out: Path | None = Non
 
     Call inside :func:`bench_plugin`."""
     engine = Engine(loads_graph(text, overrides), out, write=out is not None, show_progress=False)
-    perturb(engine.student, 0)
-    perturb(engine.ctx.field("teacher"), 1)
+    perturb(engine.session.student, 0)
+    perturb(engine.session.ctx.field("teacher"), 1)
     return engine
 
 
@@ -285,9 +285,9 @@ def replay(
 
 def engine_autocast(engine: Engine) -> Callable[[], Any]:
     """A factory of the autocast context the engine runs its forwards in (``run.precision``)."""
-    from fieldkit.distill.engine import precision_context
+    from fieldkit.distill.session import precision_context
 
-    return lambda: precision_context(engine.run_spec.precision, engine.accelerator.device)
+    return lambda: precision_context(engine.session.run_spec.precision, engine.session.accelerator.device)
 
 
 def param_bytes(module: torch.nn.Module, trainable: bool | None = None) -> int:

@@ -91,14 +91,16 @@ def world(model: str, root: Path) -> Iterator[Callable[[], Engine]]:
 
 
 def teachers(engine: Engine) -> list[Any]:
-    return [route.field for route in engine.router.routes if route.field is not None]
+    return [route.field for route in engine.session.router.routes if route.field is not None]
 
 
 def compiled(engine: Engine, variant: str) -> Engine:
     """``engine`` with its student and teachers compiled as ``variant`` says (``eager``: as it is)."""
     if variant != "eager":
         mode, regional, batch, grad = VARIANTS[variant]
-        compile_fields([engine.student, *teachers(engine)], mode, regional=regional, batch=batch, grad=grad)
+        compile_fields(
+            [engine.session.student, *teachers(engine)], mode, regional=regional, batch=batch, grad=grad
+        )
     return engine
 
 
@@ -207,8 +209,13 @@ def part_rollout(variants: list[str], console: Console) -> None:
         engines = {"eager": make(), **{v: compiled(make(), v) for v in variants}}
         for v in variants:
             warm(engines[v], 40)
-    batch = engines["eager"].router.routes[0].data.sample(DIGITS_BATCH, torch.Generator().manual_seed(0))
-    cond, sigmas = batch.cond.to(ARGS.device), engines["eager"].sigmas
+    batch = (
+        engines["eager"].session.router.routes[0].data.sample(DIGITS_BATCH, torch.Generator().manual_seed(0))
+    )
+    cond, sigmas = (
+        batch.cond.to(ARGS.device),
+        engines["eager"].session.sigmas[engines["eager"].session.routes[0].name],
+    )
     noise = torch.randn((DIGITS_BATCH, *SHAPE), device=ARGS.device)
     gen = torch.Generator().manual_seed(1)
     plans = [sample_indices(sigmas.numel() - 1, DIGITS_BATCH, 1, "low", gen) for _ in range(rounds + 2)]
@@ -217,7 +224,7 @@ def part_rollout(variants: list[str], console: Console) -> None:
     def rollout(engine: Engine, plan: torch.Tensor) -> Callable[[], None]:
         def run() -> None:
             with torch.inference_mode(), amp():
-                rollout_states(engine.student, noise, cond, sigmas, plan)
+                rollout_states(engine.session.student, noise, cond, sigmas, plan)
 
         return run
 
@@ -261,7 +268,10 @@ def part_sft(console: Console) -> None:
         for name, method in (("danceopd", "{type: danceopd, query: low, k: 1}"), ("sft", "{type: sft}")):
             text = graph_text(batch=DIGITS_BATCH, method=method, device=ARGS.device, bf16=ARGS.bf16)
             engines[name] = make_engine(text.replace("bench.text", "bench.data"))
-    logs = {n: PassLog({"student": e.student, "teacher": e.ctx.field("teacher")}) for n, e in engines.items()}
+    logs = {
+        n: PassLog({"student": e.session.student, "teacher": e.session.ctx.field("teacher")})
+        for n, e in engines.items()
+    }
     t = interleaved({n: (lambda e=e: e.update()) for n, e in engines.items()}, rounds, device=ARGS.device)
     table = Table(
         "method", "ms / step", "rollout rows", "teacher rows", "grad rows", "row passes", "/ sft (IQR)"

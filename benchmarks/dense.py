@@ -38,7 +38,7 @@ def main() -> None:
     records: dict[str, list[dict]] = {name: [] for name in engines}
 
     def step(name):
-        return lambda: records[name].append(engines[name].update())
+        return lambda: records[name].append(engines[name].update().record(0))
 
     t = interleaved({name: step(name) for name in engines}, steps, warmup=1, device=device)
     base = "danceopd K=1"

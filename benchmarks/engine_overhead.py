@@ -56,13 +56,13 @@ def main() -> None:
             bf16=args.bf16,
         )
         engine = make_engine(text)
-    teacher = engine.ctx.field("teacher")
-    models = {"student": engine.student, "teacher": teacher}
+    teacher = engine.session.ctx.field("teacher")
+    models = {"student": engine.session.student, "teacher": teacher}
     passes = PassLog(models)
     cond = text_cond(2 * args.batch).to(device)
 
     def rollout():  # the engine's rollout context (a no-op for this full student)
-        return merged_lora(engine.student)
+        return merged_lora(engine.session.student)
 
     def inputs(n: int):
         return (
@@ -74,7 +74,7 @@ def main() -> None:
     engine_times, bare_times, nfes, samples = [], [], [], []
     for i in range(args.warmup + steps):
         record: dict = {}
-        seconds = clock(lambda: record.update(engine.update()), device)  # noqa: B023
+        seconds = clock(lambda: record.update(engine.update().record(0)), device)  # noqa: B023
         bare = replay(models, passes.take(), inputs, engine_autocast(engine), device, rollout=rollout)
         passes.resume()
         if i >= args.warmup:

@@ -127,18 +127,22 @@ def engine_worker(args: argparse.Namespace) -> None:
 
         def on_update_end(self, engine: Engine, report) -> None:
             states = [
-                v for s in engine.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+                v
+                for s in engine.session.optimizer.state.values()
+                for v in s.values()
+                if isinstance(v, torch.Tensor)
             ]
             sizes.update(
-                param_bytes=local_bytes(engine.student.parameters()), optimizer_bytes=local_bytes(states)
+                param_bytes=local_bytes(engine.session.student.parameters()),
+                optimizer_bytes=local_bytes(states),
             )
 
     losses = [report.record["loss"] for report in engine.steps([Held()])]
-    acc = engine.accelerator
+    acc = engine.session.accelerator
     report = {
         "mode": args.mode,
         "rank": acc.process_index,
-        "params": sum(p.numel() for p in engine.ctx.field("init").parameters()),
+        "params": sum(p.numel() for p in engine.session.ctx.field("init").parameters()),
         **sizes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "losses": losses,

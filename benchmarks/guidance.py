@@ -75,7 +75,7 @@ def main() -> None:
             for w in (1.0, 3.0)
         }
     # The same teacher weights in both engines (both were built from seed 1 and perturbed alike).
-    teacher = engines[3.0].ctx.field("teacher")
+    teacher = engines[3.0].session.ctx.field("teacher")
     autocast = engine_autocast(engines[3.0])
 
     console = Console(width=120)

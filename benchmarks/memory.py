@@ -82,7 +82,7 @@ def child(cfg: dict) -> dict:
                 init="teacher",
             )
         )
-    student, teacher = engine.student, engine.ctx.field("teacher")
+    student, teacher = engine.session.student, engine.session.ctx.field("teacher")
     held = param_bytes(student) + param_bytes(teacher)
     trainable = param_bytes(student, trainable=True)
 
@@ -91,11 +91,15 @@ def child(cfg: dict) -> dict:
             from fieldkit.flow import rollout_states
 
             n, steps = cfg["batch"], cfg["rollout"]
-            batch = engine.router.routes[0].data.sample(n, torch.Generator().manual_seed(0)).to(device)
+            batch = (
+                engine.session.router.routes[0].data.sample(n, torch.Generator().manual_seed(0)).to(device)
+            )
             noise = torch.randn((n, 1, 8, 16), device=device)
             idx = torch.full((n, 1), steps - 1, device=device)
             with engine_autocast(engine)():
-                states, _ = rollout_states(student, noise, batch.cond, engine.sigmas, idx)
+                states, _ = rollout_states(
+                    student, noise, batch.cond, engine.session.sigmas[engine.session.routes[0].name], idx
+                )
             states.float().square().mean().backward()
             student.zero_grad(set_to_none=True)
         else:
@@ -129,7 +133,7 @@ def child(cfg: dict) -> dict:
     saved = 0 if cfg["grad_rollout"] else saved_activation_bytes(engine)
     opt_state = sum(
         t.numel() * t.element_size()
-        for s in engine.optimizer.state.values()
+        for s in engine.session.optimizer.state.values()
         for t in s.values()
         if isinstance(t, torch.Tensor)
     )
@@ -149,7 +153,7 @@ def child(cfg: dict) -> dict:
 def saved_activation_bytes(engine) -> int:
     """Bytes of the tensors autograd saves for backward during one optimizer step (parameters and
     duplicates excluded): the activations of the one forward with gradients."""
-    params = {p.untyped_storage().data_ptr() for p in engine.student.parameters()}
+    params = {p.untyped_storage().data_ptr() for p in engine.session.student.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

@@ -70,8 +70,8 @@ def worker(args) -> None:
         engine.update()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-    if engine.accelerator.is_main_process:
-        world = engine.accelerator.num_processes
+    if engine.session.accelerator.is_main_process:
+        world = engine.session.accelerator.num_processes
         print(
             json.dumps({"world": world, "threads": torch.get_num_threads(), "step": statistics.median(times)})
         )

@@ -232,7 +232,7 @@ def make_engine(root: Path, t5_tokens: int, device: torch.device, bf16: bool) ->
     engine = Engine(
         loads_graph(graph_text(root, t5_tokens, device.type, bf16)), write=False, show_progress=False
     )
-    perturb_lora(engine.student, 0)
+    perturb_lora(engine.session.student, 0)
     return engine
 
 
@@ -252,10 +252,10 @@ def sd3_plugin():
 
 
 def engine_overhead(engine: Engine, steps: int, device: torch.device, console: Console) -> None:
-    student, teacher = engine.student, engine.ctx.field("teacher")
+    student, teacher = engine.session.student, engine.session.ctx.field("teacher")
     models = {"student": student, "teacher": teacher}
     passes = PassLog(models)
-    batch = engine.router.routes[0].data.sample(2, torch.Generator().manual_seed(0))
+    batch = engine.session.router.routes[0].data.sample(2, torch.Generator().manual_seed(0))
     cond = batch.cond
 
     def inputs(n: int):

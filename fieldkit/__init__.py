@@ -15,7 +15,7 @@ from fieldkit.graph.loader import Graph
 from fieldkit.lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from fieldkit.attention import attention, use_backend
     from fieldkit.cond import Cond
@@ -75,19 +75,21 @@ def distill_graph(
     resume: str | None = None,
     show_progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    replace: Mapping[str, Callback | None] | None = None,
 ) -> RunResult:
     """Train a graph's student (what ``fieldkit distill GRAPH`` runs) and return the run's result.
 
     ``graph`` is a validated :class:`Graph` or the path of a YAML file (then ``overrides`` are ``--set``
     strings such as ``"run.steps=100"``); ``resume="latest"`` continues the run in ``out``; ``callbacks``
-    run after the default ones (see :mod:`fieldkit.distill.callbacks`).
+    run after the default ones, and ``replace`` swaps or drops default ones by name
+    (``{"samples": MyGrids()}``; see :mod:`fieldkit.distill.outputs`).
     """
     from fieldkit.distill.engine import Engine  # the engine pulls in accelerate: import it on use
 
     if not isinstance(graph, Graph):
         graph = load_graph(graph, overrides)
     engine = Engine(graph, None if out is None else Path(out), resume=resume, show_progress=show_progress)
-    return engine.run(callbacks)
+    return engine.run(callbacks, replace=replace)
 
 
 __all__ = [

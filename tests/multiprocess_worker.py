@@ -59,26 +59,26 @@ def main() -> None:
     graph = load_graph(args.graph, args.set) if args.graph else loads_graph(GRAPH, args.set)
     engine = Engine(graph, out=args.out, resume=args.resume, show_progress=False)
     result = engine.run()
-    rank = engine.accelerator.process_index
+    rank = engine.session.accelerator.process_index
     frozen = {}
-    in_model = {id(m) for m in engine.model.modules()}
+    in_model = {id(m) for m in engine.session.model.modules()}
     for name in graph.spec.fields:
-        field = engine.ctx.field(name)
+        field = engine.session.ctx.field(name)
         frozen[name] = {
             "wrapped": isinstance(field, DistributedDataParallel) or id(field) in in_model,
             "grads": any(p.requires_grad or p.grad is not None for p in getattr(field, "parameters", list)()),
         }
     args.results.mkdir(parents=True, exist_ok=True)
     # Under FSDP the student holds shards: every process gathers the whole weights (a collective).
-    state = full_state(engine.student) if engine.sharded else result.student.state_dict()
+    state = full_state(engine.session.student) if engine.session.sharded else result.student.state_dict()
     weights = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(weights, args.results / f"rank{rank}.safetensors")
     info = {
         "rank": rank,
-        "world": engine.accelerator.num_processes,
-        "model": type(engine.model).__name__,
-        "sharded": engine.sharded,
-        "sharded_fields": sorted(n for n in graph.spec.fields if is_fsdp(engine.ctx.field(n))),
+        "world": engine.session.accelerator.num_processes,
+        "model": type(engine.session.model).__name__,
+        "sharded": engine.session.sharded,
+        "sharded_fields": sorted(n for n in graph.spec.fields if is_fsdp(engine.session.ctx.field(n))),
         "history": [{k: r[k] for k in ("step", "route", "loss", "grad_norm")} for r in result.history],
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "trainable": sorted(n for n, p in result.student.named_parameters() if p.requires_grad),

@@ -252,13 +252,13 @@ def test_the_engine_compiles_student_and_teacher_and_its_steps_match_eager(disti
     """Inductor for real: the affine world's fields compile in seconds. Same seeds, same losses."""
     eager = Engine(loads_graph(engine_graph("off")), write=False, show_progress=False)
     compiled = Engine(loads_graph(engine_graph("default")), write=False, show_progress=False)
-    assert isinstance(compiled.student._compiled_call_impl, CompiledForward)
-    assert isinstance(compiled.ctx.field("teacher")._compiled_call_impl, CompiledForward)
-    assert eager.student._compiled_call_impl is None
+    assert isinstance(compiled.session.student._compiled_call_impl, CompiledForward)
+    assert isinstance(compiled.session.ctx.field("teacher")._compiled_call_impl, CompiledForward)
+    assert eager.session.student._compiled_call_impl is None
     for _ in range(3):
         a, b = eager.update(), compiled.update()
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
-    assert compiled.inference_model()._compiled_call_impl is None  # exported and evaluated eager
+        assert b.loss == pytest.approx(a.loss, rel=1e-5, abs=1e-7)
+    assert compiled.session.inference_model()._compiled_call_impl is None  # exported and evaluated eager
 
 
 def test_importing_fieldkit_and_its_engine_does_not_import_dynamo():

@@ -74,9 +74,9 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(distill_world,
     # Weights, EMA, optimizer state and every RNG stream agree.
     for name, value in whole.student.state_dict().items():
         torch.testing.assert_close(rest.student.state_dict()[name], value, rtol=1e-6, atol=1e-7)
-    for name, value in straight.ema.shadow.items():
-        torch.testing.assert_close(resumed.ema.shadow[name], value, rtol=1e-6, atol=1e-7)
-    opt_a, opt_b = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    for name, value in straight.session.ema.shadow.items():
+        torch.testing.assert_close(resumed.session.ema.shadow[name], value, rtol=1e-6, atol=1e-7)
+    opt_a, opt_b = straight.session.optimizer.state_dict(), resumed.session.optimizer.state_dict()
     assert opt_a["state"].keys() == opt_b["state"].keys()
     for pid, slots in opt_a["state"].items():
         for key, value in slots.items():
@@ -84,8 +84,8 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(distill_world,
     for key in ("lr", "weight_decay", "eps"):
         assert opt_b["param_groups"][0][key] == opt_a["param_groups"][0][key]
     assert tuple(opt_b["param_groups"][0]["betas"]) == tuple(opt_a["param_groups"][0]["betas"])
-    for name, gen in straight.generators.items():
-        assert torch.equal(resumed.generators[name].get_state(), gen.get_state()), name
+    for name, gen in straight.session.generators.items():
+        assert torch.equal(resumed.session.generators[name].get_state(), gen.get_state()), name
     # The loss history is the same curve, each step once.
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
     assert [r["step"] for r in b] == list(range(1, 9))
@@ -161,7 +161,7 @@ def test_a_damaged_newest_checkpoint_is_refused_and_latest_falls_back(
     monkeypatch.setenv("COLUMNS", "400")
     capsys.readouterr()
     e = engine(out, "run.steps=10", resume="latest")
-    assert e.step == 4 and e.checkpoint is not None and e.checkpoint.name == "step-00000004"
+    assert e.step == 4 and e.session.checkpoint is not None and e.session.checkpoint.name == "step-00000004"
     err = capsys.readouterr().err
     assert "skipping a bad checkpoint" in err and "step-00000006" in err and message in err
     res = e.run()
@@ -184,7 +184,7 @@ def test_no_good_checkpoint_is_a_clear_error(three_checkpoints):
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         engine(out, "run.steps=10", resume="latest")
     fresh = engine(out.parent / "empty", resume="latest")  # nothing to resume: a fresh start (with a note)
-    assert fresh.step == 0 and fresh.checkpoint is None
+    assert fresh.step == 0 and fresh.session.checkpoint is None
 
 
 def test_a_new_run_into_a_folder_holding_one_is_refused_and_changes_nothing(three_checkpoints):
@@ -318,7 +318,7 @@ def test_a_consistent_checkpoint_with_bad_content_falls_back_to_the_previous_one
     monkeypatch.setenv("COLUMNS", "400")
     capsys.readouterr()
     e = engine(out, "run.steps=10", resume="latest")
-    assert e.step == 4 and e.checkpoint.name == "step-00000004"
+    assert e.step == 4 and e.session.checkpoint.name == "step-00000004"
     assert "skipping a bad checkpoint" in capsys.readouterr().err
     assert e.run().step == 10
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from fieldkit import loads_graph
 from fieldkit.analytic import GaussianMixtureField
 from fieldkit.distill.checkpoint import list_checkpoints, load_checkpoint
-from fieldkit.distill.engine import Engine, export_model
+from fieldkit.distill.engine import Engine
+from fieldkit.distill.session import export_model
 from fieldkit.errors import FieldkitError
 from fieldkit.flow import euler_sample
 
@@ -69,7 +70,7 @@ def assert_same(a: dict, b: dict) -> None:
 
 def test_danceopd_learns_the_exact_weights_of_an_affine_teacher(distill_world):
     e = engine()
-    teacher, init = e.ctx.field("teacher"), e.ctx.field("init")
+    teacher, init = e.session.ctx.field("teacher"), e.session.ctx.field("init")
     teacher_before, init_before = weights(teacher), weights(init)
     res = e.run()
     assert res.step == 300 and res.bad_steps == 0 and len(res.history) == 300
@@ -86,16 +87,16 @@ def test_danceopd_learns_the_exact_weights_of_an_affine_teacher(distill_world):
     for field in (teacher, init):
         assert not field.training
         assert all(not p.requires_grad and p.grad is None for p in field.parameters())
-    assert res.student is e.student and res.student is not init
+    assert res.student is e.session.student and res.student is not init
 
 
 def test_rollout_nfe_is_the_last_queried_index_and_states_follow_the_student(distill_world):
     e = engine("run.steps=4", "run.grad_accum=2", "method.k=2", "method.query=uniform")
     log: list[dict] = []
-    e.student.log, e.ctx.field("teacher").log = log, log
-    e.student.tag = "student"
+    e.session.student.log, e.session.ctx.field("teacher").log = log, log
+    e.session.student.tag = "student"
     res = e.run()
-    sigmas = e.sigmas
+    sigmas = e.session.sigmas["r"]
     # Per micro-batch the calls are: student x NFE (rollout), teacher x 1 (the query), student x 1 (loss).
     micro, rollout = [], []
     for entry in log:
@@ -131,15 +132,15 @@ def test_rollout_nfe_is_the_last_queried_index_and_states_follow_the_student(dis
     order = torch.argsort(idx.max(dim=1).values, descending=True, stable=True)
     noise = torch.empty_like(calls[0]["x"])
     noise[order] = calls[0]["x"]  # the first call holds every row, in the rollout's order
-    full = euler_sample(e.ctx.field("init"), noise, query_cond(e), sigmas, record=True).states
+    full = euler_sample(e.session.ctx.field("init"), noise, query_cond(e), sigmas, record=True).states
     want = full[idx, torch.arange(8).unsqueeze(1)].flatten(0, 1)
     torch.testing.assert_close(query["x"], want)
 
 
 def query_cond(e: Engine):
     """The Cond of the first micro-batch, redrawn from the data generator's initial state."""
-    route = e.router.routes[0]
-    return route.data.sample(8, torch.Generator().manual_seed(e.run_spec.seed * 1000 + 1)).cond
+    route = e.session.router.routes[0]
+    return route.data.sample(8, torch.Generator().manual_seed(e.session.run_spec.seed * 1000 + 1)).cond
 
 
 # -- baselines are YAML switches -----------------------------------------------------------------------
@@ -185,7 +186,7 @@ run: {steps: 600, batch_size: 64, lr: 0.01, device: cpu}
 
 def test_sft_approaches_the_best_affine_fit_of_the_flow_matching_target(distill_world):
     e = engine(text=SFT)
-    init = e.ctx.field("init")
+    init = e.session.ctx.field("init")
     res = e.run()
     # The best affine fit v = a x + b sigma + c label of E[eps - x0 | x_sigma, label] under the same data and
     # the same logit-normal sigma, by least squares on a large Monte-Carlo sample.
@@ -221,12 +222,14 @@ def test_sft_approaches_the_best_affine_fit_of_the_flow_matching_target(distill_
 
 def test_lora_trains_only_the_adapters_and_leaves_the_init_node_alone(distill_world):
     e = engine(text=LINEAR)
-    init, teacher = e.ctx.field("init"), e.ctx.field("teacher")
+    init, teacher = e.session.ctx.field("init"), e.session.ctx.field("teacher")
     init_before, teacher_before = weights(init), weights(teacher)
-    trainable = {n for n, p in e.student.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in e.session.student.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert {id(p) for p in e.params} == {id(p) for p in e.student.parameters() if p.requires_grad}
-    before = weights(e.student)
+    assert {id(p) for p in e.session.params} == {
+        id(p) for p in e.session.student.parameters() if p.requires_grad
+    }
+    before = weights(e.session.student)
     res = e.run()
     after = weights(res.student)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -241,7 +244,7 @@ def test_lora_trains_only_the_adapters_and_leaves_the_init_node_alone(distill_wo
     plain = export_model(res.student)
     assert not any("lora_" in n for n, _ in plain.named_parameters())
     x, sigma = torch.randn(4, 1, 4, 4), torch.rand(4)
-    cond = e.router.routes[0].data.sample(4, torch.Generator().manual_seed(0)).cond
+    cond = e.session.router.routes[0].data.sample(4, torch.Generator().manual_seed(0)).cond
     res.student.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(x, sigma, cond), res.student(x, sigma, cond))
@@ -257,21 +260,23 @@ def test_lora_runs_are_reproducible(distill_world):
 def test_ema_shadow_follows_its_formula_and_is_what_is_exported(distill_world, tmp_path):
     decay = 0.8
     e = engine("run.steps=12", f"student.ema={decay}", write=True, out=tmp_path / "run")
-    snapshots = [weights(e.student)]
-    e.optimizer.optimizer.register_step_post_hook(lambda *_: snapshots.append(weights(e.student)))
+    snapshots = [weights(e.session.student)]
+    e.session.optimizer.optimizer.register_step_post_hook(
+        lambda *_: snapshots.append(weights(e.session.student))
+    )
     e.run()
     assert len(snapshots) == 13
     for name in PARAMS:
         theta = [s[name].double() for s in snapshots]
         want = decay**12 * theta[0] + sum((1 - decay) * decay ** (12 - t) * theta[t] for t in range(1, 13))
-        torch.testing.assert_close(e.ema.shadow[name].double(), want, atol=1e-6, rtol=1e-6)
-    assert not torch.allclose(e.ema.shadow["a"], snapshots[-1]["a"])
+        torch.testing.assert_close(e.session.ema.shadow[name].double(), want, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(e.session.ema.shadow["a"], snapshots[-1]["a"])
     exported = load_file(tmp_path / "run" / "student" / "model.safetensors")
     for name in PARAMS:
-        torch.testing.assert_close(exported[name], e.ema.shadow[name], rtol=0, atol=0)
+        torch.testing.assert_close(exported[name], e.session.ema.shadow[name], rtol=0, atol=0)
     ckpt = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
     for name in PARAMS:
-        torch.testing.assert_close(ckpt.ema[name], e.ema.shadow[name], rtol=0, atol=0)
+        torch.testing.assert_close(ckpt.ema[name], e.session.ema.shadow[name], rtol=0, atol=0)
         torch.testing.assert_close(ckpt.student[name], snapshots[-1][name], rtol=0, atol=0)
 
 
@@ -280,12 +285,12 @@ def test_ema_shadow_follows_its_formula_and_is_what_is_exported(distill_world, t
 
 def test_nan_steps_are_skipped_counted_and_never_applied(distill_world):
     e = engine("run.steps=12", "run.max_bad_steps=3")
-    teacher = e.ctx.field("teacher")
+    teacher = e.session.ctx.field("teacher")
     teacher.calls = 0  # count update attempts only (the engine's build-time check called it once)
     bad = {3, 4, 9}
     teacher.nan_on = lambda call: call in bad
     seen: list[dict] = []  # the student's weights at each teacher call: one call per update attempt
-    teacher.on_call = lambda _: seen.append(weights(e.student))
+    teacher.on_call = lambda _: seen.append(weights(e.session.student))
     res = e.run()
     assert res.step == 12 and res.bad_steps == 3 and len(res.history) == 12
     assert all(r["finite"] for r in res.history) and [r["step"] for r in res.history] == list(range(1, 13))
@@ -295,7 +300,7 @@ def test_nan_steps_are_skipped_counted_and_never_applied(distill_world):
         before, after = seen[attempt - 1], seen[attempt]
         same = all(torch.equal(before[k], after[k]) for k in before)
         assert same == (attempt in bad), attempt
-    state = e.optimizer.state_dict()["state"]
+    state = e.session.optimizer.state_dict()["state"]
     assert all(int(slot["step"]) == 12 for slot in state.values())  # Adam stepped on good updates only
     assert sum(res.route_steps.values()) == 12
 
@@ -304,11 +309,11 @@ def test_a_teacher_that_turns_nan_stops_the_run_and_the_last_checkpoint_survives
     out = tmp_path / "run"
     overrides = ("run.steps=10", "run.checkpoint_every=2", "run.max_bad_steps=3", "run.log_every=1")
     e = engine(*overrides, write=True, out=out)
-    teacher = e.ctx.field("teacher")
+    teacher = e.session.ctx.field("teacher")
     teacher.calls = 0  # count update attempts only (the engine's build-time check called it once)
     teacher.nan_on = lambda call: call > 5
     seen: list[dict] = []
-    teacher.on_call = lambda _: seen.append(weights(e.student))
+    teacher.on_call = lambda _: seen.append(weights(e.session.student))
     with pytest.raises(FieldkitError, match="3 optimizer steps in a row") as err:
         e.run()
     assert "step-00000004" in str(err.value) and "stopped at step 5" in str(err.value)
@@ -342,12 +347,12 @@ def test_no_student_or_routes_is_a_clear_error(distill_world):
 def test_bf16_precision_runs_the_student_under_autocast_and_keeps_fp32_weights(distill_world):
     e = engine("run.steps=3", "run.precision=bf16", text=LINEAR)
     dtypes: list[torch.dtype] = []
-    hook = e.student.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    hook = e.session.student.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
     try:
         res = e.run()
     finally:
         hook.remove()
     assert res.step == 3 and res.bad_steps == 0
     assert torch.bfloat16 in dtypes  # the forwards ran in bf16 ...
-    assert all(p.dtype == torch.float32 for p in e.student.parameters())  # ... the weights stay fp32
+    assert all(p.dtype == torch.float32 for p in e.session.student.parameters())  # ... the weights stay fp32
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in res.history)

@@ -99,7 +99,7 @@ def test_the_counters_belong_to_the_engine(distill_world):
 
 def test_the_bad_step_policy_lives_in_the_loop(distill_world):
     e, rec = engine("run.max_bad_steps=2"), Recorder()
-    teacher = e.ctx.field("teacher")
+    teacher = e.session.ctx.field("teacher")
     teacher.calls = 0  # count update attempts only (the engine's build-time check called it once)
     teacher.nan_on = lambda call: call > 2
     reports: list[StepReport] = []

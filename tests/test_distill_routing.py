@@ -114,7 +114,7 @@ def test_hard_target_is_the_route_field_and_soft_target_is_the_weighted_mix():
 def teacher_log(e: Engine) -> list[dict]:
     log: list[dict] = []
     for name in ("ta", "tb"):
-        e.ctx.field(name).log = log
+        e.session.ctx.field(name).log = log
     return log
 
 
@@ -180,7 +180,7 @@ def test_soft_routing_mixes_fields_and_the_student_learns_the_weighted_mix(disti
         ("b", 1),
         ("b", 2),
     }
-    ta, tb = e.ctx.field("ta"), e.ctx.field("tb")
+    ta, tb = e.session.ctx.field("ta"), e.session.ctx.field("tb")
     for name in ("a", "b", "c"):
         want = (3 * getattr(ta, name) + getattr(tb, name)) / 4  # exactly representable by the student
         torch.testing.assert_close(getattr(res.student, name).detach(), want, atol=2e-3, rtol=0)

@@ -76,7 +76,7 @@ def test_one_process_with_fsdp_trains_exactly_as_without(tmp_path):
     runs = {}
     for name, overrides in {"ddp": [], "fsdp": ["run.parallel=fsdp", "run.fsdp.teachers=shard"]}.items():
         engine = Engine(loads_graph(GRAPH, overrides), out=tmp_path / name, show_progress=False)
-        assert not engine.sharded  # nothing to shard over
+        assert not engine.session.sharded  # nothing to shard over
         runs[name] = [r["loss"] for r in engine.run().history]
     assert runs["fsdp"] == runs["ddp"]
 
@@ -109,8 +109,8 @@ def test_shard_units_are_the_declared_or_the_largest_repeated_blocks():
 def test_teacher_sources_are_the_weighted_fields_the_routes_call():
     graph = loads_graph(GRAPH)
     engine = Engine(graph, write=False, show_progress=False)
-    teacher, guided = engine.ctx.field("teacher"), engine.ctx.field("guided")
-    sources = teacher_sources([guided], engine.ctx.built_fields())
+    teacher, guided = engine.session.ctx.field("teacher"), engine.session.ctx.field("guided")
+    sources = teacher_sources([guided], engine.session.ctx.built_fields())
     assert sources == [teacher]  # not the guidance operator around it, not the unused init field
 
 
@@ -145,7 +145,7 @@ def test_a_plain_copy_rebuilt_from_a_state_dict_computes_what_the_model_computes
 
 
 def test_a_launch_whose_processes_did_not_join_one_group_is_refused():
-    code = "from fieldkit.distill.engine import make_accelerator; make_accelerator('mps')"
+    code = "from fieldkit.distill.session import make_accelerator; make_accelerator('mps')"
     env = {**os.environ, "WORLD_SIZE": "2", "FIELDKIT_LOAD_PLUGINS": ""}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert done.returncode != 0

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from fieldkit.cli import cli
-from fieldkit.distill.engine import make_accelerator
+from fieldkit.distill.session import make_accelerator
 from fieldkit.errors import FieldkitError
 from fieldkit.models import MMDiT, MMDiTConfig
 

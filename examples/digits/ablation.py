@@ -53,10 +53,10 @@ RATIO = 0.95  # every route at least 0.95x its teacher
 
 def _students(engine: Any, emas: dict[str, Any]) -> dict[str, Any]:
     """The online student and one exported copy per side EMA."""
-    from fieldkit.distill.engine import export_model
+    from fieldkit.distill.session import export_model
 
-    fields = {"online": export_model(engine.student)}
-    fields.update({name: export_model(engine.student, ema) for name, ema in emas.items()})
+    fields = {"online": export_model(engine.session.student)}
+    fields.update({name: export_model(engine.session.student, ema) for name, ema in emas.items()})
     return fields
 
 
@@ -68,7 +68,7 @@ def run(name: str, overrides: Sequence[str], decays: Sequence[float], every: int
 
     graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])
     engine = Engine(graph, None, show_progress=False, write=False)
-    emas = {f"ema{d:g}": EMA(engine.student, d) for d in decays}
+    emas = {f"ema{d:g}": EMA(engine.session.student, d) for d in decays}
     steps = graph.spec.run.steps
     curve: list[dict[str, Any]] = []
     train_seconds = 0.0
@@ -76,7 +76,7 @@ def run(name: str, overrides: Sequence[str], decays: Sequence[float], every: int
     for report in engine.steps():
         if report.applied:
             for ema in emas.values():
-                ema.update(engine.student)
+                ema.update(engine.session.student)
         train_seconds += time.perf_counter() - t0
         if report.applied and (report.step % every == 0 or report.step == steps):
             point = score_fields(engine, _students(engine, emas), samples)
@@ -92,7 +92,9 @@ def run(name: str, overrides: Sequence[str], decays: Sequence[float], every: int
         t0 = time.perf_counter()
     final = score_fields(engine, _students(engine, emas), graph.spec.run.eval_samples)
     teachers = score_fields(
-        engine, {r.name + "_teacher": r.field for r in engine.router.routes}, graph.spec.run.eval_samples
+        engine,
+        {r.name + "_teacher": r.field for r in engine.session.router.routes},
+        graph.spec.run.eval_samples,
     )
     _write(name, overrides, decays, engine, train_seconds, curve, {"final": final, "teachers": teachers})
 
@@ -112,7 +114,7 @@ def _write(
         for key, value in rec.items():
             if key.startswith("loss/"):
                 per_route[key[5:]].append((int(rec["step"]), float(value)))
-    width = max(1, engine.graph.spec.run.steps // 40)
+    width = max(1, engine.session.graph.spec.run.steps // 40)
     losses = {
         route: [
             [
@@ -127,7 +129,7 @@ def _write(
         "name": name,
         "overrides": list(overrides),
         "steps": engine.step,
-        "target_steps": engine.graph.spec.run.steps,
+        "target_steps": engine.session.graph.spec.run.steps,
         "complete": end is not None,
         "decays": list(decays),
         "train_seconds": train_seconds,
@@ -282,8 +284,8 @@ def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_S
     overrides = [f"student.init={init}", "student.ema=null", f"run.seed={seed}", f"run.steps={steps}"]
     graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])
     engine = Engine(graph, None, show_progress=False, write=False)
-    emas = {f"ema{d:g}": EMA(engine.student, d) for d in MAIN_DECAYS}
-    teachers = {r.name + "_teacher": r.field for r in engine.router.routes}
+    emas = {f"ema{d:g}": EMA(engine.session.student, d) for d in MAIN_DECAYS}
+    teachers = {r.name + "_teacher": r.field for r in engine.session.router.routes}
     at = eval_seed(seed)
     record: dict[str, Any] = {"init": init, "seed": seed, "overrides": overrides, "steps": steps, "curve": []}
     record.update(world=world_fingerprint(), code=code_fingerprint())
@@ -293,7 +295,7 @@ def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_S
         if not report.applied:
             continue
         for ema in emas.values():
-            ema.update(engine.student)
+            ema.update(engine.session.student)
         if report.step % MAIN_EVERY == 0 or report.step == steps:
             fields = _students(engine, emas)
             point = {s: score_fields(engine, fields, MAIN_SAMPLES, at, s) for s in SPLITS}

@@ -522,41 +522,6 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _student_counter(student: Any) -> tuple[dict[str, int], Any]:
-    """A forward hook counting the student's sample-forwards: ``train`` (with gradients: each also costs a
-    backward) and ``rollout`` (without)."""
-    import torch
-
-    count = {"train": 0, "rollout": 0}
-
-    def hook(_m: Any, args: tuple[Any, ...], _out: Any) -> None:
-        count["train" if torch.is_grad_enabled() else "rollout"] += int(args[0].shape[0])
-
-    return count, student.register_forward_hook(hook)
-
-
-def _teacher_counter(routes: Sequence[Any]) -> tuple[list[int], list[Any]]:
-    """Forward hooks counting the sample-forwards of every network inside the route fields."""
-    import torch.nn as nn
-
-    from fieldkit.models.pretrained import PretrainedField
-
-    count = [0]
-    handles, seen = [], set()
-    for route in routes:
-        if not isinstance(route.field, nn.Module):
-            continue
-        for module in route.field.modules():
-            if isinstance(module, PretrainedField) and id(module) not in seen:
-                seen.add(id(module))
-
-                def hook(_m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
-                    count[0] += int(args[0].shape[0])
-
-                handles.append(module.register_forward_hook(hook))
-    return count, handles
-
-
 def score_fields(
     engine: Any, fields: dict[str, Any], samples: int, seed: int = 0, split: str | None = None
 ) -> dict[str, dict[str, float]]:
@@ -568,9 +533,9 @@ def score_fields(
     from fieldkit.eval.report import combined_scores, evaluate
     from fieldkit.flow import sigma_schedule
 
-    device = engine.accelerator.device
+    device = engine.session.accelerator.device
     sigmas = sigma_schedule(EVAL_STEPS, EVAL_SHIFT).to(device)
-    routes = engine.router.routes
+    routes = engine.session.router.routes
     if split is not None:  # the same routes, their evaluation reading the `split` half of the held-out digits
         routes = [
             replace(r, data=type(r.data)(r.data.params.model_copy(update={"eval_split": split})))
@@ -595,8 +560,8 @@ def _tuned_merge(engine: Any, run: Run, seed: int, settings: Settings) -> dict[s
     ``MERGE_GRID`` on the validation half of the held-out digits; scored on the test half."""
     from fieldkit.merge import merge_models
 
-    base = engine.ctx.field("t2i")
-    edits = [engine.ctx.field(name) for name in MERGED[run.graph] if name != "t2i"]
+    base = engine.session.ctx.field("t2i")
+    edits = [engine.session.ctx.field(name) for name in MERGED[run.graph] if name != "t2i"]
     validation: dict[str, float] = {}
     best: tuple[float, float, Any] | None = None
     for lam in MERGE_GRID:
@@ -621,7 +586,7 @@ def _tuned_merge(engine: Any, run: Run, seed: int, settings: Settings) -> dict[s
 def _student_fields(engine: Any, betas: Iterable[float]) -> dict[str, Any]:
     from fieldkit.ops.guidance import Guidance
 
-    model = engine.inference_model()
+    model = engine.session.inference_model()
     return {
         ("student" if b == 1 else f"student@beta={b:g}"): (model if b == 1 else Guidance(model, b))
         for b in betas
@@ -646,11 +611,6 @@ def _curve(history: list[dict[str, Any]], points: int = 40) -> dict[str, list[li
             for i in range(0, len(values), width)
         ]
     return out
-
-
-def passes(rollout: int, teacher: int, train: int) -> int:
-    """Model passes per sample: forward 1, backward 2 (rollout and teacher forwards 1, gradient rows 3)."""
-    return rollout + teacher + 3 * train
 
 
 def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float | None) -> dict[str, Any]:
@@ -684,21 +644,20 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         record["eval_seconds"] = time.perf_counter() - t_eval
         return record
     if run.kind == "eval":
-        fields = {r.name + "_teacher": r.field for r in engine.router.routes if r.field is not None}
+        fields = {r.name + "_teacher": r.field for r in engine.session.router.routes if r.field is not None}
         if not run.teachers:  # e.g. the weight merge: only the init is new
             fields = {}
         if run.betas != (1.0,):  # the guided base teacher at each inference beta (2 NFEs per step)
             from fieldkit.ops.guidance import Guidance
 
-            base = engine.ctx.field("t2i")
+            base = engine.session.ctx.field("t2i")
             fields.update({f"t2i@w={b:g}": Guidance(base, b) for b in run.betas if b != 1})
-        fields["init"] = engine.inference_model()
+        fields["init"] = engine.session.inference_model()
         scores = score_fields(engine, fields, settings.eval_samples, at)
         record.update(steps=0, train_seconds=0.0, scores=scores)
         record["eval_seconds"] = time.perf_counter() - t_eval
         return record
-    count, handles = _teacher_counter(engine.router.routes)
-    student_count, student_handle = _student_counter(engine.student)
+    spent_passes = teacher_forwards = 0  # the engine's count: training forwards only
     checkpoints = set()
     if run.curve and matched == "steps":
         checkpoints = {
@@ -727,13 +686,12 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
             ]
             metric_curve.append({"step": report.step, **values})
             eval_seconds += time.perf_counter() - t1
-        spent = train_seconds if matched == "time" else passes(**student_count, teacher=count[0])
+        spent_passes += report.update.passes.total
+        teacher_forwards += report.update.passes.teacher
+        spent = train_seconds if matched == "time" else spent_passes
         if budget is not None and spent >= budget:
             engine.request_stop(f"{matched} budget spent")
         t0 = time.perf_counter()
-    teacher_forwards = count[0]
-    for h in [*handles, student_handle]:
-        h.remove()
     t0 = time.perf_counter()
     scores = score_fields(engine, _student_fields(engine, run.betas), settings.eval_samples, at)
     eval_seconds += time.perf_counter() - t0
@@ -758,8 +716,8 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         rollout_nfe_per_step=sum(r["rollout_nfe"] for r in hist) / n,
         rollout_samples_per_step=sum(r["rollout_samples"] for r in hist) / n,
         teacher_forwards_per_step=teacher_forwards / n,
-        passes=passes(**student_count, teacher=teacher_forwards),
-        passes_per_step=passes(**student_count, teacher=teacher_forwards) / n,
+        passes=spent_passes,
+        passes_per_step=spent_passes / n,
         time_per_step={k[5:]: sum(r.get(k, 0.0) for r in hist) / n for k in hist[0] if k.startswith("time/")}
         if hist
         else {},

@@ -28,20 +28,20 @@ def run_graph(
         engine = Engine(graph, write=False, show_progress=False)
         start = time.perf_counter()
         loop = engine.steps()
-        record = next(loop).record
+        update = next(loop).update
         loop.close()
         seconds = time.perf_counter() - start
-        if not record["finite"]:
+        if not update.finite:
             raise FieldkitError(
-                f"dry run failed: the update's loss ({record['loss']}) or gradient norm "
-                f"({record['grad_norm']}) is not finite, so a run would skip every step",
+                f"dry run failed: the update's loss ({update.loss}) or gradient norm "
+                f"({update.grad_norm}) is not finite, so a run would skip every step",
                 hint="check the routes' fields for NaN/inf outputs (a teacher's weights?), and run.lr",
             )
-        trainable = sum(p.numel() for p in engine.params)
+        trainable = sum(p.numel() for p in engine.session.params)
         console.print(
-            f"[green]dry run ok:[/] {len(engine.router.routes)} route(s), {trainable:,} trainable "
-            f"parameters, one update {seconds:.3f} s (rollout NFE {record['rollout_nfe']}, "
-            f"loss {record['loss']:.4g}); {graph.spec.run.steps} steps = about "
+            f"[green]dry run ok:[/] {len(engine.session.routes)} route(s), {trainable:,} trainable "
+            f"parameters, one update {seconds:.3f} s (rollout NFE {update.rollout_nfe}, "
+            f"loss {update.loss:.4g}); {graph.spec.run.steps} steps = about "
             f"{seconds * graph.spec.run.steps / 60:.1f} min. Nothing written."
         )
         return

@@ -1,242 +1,205 @@
-"""Callbacks: what happens around the engine's loop. The run's outputs are default callbacks.
+"""Callbacks: what happens around the engine's loop, and what they tell each other.
 
-A callback subclasses :class:`Callback` and overrides the hooks it needs; every hook gets the engine, runs on
-every process (write on ``engine.accelerator.is_main_process`` only, and decide the same way on every process
-when a hook calls a collective such as ``engine.save()``), and may call ``engine.request_stop(reason)``.
+A callback subclasses :class:`Callback` and overrides the hooks it needs. Every hook gets a :class:`RunView`
+(the run as a callback sees it, not the engine), runs on every process (write when ``run.is_main`` only, and
+decide the same way on every process when a hook calls a collective such as ``run.save_checkpoint()``), and
+may call ``run.request_stop(reason)``.
 
-- ``on_run_start(engine)``: before the first update of :meth:`Engine.steps`.
-- ``on_update_end(engine, report)``: after every optimizer update, applied or skipped (``report.applied``).
-- ``on_checkpoint(engine, path)``: after :meth:`Engine.save` wrote (or found) the checkpoint of this step.
-- ``on_evaluation(engine, scores)``: after :meth:`Engine.evaluate` scored the fields.
-- ``on_run_end(engine)``: when the loop reached ``run.steps`` or a stop was requested (not on errors, and not
+The loop's events:
+
+- ``on_run_start(run)``: before the first update of :meth:`Engine.steps`.
+- ``on_update_end(run, report)``: after every optimizer update, applied or skipped (``report.applied``);
+  ``report.means`` holds the interval's means when this update ends a ``run.log_every`` interval.
+- ``on_run_end(run)``: when the loop reached ``run.steps`` or a stop was requested (not on errors, and not
   when the caller breaks out of the iterator).
-- ``teardown(engine)``: always, last, also after an error (close files, stop progress bars).
+- ``teardown(run)``: always, last, also after an error (close files, stop progress bars).
+
+What callbacks made, published to every callback (``run.publish_*``), whichever published it:
+
+- ``on_samples(run, grids)``: sample grids were drawn (by :class:`~fieldkit.distill.outputs.SampleGrids`).
+- ``on_checkpoint(run, path)``: a checkpoint of this step exists at ``path``.
+- ``on_evaluation(run, scores)``: the fields were scored on the routes' metrics.
+
+A callback with state to keep across ``--resume`` returns it (JSON) from :meth:`Callback.state_dict`: it is
+saved in every checkpoint (read when the checkpoint is written) and handed back to
+:meth:`Callback.load_state_dict` before ``on_run_start`` of a resumed run. The default callbacks are in
+:mod:`fieldkit.distill.outputs`.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from rich.markup import escape
-
-from fieldkit.atomic import atomic_write
-from fieldkit.distill.interval import IntervalMeans
-from fieldkit.distill.rundir import graph_changes, previous_graph
-from fieldkit.distill.runlog import RunLog, strict_json
-from fieldkit.eval.report import results_table
-from fieldkit.eval.results import Results, Score, route_teachers
-from fieldkit.owned import append_line
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from fieldkit.distill.engine import Engine
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
+
+    from fieldkit.distill.engine import Update
+    from fieldkit.eval.report import Score
+    from fieldkit.graph.loader import Graph
+    from fieldkit.graph.schema import RunSpec
+    from fieldkit.protocols import Route
 
 
 @dataclass(frozen=True)
 class StepReport:
     """One optimizer update as the loop saw it: ``step`` counts applied updates so far; ``applied`` is False
-    for an update skipped for a non-finite loss or gradient (then ``bad_steps`` counted it); ``record`` is its
-    log record (loss, per-route losses, grad norm, timings, ...)."""
+    for an update skipped for a non-finite loss or gradient (then ``bad_steps`` counted it); ``update`` is
+    its typed result and ``record`` its log record (what ``metrics.jsonl`` would hold for it alone);
+    ``means`` the means of the logging interval this update ends (None when it ends none)."""
 
     step: int
     applied: bool
     bad_steps: int
+    update: Update
     record: dict[str, Any]
+    means: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SampleGrid:
+    """One route's sample grid: the image (``[H, W, 3]`` uint8) and where it was written (None: not
+    written)."""
+
+    route: str
+    step: int
+    image: np.ndarray
+    path: Path | None = None
+
+
+class RunView(Protocol):
+    """The run as a callback sees it: what it trains, where it writes, and what it may ask of the run."""
+
+    @property
+    def graph(self) -> Graph:
+        """The graph being trained (``--set`` overrides applied)."""
+        ...
+
+    @property
+    def run_spec(self) -> RunSpec:
+        """The graph's ``run`` section."""
+        ...
+
+    @property
+    def out(self) -> Path | None:
+        """The run folder (None: the run writes nothing)."""
+        ...
+
+    @property
+    def step(self) -> int:
+        """Optimizer updates applied so far."""
+        ...
+
+    @property
+    def bad_steps(self) -> int:
+        """Updates skipped for a non-finite loss or gradient so far."""
+        ...
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the process that writes."""
+        ...
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the student is sharded (FSDP): its forwards are collectives every process runs."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the student lives."""
+        ...
+
+    @property
+    def show_progress(self) -> bool:
+        """Whether the console shows progress and tables."""
+        ...
+
+    @property
+    def routes(self) -> Sequence[Route]:
+        """The routes, in graph order."""
+        ...
+
+    def field_name(self, route: str) -> str | None:
+        """The graph's name of the field that supervises ``route`` (None for a data-only route)."""
+        ...
+
+    def sigmas(self, route: str) -> Tensor:
+        """The rollout schedule of ``route`` (computed for its data shape)."""
+        ...
+
+    def inference_model(self) -> nn.Module:
+        """A plain copy of the student as exported (EMA weights, LoRA merged, eval mode); a collective
+        under FSDP."""
+        ...
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the checkpoint of this step (a collective); its path, or None without a run folder. It
+        does not publish it: the caller does (``publish_checkpoint``)."""
+        ...
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        ...
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """End the loop after the current update, as if ``run.steps`` were reached."""
+        ...
+
+    def publish_samples(self, grids: Sequence[SampleGrid]) -> None:
+        """Tell every callback (``on_samples``) that ``grids`` were drawn."""
+        ...
+
+    def publish_checkpoint(self, path: Path) -> None:
+        """Tell every callback (``on_checkpoint``) that the checkpoint at ``path`` exists."""
+        ...
+
+    def publish_scores(self, scores: Sequence[Score]) -> None:
+        """Tell every callback (``on_evaluation``) the fields' scores."""
+        ...
 
 
 class Callback:
     """Hooks around the engine's loop; every hook does nothing unless overridden."""
 
-    def on_run_start(self, engine: Engine) -> None:
+    def on_run_start(self, run: RunView) -> None:
         """Before the first update."""
 
-    def on_update_end(self, engine: Engine, report: StepReport) -> None:
+    def on_update_end(self, run: RunView, report: StepReport) -> None:
         """After each optimizer update (applied or skipped)."""
 
-    def on_checkpoint(self, engine: Engine, path: Path) -> None:
+    def on_samples(self, run: RunView, grids: Sequence[SampleGrid]) -> None:
+        """After a callback drew sample grids."""
+
+    def on_checkpoint(self, run: RunView, path: Path) -> None:
         """After a checkpoint of the current step exists at ``path``."""
 
-    def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
+    def on_evaluation(self, run: RunView, scores: Sequence[Score]) -> None:
         """After the fields were scored on the routes' metrics."""
 
-    def on_run_end(self, engine: Engine) -> None:
+    def on_run_end(self, run: RunView) -> None:
         """When the loop finished normally (``run.steps`` reached or a stop requested)."""
 
-    def teardown(self, engine: Engine) -> None:
+    def teardown(self, run: RunView) -> None:
         """Always, after everything else, also after an error."""
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """What to keep in checkpoints (JSON); None: nothing."""
+        return None
 
-def _every(step: int, period: int | None) -> bool:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, from the checkpoint a run resumes from."""
+
+
+def state_key(callback: Callback) -> str:
+    """The name a callback's state is kept under in checkpoints: its class's qualified name."""
+    return f"{type(callback).__module__}.{type(callback).__qualname__}"
+
+
+def every(step: int, period: int | None) -> bool:
     """Whether ``step`` is a multiple of ``period`` (never for a period of None or 0)."""
     return period is not None and period > 0 and step % period == 0
-
-
-def run_results(engine: Engine, scores: list[Score]) -> Results:
-    """The run's scores with the teacher of each route and the graph's bar (``run.pass_ratio``)."""
-    return Results(scores, route_teachers(engine.graph.spec.routes), engine.run_spec.pass_ratio)
-
-
-def graph_as_run(engine: Engine) -> dict[str, Any]:
-    """The graph as this run runs it (what graph.json and the trackers' hyperparameters record): ``--set``
-    overrides applied, and ``run.out`` the folder it writes (``--out`` when given, not the graph's)."""
-    spec = engine.graph.spec.model_dump(mode="json")
-    if engine.out is not None:
-        spec["run"]["out"] = str(engine.out)
-    return spec
-
-
-def log_now(engine: Engine, report: StepReport) -> bool:
-    """Whether ``report``'s update ends a logging interval (every ``run.log_every`` steps, and the last)."""
-    run = engine.run_spec
-    return _every(report.step, run.log_every) or report.step == run.steps
-
-
-class RunLogger(Callback):
-    """``graph.json`` (the graph as it runs now, ``--set`` overrides applied), ``sessions.jsonl`` (one line
-    per start or resume: its step and the overrides it applied), ``metrics.jsonl`` (the means of every
-    ``run.log_every`` updates, and every skipped update), the progress bar, and the summary and results
-    tables on the console."""
-
-    def __init__(self) -> None:
-        self.log: RunLog | None = None
-        self.interval = IntervalMeans()
-
-    def on_run_start(self, engine: Engine) -> None:
-        run, main = engine.run_spec, engine.accelerator.is_main_process
-        changes: list[str] = []
-        if engine.out is not None and main:
-            engine.out.mkdir(parents=True, exist_ok=True)
-            spec = graph_as_run(engine)
-            previous = previous_graph(engine.out) if engine.step > 0 else None
-            changes = graph_changes(previous, spec) if previous is not None else []
-            atomic_write(engine.out / "graph.json", json.dumps(spec, indent=1))
-            session = {
-                "step": engine.step,
-                "steps": run.steps,
-                "graph": None if engine.graph.path is None else str(engine.graph.path),
-                "overrides": list(engine.graph.source.overrides.values()),
-                "changed": changes,  # since the session before: the settings this one applies
-                "spec": spec,  # each session's whole graph: graph.json holds the newest one only
-            }
-            append_line(engine.out / "sessions.jsonl", json.dumps(session) + "\n", "sessions log")
-        self.log = RunLog(
-            engine.out,
-            run.steps,
-            engine.step,
-            enabled=main,
-            show_progress=engine.show_progress,
-        )
-        for change in changes:
-            self.log.note(f"[yellow]note:[/] changed since the last session: {escape(change)}")
-        if engine.step >= run.steps:
-            self.log.note(
-                f"[yellow]note:[/] nothing left to train: the run is at step {engine.step} and run.steps is "
-                f"{run.steps}; only the end of the run (grids, export, evaluation, report) runs again. "
-                "Train further with --set run.steps=MORE."
-            )
-
-    def on_update_end(self, engine: Engine, report: StepReport) -> None:
-        assert self.log is not None
-        self.log.log(report.record)
-        if not report.applied:
-            self.log.write(report.record)
-            return
-        self.interval.add(report.record)
-        if log_now(engine, report) and (means := self.interval.flush()) is not None:
-            self.log.write(means)
-
-    def on_run_end(self, engine: Engine) -> None:
-        assert self.log is not None
-        self.log.close()
-        if engine.accelerator.is_main_process and engine.show_progress:
-            title = f"{engine.graph.name}: {engine.step} steps, {engine.bad_steps} skipped"
-            self.log.console.print(self.log.summary_table(title))
-
-    def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
-        if self.log is not None and scores and engine.accelerator.is_main_process and engine.show_progress:
-            self.log.console.print(
-                results_table(
-                    run_results(engine, scores), "fields on their routes (same conditions and noise)"
-                )
-            )
-
-    def teardown(self, engine: Engine) -> None:
-        if self.log is not None:
-            self.log.close()
-
-
-class SampleGrids(Callback):
-    """A grid per route every ``run.sample_every`` steps and at the end of the run."""
-
-    def on_update_end(self, engine: Engine, report: StepReport) -> None:
-        if report.applied and _every(report.step, engine.run_spec.sample_every):
-            engine.sample_grids()
-
-    def on_run_end(self, engine: Engine) -> None:
-        engine.sample_grids()
-
-
-class Checkpoints(Callback):
-    """A checkpoint every ``run.checkpoint_every`` steps and at the end of the run."""
-
-    def on_update_end(self, engine: Engine, report: StepReport) -> None:
-        if report.applied and _every(report.step, engine.run_spec.checkpoint_every):
-            engine.save()
-
-    def on_run_end(self, engine: Engine) -> None:
-        engine.save()
-
-
-class Export(Callback):
-    """The student (EMA weights, LoRA merged) as a model folder at the end of the run."""
-
-    def on_run_end(self, engine: Engine) -> None:
-        engine.export()
-
-
-class Evaluation(Callback):
-    """The route fields and the student scored on the routes' metrics at the end of the run (main process;
-    under FSDP every process, as sharded forwards are collectives)."""
-
-    def on_run_end(self, engine: Engine) -> None:
-        if engine.accelerator.is_main_process or engine.sharded:
-            engine.evaluate()
-
-
-class ResultsFile(Callback):
-    """``results.json``: the results table (:meth:`fieldkit.eval.results.Results.to_json`): the bar, the
-    route teachers, the student's verdicts and one row per field and route with its metric values."""
-
-    def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
-        if scores and engine.out is not None and engine.accelerator.is_main_process:
-            results = run_results(engine, scores).to_json()
-            atomic_write(engine.out / "results.json", strict_json(results, indent=1))  # NaN: null
-
-
-class HtmlReport(Callback):
-    """``report.html`` at the end of the run (after results.json): see :mod:`fieldkit.eval.run_report`."""
-
-    def on_run_end(self, engine: Engine) -> None:
-        if engine.out is not None and engine.accelerator.is_main_process:
-            from fieldkit.eval.run_report import write_report
-
-            write_report([engine.out], engine.out / "report.html")
-
-
-def default_callbacks() -> list[Callback]:
-    """What :meth:`Engine.run` does around the loop, in order: log, grids, checkpoints, export, evaluation,
-    results.json, report.html and the trackers of ``run.report_to``."""
-    from fieldkit.distill.trackers import Trackers  # it builds on this module's Callback
-
-    return [
-        RunLogger(),
-        SampleGrids(),
-        Checkpoints(),
-        Export(),
-        Evaluation(),
-        ResultsFile(),
-        HtmlReport(),
-        Trackers(),
-    ]

@@ -1,83 +1,102 @@
 """The training loop shared by DanceOPD, its baselines and SFT: routing, micro-batches, accumulation,
-clipping, non-finite guards, EMA and resume, through accelerate.
+clipping, the bad-step policy and the logging intervals, over a :class:`~fieldkit.distill.session.Session`.
 
-The loop is public: :meth:`Engine.steps` yields a :class:`~fieldkit.distill.callbacks.StepReport` after every
-optimizer update and calls the hooks of the callbacks it is given; :meth:`Engine.run` is that loop with the
-default callbacks (``metrics.jsonl`` and the console, sample grids, checkpoints, export, evaluation and
-``results.json``). A study script drives the same loop::
+:meth:`Engine.steps` yields a :class:`~fieldkit.distill.callbacks.StepReport` after every optimizer update and
+calls the hooks of the callbacks it is given; :meth:`Engine.run` is that loop with the default callbacks
+(:mod:`fieldkit.distill.outputs`: ``metrics.jsonl`` and the console, sample grids, checkpoints, export,
+evaluation, ``results.json``, ``report.html``, trackers). A study script drives the same loop::
 
     engine = Engine(graph, write=False)
     for report in engine.steps([MyCallback()]):
         if report.applied and report.step % 100 == 0:
-            print(report.step, report.record["loss"])
+            print(report.step, report.update.loss)
 
-Only the engine moves its counters (``step``, ``bad_steps``); the bad-step policy (``run.max_bad_steps``
-non-finite updates in a row end the run with an error) lives inside the loop. A callback or the loop body ends
-the run early with ``engine.request_stop(reason)``: the loop stops after the current update and the callbacks'
-``on_run_end`` hooks run as at ``run.steps``. See :mod:`fieldkit.distill.callbacks` for the hooks.
+Only the engine moves the counters (``step``, ``bad_steps``); ``run.max_bad_steps`` non-finite updates in a
+row end the run with an error. A callback or the loop body ends the run early with
+``engine.request_stop(reason)``: the loop stops after the current update and the callbacks' ``on_run_end``
+hooks run as at ``run.steps``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections import defaultdict
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType
-from rich.markup import escape
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from fieldkit.atomic import atomic_path
 from fieldkit.attention import use_backend
-from fieldkit.compile import compile_fields
-from fieldkit.data import Shard, batch_captions, evaluation_bucket
-from fieldkit.distill.callbacks import Callback, RunLogger, StepReport, default_callbacks
-from fieldkit.distill.checkpoint import (
-    TrainState,
-    check_optimizer_state,
-    checkpoint_path,
-    load_resumable,
-    save_checkpoint,
-)
-from fieldkit.distill.ema import EMA
-from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_schedule
-from fieldkit.distill.route_checks import check_routes
-from fieldkit.distill.rundir import open_for_processes
-from fieldkit.distill.runlog import trim_metrics
-from fieldkit.distill.sharding import (
-    PlainCopy,
-    broadcast_from_main,
-    enable_fsdp,
-    full_state,
-    full_tensor,
-    load_shards,
-    save_sharded_checkpoint,
-    shard_frozen,
-    sharded_state,
-    teacher_sources,
-    use_shard_units,
-)
-from fieldkit.distill.student import make_student, trainable_state
-from fieldkit.errors import CheckpointError, FieldkitError
-from fieldkit.eval.grid import save_grid
-from fieldkit.eval.report import Score, evaluate
-from fieldkit.flow import generate, rollout_sigmas
-from fieldkit.graph.builder import BuildContext
+from fieldkit.distill.callbacks import Callback, SampleGrid, StepReport, every, state_key
+from fieldkit.distill.interval import IntervalMeans
+from fieldkit.distill.outputs import RunLogger, default_callbacks
+from fieldkit.distill.session import Session, precision_context
+from fieldkit.distill.sharding import full_tensor
+from fieldkit.errors import FieldkitError, PluginError
+from fieldkit.eval.report import Score
 from fieldkit.graph.loader import Graph
-from fieldkit.graph.schema import FsdpSpec
-from fieldkit.models.lora import merge_and_strip
-from fieldkit.protocols import LossInputs, Method, Router
+from fieldkit.graph.schema import RunSpec
+from fieldkit.protocols import LossInputs, Route
 
-GENERATORS = ("router", "data", "noise")
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Sample-forwards of one update: the student's with gradients (``train``, each also a backward), the
+    student's without (``rollout``), and the route fields' networks (``teacher``)."""
+
+    train: int = 0
+    rollout: int = 0
+    teacher: int = 0
+
+    @property
+    def total(self) -> int:
+        """Model passes per sample, a backward counted as two forwards: ``rollout + teacher + 3 train``."""
+        return self.rollout + self.teacher + 3 * self.train
+
+
+@dataclass(frozen=True)
+class Update:
+    """One optimizer update: the routes its micro-batches drew (in order, each once), the global batch's
+    mean loss and each route's, the gradient norm before clipping, the learning rate it used, whether it was
+    applied (``finite``), its passes, rollout cost and timings (seconds)."""
+
+    routes: tuple[str, ...]
+    loss: float
+    route_losses: dict[str, float]
+    grad_norm: float
+    lr: float
+    finite: bool
+    passes: Passes
+    rollout_nfe: int
+    rollout_samples: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self, step: int) -> dict[str, Any]:
+        """Its log record, as ``metrics.jsonl`` writes it (``step``: the step it makes)."""
+        return {
+            "step": step,
+            "route": "+".join(self.routes),
+            "loss": self.loss,
+            **{f"loss/{name}": value for name, value in self.route_losses.items()},
+            "grad_norm": self.grad_norm,
+            "lr": self.lr,
+            "rollout_nfe": self.rollout_nfe,
+            "rollout_samples": self.rollout_samples,
+            "passes": self.passes.total,
+            "time/step": self.seconds,
+            **{f"time/{k}": v for k, v in self.timings.items()},
+            "steps_per_s": 1.0 / self.seconds if self.seconds > 0 else 0.0,
+            "finite": self.finite,
+        }
 
 
 @dataclass
@@ -95,63 +114,8 @@ class RunResult:
     scores: list[Score] = field(default_factory=list)
 
 
-def make_accelerator(
-    device: str, precision: str = "fp32", parallel: str = "ddp", fsdp: FsdpSpec | None = None
-) -> Accelerator:
-    """An Accelerator for ``run.device`` (auto/cpu/cuda[:N]/mps); with several processes, DDP or (``parallel``
-    ``fsdp``) FSDP2 with the settings ``fsdp`` (:func:`~fieldkit.distill.sharding.enable_fsdp`). One process
-    is never sharded: ``fsdp`` there is plain training.
-
-    Mixed precision is the engine's own autocast (:func:`precision_context`), not accelerate's: accelerate
-    keeps one process-wide state that refuses a second precision, and a process may run several graphs.
-    A launcher's ``--mixed_precision`` (``ACCELERATE_MIXED_PRECISION``) that disagrees with ``run.precision``
-    is refused rather than silently changing the losses that graph.json says were fp32.
-    """
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if launched not in ("no", {"fp32": "no"}.get(precision, precision)):
-        raise FieldkitError(
-            f"accelerate was launched with mixed precision {launched!r} (ACCELERATE_MIXED_PRECISION) but "
-            f"run.precision is {precision!r}; fieldkit applies precision itself, from the graph",
-            hint=f"set run.precision: {launched} in the graph, or launch with --mixed_precision no",
-        )
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FieldkitError(f"run.device is {device!r} but CUDA is not available", hint="use run.device=auto")
-    if device.startswith("cuda:"):
-        torch.cuda.set_device(int(device.split(":", 1)[1]))
-    cpu = device == "cpu" or (
-        device == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    )
-    # A student's parameters may go unused in a step (MMDiT's text layers when a route has no text; an
-    # edit route's source path): DDP must look for them rather than wait for their gradients forever.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    acc = Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=[ddp])
-    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched_world != acc.num_processes:
-        raise FieldkitError(
-            f"launched as {launched_world} processes, but accelerate joined {acc.num_processes} "
-            f"(run.device is {device!r}); each process would train and write on its own",
-            hint="on CPUs set run.device: cpu; on GPUs check that every process sees one",
-        )
-    if parallel == "fsdp" and acc.num_processes > 1:
-        enable_fsdp(acc, fsdp or FsdpSpec())
-    return acc
-
-
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` to bf16 for ``run.precision: bf16`` (weights, grads and optimizer stay fp32)."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise FieldkitError("run.precision is bf16 but this GPU has no bf16 support", hint="use fp32")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _output_path(graph: Graph, out: str | Path | None) -> str:
-    return str(out) if out is not None else graph.spec.run.out.format(graph=graph.name)
-
-
 class Engine:
-    """Builds a graph's router, method and student and trains the student."""
+    """Trains a graph's student: the loop over a :class:`Session` built from ``graph`` (same arguments)."""
 
     def __init__(
         self,
@@ -163,252 +127,66 @@ class Engine:
         accelerator: Accelerator | None = None,
         write: bool = True,
     ) -> None:
-        spec = graph.spec
-        if spec.student is None:
-            raise FieldkitError("the graph has no 'student' section", hint="add student: {init: FIELD_NAME}")
-        if not spec.routes:
-            raise FieldkitError("the graph has no routes to train on", hint="add a 'routes' section")
-        self.graph = graph
-        self.run_spec = spec.run
-        self.accelerator = accelerator or make_accelerator(
-            spec.run.device, spec.run.precision, spec.run.parallel, spec.run.fsdp
+        self.session = Session(
+            graph, out, resume=resume, show_progress=show_progress, accelerator=accelerator, write=write
         )
-        acc = self.accelerator
-        # Checked and locked before anything is built; only the main process writes into it.
-        self.folder = open_for_processes(_output_path(graph, out), resume, acc) if write else None
-        self.out = self.folder.path if self.folder is not None else None
-        resume = self.folder.resume if self.folder is not None else None
-        self.ctx = BuildContext(graph, device=acc.device)
-        self.router: Router = self.ctx.router()
-        self.method: Method = self.ctx.method()
-        init = self.ctx.field(spec.student.init)
-        steps, shape = self.method.rollout_steps(spec.flow.steps), tuple(self.router.routes[0].data.shape)
-        self.sigmas = rollout_sigmas(spec.flow.schedule, steps, spec.flow.shift, init, shape).to(acc.device)
-        seed = spec.run.seed
-        # Seeded before the student is made: LoRA adapters are initialised from the global RNG.
-        torch.manual_seed(seed + acc.process_index)
-        student = make_student(init, spec.student).to(acc.device)
-        # run.compile: the student's and the teachers' forwards, per block, in place (fieldkit.compile).
-        compile_fields([student, *(route.field for route in self.router.routes)], spec.run.compile)
-        #: FSDP: the student's parameters are shards; reading its full weights is a collective.
-        self.sharded = acc.distributed_type == DistributedType.FSDP
-        self.shard = Shard(acc.process_index, acc.num_processes, lockstep=self.sharded)
-        self._plain: PlainCopy | None = None
-        if self.sharded:
-            self._plain = PlainCopy(student)
-            broadcast_from_main(student)
-            use_shard_units(acc, student)
-            if spec.run.fsdp.teachers == "shard":
-                teachers = [route.field for route in self.router.routes]
-                for source in teacher_sources(teachers, self.ctx.built_fields()):
-                    shard_frozen(source, acc.device)
-        optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], spec.run)
-        self.lr_schedule = make_lr_schedule(optimizer, spec.run)
-        self.model, self.optimizer = acc.prepare(student, optimizer)
-        self.student: nn.Module = acc.unwrap_model(self.model)
-        # After prepare: FSDP replaces the parameters with sharded ones (and points the optimizer at them).
-        self.params = [p for p in self.student.parameters() if p.requires_grad]
-        self.ema = EMA(self.student, spec.student.ema) if spec.student.ema else None
-        # Same streams on every process: the global batch is drawn everywhere and sharded (see Shard).
-        self.generators = {
-            name: torch.Generator().manual_seed(seed * 1000 + i) for i, name in enumerate(GENERATORS)
-        }
-        self._step = 0
-        self._bad_steps = 0
         self.history: list[dict[str, Any]] = []
-        self.checkpoint: Path | None = None
         self.scores: list[Score] = []
-        self.show_progress = show_progress
+        self._interval = IntervalMeans(self.session.loop_state.get("interval", []))
         self._callbacks: list[Callback] = []
         self._stop: str | None = None
-        for note in self.folder.notes if self.folder is not None else []:
-            self._note(f"[yellow]note:[/] {escape(note)}", always=True)
-        self._resume_from(resume)
-        check_routes(
-            self.ctx,
-            self.router.routes,
-            self.student,
-            self.sigmas,
-            precision_context(spec.run.precision, acc.device),
-        )
+        self._view = _View(self)
 
     @property
     def step(self) -> int:
         """Optimizer updates applied so far (read-only: only the loop moves it)."""
-        return self._step
+        return self.session.step
 
     @property
     def bad_steps(self) -> int:
         """Updates skipped for a non-finite loss or gradient so far (read-only)."""
-        return self._bad_steps
+        return self.session.bad_steps
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """End :meth:`steps` after the current update, as if ``run.steps`` were reached."""
         self._stop = reason
 
-    # -- state ------------------------------------------------------------------------------------------
-    def _rng_state(self) -> dict[str, Tensor]:
-        state = {name: g.get_state() for name, g in self.generators.items()}
-        state["torch"] = torch.get_rng_state()
-        return state
-
-    def _state(self) -> TrainState:
-        scalars = {
-            "bad_steps": self.bad_steps,
-            "processes": self.accelerator.num_processes,
-            "lr_schedule": self.lr_schedule.state_dict(),
-        }
-        if self.sharded:  # the weights, optimizer and EMA are the shard files (sharded_state)
-            return TrainState(self.step, {}, {}, self._rng_state(), None, scalars, sharded=True)
-        ema = self.ema.state_dict() if self.ema is not None else None
-        return TrainState(
-            self.step,
-            trainable_state(self.student),
-            self.optimizer.state_dict(),
-            self._rng_state(),
-            ema,
-            scalars,
-        )
-
-    def _resume_from(self, which: str | None) -> None:
-        if which is None:
-            return
-        assert self.out is not None
-        path, state, skipped = load_resumable(self.out / "checkpoints", which, self._load_fitting)
-        for reason in skipped:
-            self._note(f"[yellow]skipping a bad checkpoint:[/] {escape(reason.message)}", always=True)
-        if path is None or state is None:
-            newest = skipped[0].message if skipped else None
-            raise CheckpointError(
-                f"{self.out / 'checkpoints'}: no checkpoint to resume from"
-                + (f" (the newest one: {newest})" if newest else ""),
-                hint=(skipped[0].hint if skipped else None)
-                or "start without --resume, or point --resume at a checkpoint folder",
-            )
-        for group in self.optimizer.param_groups:  # the graph's settings win over the checkpoint's
-            group["weight_decay"] = self.run_spec.weight_decay
-        restore_lr_schedule(self.lr_schedule, state.scalars.get("lr_schedule"), state.step, self.run_spec)
-        saved_world = int(state.scalars.get("processes", self.shard.world))
-        if saved_world != self.shard.world:
-            self._note(
-                f"[yellow]note:[/] the run was written by {saved_world} process(es) and resumes on "
-                f"{self.shard.world}: the global batch changes from {saved_world * self.run_spec.batch_size} "
-                f"to {self.shard.world * self.run_spec.batch_size}",
-                always=True,
-            )
-        for name, gen in self.generators.items():
-            gen.set_state(state.rng[name])
-        torch.set_rng_state(state.rng["torch"])
-        if self.ema is not None and state.ema is not None:
-            self.ema.load_state_dict(state.ema)
-        self._step = state.step
-        self._bad_steps = int(state.scalars.get("bad_steps", 0))
-        self.checkpoint = path
-        self._trim_metrics(state.step)
-        self._note(f"resumed from {escape(str(path))} at step {state.step}")
-
-    def _load_fitting(self, path: Path, state: TrainState) -> None:
-        """Load a checkpoint's student and optimizer state, or raise CheckpointError (changing nothing)
-        when they, or its RNG states, do not fit this run."""
-        fresh = {name: g.get_state() for name, g in self.generators.items()}
-        fresh["torch"] = torch.get_rng_state()
-        if any(name not in state.rng or state.rng[name].shape != t.shape for name, t in fresh.items()):
-            raise CheckpointError(f"{path}: its RNG states do not fit this run")
-        if state.sharded or self.sharded:
-            self._load_shards(path, state)
-            return
-        trained = {k: v.clone() for k, v in trainable_state(self.student).items()}
-        try:
-            missing, unexpected = self.student.load_state_dict(state.student, strict=False)
-        except RuntimeError:  # shape mismatches raise even when not strict
-            missing, unexpected = [], ["(a tensor of another shape)"]
-        try:
-            if unexpected or set(trained) & set(missing):
-                raise CheckpointError(
-                    f"{path}: its weights do not fit this graph's student",
-                    hint="resume with the same graph (and student settings) that wrote it",
-                )
-            check_optimizer_state(path, state.optimizer, self.params)
-            try:
-                self.optimizer.load_state_dict(state.optimizer)
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise CheckpointError(f"{path}: its optimizer state does not fit this run: {exc}") from None
-        except CheckpointError:
-            self.student.load_state_dict(trained, strict=False)
-            raise
-
-    def _load_shards(self, path: Path, state: TrainState) -> None:
-        """Load an FSDP checkpoint into this run's shards, or raise CheckpointError when it is not one
-        written by this many processes (or this run is not sharded)."""
-        saved = state.scalars.get("processes")
-        world = self.accelerator.num_processes
-        if not state.sharded:
-            raise CheckpointError(
-                f"{path}: it holds whole weights (written without FSDP), and this run shards them",
-                hint="resume it with run.parallel: ddp (and the processes that wrote it)",
-            )
-        if not self.sharded or saved != world:
-            which = (
-                f"this run has {world}" if saved != world else "this run does not shard (run.parallel: ddp)"
-            )
-            raise CheckpointError(
-                f"{path}: it holds FSDP shards written by {saved} process(es); {which}",
-                hint=f"resume it with run.parallel: fsdp on {saved} processes (accelerate launch "
-                f"--num_processes {saved})",
-            )
-        ema = self.ema.shadow if self.ema is not None else None
-        load_shards(path, self.student, self.optimizer.optimizer, ema)
-
-    def _trim_metrics(self, step: int) -> None:
-        """Drop metric lines written after the checkpoint we resume from (a torn last line too)."""
-        assert self.out is not None
-        if self.accelerator.is_main_process:
-            for note in trim_metrics(self.out / "metrics.jsonl", step):
-                self._note(f"[yellow]note:[/] {escape(note)}", always=True)
-
-    def _note(self, message: str, always: bool = False) -> None:
-        """Print on the main process; warnings (``always``) also print when progress output is off."""
-        if self.accelerator.is_main_process and (self.show_progress or always):
-            from rich.console import Console
-
-            Console(stderr=True).print(message)
-
     # -- one optimizer update ------------------------------------------------------------------------
-    def update(self) -> dict[str, Any]:
-        """One optimizer update (all its micro-batches); returns its log record (``finite``: applied)."""
-        acc, run = self.accelerator, self.run_spec
-        plan = self.router.plan(run.grad_accum, self.generators["router"])
+    def update(self) -> Update:
+        """One optimizer update (all its micro-batches), applied when its loss and gradient are finite."""
+        s = self.session
+        acc, run = s.accelerator, s.run_spec
+        plan = s.router.plan(run.grad_accum, s.generators["router"])
         losses: dict[str, list[Tensor]] = defaultdict(list)
         timings: dict[str, float] = defaultdict(float)
         nfe = rollout_samples = 0
         t_start = time.perf_counter()
-        for i, index in enumerate(plan):
-            route = self.router.routes[index]
-            batch = route.data.sample(run.batch_size * self.shard.world, self.generators["data"]).to(
-                acc.device
-            )
-            sync = acc.no_sync(self.model) if i < len(plan) - 1 else contextlib.nullcontext()
-            with sync:
-                with precision_context(run.precision, acc.device):  # forwards only; backward follows them
-                    inputs = LossInputs(
-                        student=self.model,
-                        policy=self.student,
-                        target=self.router.target(index),
-                        batch=batch,
-                        shape=tuple(route.data.shape),
-                        sigmas=self.sigmas,
-                        generator=self.generators["noise"],
-                        shard=self.shard,
-                    )
-                    out = self.method.loss(inputs)
-                t0 = time.perf_counter()
-                acc.backward(out.loss / len(plan))
-                timings["student_backward"] += time.perf_counter() - t0
-            losses[route.name].append(out.loss.detach().float())
-            nfe += out.rollout_nfe
-            rollout_samples += out.rollout_samples
-            for key, seconds in out.timings.items():
-                timings[key] += seconds
+        with count_passes(s.student, s.teachers) as passes:
+            for i, index in enumerate(plan):
+                route = s.router.routes[index]
+                batch = route.data.sample(run.batch_size * s.shard.world, s.generators["data"]).to(acc.device)
+                sync = acc.no_sync(s.model) if i < len(plan) - 1 else contextlib.nullcontext()
+                with sync:
+                    with precision_context(run.precision, acc.device):  # forwards only; backward follows
+                        inputs = LossInputs(
+                            student=s.model,
+                            policy=s.student,
+                            target=s.router.target(index),
+                            batch=batch,
+                            shape=tuple(route.data.shape),
+                            sigmas=s.sigmas[route.name],
+                            generator=s.generators["noise"],
+                            shard=s.shard,
+                        )
+                        out = s.method.loss(inputs)
+                    t0 = time.perf_counter()
+                    acc.backward(out.loss / len(plan))
+                    timings["student_backward"] += time.perf_counter() - t0
+                losses[route.name].append(out.loss.detach().float())
+                nfe += out.rollout_nfe
+                rollout_samples += out.rollout_samples
+                for key, seconds in out.timings.items():
+                    timings[key] += seconds
         # The global batch's losses (each process's shard averaged in one all-reduce): every process logs
         # what one process would, and all take the same finite / non-finite decision below.
         means = [torch.stack(v).mean() for v in losses.values()]
@@ -418,31 +196,28 @@ class Engine:
             reduced = acc.reduce(reduced, "mean")
         *route_means, total = reduced.tolist()
         clip = run.grad_clip if run.grad_clip is not None else math.inf
-        grad_norm = float(full_tensor(acc.clip_grad_norm_(self.params, clip)))
+        grad_norm = float(full_tensor(acc.clip_grad_norm_(s.params, clip)))
         finite = math.isfinite(total) and math.isfinite(grad_norm)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = s.optimizer.param_groups[0]["lr"]
         if finite:
-            self.optimizer.step()
-            self.lr_schedule.step()
-            if self.ema is not None:
-                self.ema.update(self.student)
-        self.optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t_start
-        record: dict[str, Any] = {
-            "step": self.step + 1,
-            "route": "+".join(dict.fromkeys(self.router.routes[i].name for i in plan)),
-            "loss": total,
-            **{f"loss/{name}": value for name, value in zip(losses, route_means, strict=True)},
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "rollout_nfe": nfe,
-            "rollout_samples": rollout_samples,
-            "time/step": elapsed,
-            **{f"time/{k}": v for k, v in timings.items()},
-            "steps_per_s": 1.0 / elapsed if elapsed > 0 else 0.0,
-            "finite": finite,
-        }
-        return record
+            s.optimizer.step()
+            s.lr_schedule.step()
+            if s.ema is not None:
+                s.ema.update(s.student)
+        s.optimizer.zero_grad(set_to_none=True)
+        return Update(
+            routes=tuple(dict.fromkeys(s.router.routes[i].name for i in plan)),
+            loss=total,
+            route_losses=dict(zip(losses, route_means, strict=True)),
+            grad_norm=grad_norm,
+            lr=lr,
+            finite=finite,
+            passes=Passes(**passes),
+            rollout_nfe=nfe,
+            rollout_samples=rollout_samples,
+            seconds=time.perf_counter() - t_start,
+            timings=dict(timings),
+        )
 
     # -- the loop ---------------------------------------------------------------------------------------
     def steps(self, callbacks: Sequence[Callback] = ()) -> Generator[StepReport, None, None]:
@@ -451,186 +226,212 @@ class Engine:
         ``callbacks`` get their hooks called in order (see :mod:`fieldkit.distill.callbacks`). Breaking out of
         the loop ends it without ``on_run_end``; ``request_stop`` ends it with it.
         """
-        run = self.run_spec
+        s, run = self.session, self.session.run_spec
         self._callbacks, self._stop = list(callbacks), None
+        view = self._view
+        saved = self.session.loop_state.get("callbacks", {})
         consecutive_bad = 0
         try:
             for cb in self._callbacks:
-                cb.on_run_start(self)
+                if isinstance(saved, dict) and isinstance(saved.get(state_key(cb)), dict):
+                    cb.load_state_dict(saved[state_key(cb)])
+                cb.on_run_start(view)
             with use_backend(run.attention) if run.attention else contextlib.nullcontext():
-                while self._step < run.steps and self._stop is None:
-                    record = self.update()
-                    applied = bool(record["finite"])
-                    if applied:
+                while s.step < run.steps and self._stop is None:
+                    update = plugin_code(self.update, s.step)
+                    means = None
+                    if update.finite:
                         consecutive_bad = 0
-                        self._step += 1
+                        s.step += 1
+                        record = update.record(s.step)
                         self.history.append(record)
+                        self._interval.add(record)
+                        if _log_now(run, s.step):
+                            means = self._interval.flush()
                     else:
-                        self._bad_steps += 1
+                        s.bad_steps += 1
                         consecutive_bad += 1
                         if consecutive_bad >= run.max_bad_steps:
-                            last = self.checkpoint or "none was written"
+                            last = s.checkpoint or "none was written"
                             raise FieldkitError(
                                 f"{consecutive_bad} optimizer steps in a row had a non-finite loss or "
-                                "gradient; "
-                                f"stopped at step {self._step} (last good checkpoint: {last})",
+                                f"gradient; stopped at step {s.step} (last good checkpoint: {last})",
                                 hint="lower run.lr, enable run.grad_clip, or check the teachers' outputs",
                             )
-                        record["bad_steps"] = self._bad_steps
-                    report = StepReport(self._step, applied, self._bad_steps, record)
+                        record = {**update.record(s.step + 1), "bad_steps": s.bad_steps}
+                    report = StepReport(s.step, update.finite, s.bad_steps, update, record, means)
                     for cb in self._callbacks:
-                        cb.on_update_end(self, report)
+                        cb.on_update_end(view, report)
                     yield report
             for cb in self._callbacks:
-                cb.on_run_end(self)
+                cb.on_run_end(view)
         finally:
             callbacks_now, self._callbacks = self._callbacks, []
             for cb in callbacks_now:
-                cb.teardown(self)
-            if self.folder is not None:  # the run is over, however it ended: the folder is free
-                self.folder.release()
+                cb.teardown(view)
+            s.release()  # the run is over, however it ended: the folder is free
 
-    def run(self, callbacks: Sequence[Callback] = ()) -> RunResult:
-        """:meth:`steps` with the default callbacks (then ``callbacks``); returns the result (the student is
-        the unwrapped, trained module)."""
-        everything = [*default_callbacks(), *callbacks]
+    def run(
+        self, callbacks: Sequence[Callback] = (), *, replace: Mapping[str, Callback | None] | None = None
+    ) -> RunResult:
+        """:meth:`steps` with the default callbacks (``replace`` swaps or drops some by name, see
+        :func:`~fieldkit.distill.outputs.default_callbacks`), then ``callbacks``; returns the result (the
+        student is the unwrapped, trained module)."""
+        everything = [*default_callbacks(**(replace or {})), *callbacks]
         for _ in self.steps(everything):
             pass
-        log = next(cb.log for cb in everything if isinstance(cb, RunLogger))
-        assert log is not None
+        log = next((cb.log for cb in everything if isinstance(cb, RunLogger)), None)
+        losses = log.route_loss if log is not None else {}
+        s = self.session
         return RunResult(
-            self.out,
-            self.step,
-            self.bad_steps,
-            self.checkpoint,
-            dict(log.route_steps),
-            {r: sum(v[-20:]) / len(v[-20:]) for r, v in log.route_loss.items() if v},
-            self.student,
+            s.out,
+            s.step,
+            s.bad_steps,
+            s.checkpoint,
+            dict(log.route_steps) if log is not None else {},
+            {r: sum(v[-20:]) / len(v[-20:]) for r, v in losses.items() if v},
+            s.student,
             self.history,
             self.scores,
         )
 
-    def evaluate(self, samples: int | None = None) -> list[Score]:
-        """Score every route's field and the student with the routes' metrics (empty when none are set);
-        the callbacks' ``on_evaluation`` hooks see the scores."""
-        routes = self.router.routes
-        if not any(r.metrics for r in routes):
-            return []
-        fields = {str(self.graph.spec.routes[r.name].field): r.field for r in routes if r.field is not None}
-        self.scores = evaluate(
-            {**fields, "student": self.inference_model()},
-            routes,
-            self.sigmas,
-            samples or self.run_spec.eval_samples,
-            device=self.accelerator.device,
-        )
+    def _loop_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps beside the weights: the open logging interval and the callbacks' states."""
+        states = {state_key(cb): cb.state_dict() for cb in self._callbacks}
+        return {"interval": self._interval.records, "callbacks": {k: v for k, v in states.items() if v}}
+
+    def _publish(self, hook: str, *args: Any) -> None:
         for cb in self._callbacks:
-            cb.on_evaluation(self, self.scores)
-        return self.scores
+            getattr(cb, hook)(self._view, *args)
+
+
+class _View:
+    """The :class:`~fieldkit.distill.callbacks.RunView` of an engine's run."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine, self._s = engine, engine.session
+
+    @property
+    def graph(self) -> Graph:
+        return self._s.graph
+
+    @property
+    def run_spec(self) -> RunSpec:
+        return self._s.run_spec
+
+    @property
+    def out(self) -> Path | None:
+        return self._s.out
+
+    @property
+    def step(self) -> int:
+        return self._s.step
+
+    @property
+    def bad_steps(self) -> int:
+        return self._s.bad_steps
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self._s.accelerator.is_main_process)
+
+    @property
+    def sharded(self) -> bool:
+        return self._s.sharded
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = self._s.accelerator.device
+        return device
+
+    @property
+    def show_progress(self) -> bool:
+        return self._s.show_progress
+
+    @property
+    def routes(self) -> Sequence[Route]:
+        return self._s.routes
+
+    def field_name(self, route: str) -> str | None:
+        return self._s.field_name(route)
+
+    def sigmas(self, route: str) -> Tensor:
+        return self._s.sigmas[route]
 
     def inference_model(self) -> nn.Module:
-        """The student as it is exported and evaluated: EMA weights when EMA is on, LoRA merged, eval mode.
+        return self._s.inference_model()
 
-        Under FSDP (``self.sharded``) this is a collective that every process must call: each gets a plain,
-        whole copy gathered from the shards.
-        """
-        if self._plain is None:
-            return export_model(self.student, self.ema)
-        model = self._plain.build(full_state(self.student), self.accelerator.device)
-        if self.ema is not None:
-            self.ema.copy_to(model)
-        return export_model(model)
+    def save_checkpoint(self) -> Path | None:
+        return self._s.save(self._engine._loop_state())
 
-    # -- outputs (main process writes; every process waits) -----------------------------------------------
-    def save(self) -> Path | None:
-        """Write a checkpoint of the current state (atomic; keeps the newest ``run.keep_last``)."""
-        acc = self.accelerator
-        if self.out is None:
-            return None
-        # The state at a step that already has its checkpoint (checkpoint_every, then the end of the run; or
-        # a resumed run with nothing left to do) is that checkpoint: never delete and rewrite it.
-        root = self.out / "checkpoints"
-        done = self.checkpoint == checkpoint_path(root, self.step)
-        if not (done and self.checkpoint is not None and self.checkpoint.is_dir()):
-            if self.sharded:  # every process writes its shards
-                ema = self.ema.shadow if self.ema is not None else None
-                shards = sharded_state(self.student, self.optimizer.optimizer, ema)
-                save_sharded_checkpoint(acc, root, self._state(), shards, self.run_spec.keep_last)
-            elif acc.is_main_process:
-                save_checkpoint(root, self._state(), self.run_spec.keep_last)
-        acc.wait_for_everyone()
-        self.checkpoint = checkpoint_path(root, self.step)
-        for cb in self._callbacks:
-            cb.on_checkpoint(self, self.checkpoint)
-        return self.checkpoint
+    def barrier(self) -> None:
+        self._s.accelerator.wait_for_everyone()
 
-    def sample_grids(self, n: int = 8, seed: int = 1234) -> list[Path]:
-        """One PNG per route: the route's field (or its data) in the top row, the student below. Under FSDP
-        every process computes them (sharded forwards are collectives); the main process writes."""
-        acc = self.accelerator
-        paths: list[Path] = []
-        if self.out is None or not (acc.is_main_process or self.sharded):
-            return paths
-        policy = self.inference_model()
-        for route in self.router.routes:
-            bucket = evaluation_bucket(route.data)
-            batch = bucket.sample(n, torch.Generator().manual_seed(seed))
-            shape = tuple(route.data.shape)
-            rows, labels = [], []
-            if batch.source is not None:  # an edit route: its source images first
-                rows.append(batch.source)
-                labels.append("source")
-            field_name = self.graph.spec.routes[route.name].field
-            if route.field is not None:
-                labels.append(f"teacher: {field_name}")
-                rows.append(
-                    generate(
-                        route.field,
-                        batch.cond,
-                        shape,
-                        self.sigmas,
-                        torch.Generator().manual_seed(seed),
-                        acc.device,
-                    )
-                )
-            elif batch.target is not None:
-                rows.append(batch.target)
-                labels.append("data")
-            rows.append(
-                generate(
-                    policy, batch.cond, shape, self.sigmas, torch.Generator().manual_seed(seed), acc.device
-                )
-            )
-            labels.append("student")
-            if acc.is_main_process:
-                path = self.out / "samples" / f"step-{self.step:08d}-{route.name}.png"
-                paths.append(save_grid(rows, path, row_labels=labels, captions=batch_captions(bucket, batch)))
-        return paths
+    def request_stop(self, reason: str = "stop requested") -> None:
+        self._engine.request_stop(reason)
 
-    def export(self) -> Path | None:
-        """Save the student (EMA weights when on, LoRA merged) where ``fieldkit.checkpoint`` reads it."""
-        acc = self.accelerator
-        if self.out is None:
-            return None
-        target = self.out / "student"
-        model = self.inference_model() if acc.is_main_process or self.sharded else None
-        if model is not None and acc.is_main_process:
-            with atomic_path(target, folder=True) as tmp:
-                save_pretrained = getattr(model, "save_pretrained", None)
-                if callable(save_pretrained):
-                    save_pretrained(tmp)
-                else:  # a model without its own format: its weights alone
-                    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-                    save_file(weights, tmp / "model.safetensors")
-        acc.wait_for_everyone()
-        return target
+    def publish_samples(self, grids: Sequence[SampleGrid]) -> None:
+        self._engine._publish("on_samples", grids)
+
+    def publish_checkpoint(self, path: Path) -> None:
+        self._engine._publish("on_checkpoint", path)
+
+    def publish_scores(self, scores: Sequence[Score]) -> None:
+        self._engine.scores = list(scores)
+        self._engine._publish("on_evaluation", scores)
 
 
-def export_model(student: nn.Module, ema: EMA | None = None) -> nn.Module:
-    """A plain copy of the student for export: EMA weights applied, LoRA adapters merged and removed."""
-    import copy
+def _log_now(run: RunSpec, step: int) -> bool:
+    """Whether ``step`` ends a logging interval (every ``run.log_every`` steps, and the last)."""
+    return every(step, run.log_every) or step == run.steps
 
-    model = copy.deepcopy(student)
-    if ema is not None:
-        ema.copy_to(model)
-    return merge_and_strip(model).eval()
+
+@contextlib.contextmanager
+def count_passes(student: nn.Module, teachers: Sequence[nn.Module]) -> Iterator[dict[str, int]]:
+    """Count sample-forwards while the block runs (forward hooks, removed on exit, so evaluations between
+    updates and copies of the student made from it count nothing): ``train`` and ``rollout`` for the
+    student's forwards with and without gradients, ``teacher`` for the ``teachers``'."""
+    count = {"train": 0, "rollout": 0, "teacher": 0}
+
+    def rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        x = args[0] if args else kwargs.get("x")
+        return int(x.shape[0]) if isinstance(x, Tensor) and x.dim() > 0 else 0
+
+    def on_student(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any) -> None:
+        count["train" if torch.is_grad_enabled() else "rollout"] += rows(args, kwargs)
+
+    def on_teacher(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any) -> None:
+        count["teacher"] += rows(args, kwargs)
+
+    handles = [student.register_forward_hook(on_student, with_kwargs=True)]
+    handles += [t.register_forward_hook(on_teacher, with_kwargs=True) for t in teachers if t is not student]
+    try:
+        yield count
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def plugin_code(call: Any, step: int) -> Update:
+    """``call()``, where a ``sys.exit`` from the plugins it runs (fields, methods, routers, buckets) is an
+    error that names where it was called, never a quiet exit that leaves no checkpoint or student."""
+    try:
+        result: Update = call()
+    except SystemExit as exc:
+        raise PluginError(
+            f"{_raised_at(exc)}: sys.exit({exc.code!r}) was called during training (update {step + 1}); "
+            "fieldkit treats it as an error: the run stopped without finishing",
+            hint="a field, method, router or data bucket must raise an exception, not exit the process",
+        ) from exc
+    return result
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``file:line (in function)`` of the innermost frame of ``exc``'s traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "<unknown>"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename}:{tb.tb_lineno} (in {code.co_name})"

@@ -15,8 +15,9 @@ LAST = ("step", "lr", "finite", "bad_steps")
 class IntervalMeans:
     """Collects log records with :meth:`add`; :meth:`flush` returns their mean record and starts anew."""
 
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
+    def __init__(self, records: list[dict[str, Any]] | None = None) -> None:
+        #: The interval's records so far (what a checkpoint keeps, so a resumed run logs the same means).
+        self.records: list[dict[str, Any]] = list(records or [])
 
     def add(self, record: dict[str, Any]) -> None:
         self.records.append(record)

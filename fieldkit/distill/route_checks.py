@@ -6,7 +6,7 @@ graph is validated.)"""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,19 +24,20 @@ def check_routes(
     ctx: BuildContext,
     routes: Sequence[Route],
     student: nn.Module,
-    sigmas: Tensor,
+    sigmas: Mapping[str, Tensor],
     autocast: contextlib.AbstractContextManager[object] | None = None,
 ) -> None:
     """Call every route's field and the student once (on states of the route's data shape, at the first
-    sigma of the rollout) and check what they return: a velocity shaped like the state, floating point."""
-    device = sigmas.device
+    sigma of the route's rollout, ``sigmas[route.name]``) and check what they return: a velocity shaped like
+    the state, floating point."""
+    device = next(iter(sigmas.values())).device
     forks = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forks), torch.no_grad():  # the training RNG streams stay untouched
         for route in routes:
             shape = tuple(route.data.shape)
             batch = route.data.sample(PROBE, torch.Generator().manual_seed(0)).to(device)
             x = torch.randn((PROBE, *shape), generator=torch.Generator().manual_seed(0)).to(device)
-            sigma = sigmas[:1].expand(PROBE)
+            sigma = sigmas[route.name][:1].expand(PROBE)
             node = ctx.graph.spec.routes[route.name].field
             models: list[tuple[VelocityField, tuple[str | int, ...], str]] = [
                 (student, ("student", "init"), "the student")

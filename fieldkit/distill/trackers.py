@@ -12,24 +12,21 @@ comes from ``run.tracker`` (project, name, tags, dir), else the tracker's own en
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
 from rich.console import Console
 
-from fieldkit.distill.callbacks import Callback, StepReport, _every, graph_as_run, log_now
-from fieldkit.distill.interval import IntervalMeans
+from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport
+from fieldkit.distill.outputs import graph_as_run
 from fieldkit.errors import FieldkitError
 from fieldkit.eval.results import Score
 from fieldkit.graph.schema import TRACKERS, TrackerSpec
 
 if TYPE_CHECKING:
     from accelerate.tracking import GeneralTracker
-
-    from fieldkit.distill.engine import Engine
 
 #: The package each tracker needs (``run.report_to: all`` takes those installed).
 PACKAGES = {name: name for name in TRACKERS}
@@ -159,23 +156,22 @@ def make_trackers(names: list[str], spec: TrackerSpec, run_folder: Path) -> list
 
 
 class Trackers(Callback):
-    """Feeds ``run.report_to``'s trackers (see the module docstring)."""
+    """Feeds ``run.report_to``'s trackers (see the module docstring): the interval means the loop reports,
+    the grids and scores other callbacks publish."""
 
     def __init__(self) -> None:
         self.trackers: list[GeneralTracker] = []
-        self.interval = IntervalMeans()
-        self.grids_step = -1  # the step whose grids were last sent (the end of a run may repeat it)
 
-    def on_run_start(self, engine: Engine) -> None:
-        names = engine.run_spec.report_to
-        if not names or not engine.accelerator.is_main_process or engine.out is None:
+    def on_run_start(self, run: RunView) -> None:
+        names = run.run_spec.report_to
+        if not names or not run.is_main or run.out is None:
             return
-        started = make_trackers(list(names), engine.run_spec.tracker, engine.out)
+        started = make_trackers(list(names), run.run_spec.tracker, run.out)
         self.trackers = [tracker for tracker, _ in started]
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             "\n".join(f"tracker {line}" for _, line in started), markup=False
         )
-        hparams = flat_hparams(graph_as_run(engine))
+        hparams = flat_hparams(graph_as_run(run))
         for tracker in self.trackers:
             tracker.store_init_configuration(hparams)
 
@@ -188,37 +184,22 @@ class Trackers(Callback):
         for tracker in self.trackers:
             tracker.log(scalars, step=step)
 
-    def _log_grids(self, engine: Engine) -> None:
-        assert engine.out is not None
-        if self.grids_step == engine.step:
-            return
-        self.grids_step = engine.step
-        for png in sorted((engine.out / "samples").glob(f"step-{engine.step:08d}-*.png")):
-            route = png.stem.split("-", 2)[2]
-            image = np.asarray(Image.open(png).convert("RGB"))
+    def on_update_end(self, run: RunView, report: StepReport) -> None:
+        if self.trackers and report.applied and report.means is not None:
+            self._log(report.means, report.step)
+
+    def on_samples(self, run: RunView, grids: Sequence[SampleGrid]) -> None:
+        for grid in grids:
             for tracker in self.trackers:
                 extra = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
-                tracker.log_images({f"samples/{route}": image[None]}, step=engine.step, **extra)
+                tracker.log_images({f"samples/{grid.route}": grid.image[None]}, step=grid.step, **extra)
 
-    def on_update_end(self, engine: Engine, report: StepReport) -> None:
-        if not self.trackers or not report.applied:
-            return
-        self.interval.add(report.record)
-        if log_now(engine, report) and (means := self.interval.flush()) is not None:
-            self._log(means, report.step)
-        if _every(report.step, engine.run_spec.sample_every):  # SampleGrids ran before this callback
-            self._log_grids(engine)
-
-    def on_evaluation(self, engine: Engine, scores: list[Score]) -> None:
+    def on_evaluation(self, run: RunView, scores: Sequence[Score]) -> None:
         values = {f"eval/{s.route}/{s.field}/{k}": v for s in scores for k, v in s.values.items()}
         if self.trackers and values:
-            self._log(values, engine.step)
+            self._log(values, run.step)
 
-    def on_run_end(self, engine: Engine) -> None:
-        if self.trackers:
-            self._log_grids(engine)
-
-    def teardown(self, engine: Engine) -> None:
+    def teardown(self, run: RunView) -> None:
         for tracker in self.trackers:
             tracker.finish()
         self.trackers = []

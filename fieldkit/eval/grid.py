@@ -93,9 +93,16 @@ def save_grid(
     captions: Sequence[str] = (),
 ) -> Path:
     """Write the labelled grid of ``rows`` as a PNG, and its labels as JSON beside it (both atomically)."""
+    write_grid(labelled_grid(rows, row_labels, captions, scale=scale), path, row_labels, captions)
+    return path
+
+
+def write_grid(
+    image: Image.Image, path: Path, row_labels: Sequence[str] = (), captions: Sequence[str] = ()
+) -> None:
+    """Write a grid ``image`` as a PNG at ``path`` and its labels as JSON beside it (both atomically)."""
     with atomic_path(path) as tmp:
-        labelled_grid(rows, row_labels, captions, scale=scale).save(tmp, format="PNG")
+        image.save(tmp, format="PNG")
     if row_labels or captions:
         labels = {"rows": list(row_labels), "captions": list(captions)}
         atomic_write(path.with_suffix(".json"), json.dumps(labels, indent=1))
-    return path

@@ -9,7 +9,7 @@ from fieldkit_sd3.field import SD3Field
 
 from fieldkit import Cond, euler_sample
 from fieldkit.backbones.schedule import scheduler_sigmas
-from fieldkit.distill.engine import export_model
+from fieldkit.distill.session import export_model
 from fieldkit.distill.student import make_student
 from fieldkit.graph.schema import LoraSpec, StudentSpec
 from fieldkit.models.lora import lora_tensors, save_lora

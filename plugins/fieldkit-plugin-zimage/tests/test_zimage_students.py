@@ -16,7 +16,7 @@ from fieldkit_zimage.tiny import make_tiny_lora
 from fieldkit import Cond, euler_sample, loads_graph
 from fieldkit.backbones.field import parameter_bytes
 from fieldkit.backbones.loading import scheduler_config
-from fieldkit.distill.engine import export_model
+from fieldkit.distill.session import export_model
 from fieldkit.distill.student import make_student
 from fieldkit.errors import GraphError
 from fieldkit.graph import BuildContext

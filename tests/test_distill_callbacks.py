@@ -1,0 +1,231 @@
+"""The run's outputs as callbacks: a user's callback replaces a default one by name (no Engine subclass),
+what a callback makes is published to the others (the trackers get the grids the grid callback drew, from
+whichever callback drew them), callbacks keep state across ``--resume``, a resumed run's metrics.jsonl is
+the uninterrupted run's, the pass counter counts training passes only, and a plugin's ``sys.exit`` is an
+error."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fieldkit import loads_graph
+from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport
+from fieldkit.distill.engine import Engine
+from fieldkit.distill.outputs import default_callbacks
+from fieldkit.errors import PluginError
+from fieldkit.flow import generate
+
+GRAPH = """
+fields:
+  teacher: {type: affine, seed: 1}
+  init: {type: affine, seed: 2}
+routes:
+  r:
+    field: teacher
+    data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}
+    metrics: [{type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}]
+student: {init: init}
+flow: {steps: 4}
+run: {steps: 6, batch_size: 4, lr: 0.05, device: cpu, eval_samples: 8}
+"""
+
+
+def engine(*overrides: str, **kwargs: Any) -> Engine:
+    kwargs.setdefault("write", False)
+    return Engine(loads_graph(textwrap.dedent(GRAPH), overrides), show_progress=False, **kwargs)
+
+
+class MeanGrids(Callback):
+    """A user's grid callback: one grey tile per route holding the student's mean sample, every 2 steps;
+    it writes no PNG and publishes what it drew."""
+
+    def __init__(self) -> None:
+        self.drawn: list[int] = []
+
+    def on_update_end(self, run: RunView, report: StepReport) -> None:
+        if report.applied and report.step % 2 == 0:
+            model = run.inference_model()
+            grids = []
+            for route in run.routes:
+                batch = route.data.sample(4, torch.Generator().manual_seed(0))
+                noise = torch.Generator().manual_seed(0)
+                x = generate(
+                    model, batch.cond, tuple(route.data.shape), run.sigmas(route.name), noise, run.device
+                )
+                level = int(((x.mean().clamp(-1, 1) + 1) * 127.5).item())
+                grids.append(SampleGrid(route.name, run.step, np.full((8, 16, 3), level, dtype=np.uint8)))
+            self.drawn.append(run.step)
+            run.publish_samples(grids)
+
+
+class Seen(Callback):
+    """Keeps what other callbacks published."""
+
+    def __init__(self) -> None:
+        self.grids: list[tuple[str, int]] = []
+        self.checkpoints: list[str] = []
+
+    def on_samples(self, run: RunView, grids: Sequence[SampleGrid]) -> None:
+        self.grids += [(g.route, g.step) for g in grids]
+
+    def on_checkpoint(self, run: RunView, path: Path) -> None:
+        self.checkpoints.append(path.name)
+
+
+def test_a_users_grid_callback_replaces_the_default_one_by_name(distill_world, tmp_path):
+    mine, seen = MeanGrids(), Seen()
+    out = tmp_path / "run"
+    engine("run.sample_every=1", write=True, out=out).run([seen], replace={"samples": mine})
+    assert mine.drawn == [2, 4, 6]
+    assert seen.grids == [("r", 2), ("r", 4), ("r", 6)]  # published to the other callbacks
+    assert not (out / "samples").exists()  # the default grids (every step, as PNG) did not run
+    assert (out / "student").is_dir() and (out / "results.json").is_file()  # the other defaults did
+    with pytest.raises(ValueError, match="no default callback named grids; the names: log, samples"):
+        default_callbacks(grids=mine)
+
+
+def test_the_default_grids_are_published_once_per_step(distill_world, tmp_path):
+    seen = Seen()
+    engine("run.sample_every=3", write=True, out=tmp_path / "run").run([seen])
+    # Steps 3 and 6; the end of the run (step 6) draws nothing again.
+    assert seen.grids == [("r", 3), ("r", 6)]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == [
+        "step-00000003-r.png",
+        "step-00000006-r.png",
+    ]
+
+
+def test_trackers_log_the_grids_a_users_grid_callback_publishes(distill_world, tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install 'fieldkit[trackers]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    # The trackers come first here: the grids reach them whatever the order, and no PNG is read.
+    trackers = default_callbacks()[-1]
+    run = engine("run.report_to=[tensorboard]", "run.log_every=2", write=True, out=out)
+    run.run([trackers], replace={"samples": MeanGrids(), "trackers": None})
+    events = EventAccumulator(str(out / "trackers" / "graph"), size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("samples/r")
+    assert [e.step for e in images] == [2, 4, 6]
+    assert all((e.width, e.height) == (16, 8) for e in images)
+
+
+class Counter(Callback):
+    """State kept in checkpoints: the number of updates this callback saw, over every session."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.restored: dict[str, Any] | None = None
+
+    def on_update_end(self, run: RunView, report: StepReport) -> None:
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restored = state
+        self.updates = int(state["updates"])
+
+
+def test_a_callbacks_state_is_kept_in_checkpoints_and_restored_on_resume(distill_world, tmp_path):
+    out = tmp_path / "run"
+    first = Counter()
+    engine("run.steps=4", "run.checkpoint_every=3", write=True, out=out).run([first])
+    # The newest checkpoint (step 4) holds the state as it was when it was written.
+    again = Counter()
+    engine("run.steps=6", write=True, out=out, resume="latest").run([again])
+    assert again.restored == {"updates": 4} and again.updates == 6
+    older = Counter()
+    engine("run.steps=6", write=True, out=tmp_path / "other").run([older])
+    assert older.restored is None and older.updates == 6
+
+
+def metric_lines(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl without its timings (the only values a resumed run cannot repeat)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "steps_per_s"} for r in lines]
+
+
+class KillAfter(Callback):
+    """Ends the process's run abruptly after ``step`` (as a kill would: no end-of-run hooks)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_update_end(self, run: RunView, report: StepReport) -> None:
+        if report.step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("checkpoint_every", "log_every"), [(3, 2), (2, 3), (4, 4)])
+def test_a_resumed_runs_metrics_are_the_uninterrupted_runs(
+    distill_world, tmp_path, checkpoint_every, log_every
+):
+    settings = (f"run.checkpoint_every={checkpoint_every}", f"run.log_every={log_every}", "run.steps=7")
+    engine(*settings, write=True, out=tmp_path / "whole").run()
+    with pytest.raises(KeyboardInterrupt):
+        engine(*settings, write=True, out=tmp_path / "split").run([KillAfter(checkpoint_every + 1)])
+    engine(*settings, write=True, out=tmp_path / "split", resume="latest").run()
+    whole = metric_lines(tmp_path / "whole" / "metrics.jsonl")
+    assert [r["step"] for r in whole] == [*range(log_every, 7, log_every), 7]
+    assert metric_lines(tmp_path / "split" / "metrics.jsonl") == whole
+
+
+class Evaluates(Callback):
+    """Scores and samples the student between updates, as a study's curve does."""
+
+    def on_update_end(self, run: RunView, report: StepReport) -> None:
+        model = run.inference_model()
+        for route in run.routes:
+            batch = route.data.sample(16, torch.Generator().manual_seed(0))
+            generate(
+                model,
+                batch.cond,
+                tuple(route.data.shape),
+                run.sigmas(route.name),
+                torch.Generator(),
+                run.device,
+            )
+            route.field(torch.zeros(16, *route.data.shape), torch.ones(16), batch.cond)
+
+
+def test_passes_count_training_forwards_only(distill_world):
+    settings = ("run.grad_accum=2", "method={type: danceopd, k: 2}", "run.steps=3")
+    plain = [r.update.passes for r in engine(*settings).steps()]
+    e = engine(*settings)
+    evaluated = [r.update.passes for r in e.steps([Evaluates()])]
+    assert evaluated == plain  # the evaluations between updates count nothing
+    for p, update in zip(plain, (r for r in engine(*settings).steps()), strict=True):
+        # Per update: 2 micro-batches of 4 samples with K = 2 queries each: 16 rows with gradients, 16 of the
+        # teacher; the rollout's rows are the method's own count.
+        assert (p.train, p.teacher, p.rollout) == (16, 16, update.update.rollout_samples)
+        assert p.total == p.rollout + 16 + 3 * 16
+    # No hook outlives an update: the student and its inference copy carry none.
+    assert not e.session.student._forward_hooks and not e.session.inference_model()._forward_hooks
+
+
+def test_a_plugin_that_calls_sys_exit_is_an_error_that_names_where(distill_world, tmp_path):
+    e = engine("run.checkpoint_every=2", write=True, out=tmp_path / "run")
+    teacher = e.session.ctx.field("teacher")
+
+    def leave(field: Any) -> None:
+        if field.calls > 3:
+            sys.exit(0)
+
+    teacher.on_call = leave
+    with pytest.raises(PluginError) as err:
+        e.run()
+    assert "sys.exit(0) was called during training (update 3)" in err.value.message
+    assert f"{__file__}:" in err.value.message and "(in leave)" in err.value.message
+    assert not (tmp_path / "run" / "student").exists()
