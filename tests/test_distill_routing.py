@@ -8,12 +8,15 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from toy_world import AffineField, AffineParams
 
 from fieldkit import loads_graph
 from fieldkit.analytic import GaussianMixtureField
 from fieldkit.cond import Cond
 from fieldkit.distill.engine import Engine
 from fieldkit.distill.routing import HardRouter, Route, SoftRouter
+from fieldkit.flow import sigma_schedule
+from fieldkit.plugins import hookimpl
 
 TWO_ROUTES = """
 fields:
@@ -185,3 +188,55 @@ def test_soft_routing_mixes_fields_and_the_student_learns_the_weighted_mix(disti
         want = (3 * getattr(ta, name) + getattr(tb, name)) / 4  # exactly representable by the student
         torch.testing.assert_close(getattr(res.student, name).detach(), want, atol=2e-3, rtol=0)
     assert res.history[-1]["loss"] < 1e-5 * res.history[0]["loss"]
+
+
+# -- one rollout schedule per route -------------------------------------------------------------------------
+
+
+class ShiftingField(AffineField):
+    """An affine field whose own pipeline shifts its schedule by the latent's width (as a dynamically shifting
+    scheduler does): shift ``W / 2``."""
+
+    def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return sigma_schedule(steps, shape[-1] / 2)
+
+
+class Shifting:
+    @hookimpl
+    def fieldkit_register_sources(self, register) -> None:
+        register("shifting", lambda p, ctx: ShiftingField(p.channels, p.seed, p.tag), AffineParams)
+
+
+SIZES = """
+fields:
+  teacher: {type: shifting, seed: 1}
+  init: {type: shifting, seed: 2}
+routes:
+  small: {field: teacher, data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}}
+  large: {field: teacher, data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 8]}}
+student: {init: init}
+method: {type: danceopd, k: 3, query: uniform}
+flow: {steps: 4}
+run: {steps: 8, batch_size: 4, lr: 0.01, device: cpu}
+"""
+
+
+def test_each_route_rolls_out_on_the_schedule_of_its_own_data_shape(distill_world):
+    distill_world.register(Shifting(), "shifting")
+    try:
+        e = Engine(loads_graph(textwrap.dedent(SIZES)), write=False, show_progress=False)
+        want = {"small": sigma_schedule(4, 2.0), "large": sigma_schedule(4, 4.0)}
+        assert e.session.sigmas.keys() == want.keys()
+        for route, sigmas in want.items():
+            assert torch.equal(e.session.sigmas[route], sigmas)
+        log: list[dict] = []
+        e.session.ctx.field("teacher").log = log
+        e.run()
+    finally:
+        distill_world.unregister("shifting")
+    queried = {"small": set(), "large": set()}
+    for entry in log:  # the teacher's queries: each at a state of its route's rollout
+        route = "large" if entry["x"].shape[-1] == 8 else "small"
+        queried[route] |= {round(float(s), 6) for s in entry["sigma"]}
+    for route, sigmas in want.items():
+        assert queried[route] and queried[route] <= {round(float(s), 6) for s in sigmas[:-1]}
