@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -79,6 +79,17 @@ class SavesPretrained(Protocol):
     """A model that writes itself to a folder its source type reads back (the run's ``final/`` student)."""
 
     def save_pretrained(self, path: Path) -> object: ...
+
+
+@runtime_checkable
+class HasCheckpointState(Protocol):
+    """An object with state to keep across ``--resume`` (a curriculum router's progress, for one): every
+    checkpoint saves ``checkpoint_state()`` (JSON: numbers, strings, lists, mappings), and a resumed run hands
+    it to ``load_checkpoint_state`` before its first update."""
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None: ...
 
 
 @runtime_checkable

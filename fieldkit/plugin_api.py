@@ -18,7 +18,8 @@ annotations need under ``if TYPE_CHECKING:`` and import torch-using names inside
 - **Optional capabilities** (define the member and the core uses it): :class:`HasUncond`,
   :class:`HasSamplingSigmas` (fields), :class:`HasCaptions`, :class:`HasEvaluation` (buckets),
   :class:`HasLoraTargets`, :class:`HasLoraRank`, :class:`SupportsGradientCheckpointing`,
-  :class:`SavesPretrained` (models), :class:`NeedsRouteFields` (a method's params).
+  :class:`SavesPretrained` (models), :class:`NeedsRouteFields` (a method's params),
+  :class:`HasCheckpointState` (a router, or anything the core saves in checkpoints).
 - **Rollouts** (what the built-in methods are written with): :func:`euler_step`, :func:`euler_sample`,
   :func:`rollout_states`, :func:`generate`, :func:`interpolate`, :func:`target_velocity`,
   :func:`sigma_schedule`, :func:`shift_sigma`, :func:`sample_indices`, :func:`broadcast_sigma`. In a method,
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from fieldkit.capabilities import (
     HasCaptions,
+    HasCheckpointState,
     HasEvaluation,
     HasLoraRank,
     HasLoraTargets,
@@ -150,6 +152,7 @@ __all__ = [
     "Graph",
     "Guidance",
     "HasCaptions",
+    "HasCheckpointState",
     "HasEvaluation",
     "HasLoraRank",
     "HasLoraTargets",

@@ -77,8 +77,12 @@ class Router(Protocol):
         """The routes it picks from (what its factory received), in order."""
         ...
 
-    def plan(self, micro_batches: int, generator: torch.Generator) -> list[int]:
-        """The route index of each micro-batch of one optimizer update (drawn with ``generator``)."""
+    def plan(self, micro_batches: int, generator: torch.Generator, step: int) -> list[int]:
+        """The route index of each micro-batch of one optimizer update (drawn with ``generator``): at least
+        ``micro_batches`` of them (more only to visit every route). ``step`` counts the updates applied
+        before this one (after ``--resume``, from the checkpoint's step), so a curriculum can follow it; a
+        router keeps state of its own across ``--resume`` with
+        :class:`~fieldkit.capabilities.HasCheckpointState`."""
         ...
 
     def target(self, index: int) -> VelocityField | None:

@@ -87,10 +87,12 @@ def test_a_factory_that_returns_the_wrong_kind_is_one_plugin_error(mistakes):
 
 def test_a_field_whose_output_does_not_fit_the_route_names_the_node_and_line(mistakes):
     text = GRAPH.replace("teacher: {type: affine, seed: 1}", "teacher: {type: mistake.cropping}")
-    with pytest.raises(GraphError) as err:
+    with pytest.raises(PluginError) as err:
         build(text)
     message = str(err.value)
-    assert message.startswith("<string>:2: fields.teacher: field 'teacher' returned")
+    assert message.startswith(
+        "<string>:2: fields.teacher: source type 'mistake.cropping' (plugin 'mistakes'): returned"
+    )
     assert "shape [2, 1, 3, 4] for states of shape [2, 1, 4, 4]" in message
     assert "data shape is [1, 4, 4], <string>:7: routes.r.data" in message
 
@@ -103,7 +105,10 @@ def test_a_field_that_fails_on_the_route_data_names_the_node_and_line(distill_wo
     with pytest.raises(GraphError) as err:
         build(text)
     message = str(err.value)
-    assert message.startswith("<string>:2: fields.teacher: field 'teacher' failed on the data of route 'r'")
+    assert message.startswith(
+        "<string>:2: fields.teacher: source type 'gaussian_mixture' (plugin 'fieldkit')"
+    )
+    assert "failed on states of shape [2, 1, 4, 4] (route 'r', whose data shape is [1, 4, 4]" in message
     assert "RuntimeError" in message and "unexpected" not in message
 
 

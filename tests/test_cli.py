@@ -448,10 +448,44 @@ def test_validate_build_catches_a_shape_mismatch_with_the_route_line(tmp_path):
     result = invoke("validate", str(path), "--build")
     assert result.exit_code == 2
     err = " ".join(result.stderr.split())
-    assert f"{path}:5: routes.t2i: the student fails on this route's data [2, 1, 2, 2]" in err
+    assert (
+        f"{path}:8: student.init: the student (source type 'fieldkit.mmdit', plugin 'fieldkit') failed" in err
+    )
+    assert f"[2, 1, 2, 2] (route 't2i', whose data shape is [1, 2, 2], {path}:7: routes.t2i.data)" in err
     assert "MMDiT expects x of shape [B, 1, 4, 4]" in err
     fixed = ["--set", "routes.t2i.data.shape=[1, 4, 4]", "--set", "fields.teacher.shape=[1, 4, 4]"]
     assert invoke("validate", str(path), "--build", *fixed).exit_code == 0
+
+
+def test_validate_build_builds_what_distill_builds_and_says_what(tmp_path):
+    path = tmp_path / "g.yaml"
+    world = "{type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}"
+    model = "{sample_size: [4, 4], patch_size: 2, hidden: 8, heads: 2, depth: 1, num_classes: 3}"
+    path.write_text(
+        f"fields:\n  teacher: {world}\n  init: {{type: fieldkit.mmdit, config: {model}}}\n"
+        f"routes:\n  t2i: {{field: teacher, data: {world}, metrics: [{world}]}}\n"
+        "student: {init: init}\nrouter: {type: soft}\nmethod: {type: offpolicy}\nrun: {device: cpu}\n"
+    )
+    result = invoke("validate", str(path), "--build")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "built on cpu: router SoftRouter, method" in out and "optimizer AdamW" in out
+    assert "t2i: data [1, 4, 4], field teacher, 1 metric(s)" in out
+    # What plain validate does not run, --build does: a metric for samples of another shape than the route's.
+    path.write_text(
+        path.read_text().replace(
+            "metrics: [{type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}]",
+            "metrics: [{type: gaussian_mixture, classes: 3, shape: [1, 2, 2]}]",
+        )
+    )
+    assert invoke("validate", str(path)).exit_code == 0
+    result = invoke("validate", str(path), "--build")
+    err = " ".join(result.stderr.split())
+    assert result.exit_code == 2
+    assert (
+        f"{path}:5: routes.t2i.metrics.0: metric type 'gaussian_mixture' (plugin 'fieldkit'): failed on 2"
+        in err
+    )
 
 
 def test_help_lists_each_command_with_its_whole_first_sentence():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,32 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_distill_loop import engine
 
-from fieldkit import loads_graph
 from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport
-from fieldkit.distill.engine import Engine
 from fieldkit.distill.outputs import default_callbacks
 from fieldkit.errors import PluginError
 from fieldkit.flow import generate
-
-GRAPH = """
-fields:
-  teacher: {type: affine, seed: 1}
-  init: {type: affine, seed: 2}
-routes:
-  r:
-    field: teacher
-    data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}
-    metrics: [{type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}]
-student: {init: init}
-flow: {steps: 4}
-run: {steps: 6, batch_size: 4, lr: 0.05, device: cpu, eval_samples: 8}
-"""
-
-
-def engine(*overrides: str, **kwargs: Any) -> Engine:
-    kwargs.setdefault("write", False)
-    return Engine(loads_graph(textwrap.dedent(GRAPH), overrides), show_progress=False, **kwargs)
 
 
 class MeanGrids(Callback):
@@ -113,7 +92,7 @@ def test_trackers_log_the_grids_a_users_grid_callback_publishes(distill_world, t
     trackers = default_callbacks()[-1]
     run = engine("run.report_to=[tensorboard]", "run.log_every=2", write=True, out=out)
     run.run([trackers], replace={"samples": MeanGrids(), "trackers": None})
-    events = EventAccumulator(str(out / "trackers" / "graph"), size_guidance={"images": 0})
+    events = EventAccumulator(str(out / "trackers" / "fieldkit" / "run"), size_guidance={"images": 0})
     events.Reload()
     images = events.Images("samples/r")
     assert [e.step for e in images] == [2, 4, 6]

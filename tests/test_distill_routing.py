@@ -66,7 +66,7 @@ def routes(weights=(3.0, 1.0, 2.0), fields=None):
 def test_update_granularity_gives_one_route_per_update_with_weighted_frequencies():
     router = HardRouter(routes(), "update")
     g = gen(1)
-    plans = [router.plan(4, g) for _ in range(6000)]
+    plans = [router.plan(4, g, 0) for _ in range(6000)]
     assert all(len(p) == 4 and len(set(p)) == 1 for p in plans)
     counts = np.bincount([p[0] for p in plans], minlength=3).astype(float)
     assert chi2_pvalue(counts, np.array([3, 1, 2]) / 6) > 1e-3
@@ -76,7 +76,7 @@ def test_update_granularity_gives_one_route_per_update_with_weighted_frequencies
 def test_sample_granularity_draws_every_micro_batch():
     router = HardRouter(routes(), "sample")
     g = gen(2)
-    plans = [router.plan(4, g) for _ in range(3000)]
+    plans = [router.plan(4, g, 0) for _ in range(3000)]
     assert sum(len(set(p)) > 1 for p in plans) > 2000  # P(all four equal) = 1/6: most plans mix routes
     counts = np.bincount([i for p in plans for i in p], minlength=3).astype(float)
     assert chi2_pvalue(counts, np.array([3, 1, 2]) / 6) > 1e-3
@@ -87,7 +87,7 @@ def test_all_granularity_visits_every_route_each_update(micro, expected):
     router = HardRouter(routes(), "all")
     g = gen(3)
     state = g.get_state()
-    assert router.plan(micro, g) == expected
+    assert router.plan(micro, g, 0) == expected
     assert torch.equal(g.get_state(), state)  # nothing is drawn
 
 

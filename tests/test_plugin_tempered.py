@@ -49,7 +49,7 @@ def test_the_tempered_router_draws_routes_with_probabilities_w_to_the_one_over_t
         engine.session.router.probs, torch.tensor([root, 1.0], dtype=torch.float64) / (root + 1)
     )
     g = torch.Generator().manual_seed(0)
-    counts = Counter(engine.session.router.plan(2, g)[0] for _ in range(4000))
+    counts = Counter(engine.session.router.plan(2, g, 0)[0] for _ in range(4000))
     assert abs(counts[0] / 4000 - root / (root + 1)) < 0.03  # about 4 standard errors
 
 

@@ -1,5 +1,6 @@
 """``fieldkit validate``: check a graph (keys, types, references, cycles, what training needs); --build also
-builds it on the meta device to catch shape mismatches."""
+builds it as ``distill`` does (everything but the update) and runs each route's data, fields and metrics
+once."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from fieldkit.plugins.manager import get_host
 @click.option(
     "--build",
     is_flag=True,
-    help="Also build the graph on the meta device and pass a batch of every route through its field and "
-    "the student (catches shape mismatches; reads the weights, computes nothing).",
+    help="Also build everything `distill --dry-run` builds but the update (router, method, student, "
+    "optimizer, metrics; weights are read) and run each route's data, field, student and metrics once on "
+    "two samples.",
 )
 def validate(graph: Graph, build: bool) -> None:
     """Check GRAPH: its keys, every type and its parameters, references between fields, cycles, and what
@@ -25,20 +27,21 @@ def validate(graph: Graph, build: bool) -> None:
 
     Nothing is built and no weights are read. Prints a short summary and exits with 0 when the graph is
     valid; otherwise prints what is wrong, with the file and line, and exits with 2. With --build, the
-    graph is also built on the meta device and every route's field and the student see one batch of the
-    route's data; `fieldkit distill GRAPH --dry-run` builds it for real and times one update.
+    graph is also built as `fieldkit distill` builds it (weights read, data buckets and their caches made),
+    and every route's data, field, the student and the route's metrics run once on two samples; it says what
+    it built. `fieldkit distill GRAPH --dry-run` also times one update.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from fieldkit.graph.readiness import check_shapes, check_trainable
+    from fieldkit.graph.readiness import check_trainable
 
     check_trainable(graph)
     if build:
         from fieldkit.distill.memory import check_training_fits
 
-        check_shapes(graph)
-        check_training_fits(graph)
+        check_training_fits(graph)  # before anything is allocated
+    built = _build(graph) if build else None
 
     console = Console(highlight=False)
     console.print(f"[green]valid:[/green] {graph.source.path}")
@@ -68,6 +71,27 @@ def validate(graph: Graph, build: bool) -> None:
     student = graph.spec.student
     if student is not None:
         console.print(f"student: init from {student.init!s}, {student.train} training")
+    if built is not None:
+        console.print(built)
+
+
+def _build(graph: Graph) -> str:
+    """Build ``graph`` as ``distill`` does, without a run folder and without an update; what was built."""
+    from fieldkit.distill.session import Session
+
+    session = Session(graph, write=False, show_progress=False)
+    trainable = sum(p.numel() for p in session.params)
+    routes = "; ".join(
+        f"{r.name}: data {list(r.data.shape)}, field {session.field_name(r.name) or '-'}, "
+        f"{len(r.metrics)} metric(s)"
+        for r in session.routes
+    )
+    return (
+        f"[green]built[/green] on {session.accelerator.device}: router {type(session.router).__name__}, "
+        f"method {type(session.method).__name__}, student {type(session.student).__name__} "
+        f"({trainable:,} trainable parameters), optimizer {type(session.optimizer.optimizer).__name__}; "
+        f"routes {routes}. Each route's data, field, the student and its metrics ran once on 2 samples."
+    )
 
 
 def _describe(typed: Typed) -> str:

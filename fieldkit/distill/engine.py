@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from rich.markup import escape
 from torch import Tensor, nn
 
 from fieldkit.attention import use_backend
@@ -41,6 +42,7 @@ from fieldkit.errors import FieldkitError, PluginError
 from fieldkit.eval.report import Score
 from fieldkit.graph.loader import Graph
 from fieldkit.graph.schema import RunSpec
+from fieldkit.plugin_outputs import check_batch, check_gradient_reaches, check_loss, check_plan
 from fieldkit.protocols import LossInputs, Route
 
 if TYPE_CHECKING:
@@ -136,6 +138,7 @@ class Engine:
         self._callbacks: list[Callback] = []
         self._stop: str | None = None
         self._view = _View(self)
+        self._warned_zero_grad = False
 
     @property
     def step(self) -> int:
@@ -156,15 +159,18 @@ class Engine:
         """One optimizer update (all its micro-batches), applied when its loss and gradient are finite."""
         s = self.session
         acc, run = s.accelerator, s.run_spec
-        plan = s.router.plan(run.grad_accum, s.generators["router"])
+        routes = s.router.routes
+        planned = s.router.plan(run.grad_accum, s.generators["router"], s.step)
+        plan = check_plan(planned, len(routes), run.grad_accum, s.who_router)
         losses: dict[str, list[Tensor]] = defaultdict(list)
         timings: dict[str, float] = defaultdict(float)
         nfe = rollout_samples = 0
         t_start = time.perf_counter()
         with count_passes(s.student, s.teachers) as passes:
             for i, index in enumerate(plan):
-                route = s.router.routes[index]
-                batch = route.data.sample(run.batch_size * s.shard.world, s.generators["data"]).to(acc.device)
+                route, n = routes[index], run.batch_size * s.shard.world
+                batch = check_batch(route.data.sample(n, s.generators["data"]), n, s.who_data[route.name])
+                batch = batch.to(acc.device)
                 sync = acc.no_sync(s.model) if i < len(plan) - 1 else contextlib.nullcontext()
                 with sync:
                     with precision_context(run.precision, acc.device):  # forwards only; backward follows
@@ -178,7 +184,7 @@ class Engine:
                             generator=s.generators["noise"],
                             shard=s.shard,
                         )
-                        out = s.method.loss(inputs)
+                        out = check_loss(s.method.loss(inputs), s.who_method)
                     t0 = time.perf_counter()
                     acc.backward(out.loss / len(plan))
                     timings["student_backward"] += time.perf_counter() - t0
@@ -187,6 +193,7 @@ class Engine:
                 rollout_samples += out.rollout_samples
                 for key, seconds in out.timings.items():
                     timings[key] += seconds
+        check_gradient_reaches(s.params, s.who_method)
         # The global batch's losses (each process's shard averaged in one all-reduce): every process logs
         # what one process would, and all take the same finite / non-finite decision below.
         means = [torch.stack(v).mean() for v in losses.values()]
@@ -198,6 +205,14 @@ class Engine:
         clip = run.grad_clip if run.grad_clip is not None else math.inf
         grad_norm = float(full_tensor(acc.clip_grad_norm_(s.params, clip)))
         finite = math.isfinite(total) and math.isfinite(grad_norm)
+        if grad_norm == 0.0 and not self._warned_zero_grad:
+            self._warned_zero_grad = True
+            s.note(
+                f"[yellow]warning:[/] {escape(s.who_method)}: the gradient norm of update {s.step + 1} is "
+                "exactly 0: its loss does not move the student (a target equal to the prediction, or a loss "
+                "that does not depend on it)",
+                always=True,
+            )
         lr = s.optimizer.param_groups[0]["lr"]
         if finite:
             s.optimizer.step()
@@ -206,7 +221,7 @@ class Engine:
                 s.ema.update(s.student)
         s.optimizer.zero_grad(set_to_none=True)
         return Update(
-            routes=tuple(dict.fromkeys(s.router.routes[i].name for i in plan)),
+            routes=tuple(dict.fromkeys(routes[i].name for i in plan)),
             loss=total,
             route_losses=dict(zip(losses, route_means, strict=True)),
             grad_norm=grad_norm,

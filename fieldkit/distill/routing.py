@@ -29,8 +29,8 @@ class HardRouter:
         weights = torch.tensor([r.weight for r in self.routes], dtype=torch.float64)
         self.probs = weights / weights.sum()
 
-    def plan(self, micro_batches: int, generator: torch.Generator) -> list[int]:
-        """The route index of each micro-batch of one optimizer update."""
+    def plan(self, micro_batches: int, generator: torch.Generator, step: int) -> list[int]:
+        """The route index of each micro-batch of one optimizer update (the same at every ``step``)."""
         if self.granularity == "all":
             return [i % len(self.routes) for i in range(max(micro_batches, len(self.routes)))]
         draws = 1 if self.granularity == "update" else micro_batches

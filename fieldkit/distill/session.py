@@ -20,6 +20,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from rich.markup import escape
 from torch import Tensor, nn
 
+from fieldkit.capabilities import HasCheckpointState
 from fieldkit.compile import compile_fields
 from fieldkit.data import Shard
 from fieldkit.distill.checkpoint import (
@@ -31,7 +32,7 @@ from fieldkit.distill.checkpoint import (
 )
 from fieldkit.distill.ema import EMA
 from fieldkit.distill.optim import make_lr_schedule, make_optimizer, restore_lr_schedule
-from fieldkit.distill.route_checks import check_routes
+from fieldkit.distill.route_checks import check_routes, data_who, who_at
 from fieldkit.distill.rundir import open_for_processes
 from fieldkit.distill.runlog import trim_metrics
 from fieldkit.distill.sharding import (
@@ -149,6 +150,10 @@ class Session:
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: Router = self.ctx.router()
         self.method: Method = self.ctx.method()
+        #: Who made what the loop checks (``file:line: key: KIND type 'T' (plugin 'P')``), for its messages.
+        self.who_router = who_at(self.ctx, ("router",), graph.router)
+        self.who_method = who_at(self.ctx, ("method",), graph.method)
+        self.who_data = {route.name: data_who(self.ctx, route.name) for route in self.router.routes}
         init = self.ctx.field(spec.student.init)
         steps = self.method.rollout_steps(spec.flow.steps)
         #: Each route's rollout schedule, from its own data shape (a dynamically shifting scheduler shifts
@@ -241,6 +246,8 @@ class Session:
             "lr_schedule": self.lr_schedule.state_dict(),
             "loop": loop_state,
         }
+        if isinstance(self.router, HasCheckpointState):
+            scalars["router"] = self.router.checkpoint_state()
         if self.sharded:  # the weights, optimizer and EMA are the shard files (sharded_state)
             return TrainState(self.step, {}, {}, self._rng_state(), None, scalars, sharded=True)
         ema = self.ema.state_dict() if self.ema is not None else None
@@ -288,6 +295,9 @@ class Session:
         self.bad_steps = int(state.scalars.get("bad_steps", 0))
         loop = state.scalars.get("loop")
         self.loop_state = loop if isinstance(loop, dict) else {}
+        router = state.scalars.get("router")
+        if isinstance(self.router, HasCheckpointState) and isinstance(router, dict):
+            self.router.load_checkpoint_state(router)
         self.checkpoint = path
         self._trim_metrics(state.step)
         self.note(f"resumed from {escape(str(path))} at step {state.step}")

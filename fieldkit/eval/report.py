@@ -12,6 +12,7 @@ from fieldkit.data import evaluation_bucket
 from fieldkit.eval.results import Results, Score, column_header, combined_scores, layout
 from fieldkit.field import VelocityField
 from fieldkit.flow import generate
+from fieldkit.plugin_outputs import check_metric_values
 from fieldkit.protocols import Route
 
 __all__ = ["Score", "combined_scores", "evaluate", "results_table"]
@@ -41,7 +42,7 @@ def evaluate(
             out = generate(field, batch.cond, tuple(route.data.shape), sigmas, noise_gen, device).cpu()
             values: dict[str, float] = {}
             for metric in route.metrics:
-                values.update(metric(out, batch))
+                values.update(check_metric_values(metric(out, batch), f"a metric of route {route.name!r}"))
             scores.append(Score(name, route.name, values))
     return scores
 

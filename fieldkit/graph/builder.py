@@ -143,5 +143,5 @@ KIND_PROTOCOLS: dict[str, tuple[type, str]] = {
     "dataset": (DataBucket, "a data bucket (.shape and .sample(batch_size, generator) -> Batch)"),
     "metric": (Metric, "a metric (callable as metric(samples, batch) -> {name: value})"),
     "method": (Method, "a method (.rollout_steps(default) and .loss(inputs) -> LossOutput)"),
-    "router": (Router, "a router (.routes, .plan(micro_batches, generator) and .target(index))"),
+    "router": (Router, "a router (.routes, .plan(micro_batches, generator, step) and .target(index))"),
 }

@@ -36,7 +36,7 @@ class TemperedRouter:
     def routes(self) -> Sequence[Route]:
         return self._routes
 
-    def plan(self, micro_batches: int, generator: torch.Generator) -> list[int]:
+    def plan(self, micro_batches: int, generator: torch.Generator, step: int) -> list[int]:
         index = int(torch.multinomial(self.probs, 1, generator=generator))
         return [index] * micro_batches
 
