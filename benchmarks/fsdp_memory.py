@@ -125,7 +125,7 @@ def engine_worker(args: argparse.Namespace) -> None:
     class Held(Callback):
         """What the process holds after an update (gradients are freed by then)."""
 
-        def on_update_end(self, engine: Engine, report) -> None:
+        def on_update_end(self, run, report) -> None:  # reads the outer engine's session
             states = [
                 v
                 for s in engine.session.optimizer.state.values()

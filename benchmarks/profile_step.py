@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from common import bench_plugin, graph_text, make_engine, parser, setup
 
-from fieldkit.distill.callbacks import RunLogger
+from fieldkit.distill.outputs import RunLogger
 from fieldkit.distill.engine import Engine
 from fieldkit.testing import quiet_diffusers
 
@@ -94,17 +94,17 @@ def patched(obj: Any, name: str, clock: Clock, part: str) -> Iterator[None]:
 def instrument(engine: Engine, clock: Clock, logger: RunLogger) -> contextlib.ExitStack:
     """Hooks and wrappers that time the parts of ``engine``'s steps (undone when the stack closes)."""
     clock.hook(
-        engine.student,
+        engine.session.student,
         lambda: "student forward (grad)" if torch.is_grad_enabled() else "rollout: student forwards, no grad",
     )
-    clock.hook(engine.ctx.field("teacher"), lambda: "teacher forward")
+    clock.hook(engine.session.ctx.field("teacher"), lambda: "teacher forward")
     stack = contextlib.ExitStack()
-    for route in engine.router.routes:
+    for route in engine.session.router.routes:
         stack.enter_context(patched(route.data, "sample", clock, "data: sample the batch"))
     stack.enter_context(patched(torch.Tensor, "backward", clock, "student backward"))
-    stack.enter_context(patched(engine.accelerator, "clip_grad_norm_", clock, "clip gradients"))
-    stack.enter_context(patched(engine.optimizer, "step", clock, "optimizer step + zero_grad"))
-    stack.enter_context(patched(engine.optimizer, "zero_grad", clock, "optimizer step + zero_grad"))
+    stack.enter_context(patched(engine.session.accelerator, "clip_grad_norm_", clock, "clip gradients"))
+    stack.enter_context(patched(engine.session.optimizer, "step", clock, "optimizer step + zero_grad"))
+    stack.enter_context(patched(engine.session.optimizer, "zero_grad", clock, "optimizer step + zero_grad"))
     stack.enter_context(patched(logger, "on_update_end", clock, "logging (run logger)"))
     return stack
 

@@ -20,7 +20,7 @@ from fieldkit import euler_sample, loads_graph
 from fieldkit.backbones.field import parameter_bytes
 from fieldkit.backbones.loading import scheduler_config
 from fieldkit.backbones.packing import pack, unpack
-from fieldkit.distill.engine import export_model
+from fieldkit.distill.session import export_model
 from fieldkit.distill.student import make_student
 from fieldkit.graph import BuildContext
 from fieldkit.graph.schema import LoraSpec, StudentSpec
