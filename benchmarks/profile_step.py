@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from common import bench_plugin, graph_text, make_engine, parser, setup
 
-from fieldkit.distill.outputs import RunLogger
 from fieldkit.distill.engine import Engine
+from fieldkit.distill.outputs import RunLogger
 from fieldkit.testing import quiet_diffusers
 
 PARTS = (
