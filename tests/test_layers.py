@@ -71,12 +71,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 
 #: Known upward imports, each with why it is still there and what removes it. Keep this empty (an entry
 #: whose import is gone is harmless but should be deleted).
-ALLOWED: dict[tuple[str, str], str] = {
-    ("fieldkit.graph.readiness", "fieldkit.distill.student"): (
-        "validate --build builds the student to check shapes; issue 23 item 5 moves building for "
-        "validate --build next to what --dry-run builds"
-    ),
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 RANK = {name: rank for rank, name in enumerate(LAYERS)}
 PREFIXES = {prefix: layer for layer, prefixes in LAYERS.items() for prefix in prefixes}
