@@ -10,10 +10,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fieldkit.plugins.manager import ALLOW_ENV, PluginHost, get_host, reset_host
+
+if TYPE_CHECKING:
+    import click
 
 #: Modules a plugin must not import when fieldkit loads it (they take seconds).
 HEAVY = ("diffusers", "transformers", "peft")
@@ -74,3 +78,42 @@ def entry_point_report(name: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     report: dict[str, Any] = json.loads(out.stdout)
     return report
+
+
+def make_tiny_example(examples: Path, out: Path) -> Path:
+    """Run ``examples/<backbone>/make_tiny.py OUT`` (the tiny random copy of a backbone's examples)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny", examples / "make_tiny.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([str(out)])
+    return out
+
+
+def invoke(cli: click.Group, *args: str) -> str:
+    """``cli ARGS`` (the ``fieldkit`` click group, which a test passes in) through click's runner; its
+    output, after asserting it exited 0."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def distill_tiny_graph(cli: click.Group, graph: Path, run: Path) -> None:
+    """What a user does with a tiny example graph through ``cli`` (the ``fieldkit`` group), each step
+    asserted: validate it, dry-run it, train it into ``run`` (two finite steps, the student folder written),
+    sample the student from its folder, and export its LoRA for the pipelines' ``load_lora_weights``."""
+    invoke(cli, "validate", str(graph))
+    invoke(cli, "distill", str(graph), "--dry-run", "--no-progress")
+    invoke(cli, "distill", str(graph), "--out", str(run), "--no-progress")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["finite"] for r in records)
+    assert (run / "student" / "config.json").is_file()
+    grid = run / "student.png"
+    invoke(cli, "sample", str(graph), "--checkpoint", str(run / "student"), "-n", "2", "-o", str(grid))
+    assert grid.is_file()
+    invoke(cli, "export", str(run), "--format", "peft", "-o", str(run / "lora"))
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()

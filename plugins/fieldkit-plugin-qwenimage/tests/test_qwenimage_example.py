@@ -4,34 +4,20 @@ exports for the pipelines."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from fieldkit import load_graph
 from fieldkit.cli import cli
+from fieldkit.testing import distill_tiny_graph, make_tiny_example
 
 EXAMPLES = Path(__file__).parents[3] / "examples" / "qwenimage"
 
 
-def invoke(*args: str) -> str:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_tiny", EXAMPLES / "make_tiny.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    out = tmp_path_factory.mktemp("qwenimage-example")
-    script.main([str(out)])
-    return out
+    return make_tiny_example(EXAMPLES, tmp_path_factory.mktemp("qwenimage-example"))
 
 
 def test_the_real_graphs_validate(qwenimage_plugin) -> None:
@@ -49,13 +35,4 @@ def test_the_real_graphs_validate(qwenimage_plugin) -> None:
 @pytest.mark.slow  # the edit bucket encodes its sources at a megapixel: about a minute on 2 busy cores
 @pytest.mark.parametrize("name", ["graph", "loras"])
 def test_the_tiny_graphs_validate_dry_run_and_train(qwenimage_plugin, workspace: Path, name: str) -> None:
-    graph = workspace / f"{name}.yaml"
-    invoke("validate", str(graph))
-    invoke("distill", str(graph), "--dry-run", "--no-progress")
-    run = workspace / "runs" / name
-    invoke("distill", str(graph), "--out", str(run), "--no-progress")
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2] and all(r["finite"] for r in records)
-    assert (run / "student" / "config.json").is_file()
-    invoke("export", str(run), "--format", "peft", "-o", str(run / "lora"))
-    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    distill_tiny_graph(cli, workspace / f"{name}.yaml", workspace / "runs" / name)
