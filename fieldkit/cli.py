@@ -36,6 +36,7 @@ __all__ = ["cli", "graph_options", "main"]
 
 USER_ERROR = 2
 UNEXPECTED_ERROR = 1
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 # fieldkit's own commands, one module each under fieldkit/commands/; those that take a graph read it through
 # `graph_options`.
@@ -91,6 +92,11 @@ class FieldkitGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except (
+            KeyboardInterrupt
+        ) as exc:  # Ctrl-C: say where the run stopped (and how to resume), not "Aborted!"
+            click.echo(f"\n{exc}" if str(exc) else "\ninterrupted", err=True)
+            ctx.exit(INTERRUPTED)
         except FieldkitError as exc:
             _fail(ctx, exc, USER_ERROR)
         except OSError as exc:  # a path the user gave that cannot be used (space, permissions, a name)

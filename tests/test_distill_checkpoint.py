@@ -360,11 +360,10 @@ def strict_json(line: str) -> dict:
 def test_non_finite_values_are_written_as_strict_json(tmp_path):
     from fieldkit.distill.runlog import RunLog
 
-    log = RunLog(tmp_path, 2, 0, enabled=True, show_progress=False)
+    log = RunLog(tmp_path, enabled=True)
     log.write(
         {"step": 1, "loss": float("nan"), "grad_norm": float("inf"), "loss/a": -float("inf"), "ok": 1.5}
     )
-    log.close()
     record = strict_json((tmp_path / "metrics.jsonl").read_text())
     assert record == {"step": 1, "loss": None, "grad_norm": None, "loss/a": None, "ok": 1.5}
 

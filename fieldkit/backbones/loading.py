@@ -75,80 +75,19 @@ def load_model(
 
 
 def _single_file(cls: Any, file: Path, base_config: Path | None, dtype: torch.dtype | None) -> Any:
-    """``cls.from_single_file`` of ``file`` with the config of the folder ``base_config`` (nothing fetched).
-
-    As in ``from_single_file``, diffusers reads the file and converts it from the original layout (SD3's
-    ``model.diffusion_model.joint_blocks.N.x_block.attn.qkv.weight``, ...) with its own mapping function
-    unless its keys are the model's; fieldkit checks the converted weights before diffusers loads them, since
-    diffusers leaves a weight the file lacks at its initialisation and skips one the model lacks with a
-    warning: a file of another layout or model is one error that names the keys."""
+    """``cls.from_single_file(file)`` with the config of the folder ``base_config`` (nothing fetched)."""
     if base_config is None:
         raise FieldkitError(
             f"{file} is a single-file checkpoint: fieldkit needs the model config to read it with",
             hint="set `base_config` to the pipeline (or transformer) folder of the same model",
         )
-    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
-    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
-
-    name = cls.__name__
-    if name not in SINGLE_FILE_LOADABLE_CLASSES:
-        raise FieldkitError(f"{file}: diffusers cannot read a {name} from a single file")
     sub = model_subfolder(base_config, None)
-    if not (base_config / (sub or "") / "config.json").is_file():
-        raise FieldkitError(
-            f"no {name} config at {base_config} (config.json missing)",
-            hint="set `base_config` to the pipeline (or transformer) folder of the same model",
-        )
-    try:
-        checkpoint = dict(load_single_file_checkpoint(str(file), local_files_only=True))
-    except Exception as err:  # diffusers' message, unless it only repeats the path
-        reason = type(err).__name__ + ("" if str(file) in str(err) else f": {err}")
-        raise FieldkitError(
-            f"{file} is not a readable checkpoint ({reason})",
-            hint="a single-file checkpoint is a .safetensors (or torch .ckpt) file of the weights",
-        ) from None
-    config = dict(cls.load_config(str(base_config), subfolder=sub, local_files_only=True))
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in cls.from_config(config).state_dict().items()}
-    bad = f"{file} is not a checkpoint of the {name} at {base_config}"
-    hint = (
-        "give the transformer's weights in the original (single-file) or the diffusers layout, and as "
-        "`base_config` the pipeline folder of the same model and size"
-    )
-    if checkpoint.keys() == expected.keys():
-        weights = checkpoint  # the diffusers layout: loaded as it is (diffusers converts only other keys)
-    else:
-        convert = SINGLE_FILE_LOADABLE_CLASSES[name]["checkpoint_mapping_fn"]
-        try:  # the mapping function pops what it converts: give it a copy
-            weights = dict(convert(config=config, checkpoint=dict(checkpoint)))
-        except Exception as err:
-            shared = len(checkpoint.keys() & expected.keys())
-            if 2 * shared < len(expected):  # not mostly the diffusers layout either
-                keys = ", ".join(sorted(checkpoint)[:3])
-                detail = (
-                    f"diffusers' conversion from the original layout found no key {err}"
-                    if isinstance(err, KeyError)
-                    else f"its keys ({keys}, ...) are in neither the diffusers nor the original layout "
-                    f"(diffusers' conversion: {type(err).__name__}: {err})"
-                )
-                raise FieldkitError(f"{bad}: {detail}", hint=hint) from None
-            weights = checkpoint  # the diffusers layout, with keys missing or extra: named below
-    del checkpoint  # the converted weights alone are kept (diffusers' conversion copies the fused q, k, v)
-    missing = sorted(expected.keys() - weights.keys())
-    extra = sorted(weights.keys() - expected.keys())
-    shapes = [k for k in expected.keys() & weights.keys() if tuple(weights[k].shape) != tuple(expected[k])]
-    if missing or extra or shapes:
-        problems = [
-            f"{len(missing)} weight(s) missing ({', '.join(missing[:3])})" if missing else "",
-            f"{len(extra)} weight(s) the model does not have ({', '.join(extra[:3])})" if extra else "",
-            "shapes differ: "
-            + ", ".join(f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k])}" for k in sorted(shapes)[:3])
-            if shapes
-            else "",
-        ]
-        raise FieldkitError(f"{bad}: " + "; ".join(p for p in problems if p), hint=hint)
     return cls.from_single_file(
-        weights, config=str(base_config), subfolder=sub, dtype=dtype, local_files_only=True
+        str(file),
+        config=str(base_config),
+        subfolder=sub,
+        dtype=dtype,
+        local_files_only=True,
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,51 +13,87 @@ from fieldkit.commands.options import graph_options
 from fieldkit.errors import FieldkitError
 from fieldkit.graph.loader import Graph
 
+WARM_UPDATES = 3  # timed after the first (cold) update for the dry run's estimate
+
 
 def run_graph(
-    graph: Graph, resume: str | None, dry_run: bool, out: str | Path | None, progress: bool
+    graph: Graph,
+    resume: str | None,
+    dry_run: bool,
+    out: str | Path | None,
+    progress: bool,
+    quiet: bool = False,
 ) -> None:
-    """Run the engine on ``graph`` (``dry_run``: build everything and time one update; write nothing)."""
+    """Run the engine on ``graph`` (``dry_run``: build everything and time a few updates; write nothing).
+    ``progress``: the bar in a terminal, a line per ``run.log_every`` updates elsewhere; ``quiet``: errors
+    only."""
+    import sys
+
     from rich.console import Console
 
+    from fieldkit.distill.console import ConsoleOutput
     from fieldkit.distill.engine import Engine
     from fieldkit.distill.memory import check_training_fits
     from fieldkit.owned import write_error
 
     console = Console(stderr=True, highlight=False)
     check_training_fits(graph)  # before the engine allocates anything
+    loading = "loading the graph's fields, data and student"
+    status: Any = contextlib.nullcontext()
+    if sys.stderr.isatty() and not quiet:
+        status = console.status(loading)
+    elif not quiet:
+        console.print(f"{loading} ...")
     if dry_run:
-        engine = Engine(graph, write=False, show_progress=False)
-        start = time.perf_counter()
-        loop = engine.steps()
-        update = next(loop).update
-        loop.close()
-        seconds = time.perf_counter() - start
-        if not update.finite:
-            raise FieldkitError(
-                f"dry run failed: the update's loss ({update.loss}) or gradient norm "
-                f"({update.grad_norm}) is not finite, so a run would skip every step",
-                hint="check the routes' fields for NaN/inf outputs (a teacher's weights?), and run.lr",
-            )
-        trainable = sum(p.numel() for p in engine.session.params)
-        console.print(
-            f"[green]dry run ok:[/] {len(engine.session.routes)} route(s), {trainable:,} trainable "
-            f"parameters, one update {seconds:.3f} s (rollout NFE {update.rollout_nfe}, "
-            f"loss {update.loss:.4g}); {graph.spec.run.steps} steps = about "
-            f"{seconds * graph.spec.run.steps / 60:.1f} min. Nothing written."
-        )
+        with status:
+            engine = Engine(graph, write=False, show_progress=False)
+        dry_run_estimate(engine, graph, console)
         return
     try:
-        result = Engine(graph, out, resume=resume, show_progress=progress).run()
+        with status:
+            engine = Engine(graph, out, resume=resume, show_progress=not quiet)
+        result = engine.run(replace={"console": ConsoleOutput(progress=progress)})
     except OSError as exc:  # disk full, read-only, ...: the user's to fix, and the last checkpoint is intact
         error = write_error(exc)
         if error is None:
             raise
         raise error from exc
-    if result.out is not None:
-        console.print(
+    if result.out is not None and not quiet:
+        Console(highlight=False, soft_wrap=True).print(
             f"outputs in {result.out} (report.html, metrics.jsonl, samples/, checkpoints/, student/)"
         )
+
+
+def dry_run_estimate(engine: Any, graph: Graph, console: Any) -> None:
+    """Time one cold update and :data:`WARM_UPDATES` warm ones (nothing written); estimate the run from the
+    warm ones' median: the first update pays for lazy initialisation, compilation and caches once."""
+    loop = engine.steps()
+    times, update = [], None
+    try:
+        for _ in range(1 + min(WARM_UPDATES, graph.spec.run.steps - 1)):
+            start = time.perf_counter()
+            update = next(loop).update
+            times.append(time.perf_counter() - start)
+            if not update.finite:
+                raise FieldkitError(
+                    f"dry run failed: the update's loss ({update.loss}) or gradient norm "
+                    f"({update.grad_norm}) is not finite, so a run would skip every step",
+                    hint="check the routes' fields for NaN/inf outputs (a teacher's weights?), and run.lr",
+                )
+    finally:
+        loop.close()
+    assert update is not None
+    warm = sorted(times[1:]) or times
+    per_update = warm[len(warm) // 2]
+    steps = graph.spec.run.steps
+    trainable = sum(p.numel() for p in engine.session.params)
+    console.print(
+        f"[green]dry run ok:[/] {len(engine.session.routes)} route(s), {trainable:,} trainable parameters; "
+        f"first update {times[0]:.3f} s, then {per_update:.3f} s per update (median of {len(warm)}; rollout "
+        f"NFE {update.rollout_nfe}, loss {update.loss:.4g}); {steps} steps = about "
+        f"{(times[0] + per_update * (steps - 1)) / 60:.1f} min of training (the end-of-run evaluation "
+        "comes on top). Nothing written."
+    )
 
 
 @click.command(short_help="Distill the routed fields of a graph into its student.")
@@ -66,13 +104,23 @@ def run_graph(
 @click.option("--dry-run", is_flag=True, help="Build everything and time one update; write nothing.")
 @click.option("--out", type=click.Path(path_type=str), help="Output folder (default: run.out of the graph).")
 @click.option(
-    "--no-progress", is_flag=True, help="No progress bar or tables (logs still go to metrics.jsonl)."
+    "--no-progress",
+    is_flag=True,
+    help="No progress bar or progress lines; the start line and the tables still print.",
 )
-def distill(graph: Graph, resume: str | None, dry_run: bool, out: str | None, no_progress: bool) -> None:
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Print nothing but errors (metrics.jsonl is still written)."
+)
+def distill(
+    graph: Graph, resume: str | None, dry_run: bool, out: str | None, no_progress: bool, quiet: bool
+) -> None:
     """Train the student of GRAPH on its own rollouts against the routed fields (DanceOPD by default).
 
-    Writes metrics.jsonl, sample grids, checkpoints and the exported student under run.out, then prints a
-    table of every route's field and the student on the routes' metrics.
+    Prints a start line (device, precision, processes, parameters, global batch, steps, output folder), then
+    progress: a bar in a terminal, one line per run.log_every updates in a log file. Writes metrics.jsonl,
+    sample grids, checkpoints and the exported student under run.out, then prints (on stdout) a table of
+    every route's field and the student on the routes' metrics, with the student's pass or FAIL. Ctrl-C
+    writes a checkpoint of the last update and prints the command that resumes.
 
     \b
     Examples:
@@ -80,4 +128,4 @@ def distill(graph: Graph, resume: str | None, dry_run: bool, out: str | None, no
       fieldkit distill graph.yaml --set run.steps=2000 --set method.k=2
       fieldkit distill graph.yaml --resume latest
     """
-    run_graph(graph, resume, dry_run, out, not no_progress)
+    run_graph(graph, resume, dry_run, out, not no_progress, quiet)

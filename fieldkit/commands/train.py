@@ -17,7 +17,7 @@ from fieldkit.graph.loader import Graph
 )
 @click.option("--dry-run", is_flag=True, help="Build everything and time one update; write nothing.")
 @click.option("--out", type=click.Path(path_type=str), help="Output folder (default: run.out of the recipe).")
-@click.option("--no-progress", is_flag=True, help="No progress bar or tables.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or lines (the tables still print).")
 def train(graph: Graph, resume: str | None, dry_run: bool, out: str | None, no_progress: bool) -> None:
     """Train the student of GRAPH, a training recipe (a graph whose method is sft), on its routes' data.
 

@@ -116,7 +116,17 @@ class RunView(Protocol):
 
     @property
     def show_progress(self) -> bool:
-        """Whether the console shows progress and tables."""
+        """Whether the console shows anything (off: ``--quiet``, or a library caller's choice)."""
+        ...
+
+    @property
+    def processes(self) -> int:
+        """How many processes train the run."""
+        ...
+
+    @property
+    def parameters(self) -> tuple[int, int]:
+        """The student's trained and total parameter counts (this process's shards under FSDP)."""
         ...
 
     @property

@@ -364,6 +364,14 @@ class _View:
         return self._s.show_progress
 
     @property
+    def processes(self) -> int:
+        return int(self._s.accelerator.num_processes)
+
+    @property
+    def parameters(self) -> tuple[int, int]:
+        return sum(p.numel() for p in self._s.params), sum(p.numel() for p in self._s.student.parameters())
+
+    @property
     def routes(self) -> Sequence[Route]:
         return self._s.routes
 

@@ -23,7 +23,7 @@ from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport
 from fieldkit.distill.rundir import graph_changes, previous_graph
 from fieldkit.distill.runlog import RunLog, strict_json
 from fieldkit.eval.grid import labelled_grid, write_grid
-from fieldkit.eval.report import evaluate, results_table
+from fieldkit.eval.report import evaluate
 from fieldkit.eval.results import Results, Score, route_teachers
 from fieldkit.flow import generate
 from fieldkit.owned import append_line
@@ -46,8 +46,8 @@ def run_results(run: RunView, scores: Sequence[Score]) -> Results:
 class RunLogger(Callback):
     """``graph.json`` (the graph as it runs now, ``--set`` overrides applied), ``sessions.jsonl`` (one line
     per start or resume: its step and the overrides it applied), ``metrics.jsonl`` (the means of every
-    ``run.log_every`` updates, and every skipped update), the progress bar, and the summary and results
-    tables on the console."""
+    ``run.log_every`` updates, and every skipped update) and the notes of a resumed run; the console's
+    progress and tables are :class:`~fieldkit.distill.console.ConsoleOutput`'s."""
 
     def __init__(self) -> None:
         self.log: RunLog | None = None
@@ -70,7 +70,7 @@ class RunLogger(Callback):
                 "spec": graph,  # each session's whole graph: graph.json holds the newest one only
             }
             append_line(run.out / "sessions.jsonl", json.dumps(session) + "\n", "sessions log")
-        self.log = RunLog(run.out, spec.steps, run.step, enabled=run.is_main, show_progress=run.show_progress)
+        self.log = RunLog(run.out, enabled=run.is_main, quiet=not run.show_progress)
         for change in changes:
             self.log.note(f"[yellow]note:[/] changed since the last session: {escape(change)}")
         if run.step >= spec.steps:
@@ -87,22 +87,6 @@ class RunLogger(Callback):
             self.log.write(report.record)
         elif report.means is not None:
             self.log.write(report.means)
-
-    def on_run_end(self, run: RunView) -> None:
-        assert self.log is not None
-        self.log.close()
-        if run.is_main and run.show_progress:
-            title = f"{run.graph.name}: {run.step} steps, {run.bad_steps} skipped"
-            self.log.console.print(self.log.summary_table(title))
-
-    def on_evaluation(self, run: RunView, scores: Sequence[Score]) -> None:
-        if self.log is not None and scores and run.is_main and run.show_progress:
-            title = "fields on their routes (same conditions and noise)"
-            self.log.console.print(results_table(run_results(run, scores), title))
-
-    def teardown(self, run: RunView) -> None:
-        if self.log is not None:
-            self.log.close()
 
 
 class SampleGrids(Callback):
@@ -238,12 +222,15 @@ class HtmlReport(Callback):
 
 
 def default_callbacks(**replace: Callback | None) -> list[Callback]:
-    """What :meth:`Engine.run` does around the loop, in order, by name: ``log``, ``samples``,
-    ``checkpoints``, ``export``, ``evaluation``, ``results``, ``report`` and ``trackers`` (``run.report_to``).
+    """What :meth:`Engine.run` does around the loop, in order, by name: ``console``, ``log``, ``samples``,
+    ``checkpoints``, ``export``, ``evaluation``, ``results``, ``report``, ``trackers`` (``run.report_to``) and
+    ``interrupt`` (Ctrl-C: a checkpoint, then stop).
     ``replace`` puts a callback of the caller's in one's place, or drops it (None)."""
+    from fieldkit.distill.console import ConsoleOutput, StopOnInterrupt
     from fieldkit.distill.trackers import Trackers  # it builds on this module's callbacks
 
     defaults: dict[str, Callback] = {
+        "console": ConsoleOutput(),
         "log": RunLogger(),
         "samples": SampleGrids(),
         "checkpoints": Checkpoints(),
@@ -252,6 +239,7 @@ def default_callbacks(**replace: Callback | None) -> list[Callback]:
         "results": ResultsFile(),
         "report": HtmlReport(),
         "trackers": Trackers(),
+        "interrupt": StopOnInterrupt(),
     }
     unknown = sorted(set(replace) - set(defaults))
     if unknown:

@@ -1,4 +1,4 @@
-"""What a run shows and writes: a rich progress bar, ``metrics.jsonl`` and a summary table."""
+"""What a run writes as it goes: ``metrics.jsonl``, strict JSON lines trimmed to the checkpoint on resume."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 from fieldkit.atomic import atomic_write
 from fieldkit.errors import FieldkitError
@@ -26,48 +17,21 @@ from fieldkit.owned import append_line
 
 
 class RunLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` and drives the progress bar.
-
-    Only the main process writes; other processes get ``enabled=False`` and do nothing.
-    """
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and counts each route's steps and losses
+    (the run's result). Only the main process writes; other processes get ``enabled=False``. What the
+    console shows is :mod:`fieldkit.distill.console`'s."""
 
     def __init__(
-        self,
-        out: Path | None,
-        total: int,
-        start: int,
-        enabled: bool,
-        console: Console | None = None,
-        show_progress: bool = True,
+        self, out: Path | None, enabled: bool, console: Console | None = None, quiet: bool = False
     ) -> None:
-        self.enabled = enabled
+        self.enabled, self.quiet = enabled, quiet
         self.console = console or Console(stderr=True)
         self.path = out / "metrics.jsonl" if out is not None else None
         self.route_loss: dict[str, list[float]] = defaultdict(list)
         self.route_steps: dict[str, int] = defaultdict(int)
-        self._progress: Progress | None = None
-        if not enabled:
-            return
-        if show_progress:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("route [cyan]{task.fields[route]}[/] loss {task.fields[loss]}"),
-                TextColumn("{task.fields[rate]} steps/s"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self._task = self._progress.add_task(
-                "distill", total=total, completed=start, route="-", loss="-", rate="-"
-            )
-            self._progress.start()
 
     def log(self, record: dict[str, Any]) -> None:
-        """Count an update's record (step, route, loss, ...) for the summary and advance the bar."""
+        """Count an update's record (step, route, loss, ...)."""
         route = str(record.get("route", "-"))
         loss = record.get("loss")
         applied = record.get("finite", True) is not False  # a skipped (non-finite) update is no step
@@ -78,15 +42,6 @@ class RunLog:
                 self.route_loss[name].append(value)
             if applied:
                 self.route_steps[name] += 1
-        if self._progress is not None and self.enabled:
-            rate = record.get("steps_per_s")
-            self._progress.update(
-                self._task,
-                completed=record["step"],
-                route=route,
-                loss=f"{loss:.4f}" if isinstance(loss, float) else "-",
-                rate=f"{rate:.2f}" if isinstance(rate, float) else "-",
-            )
 
     def write(self, record: dict[str, Any]) -> None:
         """Append a record (an interval's means, or a skipped update) to ``metrics.jsonl``."""
@@ -94,24 +49,9 @@ class RunLog:
             append_line(self.path, json_line(record), "metrics log")
 
     def note(self, message: str) -> None:
-        if self.enabled:
+        """Print a note on the console (not when quiet)."""
+        if self.enabled and not self.quiet:
             self.console.print(message)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def summary_table(self, title: str, tail: int = 20) -> Table:
-        """Per route: optimizer steps routed to it and its mean loss over its last ``tail`` steps."""
-        table = Table(title=title)
-        table.add_column("route")
-        table.add_column("steps", justify="right")
-        table.add_column(f"loss (last {tail})", justify="right")
-        for route in sorted(self.route_steps):
-            losses = self.route_loss.get(route, [])[-tail:]
-            mean = f"{sum(losses) / len(losses):.5f}" if losses else "-"
-            table.add_row(route, str(self.route_steps[route]), mean)
-        return table
 
 
 MAX_METRICS = 1 << 30  # bytes of metrics.jsonl read back on resume (a long run writes a few MB)
