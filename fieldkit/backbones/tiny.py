@@ -53,3 +53,45 @@ def write_graphs(
         graph = yaml.safe_load((examples / name).read_text(encoding="utf-8"))
         shrink(graph, data, by_type)
         (out / name).write_text(yaml.safe_dump(graph, sort_keys=False), encoding="utf-8")
+
+
+def qwen_byte_tokenizer(specials: tuple[str, ...], max_length: int) -> Any:
+    """A byte-level BPE tokenizer (256 byte tokens, no merges) with Qwen's special tokens ``specials``
+    (``<|endoftext|>`` the pad, ``<|im_end|>`` the end): the real vocabularies cannot be fetched offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {char: i for i, char in enumerate(sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    extra = [t for t in specials if t != "<|endoftext|>"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=extra,
+        model_max_length=max_length,
+    )
+    tok.add_special_tokens({"additional_special_tokens": extra})
+    return tok
+
+
+def flux_vae() -> Any:
+    """A 4-block ``AutoencoderKL`` (8x down, 8 to 16 channels wide) with the FLUX VAE's 16 latent channels,
+    scaling and shift factors (FLUX.1 and Z-Image share that VAE)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    ).eval()

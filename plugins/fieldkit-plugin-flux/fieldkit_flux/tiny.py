@@ -112,30 +112,13 @@ def t5_text_encoder(tok: Any) -> Any:
     return T5EncoderModel(config).eval()
 
 
-def vae() -> Any:
-    """A 4-block AutoencoderKL (8x down) with FLUX's 16 latent channels, scaling and shift factors."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=4,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-    ).eval()
-
-
 def make_tiny_pipeline(
     folder: Path, *, kontext: bool = False, dynamic: bool = True, guidance_embeds: bool = True, seed: int = 0
 ) -> Path:
     """Write a tiny random ``FluxPipeline`` (``FluxKontextPipeline`` with ``kontext``) folder; return it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxPipeline
 
+    from fieldkit.backbones.tiny import flux_vae
     from fieldkit_flux.field import FluxField
 
     clip_tok = tokenizer("<|startoftext|>", "<|endoftext|>", "<|endoftext|>", CLIP_LENGTH)
@@ -145,7 +128,7 @@ def make_tiny_pipeline(
         parts: dict[str, Any] = {
             "transformer": FluxField.build_transformer(transformer_config(guidance_embeds), seed),
             "scheduler": FlowMatchEulerDiscreteScheduler(**scheduler_config(dynamic)),
-            "vae": vae(),
+            "vae": flux_vae(),
             "text_encoder": clip_text_encoder(clip_tok),
             "tokenizer": clip_tok,
             "text_encoder_2": t5_text_encoder(t5_tok),

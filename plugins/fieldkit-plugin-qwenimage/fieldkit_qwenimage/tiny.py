@@ -63,27 +63,6 @@ def scheduler_config() -> dict[str, Any]:
     }
 
 
-def tokenizer() -> Any:
-    """A byte-level BPE tokenizer (256 byte tokens, no merges) with the Qwen special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {char: i for i, char in enumerate(sorted(alphabet))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        model_max_length=32768,
-    )
-    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
-    return tok
-
-
 def text_encoder(tok: Any) -> Any:
     """A tiny Qwen2.5-VL: 2 text layers of width 32 (multimodal rotary sections 2, 3, 3), one vision block."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -150,9 +129,10 @@ def make_tiny_pipeline(folder: Path, *, edit: bool = False, seed: int = 0) -> Pa
     """Write a tiny random ``QwenImagePipeline`` (``QwenImageEditPipeline`` with ``edit``) folder."""
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline, QwenImagePipeline
 
+    from fieldkit.backbones.tiny import qwen_byte_tokenizer
     from fieldkit_qwenimage.field import QwenImageField
 
-    tok = tokenizer()
+    tok = qwen_byte_tokenizer(SPECIAL_TOKENS, 32768)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         parts: dict[str, Any] = {

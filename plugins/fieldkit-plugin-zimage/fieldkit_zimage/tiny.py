@@ -61,28 +61,6 @@ def scheduler_config(dynamic: bool = False) -> dict[str, Any]:
     return {"shift": 3.0, "use_dynamic_shifting": False}
 
 
-def tokenizer() -> Any:
-    """A byte-level BPE tokenizer (256 byte tokens, no merges), the Qwen special tokens, a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {char: i for i, char in enumerate(sorted(alphabet))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        model_max_length=512,
-    )
-    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
 def text_encoder(vocab_size: int) -> Any:
     """A 2-layer Qwen3 of width 32 (the pipelines read its second-to-last hidden states)."""
     from transformers import Qwen3Config, Qwen3Model
@@ -98,24 +76,6 @@ def text_encoder(vocab_size: int) -> Any:
         max_position_embeddings=512,
     )
     return Qwen3Model(config).eval()
-
-
-def vae() -> Any:
-    """A 4-block AutoencoderKL (8x down) with Z-Image's 16 latent channels, scaling and shift factors."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=4,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-    ).eval()
 
 
 def siglip() -> tuple[Any, Any]:
@@ -139,15 +99,17 @@ def make_tiny_pipeline(folder: Path, *, omni: bool = False, dynamic: bool = Fals
     """Write a tiny random ``ZImagePipeline`` (or ``ZImageOmniPipeline`` with ``omni``) folder; return it."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImageOmniPipeline, ZImagePipeline
 
+    from fieldkit.backbones.tiny import flux_vae, qwen_byte_tokenizer
     from fieldkit_zimage.field import ZImageField
 
-    tok = tokenizer()
+    tok = qwen_byte_tokenizer(SPECIAL_TOKENS, 512)
+    tok.chat_template = CHAT_TEMPLATE
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         parts: dict[str, Any] = {
             "transformer": ZImageField.build_transformer(transformer_config(omni), seed=seed),
             "scheduler": FlowMatchEulerDiscreteScheduler(**scheduler_config(dynamic)),
-            "vae": vae(),
+            "vae": flux_vae(),
             "text_encoder": text_encoder(len(tok)),
             "tokenizer": tok,
         }
