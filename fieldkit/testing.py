@@ -1,6 +1,7 @@
-"""Helpers for plugins' test suites: load no installed plugin, register a plugin inline, silence diffusers,
-and ask a fresh process what fieldkit loads through the entry points. Nothing here is imported by fieldkit
-itself."""
+"""Helpers for plugins' test suites: load no installed plugin, register a plugin inline, check what a plugin's
+objects return as fieldkit checks it during a run (the ``check_*`` functions of
+:mod:`fieldkit.plugin_outputs`), silence diffusers, and ask a fresh process what fieldkit loads through the
+entry points. Nothing here is imported by fieldkit itself."""
 
 from __future__ import annotations
 
@@ -14,10 +15,35 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from fieldkit.plugin_outputs import (
+    check_batch,
+    check_gradient_reaches,
+    check_loss,
+    check_metric_values,
+    check_plan,
+    check_velocity,
+)
 from fieldkit.plugins.manager import ALLOW_ENV, PluginHost, get_host, reset_host
 
 if TYPE_CHECKING:
     import click
+
+__all__ = [
+    "HEAVY",
+    "check_batch",
+    "check_gradient_reaches",
+    "check_loss",
+    "check_metric_values",
+    "check_plan",
+    "check_velocity",
+    "distill_tiny_graph",
+    "entry_point_report",
+    "invoke",
+    "make_tiny_example",
+    "no_installed_plugins",
+    "quiet_diffusers",
+    "registered",
+]
 
 #: Modules a plugin must not import when fieldkit loads it (they take seconds).
 HEAVY = ("diffusers", "transformers", "peft")

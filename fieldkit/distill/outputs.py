@@ -18,6 +18,7 @@ from rich.markup import escape
 from safetensors.torch import save_file
 
 from fieldkit.atomic import atomic_path, atomic_write
+from fieldkit.capabilities import SavesPretrained
 from fieldkit.data import batch_captions, evaluation_bucket
 from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport, every
 from fieldkit.distill.rundir import graph_changes, previous_graph
@@ -169,9 +170,8 @@ class Export(Callback):
         model = run.inference_model() if run.is_main or run.sharded else None
         if model is not None and run.is_main:
             with atomic_path(run.out / "student", folder=True) as tmp:
-                save_pretrained = getattr(model, "save_pretrained", None)
-                if callable(save_pretrained):
-                    save_pretrained(tmp)
+                if isinstance(model, SavesPretrained):
+                    model.save_pretrained(tmp)
                 else:  # a model without its own format: its weights alone
                     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
                     save_file(weights, tmp / "model.safetensors")
