@@ -89,14 +89,11 @@ class ConsoleOutput(Callback):
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[losses]}"),
-                TextColumn("{task.fields[rate]}"),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=self.err,
             )
-            self._task = self._bar.add_task(
-                "", total=run.run_spec.steps, completed=run.step, losses="", rate=""
-            )
+            self._task = self._bar.add_task("", total=run.run_spec.steps, completed=run.step, losses="")
             self._bar.start()
 
     def on_update_end(self, run: RunView, report: StepReport) -> None:
