@@ -100,14 +100,13 @@ def student_from_checkpoint(run: RunFolder, which: str, into: Path, registry: Re
     folder) as a model folder under ``into``, as the run's end writes RUN/student: the student built from
     the graph (its types looked up in ``registry``), the checkpoint's EMA weights when it kept them (else its
     weights), LoRA merged."""
-    from safetensors.torch import save_file
-
     from fieldkit.distill.checkpoint import load_weights, resolve_resume
     from fieldkit.distill.student import make_student
     from fieldkit.graph.builder import BuildContext
     from fieldkit.graph.loader import validate_parsed
     from fieldkit.graph.yaml_source import YamlSource
     from fieldkit.models.lora import merge_and_strip
+    from fieldkit.models.pretrained import save_model_folder
 
     path, _ = resolve_resume(run.folder / "checkpoints", which)
     if path is None:
@@ -133,11 +132,7 @@ def student_from_checkpoint(run: RunFolder, which: str, into: Path, registry: Re
     model = merge_and_strip(model).eval()
     folder = into / "student"
     folder.mkdir(parents=True)
-    save_pretrained = getattr(model, "save_pretrained", None)
-    if callable(save_pretrained):
-        save_pretrained(folder)
-    else:  # a model without its own format: its weights alone
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    save_model_folder(model, folder)
     return folder
 
 

@@ -15,10 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from rich.markup import escape
-from safetensors.torch import save_file
 
 from fieldkit.atomic import atomic_path, atomic_write
-from fieldkit.capabilities import SavesPretrained
 from fieldkit.data import batch_captions, evaluation_bucket
 from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport, every
 from fieldkit.distill.rundir import graph_changes, previous_graph
@@ -27,6 +25,7 @@ from fieldkit.eval.grid import labelled_grid, write_grid
 from fieldkit.eval.report import evaluate
 from fieldkit.eval.results import Results, Score, route_teachers
 from fieldkit.flow import generate
+from fieldkit.models.pretrained import save_model_folder
 from fieldkit.owned import append_line
 
 
@@ -170,11 +169,7 @@ class Export(Callback):
         model = run.inference_model() if run.is_main or run.sharded else None
         if model is not None and run.is_main:
             with atomic_path(run.out / "student", folder=True) as tmp:
-                if isinstance(model, SavesPretrained):
-                    model.save_pretrained(tmp)
-                else:  # a model without its own format: its weights alone
-                    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-                    save_file(weights, tmp / "model.safetensors")
+                save_model_folder(model, tmp)
         run.barrier()
 
 

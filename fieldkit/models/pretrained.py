@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from fieldkit.atomic import atomic_path, atomic_write
+from fieldkit.capabilities import SavesPretrained
 from fieldkit.errors import CheckpointError
 from fieldkit.field import ModuleField
 from fieldkit.files import MiB, check_regular, read_text, save_safetensors
@@ -185,3 +186,13 @@ def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
             f"{file} does not match its config.json: " + "; ".join(problems),
             hint="the weights and config come from different models; save the model again",
         )
+
+
+def save_model_folder(model: torch.nn.Module, folder: Path) -> None:
+    """Write ``model`` into the existing ``folder`` as its source type reads it back: the model's own
+    ``save_pretrained`` (:class:`~fieldkit.capabilities.SavesPretrained`) when it has one, else its weights
+    alone as ``model.safetensors``."""
+    if isinstance(model, SavesPretrained):
+        model.save_pretrained(folder)
+    else:
+        save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, folder / WEIGHTS_NAME)
