@@ -130,9 +130,11 @@ def invoke(cli: click.Group, *args: str) -> str:
 
 def distill_tiny_graph(cli: click.Group, graph: Path, run: Path) -> None:
     """What a user does with a tiny example graph through ``cli`` (the ``fieldkit`` group), each step
-    asserted: validate it, dry-run it, train it into ``run`` (two finite steps, the student folder written),
-    sample the student from its folder, and export its LoRA for the pipelines' ``load_lora_weights``."""
+    asserted: validate it, build it (``validate --build``, before any feature cache exists), dry-run it,
+    train it into ``run`` (two finite steps, the student folder written), sample the student from its folder,
+    and export its LoRA for the pipelines' ``load_lora_weights``."""
     invoke(cli, "validate", str(graph))
+    assert "built on" in invoke(cli, "validate", str(graph), "--build")
     invoke(cli, "distill", str(graph), "--dry-run", "--no-progress")
     invoke(cli, "distill", str(graph), "--out", str(run), "--no-progress")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
