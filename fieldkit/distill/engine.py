@@ -33,17 +33,18 @@ from rich.markup import escape
 from torch import Tensor, nn
 
 from fieldkit.attention import use_backend
-from fieldkit.distill.callbacks import Callback, SampleGrid, StepReport, every, state_key
+from fieldkit.distill.callbacks import Callback, StepReport, every, state_key
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.distill.outputs import RunLogger, default_callbacks
 from fieldkit.distill.session import Session, precision_context
 from fieldkit.distill.sharding import full_tensor
+from fieldkit.distill.view import EngineView
 from fieldkit.errors import FieldkitError, PluginError
 from fieldkit.eval.report import Score
 from fieldkit.graph.loader import Graph
 from fieldkit.graph.schema import RunSpec
 from fieldkit.plugin_outputs import check_batch, check_gradient_reaches, check_loss, check_plan
-from fieldkit.protocols import LossInputs, Route
+from fieldkit.protocols import LossInputs
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -137,7 +138,7 @@ class Engine:
         self._interval = IntervalMeans(self.session.loop_state.get("interval", []))
         self._callbacks: list[Callback] = []
         self._stop: str | None = None
-        self._view = _View(self)
+        self._view = EngineView(self)
         self._warned_zero_grad = False
 
     @property
@@ -310,98 +311,15 @@ class Engine:
             self.scores,
         )
 
-    def _loop_state(self) -> dict[str, Any]:
+    def loop_state(self) -> dict[str, Any]:
         """What a checkpoint keeps beside the weights: the open logging interval and the callbacks' states."""
         states = {state_key(cb): cb.state_dict() for cb in self._callbacks}
         return {"interval": self._interval.records, "callbacks": {k: v for k, v in states.items() if v}}
 
-    def _publish(self, hook: str, *args: Any) -> None:
+    def publish(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` (``on_samples``, ``on_checkpoint``, ``on_evaluation``) of every callback."""
         for cb in self._callbacks:
             getattr(cb, hook)(self._view, *args)
-
-
-class _View:
-    """The :class:`~fieldkit.distill.callbacks.RunView` of an engine's run."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine, self._s = engine, engine.session
-
-    @property
-    def graph(self) -> Graph:
-        return self._s.graph
-
-    @property
-    def run_spec(self) -> RunSpec:
-        return self._s.run_spec
-
-    @property
-    def out(self) -> Path | None:
-        return self._s.out
-
-    @property
-    def step(self) -> int:
-        return self._s.step
-
-    @property
-    def bad_steps(self) -> int:
-        return self._s.bad_steps
-
-    @property
-    def is_main(self) -> bool:
-        return bool(self._s.accelerator.is_main_process)
-
-    @property
-    def sharded(self) -> bool:
-        return self._s.sharded
-
-    @property
-    def device(self) -> torch.device:
-        device: torch.device = self._s.accelerator.device
-        return device
-
-    @property
-    def show_progress(self) -> bool:
-        return self._s.show_progress
-
-    @property
-    def processes(self) -> int:
-        return int(self._s.accelerator.num_processes)
-
-    @property
-    def parameters(self) -> tuple[int, int]:
-        return sum(p.numel() for p in self._s.params), sum(p.numel() for p in self._s.student.parameters())
-
-    @property
-    def routes(self) -> Sequence[Route]:
-        return self._s.routes
-
-    def field_name(self, route: str) -> str | None:
-        return self._s.field_name(route)
-
-    def sigmas(self, route: str) -> Tensor:
-        return self._s.sigmas[route]
-
-    def inference_model(self) -> nn.Module:
-        return self._s.inference_model()
-
-    def save_checkpoint(self) -> Path | None:
-        return self._s.save(self._engine._loop_state())
-
-    def barrier(self) -> None:
-        self._s.accelerator.wait_for_everyone()
-
-    def request_stop(self, reason: str = "stop requested") -> None:
-        self._engine.request_stop(reason)
-
-    def publish_samples(self, grids: Sequence[SampleGrid]) -> None:
-        self._engine._publish("on_samples", grids)
-
-    def publish_checkpoint(self, path: Path) -> None:
-        self._engine._publish("on_checkpoint", path)
-
-    def publish_scores(self, scores: Sequence[Score]) -> None:
-        self._engine.scores = list(scores)
-        self._engine._publish("on_evaluation", scores)
 
 
 def _log_now(run: RunSpec, step: int) -> bool:
