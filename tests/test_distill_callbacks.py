@@ -19,6 +19,7 @@ from test_distill_loop import engine
 
 from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport
 from fieldkit.distill.outputs import default_callbacks
+from fieldkit.distill.trackers import Trackers
 from fieldkit.errors import PluginError
 from fieldkit.flow import generate
 
@@ -68,7 +69,7 @@ def test_a_users_grid_callback_replaces_the_default_one_by_name(distill_world, t
     assert seen.grids == [("r", 2), ("r", 4), ("r", 6)]  # published to the other callbacks
     assert not (out / "samples").exists()  # the default grids (every step, as PNG) did not run
     assert (out / "student").is_dir() and (out / "results.json").is_file()  # the other defaults did
-    with pytest.raises(ValueError, match="no default callback named grids; the names: log, samples"):
+    with pytest.raises(ValueError, match="no default callback named grids; the names: console, log, samples"):
         default_callbacks(grids=mine)
 
 
@@ -88,10 +89,11 @@ def test_trackers_log_the_grids_a_users_grid_callback_publishes(distill_world, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    # The trackers come first here: the grids reach them whatever the order, and no PNG is read.
-    trackers = default_callbacks()[-1]
+    # The trackers come before the grid callback here: the grids reach them whatever the order, and no PNG
+    # is read (this grid callback writes none).
     run = engine("run.report_to=[tensorboard]", "run.log_every=2", write=True, out=out)
-    run.run([trackers], replace={"samples": MeanGrids(), "trackers": None})
+    for _ in run.steps([Trackers(), *default_callbacks(samples=MeanGrids(), trackers=None)]):
+        pass
     events = EventAccumulator(str(out / "trackers" / "fieldkit" / "run"), size_guidance={"images": 0})
     events.Reload()
     images = events.Images("samples/r")
