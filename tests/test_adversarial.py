@@ -268,6 +268,7 @@ def _graph_file(w: World, text: str, *args: str) -> list[str]:
     return ["validate", str(path), *args]
 
 
+METRIC = "metrics: [{type: gaussian_mixture, classes: 3, shape: [1, 4, 4]"
 MERGED = DISTILL.replace("  mixture: ", "  mixture: &world ").replace(
     "  guided:", "  other: {<<: *world, seed: 3}\n  guided:"
 )
@@ -286,6 +287,25 @@ CASES += [
         lambda w: [*_validate(w, "student.train=lora", "student.lora.targets=[nothing]"), "--build"],
         2,
         "not found in the base model",
+    ),
+    *(
+        Case(
+            f"{' '.join(['validate', *cmd])}: a metric {what} than its route's data",
+            lambda w, m=metric, c=cmd: _graph_file(
+                w, DISTILL.replace(METRIC, f"metrics: [{{type: gaussian_mixture, {m}"), *c
+            ),
+            2,
+            fragment,
+        )
+        for what, metric, fragment in [
+            (
+                "of another shape",
+                "classes: 3, shape: [1, 4, 1]",
+                ":6: routes.t2i.metrics.0: scores samples of shape",
+            ),
+            ("of fewer classes", "classes: 2, shape: [1, 4, 4]", ":6: routes.t2i.metrics.0: takes 2 classes"),
+        ]
+        for cmd in ([], ["--build"])
     ),
     Case(
         "run.device mps on a machine without MPS",
@@ -520,3 +540,19 @@ def test_a_grid_left_half_written_by_a_kill_is_removed_when_the_run_resumes(worl
     code, output = _run(_resume(world), False)
     assert code == 0, output
     assert not leftover.exists() and "unfinished temporary" in " ".join(output.split())
+
+
+def test_a_metric_that_fails_in_the_final_evaluation_is_named_and_not_unexpected() -> None:
+    from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField
+    from fieldkit.errors import PluginError
+    from fieldkit.eval.report import evaluate
+    from fieldkit.protocols import Route
+
+    def broken(samples: torch.Tensor, batch: object) -> dict[str, float]:
+        raise IndexError("index 7 is out of bounds")
+
+    field = GaussianMixtureField.random(2, (1, 2, 2), std=0.1, seed=0)
+    route = Route("t2i", field, GaussianMixtureData(field), metrics=(broken,))
+    with pytest.raises(PluginError, match=r"routes\.t2i\.metrics\.0: failed on 4 samples") as err:
+        evaluate({"teacher": field}, [route], torch.linspace(1, 0, 3), samples=4)
+    assert "--resume latest" in (err.value.hint or "")

@@ -9,6 +9,7 @@ from rich.table import Table
 from torch import Tensor
 
 from fieldkit.data import evaluation_bucket
+from fieldkit.errors import FieldkitError, PluginError
 from fieldkit.eval.results import Results, Score, column_header, combined_scores, layout
 from fieldkit.field import VelocityField
 from fieldkit.flow import generate
@@ -41,8 +42,19 @@ def evaluate(
             noise_gen = torch.Generator().manual_seed(seed + 1)
             out = generate(field, batch.cond, tuple(route.data.shape), sigmas, noise_gen, device).cpu()
             values: dict[str, float] = {}
-            for metric in route.metrics:
-                values.update(check_metric_values(metric(out, batch), f"a metric of route {route.name!r}"))
+            for i, metric in enumerate(route.metrics):
+                who = f"routes.{route.name}.metrics.{i}"
+                try:
+                    result = metric(out, batch)
+                except FieldkitError:
+                    raise
+                except Exception as exc:  # a plugin's metric: an error naming it, not an unexpected one
+                    raise PluginError(
+                        f"{who}: failed on {samples} samples of field {name!r}: {type(exc).__name__}: {exc}",
+                        hint="a metric takes samples [B, *shape] and the batch they were drawn for; a run's "
+                        "checkpoint is kept: fix the graph and rerun with --resume latest to evaluate again",
+                    ) from exc
+                values.update(check_metric_values(result, who))
             scores.append(Score(name, route.name, values))
     return scores
 

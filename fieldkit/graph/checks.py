@@ -2,7 +2,9 @@
 
 - ``run.attention`` names a known attention backend;
 - every route's data draws class labels that the student, and every field on the route, can take
-  (a field that takes N labels indexes an embedding of N rows: label N would fail mid-run).
+  (a field that takes N labels indexes an embedding of N rows: label N would fail mid-run), and that every
+  built-in metric can score: a ``gaussian_mixture`` metric of another shape, or of fewer classes, than its
+  route's data would fail (or score nonsense) only in the evaluation after the whole training.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ Problem = tuple[Loc, str]
 
 
 def check_graph(
-    spec: GraphSpec, nodes: dict[str, Typed], datasets: dict[str, Typed], root: Path
+    spec: GraphSpec,
+    nodes: dict[str, Typed],
+    datasets: dict[str, Typed],
+    root: Path,
+    metrics: dict[str, list[Typed]] | None = None,
 ) -> list[Problem]:
     """Every cross-section problem of a graph whose keys, types and references are valid."""
-    return [*_attention(spec), *_labels(spec, nodes, datasets, root)]
+    return [
+        *_attention(spec),
+        *_labels(spec, nodes, datasets, root),
+        *_metrics(datasets, metrics or {}, root),
+    ]
 
 
 def _attention(spec: GraphSpec) -> Iterator[Problem]:
@@ -94,3 +104,34 @@ def _labels(
                 f"draws labels 0..{drawn - 1}, but field {node!r} takes only {takes} classes "
                 f"(labels 0..{takes - 1}); make the data's classes at most {takes} or the field's more",
             )
+
+
+def _metrics(datasets: dict[str, Typed], metrics: dict[str, list[Typed]], root: Path) -> Iterator[Problem]:
+    """A built-in ``gaussian_mixture`` metric scores samples of its own shape and labels below its classes:
+    one whose shape is not its route's data's, or that takes fewer classes than the data draws, is refused
+    here rather than in the evaluation after the whole training."""
+    for route, typed_metrics in metrics.items():
+        data = datasets.get(route)
+        if data is None:
+            continue
+        data_shape = getattr(data.params, "shape", None)
+        drawn = _label_capacity(data, root)
+        for i, metric in enumerate(typed_metrics):
+            reg = metric.registration
+            if (reg.name, reg.plugin) != ("gaussian_mixture", "fieldkit"):
+                continue
+            shape = list(metric.params.shape)  # type: ignore[attr-defined]
+            if isinstance(data_shape, list) and list(data_shape) != shape:
+                yield (
+                    ("routes", route, "metrics", i),
+                    f"scores samples of shape {shape}, but route {route!r}'s data has shape "
+                    f"{list(data_shape)}; give the metric the data's shape",
+                )
+                continue
+            takes = int(metric.params.classes)  # type: ignore[attr-defined]
+            if drawn is not None and takes < drawn:
+                yield (
+                    ("routes", route, "metrics", i),
+                    f"takes {takes} classes (labels 0..{takes - 1}), but route {route!r}'s data draws labels "
+                    f"0..{drawn - 1}; give the metric the data's classes",
+                )
