@@ -67,6 +67,8 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"pip install of the test plugins failed:\n{result.stderr}"
     sys.path.insert(0, str(site))
+    for module in [m for m in sys.modules if m.split(".")[0] in PLUGIN_MODULES]:
+        del sys.modules[module]  # an older copy installed in the environment must not stand in for these
     yield site
     sys.path.remove(str(site))
     for module in [m for m in sys.modules if m.split(".")[0] in PLUGIN_MODULES]:
@@ -113,7 +115,12 @@ def quickstart_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     graph = root / "graph.yaml"
     graph.write_text(DISTILL)
     cosine = ["--set", "run.lr_schedule=cosine", "--set", "run.steps=2"]
-    for name, extra in (("constant", ["--set", "run.sample_every=2"]), ("cosine", cosine)):
-        result = invoke("distill", str(graph), "--out", str(root / name), "--no-progress", *extra)
-        assert result.exit_code == 0, result.output
+    # A session fixture is set up before the tests' own autouse fixtures: load no installed plugin here too.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ALLOW_ENV, "")
+        reset_host()
+        for name, extra in (("constant", ["--set", "run.sample_every=2"]), ("cosine", cosine)):
+            result = invoke("distill", str(graph), "--out", str(root / name), "--no-progress", *extra)
+            assert result.exit_code == 0, result.output
+    reset_host()
     return root / "constant", root / "cosine"
