@@ -14,7 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +102,7 @@ class Case:
     code: int
     fragment: str
     subprocess: bool = False  # could hang on wrong code
+    env: tuple[tuple[str, str], ...] = ()  # environment variables the command runs with
 
 
 def _sample(w: World, out: Path) -> list[str]:
@@ -398,6 +399,70 @@ CASES += [
 ]
 
 
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def _fresh(w: World) -> list[str]:
+    return ["distill", str(w.graph), "--out", str(w.tmp / "fresh"), "--no-progress"]
+
+
+# -- 27.9: WORLD_SIZE > 1 with no peer never hangs ----------------------------------------------------------
+CASES += [
+    Case(
+        "WORLD_SIZE=2 with no MASTER_ADDR or MASTER_PORT",
+        _fresh,
+        2,
+        "WORLD_SIZE is 2 in the environment but MASTER_ADDR and MASTER_PORT are not set",
+        env=(("WORLD_SIZE", "2"), ("RANK", "0")),
+    ),
+    Case(
+        "WORLD_SIZE not a number",
+        lambda w: [*_validate(w), "--build"],
+        2,
+        "WORLD_SIZE is 'two' in the environment",
+        env=(("WORLD_SIZE", "two"),),
+    ),
+    Case(
+        "WORLD_SIZE=2 at a rendezvous no peer comes to",
+        _fresh,
+        2,
+        "not all 2 processes joined; nothing was written hint: launch several processes with accelerate",
+        subprocess=True,
+        env=(
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", _free_port()),
+            ("FIELDKIT_RENDEZVOUS_TIMEOUT", "2"),
+        ),
+    ),
+]
+
+# -- 27.15: what accelerate's launcher asks for is done, refused, or said ----------------------------------
+CASES += [
+    Case(
+        "ACCELERATE_DYNAMO_BACKEND=inductor while run.compile is off",
+        _fresh,
+        2,
+        "launched with dynamo backend 'inductor' (ACCELERATE_DYNAMO_BACKEND)",
+        env=(("ACCELERATE_DYNAMO_BACKEND", "inductor"),),
+    ),
+    Case(
+        "accelerate launch --cpu --num_processes 2 (one process starts)",
+        lambda w: [*_fresh(w), "--set", "run.steps=1"],
+        0,
+        "accelerate started one process, and this run trains alone",
+        env=(("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("ACCELERATE_USE_CPU", "True")),
+    ),
+]
+
+
 @pytest.fixture
 def world(tmp_path: Path, quickstart_runs: tuple[Path, Path]) -> World:
     graph = tmp_path / "graph.yaml"
@@ -405,21 +470,21 @@ def world(tmp_path: Path, quickstart_runs: tuple[Path, Path]) -> World:
     return World(tmp_path, graph, quickstart_runs[0], {})
 
 
-def _run(argv: list[str], in_subprocess: bool) -> tuple[int, str]:
+def _run(argv: list[str], in_subprocess: bool, extra: Mapping[str, str] | None = None) -> tuple[int, str]:
     if in_subprocess:
-        env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": ""}
+        env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": "", **(extra or {})}
         done = subprocess.run(
             [str(FIELDKIT), *argv], capture_output=True, text=True, timeout=300, env=env, check=False
         )
         return done.returncode, done.stdout + done.stderr
-    result = CliRunner().invoke(cli, argv, prog_name="fieldkit")
+    result = CliRunner().invoke(cli, argv, prog_name="fieldkit", env=dict(extra or {}))
     return result.exit_code, result.output
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_a_hostile_input_gets_its_exit_code_and_message_and_touches_nothing(case: Case, world: World) -> None:
     argv = case.argv(world)
-    code, output = _run(argv, case.subprocess)
+    code, output = _run(argv, case.subprocess, dict(case.env))
     text = " ".join(output.split())
     assert code == case.code, output
     assert case.fragment in text, output

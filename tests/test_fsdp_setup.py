@@ -146,7 +146,8 @@ def test_a_plain_copy_rebuilt_from_a_state_dict_computes_what_the_model_computes
 
 def test_a_launch_whose_processes_did_not_join_one_group_is_refused():
     code = "from fieldkit.distill.session import make_accelerator; make_accelerator('mps')"
-    env = {**os.environ, "WORLD_SIZE": "2", "FIELDKIT_LOAD_PLUGINS": ""}
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # set by a launcher
+    env = {**os.environ, "WORLD_SIZE": "2", **rendezvous, "FIELDKIT_LOAD_PLUGINS": ""}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert done.returncode != 0
     assert "launched as 2 processes, but accelerate joined 1" in done.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,14 @@ def make_accelerator(
             f"run.precision is {precision!r}; fieldkit applies precision itself, from the graph",
             hint=f"set run.precision: {launched} in the graph, or launch with --mixed_precision no",
         )
+    dynamo = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no")
+    if dynamo.lower() not in ("", "no"):
+        raise FieldkitError(
+            f"accelerate was launched with dynamo backend {dynamo!r} (ACCELERATE_DYNAMO_BACKEND), which "
+            "would compile the student whatever the graph's run.compile says (and graph.json records); "
+            "fieldkit compiles from the graph",
+            hint="set run.compile in the graph, and launch with --dynamo_backend no",
+        )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FieldkitError(f"run.device is {device!r} but CUDA is not available", hint="use run.device=auto")
     if device.startswith("cuda:"):
@@ -88,8 +97,11 @@ def make_accelerator(
     # A student's parameters may go unused in a step (MMDiT's text layers when a route has no text; an
     # edit route's source path): DDP must look for them rather than wait for their gradients forever.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    acc = Accelerator(cpu=cpu, mixed_precision="no", kwargs_handlers=[ddp])
-    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    launched_world = check_rendezvous()
+    with rendezvous_deadline(launched_world):
+        acc = Accelerator(cpu=cpu, mixed_precision="no", dynamo_backend="no", kwargs_handlers=[ddp])
+    if acc.num_processes == 1 and launched_world == 1 and os.environ.get("MASTER_ADDR"):
+        _one_of_many_note(acc)
     if launched_world != acc.num_processes:
         raise FieldkitError(
             f"launched as {launched_world} processes, but accelerate joined {acc.num_processes} "
@@ -99,6 +111,93 @@ def make_accelerator(
     if parallel == "fsdp" and acc.num_processes > 1:
         enable_fsdp(acc, fsdp or FsdpSpec())
     return acc
+
+
+LAUNCH_HINT = (
+    "launch several processes with accelerate's launcher, which starts the peers and sets these variables: "
+    "accelerate launch --num_processes N -m fieldkit distill GRAPH (see docs/reliability.md); for one "
+    "process, unset WORLD_SIZE"
+)
+#: Seconds the processes of a launch get to find each other before fieldkit gives up (exit 2).
+RENDEZVOUS_TIMEOUT = 300.0
+
+
+def check_rendezvous() -> int:
+    """The number of processes the environment asks for (``WORLD_SIZE``), after checking that a process group
+    can form: more than one needs ``MASTER_ADDR`` and ``MASTER_PORT`` (which a launcher sets), and a
+    ``WORLD_SIZE`` that is not a count is refused."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(raw)
+    except ValueError:
+        raise FieldkitError(
+            f"WORLD_SIZE is {raw!r} in the environment, not a process count", hint=LAUNCH_HINT
+        ) from None
+    if world < 1:
+        raise FieldkitError(
+            f"WORLD_SIZE is {world} in the environment; it counts processes", hint=LAUNCH_HINT
+        )
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if world > 1 and missing:
+        raise FieldkitError(
+            f"WORLD_SIZE is {world} in the environment but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set: the {world} processes have no rendezvous "
+            "to meet at, and this one would wait for its peers forever",
+            hint=LAUNCH_HINT,
+        )
+    return world
+
+
+@contextlib.contextmanager
+def rendezvous_deadline(world: int) -> Iterator[None]:
+    """Around the process group's start: when its ``world`` processes have not all joined within
+    ``FIELDKIT_RENDEZVOUS_TIMEOUT`` seconds (default :data:`RENDEZVOUS_TIMEOUT`), print why and exit 2
+    (nothing was written: the run folder is opened after). One process starts no group: no deadline."""
+    if world <= 1:
+        yield
+        return
+    import threading
+
+    raw = os.environ.get("FIELDKIT_RENDEZVOUS_TIMEOUT", "")
+    try:
+        seconds = float(raw) if raw else RENDEZVOUS_TIMEOUT
+    except ValueError:
+        seconds = RENDEZVOUS_TIMEOUT
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+
+    def give_up() -> None:
+        import sys
+
+        sys.stderr.write(
+            f"Error: process {os.environ.get('RANK', '?')} of {world} waited {seconds:g} s at {where} "
+            f"(MASTER_ADDR:MASTER_PORT) and not all {world} processes joined; nothing was written\n"
+            f"  hint: {LAUNCH_HINT}; FIELDKIT_RENDEZVOUS_TIMEOUT sets the wait in seconds\n"
+        )
+        sys.stderr.flush()
+        os._exit(2)  # the main thread is blocked inside the C++ rendezvous: no exception reaches it
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _one_of_many_note(acc: Accelerator) -> None:
+    """A launch that asked for several processes (``MASTER_ADDR`` set, as ``accelerate launch --num_processes
+    N`` sets it) but started this one alone (``accelerate launch --cpu`` runs one process whatever N is)."""
+    if acc.is_main_process:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            "[yellow]note:[/] the environment names a rendezvous (MASTER_ADDR="
+            f"{escape(os.environ.get('MASTER_ADDR', ''))}, as `accelerate launch --num_processes N` sets it) "
+            "but accelerate started one process, and this run trains alone: `accelerate launch --cpu` runs "
+            "one process whatever --num_processes says; for N CPU processes use `accelerate launch "
+            "--multi_gpu --num_processes N` with run.device: cpu"
+        )
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
