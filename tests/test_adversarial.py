@@ -26,7 +26,7 @@ from test_cli_run import DISTILL
 
 from fieldkit import loads_graph
 from fieldkit.cli import cli
-from fieldkit.errors import GraphError
+from fieldkit.errors import FieldkitError, GraphError
 from fieldkit.plugins import get_host, hookimpl
 
 FIELDKIT = Path(sys.executable).parent / "fieldkit"
@@ -463,6 +463,28 @@ CASES += [
 ]
 
 
+# -- 27.12: a tracker that needs a login it lacks is refused at start (no network: wandb's files in tmp) -----
+_WANDB_HOME = "/nonexistent-fieldkit-wandb-home"
+CASES += [
+    Case(
+        f"{' '.join(cmd)}: report_to wandb without a login",
+        lambda w, c=cmd: [*c[:1], str(w.graph), *c[1:], "--set", "run.report_to=[wandb]"],
+        2,
+        "run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline",
+        subprocess=True,  # wandb keeps its settings per process
+        env=(
+            ("WANDB_MODE", ""),
+            ("WANDB_API_KEY", ""),
+            ("WANDB_CONFIG_DIR", _WANDB_HOME),
+            ("NETRC", _WANDB_HOME + "/netrc"),
+            ("HOME", _WANDB_HOME),
+            ("WANDB_BASE_URL", "http://127.0.0.1:9"),  # were anything sent, it would go nowhere
+        ),
+    )
+    for cmd in (["distill", "--dry-run"], ["validate", "--build"])
+]
+
+
 @pytest.fixture
 def world(tmp_path: Path, quickstart_runs: tuple[Path, Path]) -> World:
     graph = tmp_path / "graph.yaml"
@@ -621,3 +643,33 @@ def test_a_metric_that_fails_in_the_final_evaluation_is_named_and_not_unexpected
     with pytest.raises(PluginError, match=r"routes\.t2i\.metrics\.0: failed on 4 samples") as err:
         evaluate({"teacher": field}, [route], torch.linspace(1, 0, 3), samples=4)
     assert "--resume latest" in (err.value.hint or "")
+
+
+def test_wandb_offline_or_logged_in_passes_the_login_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fieldkit.distill.trackers import check_logins
+
+    pytest.importorskip("wandb")
+    for var in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_DISABLED",
+        "WANDB_BASE_URL",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    with pytest.raises(FieldkitError, match=r"wandb has no API key for https://api\.wandb\.ai"):
+        check_logins(["wandb"])
+    check_logins(["tensorboard"])
+    (tmp_path / "settings").write_text("[default]\nmode = offline\n")  # `wandb offline`
+    check_logins(["wandb"])
+    (tmp_path / "settings").unlink()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_logins(["wandb"])
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / "netrc").chmod(0o600)
+    check_logins(["wandb"])  # `wandb login` wrote its key

@@ -235,6 +235,10 @@ class Session:
             raise FieldkitError("the graph has no 'student' section", hint="add student: {init: FIELD_NAME}")
         if not spec.routes:
             raise FieldkitError("the graph has no routes to train on", hint="add a 'routes' section")
+        if spec.run.report_to:  # a tracker that cannot start fails now, not after the teachers load
+            from fieldkit.distill.trackers import check_logins, installed
+
+            check_logins(installed(list(spec.run.report_to)))
         self.graph = graph
         self.run_spec = spec.run
         self.show_progress = show_progress

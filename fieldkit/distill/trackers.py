@@ -11,6 +11,7 @@ comes from ``run.tracker`` (project, name, tags, dir), else the tracker's own en
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -129,6 +130,65 @@ def installed(names: list[str]) -> list[str]:
                 "remove it from run.report_to",
             )
     return names
+
+
+def check_logins(names: list[str]) -> None:
+    """Refuse, before anything is built, a tracker of ``names`` that would stop the run at its start for a
+    login it lacks: ``wandb`` online with no API key (``WANDB_API_KEY``, an identity token file, the key in
+    wandb's settings file, or ``wandb login``'s .netrc entry for its host). Reads files and the environment
+    only: nothing is sent over the network."""
+    if "wandb" in names and importlib.util.find_spec("wandb") is not None:
+        problem = _wandb_login_problem()
+        if problem is not None:
+            raise FieldkitError(
+                f"run.report_to has 'wandb' but {problem}: wandb would stop the run at its start (or wait "
+                "at a login prompt)",
+                hint="run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to log locally "
+                "and `wandb sync` later, or remove wandb from run.report_to",
+            )
+
+
+def _wandb_login_problem() -> str | None:
+    """Why wandb would ask for a login (None: it is offline or disabled, or it has a key)."""
+    import configparser
+
+    settings: dict[str, str] = {}
+    folder = os.environ.get("WANDB_CONFIG_DIR") or str(Path("~/.config/wandb").expanduser())
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(Path(folder) / "settings")
+        settings = dict(parser["default"]) if parser.has_section("default") else {}
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        settings = {}
+    mode = (os.environ.get("WANDB_MODE") or settings.get("mode") or "online").strip().lower()
+    disabled = os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes")
+    if mode in ("offline", "dryrun", "disabled") or disabled:
+        return None
+    if (
+        os.environ.get("WANDB_API_KEY")
+        or os.environ.get("WANDB_IDENTITY_TOKEN_FILE")
+        or settings.get("api_key")
+    ):
+        return None
+    host = os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or "https://api.wandb.ai"
+    try:
+        from wandb.sdk.lib.wbauth import read_netrc_auth
+
+        if read_netrc_auth(host=host):
+            return None
+    except ImportError:  # another wandb: read the .netrc entry itself
+        import netrc
+        from urllib.parse import urlparse
+
+        try:
+            path = os.environ.get("NETRC") or str(Path("~/.netrc").expanduser())
+            if netrc.netrc(path).authenticators(urlparse(host).hostname or host):
+                return None
+        except (OSError, netrc.NetrcParseError):
+            pass
+    except Exception:  # an unreadable .netrc: wandb reports it itself
+        return None
+    return f"wandb has no API key for {host} and WANDB_MODE is {mode!r}"
 
 
 def flat_hparams(value: Any, prefix: str = "") -> dict[str, Any]:
