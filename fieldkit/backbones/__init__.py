@@ -14,6 +14,9 @@ the kit holds the rest:
   gives the pipeline's sigmas.
 - :mod:`fieldkit.backbones.build`: ``load_or_build(FieldClass, params, ctx, **options)`` and
   ``adapter_field(FieldClass, params, ctx, kind)``: the bodies of a backbone's source factories.
+- :mod:`fieldkit.backbones.register`: ``register_sources`` / ``register_buckets``, a backbone's standard
+  sources (``NAME``, ``NAME.edit``, ``NAME.lora``) and buckets (``NAME.prompts``, ``NAME.edits``) registered
+  from a small description (``Sources``, ``Buckets``) of what differs.
 - :mod:`fieldkit.backbones.loading`: loading (dtype checked, nothing fetched) and the scheduler config of a
   pipeline folder, refused when fieldkit's Euler sampler cannot reproduce it.
 - :mod:`fieldkit.backbones.schedule`: ``pipeline_sigmas`` / ``scheduler_sigmas``, the sigmas a pipeline

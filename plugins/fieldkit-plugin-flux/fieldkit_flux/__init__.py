@@ -21,94 +21,64 @@ never when fieldkit loads the plugin.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
+from fieldkit.backbones.register import Buckets, Sources, register_buckets, register_sources
 from fieldkit.plugin_api import hookimpl
 from fieldkit_flux.params import EditParams, FluxKontextParams, FluxLoraParams, FluxParams, PromptParams
 
 if TYPE_CHECKING:
-    from fieldkit.plugin_api import BuildContext, RegisterDataset, RegisterSource
+    from fieldkit.plugin_api import RegisterDataset, RegisterSource
 
 __version__ = "0.1.0"
 
 
-def build_flux(params: FluxParams, ctx: BuildContext) -> Any:
-    """A FLUX.1 transformer as a field: ``v = transformer(pack(x), sigma, guidance, text, pooled)``."""
-    from fieldkit.backbones.build import load_or_build
-    from fieldkit_flux.field import FluxField
-
-    return load_or_build(FluxField, params, ctx, guidance=params.guidance)
+def _guidance(params: FluxParams | FluxKontextParams | FluxLoraParams) -> dict[str, float]:
+    """The field's distilled guidance, where ``params`` give one (the base's otherwise)."""
+    return {} if params.guidance is None else {"guidance": params.guidance}
 
 
-def build_flux_kontext(params: FluxKontextParams, ctx: BuildContext) -> Any:
-    """A FLUX.1 Kontext transformer as an edit field; with ``base``, over that field's transformer."""
-    from fieldkit.backbones.build import load_or_build
-    from fieldkit.backbones.field import as_shared_field
-    from fieldkit_flux.field import FluxField
-
-    if params.base is None:
-        guidance = 3.5 if params.guidance is None else params.guidance
-        return load_or_build(FluxField, params, ctx, guidance=guidance, edit=True)
-    base = as_shared_field(ctx.field(params.base), FluxField, f"flux.kontext's base {str(params.base)!r}")
-    return base.spawn(base.adapter, edit=True, **_guidance(params.guidance))
-
-
-def build_flux_lora(params: FluxLoraParams, ctx: BuildContext) -> Any:
-    """A LoRA adapter over a flux base field; N adapters share one base transformer in memory."""
-    from fieldkit.backbones.build import adapter_field
-    from fieldkit_flux.field import FluxField
-
-    field = adapter_field(FluxField, params, ctx, "flux.lora")
-    task = {} if params.task is None else {"edit": params.task == "edit"}
-    return field.spawn(field.adapter, **task, **_guidance(params.guidance))
-
-
-def _guidance(value: float | None) -> dict[str, float]:
-    return {} if value is None else {"guidance": value}
-
-
-def _encoding(params: PromptParams | EditParams, ctx: BuildContext) -> Any:
-    from fieldkit.backbones.build import encoding
-    from fieldkit_flux.data import Encoding
-
-    return encoding(Encoding, params, ctx)
-
-
-def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:
-    """T2I prompts with FLUX's T5 and CLIP features computed once and cached to safetensors."""
-    from fieldkit_flux.data import prompt_bucket
-
-    cache = ctx.path(params.cache) if params.cache else None
-    return prompt_bucket(ctx.path(params.file), _encoding(params, ctx), template=params.template, cache=cache)
-
-
-def build_edits(params: EditParams, ctx: BuildContext) -> Any:
-    """Kontext edit pairs with text features and source latents computed once and cached to safetensors."""
-    from fieldkit_flux.data import edit_bucket
-
-    cache = ctx.path(params.cache) if params.cache else None
-    return edit_bucket(
-        ctx.path(params.pairs),
-        _encoding(params, ctx),
-        template=params.template,
-        cache=cache,
-        auto_resize=params.auto_resize,
-    )
+SOURCES = Sources(
+    "flux",
+    "fieldkit_flux.field:FluxField",
+    base=(
+        FluxParams,
+        "A FLUX.1 transformer as a field: ``v = transformer(pack(x), sigma, guidance, text, pooled)``.",
+    ),
+    edit=(
+        FluxKontextParams,
+        "A FLUX.1 Kontext transformer as an edit field; with ``base``, over that field's transformer.",
+    ),
+    lora=FluxLoraParams,
+    edit_name="kontext",
+    options=_guidance,
+    edit_defaults={"guidance": 3.5},
+)
+BUCKETS = Buckets(
+    "flux",
+    "fieldkit_flux.data",
+    prompts=(
+        PromptParams,
+        "T2I prompts with FLUX's T5 and CLIP features computed once and cached to safetensors.",
+    ),
+    edits=(
+        EditParams,
+        "Kontext edit pairs with text features and source latents computed once and cached to safetensors.",
+    ),
+    edit_options=("auto_resize",),
+)
 
 
 @hookimpl
 def fieldkit_register_sources(register: RegisterSource) -> None:
-    register("flux", build_flux, FluxParams)
-    register("flux.kontext", build_flux_kontext, FluxKontextParams)
-    register("flux.lora", build_flux_lora, FluxLoraParams)
+    register_sources(register, SOURCES)
 
 
 @hookimpl
 def fieldkit_register_datasets(register: RegisterDataset) -> None:
-    register("flux.prompts", build_prompts, PromptParams)
-    register("flux.edits", build_edits, EditParams)
+    register_buckets(register, BUCKETS)
 
 
 @hookimpl

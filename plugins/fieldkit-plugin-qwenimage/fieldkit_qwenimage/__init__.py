@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from fieldkit.backbones.register import Buckets, Sources, register_buckets, register_sources
 from fieldkit.plugin_api import hookimpl
 from fieldkit_qwenimage.params import (
     EditParams,
@@ -42,36 +43,6 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def build_qwenimage(params: QwenImageParams, ctx: BuildContext) -> Any:
-    """A Qwen-Image transformer as a field: ``v = transformer(pack(x), sigma, text, text_mask)``."""
-    from fieldkit.backbones.build import load_or_build
-    from fieldkit_qwenimage.field import QwenImageField
-
-    return load_or_build(QwenImageField, params, ctx)
-
-
-def build_qwenimage_edit(params: QwenImageEditParams, ctx: BuildContext) -> Any:
-    """A Qwen-Image-Edit transformer as an edit field; with ``base``, over that field's transformer."""
-    from fieldkit.backbones.build import load_or_build
-    from fieldkit.backbones.field import as_shared_field
-    from fieldkit_qwenimage.field import QwenImageField
-
-    if params.base is None:
-        return load_or_build(QwenImageField, params, ctx, edit=True)
-    what = f"qwenimage.edit's base {str(params.base)!r}"
-    base = as_shared_field(ctx.field(params.base), QwenImageField, what)
-    return base.spawn(base.adapter, edit=True)
-
-
-def build_qwenimage_lora(params: QwenImageLoraParams, ctx: BuildContext) -> Any:
-    """A LoRA adapter over a qwenimage base field; N adapters share one base transformer in memory."""
-    from fieldkit.backbones.build import adapter_field
-    from fieldkit_qwenimage.field import QwenImageField
-
-    field = adapter_field(QwenImageField, params, ctx, "qwenimage.lora")
-    return field if params.task is None else field.spawn(field.adapter, edit=params.task == "edit")
-
-
 def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
     """True CFG as the Qwen-Image pipelines apply it (true_cfg_scale, the per-token norm rescale)."""
     from fieldkit_qwenimage.guidance import QwenImageGuidance
@@ -79,34 +50,33 @@ def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
     return QwenImageGuidance(ctx.field(params.field), params.scale)
 
 
-def _encoding(params: PromptParams | EditParams, ctx: BuildContext) -> Any:
-    from fieldkit.backbones.build import encoding
-    from fieldkit_qwenimage.data import Encoding
-
-    return encoding(Encoding, params, ctx)
-
-
-def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:
-    """T2I prompts with Qwen2.5-VL features computed once and cached to safetensors."""
-    from fieldkit_qwenimage.data import prompt_bucket
-
-    cache = ctx.path(params.cache) if params.cache else None
-    return prompt_bucket(ctx.path(params.file), _encoding(params, ctx), template=params.template, cache=cache)
-
-
-def build_edits(params: EditParams, ctx: BuildContext) -> Any:
-    """Edit pairs with image-aware Qwen2.5-VL features and source latents, computed once and cached."""
-    from fieldkit_qwenimage.data import edit_bucket
-
-    cache = ctx.path(params.cache) if params.cache else None
-    return edit_bucket(ctx.path(params.pairs), _encoding(params, ctx), template=params.template, cache=cache)
+SOURCES = Sources(
+    "qwenimage",
+    "fieldkit_qwenimage.field:QwenImageField",
+    base=(
+        QwenImageParams,
+        "A Qwen-Image transformer as a field: ``v = transformer(pack(x), sigma, text, text_mask)``.",
+    ),
+    edit=(
+        QwenImageEditParams,
+        "A Qwen-Image-Edit transformer as an edit field; with ``base``, over that field's transformer.",
+    ),
+    lora=QwenImageLoraParams,
+)
+BUCKETS = Buckets(
+    "qwenimage",
+    "fieldkit_qwenimage.data",
+    prompts=(PromptParams, "T2I prompts with Qwen2.5-VL features computed once and cached to safetensors."),
+    edits=(
+        EditParams,
+        "Edit pairs with image-aware Qwen2.5-VL features and source latents, computed once and cached.",
+    ),
+)
 
 
 @hookimpl
 def fieldkit_register_sources(register: RegisterSource) -> None:
-    register("qwenimage", build_qwenimage, QwenImageParams)
-    register("qwenimage.edit", build_qwenimage_edit, QwenImageEditParams)
-    register("qwenimage.lora", build_qwenimage_lora, QwenImageLoraParams)
+    register_sources(register, SOURCES)
 
 
 @hookimpl
@@ -116,8 +86,7 @@ def fieldkit_register_operators(register: RegisterOperator) -> None:
 
 @hookimpl
 def fieldkit_register_datasets(register: RegisterDataset) -> None:
-    register("qwenimage.prompts", build_prompts, PromptParams)
-    register("qwenimage.edits", build_edits, EditParams)
+    register_buckets(register, BUCKETS)
 
 
 @hookimpl

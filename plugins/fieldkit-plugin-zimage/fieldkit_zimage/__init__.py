@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from fieldkit.backbones.register import Buckets, Sources, register_buckets, register_sources
 from fieldkit.plugin_api import hookimpl
 from fieldkit_zimage.params import (
     EditParams,
@@ -41,35 +42,6 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def build_zimage(params: ZImageParams, ctx: BuildContext) -> Any:
-    """A Z-Image transformer as a field: ``v = -transformer(x, 1 - sigma, text)`` (T2I, or an edit batch)."""
-    from fieldkit.backbones.build import load_or_build
-    from fieldkit_zimage.field import ZImageField
-
-    return load_or_build(ZImageField, params, ctx, edit=False)
-
-
-def build_zimage_edit(params: ZImageEditParams, ctx: BuildContext) -> Any:
-    """A Z-Image Omni transformer as an edit field; with ``base``, over that field's transformer."""
-    from fieldkit.backbones.build import load_or_build
-    from fieldkit.backbones.field import as_shared_field
-    from fieldkit_zimage.field import ZImageField
-
-    if params.base is None:
-        return load_or_build(ZImageField, params, ctx, edit=True)
-    base = as_shared_field(ctx.field(params.base), ZImageField, f"zimage.edit's base {str(params.base)!r}")
-    return base.spawn(base.adapter, edit=True)
-
-
-def build_zimage_lora(params: ZImageLoraParams, ctx: BuildContext) -> Any:
-    """A LoRA adapter over a zimage base field; N adapters share one base transformer in memory."""
-    from fieldkit.backbones.build import adapter_field
-    from fieldkit_zimage.field import ZImageField
-
-    field = adapter_field(ZImageField, params, ctx, "zimage.lora")
-    return field if params.task is None else field.spawn(field.adapter, edit=params.task == "edit")
-
-
 def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
     """Guidance as the Z-Image pipelines apply it (scale, cfg_normalization, cfg_truncation)."""
     from fieldkit_zimage.guidance import ZImageGuidance
@@ -79,34 +51,33 @@ def build_guidance(params: GuidanceParams, ctx: BuildContext) -> Any:
     )
 
 
-def _encoding(params: PromptParams | EditParams, ctx: BuildContext) -> Any:
-    from fieldkit.backbones.build import encoding
-    from fieldkit_zimage.data import Encoding
-
-    return encoding(Encoding, params, ctx)
-
-
-def build_prompts(params: PromptParams, ctx: BuildContext) -> Any:
-    """T2I prompts with Z-Image text features computed once and cached to safetensors."""
-    from fieldkit_zimage.data import prompt_bucket
-
-    cache = ctx.path(params.cache) if params.cache else None
-    return prompt_bucket(ctx.path(params.file), _encoding(params, ctx), template=params.template, cache=cache)
-
-
-def build_edits(params: EditParams, ctx: BuildContext) -> Any:
-    """Edit pairs with text, VAE latents and SigLIP2 features computed once and cached to safetensors."""
-    from fieldkit_zimage.data import edit_bucket
-
-    cache = ctx.path(params.cache) if params.cache else None
-    return edit_bucket(ctx.path(params.pairs), _encoding(params, ctx), template=params.template, cache=cache)
+SOURCES = Sources(
+    "zimage",
+    "fieldkit_zimage.field:ZImageField",
+    base=(
+        ZImageParams,
+        "A Z-Image transformer as a field: ``v = -transformer(x, 1 - sigma, text)`` (T2I, or an edit batch).",
+    ),
+    edit=(
+        ZImageEditParams,
+        "A Z-Image Omni transformer as an edit field; with ``base``, over that field's transformer.",
+    ),
+    lora=ZImageLoraParams,
+)
+BUCKETS = Buckets(
+    "zimage",
+    "fieldkit_zimage.data",
+    prompts=(PromptParams, "T2I prompts with Z-Image text features computed once and cached to safetensors."),
+    edits=(
+        EditParams,
+        "Edit pairs with text, VAE latents and SigLIP2 features computed once and cached to safetensors.",
+    ),
+)
 
 
 @hookimpl
 def fieldkit_register_sources(register: RegisterSource) -> None:
-    register("zimage", build_zimage, ZImageParams)
-    register("zimage.edit", build_zimage_edit, ZImageEditParams)
-    register("zimage.lora", build_zimage_lora, ZImageLoraParams)
+    register_sources(register, SOURCES)
 
 
 @hookimpl
@@ -116,8 +87,7 @@ def fieldkit_register_operators(register: RegisterOperator) -> None:
 
 @hookimpl
 def fieldkit_register_datasets(register: RegisterDataset) -> None:
-    register("zimage.prompts", build_prompts, PromptParams)
-    register("zimage.edits", build_edits, EditParams)
+    register_buckets(register, BUCKETS)
 
 
 @hookimpl
