@@ -673,3 +673,19 @@ def test_wandb_offline_or_logged_in_passes_the_login_check(
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
     (tmp_path / "netrc").chmod(0o600)
     check_logins(["wandb"])  # `wandb login` wrote its key
+
+
+def test_a_dry_run_builds_a_missing_feature_cache_in_a_temporary_folder_and_writes_none(
+    tmp_path: Path,
+) -> None:
+    from fieldkit.backbones.prompts import cached, caches_in_scratch
+
+    beside_data = tmp_path / "prompts.csv.features.safetensors"
+    encode = lambda: {"text": torch.ones(2, 3)}  # noqa: E731
+    with caches_in_scratch() as scratch:
+        used = cached(beside_data, "fmt", "key", ["a", "b"], encode)
+        assert used.parent == scratch and used.is_file()
+        assert cached(used, "fmt", "key", ["a", "b"], encode) == used  # fresh: read where it is
+    assert not beside_data.exists() and not used.exists() and not scratch.exists()
+    assert cached(beside_data, "fmt", "key", ["a", "b"], encode) == beside_data  # a real run writes it
+    assert beside_data.is_file()

@@ -2,14 +2,19 @@
 
 A backbone plugin reads its rows, computes a fingerprint of what the features depend on
 (:func:`fingerprint`: the texts, settings, and the encoders' files), encodes only when the cache's
-fingerprint differs (:func:`cached`), and serves the cache as a :class:`CachedBucket`.
+fingerprint differs (:func:`cached`), and serves the cache as a :class:`CachedBucket`. Within
+:func:`caches_in_scratch` (a dry run) a cache that would be written goes to a temporary folder instead,
+removed when the scope ends: a dry run writes nothing beside the user's data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +53,31 @@ def fingerprint(parts: list[Any], pipeline: Path, subfolders: tuple[str, ...]) -
     return digest
 
 
+_SCRATCH: ContextVar[Path | None] = ContextVar("fieldkit_cache_scratch", default=None)
+
+
+@contextlib.contextmanager
+def caches_in_scratch() -> Iterator[Path]:
+    """Within it, :func:`cached` writes a missing or stale cache into a temporary folder (removed on exit)
+    and leaves the cache's own path as it is: what ``--dry-run`` builds its buckets in."""
+    with tempfile.TemporaryDirectory(prefix="fieldkit-dry-run-caches-") as folder:
+        token = _SCRATCH.set(Path(folder))
+        try:
+            yield Path(folder)
+        finally:
+            _SCRATCH.reset(token)
+
+
 def cached(path: Path, fmt: str, key: str, texts: list[str], encode: Callable[[], dict[str, Tensor]]) -> Path:
-    """``path``, (re)written with ``encode()`` when it is not a ``fmt`` cache of fingerprint ``key``."""
-    if cached_fingerprint(path, fmt) != key:
-        write_cache(path, encode(), texts, fmt, key)
+    """The cache to read: ``path``, (re)written with ``encode()`` when it is not a ``fmt`` cache of
+    fingerprint ``key``; within :func:`caches_in_scratch`, a fresh file in its temporary folder instead of
+    writing ``path``. Use the path it returns."""
+    if cached_fingerprint(path, fmt) == key:
+        return path
+    scratch = _SCRATCH.get()
+    if scratch is not None:
+        path = scratch / f"{sum(1 for _ in scratch.iterdir())}-{path.name}"
+    write_cache(path, encode(), texts, fmt, key)
     return path
 
 

@@ -24,6 +24,25 @@ def run_graph(
     progress: bool,
     quiet: bool = False,
 ) -> None:
+    """:func:`_run_graph`; a dry run builds a backbone's missing feature caches in a temporary folder (removed
+    after it), so that it writes nothing beside the user's data either."""
+    if not dry_run:
+        _run_graph(graph, resume, dry_run, out, progress, quiet)
+        return
+    from fieldkit.backbones.prompts import caches_in_scratch
+
+    with caches_in_scratch():
+        _run_graph(graph, resume, dry_run, out, progress, quiet)
+
+
+def _run_graph(
+    graph: Graph,
+    resume: str | None,
+    dry_run: bool,
+    out: str | Path | None,
+    progress: bool,
+    quiet: bool = False,
+) -> None:
     """Run the engine on ``graph`` (``dry_run``: build everything and time a few updates; write nothing).
     ``progress``: the bar in a terminal, a line per ``run.log_every`` updates elsewhere; ``quiet``: errors
     only."""

@@ -77,9 +77,11 @@ def validate(graph: Graph, build: bool) -> None:
 
 def _build(graph: Graph) -> str:
     """Build ``graph`` as ``distill`` does, without a run folder and without an update; what was built."""
+    from fieldkit.backbones.prompts import caches_in_scratch
     from fieldkit.distill.session import Session
 
-    session = Session(graph, write=False, show_progress=False)
+    with caches_in_scratch():  # a backbone's missing feature caches: built, used and removed
+        session = Session(graph, write=False, show_progress=False)
     trainable = sum(p.numel() for p in session.params)
     routes = "; ".join(
         f"{r.name}: data {list(r.data.shape)}, field {session.field_name(r.name) or '-'}, "

@@ -72,7 +72,7 @@ def prompt_bucket(
     texts = read_texts(file, template)
     path = cache or file.with_name(file.name + ".flux-features.safetensors")
     key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODERS).hexdigest()
-    cached(path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts))
+    path = cached(path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts))
     return CachedBucket(path, enc.shape, KEYS, KEYS)
 
 

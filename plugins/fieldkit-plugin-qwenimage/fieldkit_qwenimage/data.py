@@ -75,7 +75,7 @@ def prompt_bucket(
         n, text = len(texts), text.to(enc.dtype)
         return {"text": text[:n], "text_mask": mask[:n], "null_text": text[n:], "null_text_mask": mask[n:]}
 
-    cached(path, PROMPTS_FORMAT, key, texts, encode)
+    path = cached(path, PROMPTS_FORMAT, key, texts, encode)
     return CachedBucket(path, enc.shape, KEYS, KEYS)
 
 

@@ -97,7 +97,7 @@ def prompt_bucket(
     texts = read_texts(file, template)
     path = cache or file.with_name(file.name + ".sd3-embeddings.safetensors")
     key = fingerprint([texts, max_sequence_length, str(dtype)], pipeline, TEXT_ENCODERS).hexdigest()
-    cached(
+    path = cached(
         path,
         CACHE_FORMAT,
         key,

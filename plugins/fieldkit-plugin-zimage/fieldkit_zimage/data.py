@@ -88,7 +88,9 @@ def prompt_bucket(
     texts = read_texts(file, template)
     path = cache or file.with_name(file.name + ".zimage-features.safetensors")
     key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
-    cached(path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts, edit=False))
+    path = cached(
+        path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts, edit=False)
+    )
     return CachedBucket(path, enc.shape, ("text", "text_len"), NULLS)
 
 
@@ -154,5 +156,5 @@ def edit_bucket(
             )
         return tensors
 
-    cached(path, EDITS_FORMAT, key, texts, encode)
+    path = cached(path, EDITS_FORMAT, key, texts, encode)
     return CachedBucket(path, shape, ("text", "text_len", "source", "siglip"), NULLS, targets=targets)

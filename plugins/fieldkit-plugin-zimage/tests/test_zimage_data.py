@@ -153,3 +153,14 @@ def test_csv_pairs_resolve_paths_beside_the_file_and_name_the_line_of_a_bad_row(
     file.write_text("source,text\na.png,make it red\n")
     with pytest.raises(FieldkitError, match=r"pairs\.csv:2: the template '\{instruction\}' needs column"):
         read_pairs(file)
+
+
+def test_a_dry_run_leaves_no_feature_cache_beside_the_prompts(tiny, tmp_path: Path) -> None:
+    from fieldkit.backbones.prompts import caches_in_scratch
+
+    file = tmp_path / "p.csv"
+    file.write_text("prompt\na red cat\n")
+    with caches_in_scratch():
+        data = prompts(tiny, file)
+        assert data.rows(torch.tensor([0])).cond["text"].shape[0] == 1  # the bucket serves its features
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]  # nothing written beside the data
