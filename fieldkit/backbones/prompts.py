@@ -2,36 +2,41 @@
 
 A backbone plugin reads its rows, computes a fingerprint of what the features depend on
 (:func:`fingerprint`: the texts, settings, and the encoders' files), encodes only when the cache's
-fingerprint differs (:func:`cached`), and serves the cache as a :class:`CachedBucket`. Within
-:func:`caches_in_scratch` (a dry run) a cache that would be written goes to a temporary folder instead,
-removed when the scope ends: a dry run writes nothing beside the user's data.
+fingerprint differs (:func:`cached`), and serves the cache as a :class:`CachedBucket`;
+:meth:`PromptCache.bucket` does all of it for a file of prompts. Within :func:`caches_in_scratch` (a dry
+run) a cache that would be written goes to a temporary folder instead, removed when the scope ends: a dry
+run writes nothing beside the user's data.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from fieldkit.cond import Cond
 from fieldkit.data import Batch
-from fieldkit.tables import CachedRows, cached_fingerprint, digest_folders, write_cache
+from fieldkit.tables import CachedRows, cached_fingerprint, digest_folders, read_texts, write_cache
 
 
 @dataclass(frozen=True)
 class Encoding:
     """How a bucket encodes: the pipeline folder, the latent shape ``[C, H, W]``, the negative prompt, the
     encoder's tokens per prompt, and the encoders' (and cache's) dtype and device. A backbone subclasses it
-    with its ``encoders`` and feature methods."""
+    with its feature methods, and names the module whose ``load_encoders`` loads its encoders."""
+
+    #: the module (imported when encoders load) with ``load_encoders(pipeline, edit=, dtype=, device=)``
+    encode_module: ClassVar[str] = ""
 
     pipeline: Path
     shape: tuple[int, ...]
@@ -43,6 +48,12 @@ class Encoding:
     def key(self, *parts: Any) -> list[Any]:
         """What a cache of this encoding depends on, beside the encoders' files."""
         return [*parts, self.negative_prompt, self.max_sequence_length, str(self.dtype)]
+
+    def encoders(self, edit: bool) -> Any:
+        """The pipeline's encoders (of its edit pipeline when ``edit``), in this dtype on this device (the CPU
+        by default), by :attr:`encode_module`'s ``load_encoders``."""
+        load = importlib.import_module(self.encode_module).load_encoders
+        return load(self.pipeline, edit=edit, dtype=self.dtype, device=self.device or torch.device("cpu"))
 
 
 def fingerprint(parts: list[Any], pipeline: Path, subfolders: tuple[str, ...]) -> hashlib._Hash:
@@ -79,6 +90,35 @@ def cached(path: Path, fmt: str, key: str, texts: list[str], encode: Callable[[]
         path = scratch / f"{sum(1 for _ in scratch.iterdir())}-{path.name}"
     write_cache(path, encode(), texts, fmt, key)
     return path
+
+
+@dataclass(frozen=True)
+class PromptCache:
+    """A backbone's cache of encoded prompts: ``FILE.<backbone>-features.safetensors`` by default, a ``fmt``
+    cache keyed by the texts, the encoding's settings and the encoders' ``subfolders``, served as a bucket of
+    ``keys`` with ``nulls``."""
+
+    backbone: str
+    fmt: str
+    subfolders: tuple[str, ...]
+    keys: tuple[str, ...]
+    nulls: tuple[str, ...]
+
+    def bucket(
+        self,
+        file: Path,
+        enc: Encoding,
+        template: str,
+        cache: Path | None,
+        encode: Callable[[list[str]], dict[str, Tensor]],
+    ) -> CachedBucket:
+        """The prompts of ``file`` (``template`` filled from each row), their features ``encode(texts)``
+        cached at ``cache`` (recomputed only when stale)."""
+        texts = read_texts(file, template)
+        path = cache or file.with_name(f"{file.name}.{self.backbone}-features.safetensors")
+        key = fingerprint(enc.key(texts), enc.pipeline, self.subfolders).hexdigest()
+        path = cached(path, self.fmt, key, texts, lambda: encode(texts))
+        return CachedBucket(path, enc.shape, self.keys, self.nulls)
 
 
 class CachedBucket:

@@ -23,19 +23,21 @@ import torch
 from torch import Tensor
 
 from fieldkit.backbones.pairs import digest_images, load_pair_images, pairs_cache, read_pairs
-from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
+from fieldkit.backbones.prompts import CachedBucket, PromptCache, cached, fingerprint
 from fieldkit.backbones.prompts import Encoding as BaseEncoding
-from fieldkit.plugin_api import FieldkitError, read_texts
+from fieldkit.plugin_api import FieldkitError
 
-PROMPTS_FORMAT = "fieldkit-flux.prompts/1"
 EDITS_FORMAT = "fieldkit-flux.edits/1"
 TEXT_ENCODERS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 KEYS = ("text", "pooled")
 BATCH = 16
+PROMPTS = PromptCache("flux", "fieldkit-flux.prompts/1", TEXT_ENCODERS, KEYS, KEYS)
 
 
 class Encoding(BaseEncoding):
     """How a bucket encodes (:class:`~fieldkit.backbones.prompts.Encoding`), with FLUX's encoders."""
+
+    encode_module = "fieldkit_flux.encode"
 
     def texts(self, pipe: Any, texts: list[str]) -> dict[str, Tensor]:
         """The features of ``texts`` and, as ``null_*``, of the negative prompt."""
@@ -54,13 +56,6 @@ class Encoding(BaseEncoding):
             "null_pooled": null_pooled.to(self.dtype),
         }
 
-    def encoders(self, edit: bool) -> Any:
-        from fieldkit_flux.encode import load_encoders
-
-        return load_encoders(
-            self.pipeline, edit=edit, dtype=self.dtype, device=self.device or torch.device("cpu")
-        )
-
 
 def prompt_bucket(
     file: Path, enc: Encoding, *, template: str = "{prompt}", cache: Path | None = None
@@ -69,11 +64,9 @@ def prompt_bucket(
 
     ``cache`` defaults to ``FILE.flux-features.safetensors`` beside the prompt file.
     """
-    texts = read_texts(file, template)
-    path = cache or file.with_name(file.name + ".flux-features.safetensors")
-    key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODERS).hexdigest()
-    path = cached(path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts))
-    return CachedBucket(path, enc.shape, KEYS, KEYS)
+    return PROMPTS.bucket(
+        file, enc, template, cache, lambda texts: enc.texts(enc.encoders(edit=False), texts)
+    )
 
 
 def edit_bucket(

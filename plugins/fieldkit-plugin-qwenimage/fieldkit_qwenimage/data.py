@@ -23,22 +23,24 @@ import torch
 from torch import Tensor
 
 from fieldkit.backbones.pairs import digest_images, load_pair_images, pairs_cache, read_pairs
-from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
+from fieldkit.backbones.prompts import CachedBucket, PromptCache, cached, fingerprint
 from fieldkit.backbones.prompts import Encoding as BaseEncoding
-from fieldkit.plugin_api import FieldkitError, read_texts
+from fieldkit.plugin_api import FieldkitError
 from fieldkit_qwenimage.field import pad_text
 
-PROMPTS_FORMAT = "fieldkit-qwenimage.prompts/1"
 EDITS_FORMAT = "fieldkit-qwenimage.edits/1"
 TEXT_ENCODER = ("text_encoder", "tokenizer")
 EDIT_ENCODERS = ("text_encoder", "processor", "vae")
 KEYS = ("text", "text_mask")
 NEGATIVE_KEYS = ("negative_text", "negative_text_mask")
 BATCH = 8
+PROMPTS = PromptCache("qwenimage", "fieldkit-qwenimage.prompts/1", TEXT_ENCODER, KEYS, KEYS)
 
 
 class Encoding(BaseEncoding):
     """How a bucket encodes (:class:`~fieldkit.backbones.prompts.Encoding`), with Qwen-Image's encoders."""
+
+    encode_module = "fieldkit_qwenimage.encode"
 
     def features(self, pipe: Any, texts: list[str], images: list[Any] | None = None) -> list[Tensor]:
         """The features of ``texts`` (for an edit, each with its resized source image shown)."""
@@ -51,13 +53,6 @@ class Encoding(BaseEncoding):
             out += prompt_features(pipe, texts[i : i + BATCH], max_sequence_length=n, images=shown)
         return out
 
-    def encoders(self, edit: bool) -> Any:
-        from fieldkit_qwenimage.encode import load_encoders
-
-        return load_encoders(
-            self.pipeline, edit=edit, dtype=self.dtype, device=self.device or torch.device("cpu")
-        )
-
 
 def prompt_bucket(
     file: Path, enc: Encoding, *, template: str = "{prompt}", cache: Path | None = None
@@ -66,17 +61,13 @@ def prompt_bucket(
 
     ``cache`` defaults to ``FILE.qwenimage-features.safetensors`` beside the prompt file.
     """
-    texts = read_texts(file, template)
-    path = cache or file.with_name(file.name + ".qwenimage-features.safetensors")
-    key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
 
-    def encode() -> dict[str, Tensor]:
+    def encode(texts: list[str]) -> dict[str, Tensor]:
         text, mask = pad_text(enc.features(enc.encoders(edit=False), [*texts, enc.negative_prompt]))
         n, text = len(texts), text.to(enc.dtype)
         return {"text": text[:n], "text_mask": mask[:n], "null_text": text[n:], "null_text_mask": mask[n:]}
 
-    path = cached(path, PROMPTS_FORMAT, key, texts, encode)
-    return CachedBucket(path, enc.shape, KEYS, KEYS)
+    return PROMPTS.bucket(file, enc, template, cache, encode)
 
 
 def edit_bucket(

@@ -26,18 +26,18 @@ import torch
 from torch import Tensor
 
 from fieldkit.backbones.pairs import load_image, read_pairs
-from fieldkit.backbones.prompts import CachedBucket, cached, fingerprint
+from fieldkit.backbones.prompts import CachedBucket, PromptCache, cached, fingerprint
 from fieldkit.backbones.prompts import Encoding as BaseEncoding
-from fieldkit.plugin_api import FieldkitError, read_texts
+from fieldkit.plugin_api import FieldkitError
 from fieldkit_zimage.field import pack_text
 
-PROMPTS_FORMAT = "fieldkit-zimage.prompts/1"
 EDITS_FORMAT = "fieldkit-zimage.edits/1"
 TEXT_ENCODER = ("text_encoder", "tokenizer")
 IMAGE_ENCODERS = ("vae", "siglip", "siglip_processor")
 BATCH = 16
 #: The keys whose null values (the negative prompt's) the caches hold: what guidance contrasts against.
 NULLS = ("text", "text_len")
+PROMPTS = PromptCache("zimage", "fieldkit-zimage.prompts/1", TEXT_ENCODER, ("text", "text_len"), NULLS)
 
 
 def _packed(features: list[list[Tensor]], negative: list[Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
@@ -63,19 +63,14 @@ def _encode_texts(pipe: Any, texts: list[str], *, max_sequence_length: int, edit
 class Encoding(BaseEncoding):
     """How a bucket encodes (:class:`~fieldkit.backbones.prompts.Encoding`), with Z-Image's encoders."""
 
+    encode_module = "fieldkit_zimage.encode"
+
     def texts(self, pipe: Any, texts: list[str], edit: bool) -> dict[str, Tensor]:
         """The packed features of ``texts`` and, as ``null_*``, of the negative prompt."""
         n = self.max_sequence_length
         features = _encode_texts(pipe, texts, max_sequence_length=n, edit=edit)
         negative = _encode_texts(pipe, [self.negative_prompt], max_sequence_length=n, edit=edit)
         return _packed(features, negative[0], self.dtype)
-
-    def encoders(self, edit: bool) -> Any:
-        from fieldkit_zimage.encode import load_encoders
-
-        return load_encoders(
-            self.pipeline, edit=edit, dtype=self.dtype, device=self.device or torch.device("cpu")
-        )
 
 
 def prompt_bucket(
@@ -85,13 +80,9 @@ def prompt_bucket(
 
     ``cache`` defaults to ``FILE.zimage-features.safetensors`` beside the prompt file.
     """
-    texts = read_texts(file, template)
-    path = cache or file.with_name(file.name + ".zimage-features.safetensors")
-    key = fingerprint(enc.key(texts), enc.pipeline, TEXT_ENCODER).hexdigest()
-    path = cached(
-        path, PROMPTS_FORMAT, key, texts, lambda: enc.texts(enc.encoders(edit=False), texts, edit=False)
+    return PROMPTS.bucket(
+        file, enc, template, cache, lambda texts: enc.texts(enc.encoders(edit=False), texts, edit=False)
     )
-    return CachedBucket(path, enc.shape, ("text", "text_len"), NULLS)
 
 
 def vae_scale(pipeline: Path) -> int:
