@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fieldkit.errors import FieldkitError
 from fieldkit.tables import fill, read_rows
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from fieldkit.backbones.prompts import Encoding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -138,3 +143,47 @@ def digest_images(digest: Any, items: list[EditPair]) -> Any:
             if image is not None:
                 digest.update(hashlib.sha256(image.read_bytes()).digest())
     return digest
+
+
+@dataclass(frozen=True)
+class LoadedPairs:
+    """An edit bucket's pairs read and every image loaded and checked (:func:`load_edit_pairs`): the pairs,
+    their images by path, their texts, the cache's fingerprint, and whether every pair has a target."""
+
+    items: list[EditPair]
+    images: dict[Path, Any]
+    texts: list[str]
+    key: str
+    targets: bool
+
+
+def load_edit_pairs(
+    pairs: Path, template: str, enc: Encoding, subfolders: tuple[str, ...], *parts: Any
+) -> LoadedPairs:
+    """The pairs at ``pairs`` (texts from ``template``), every image loaded before anything is encoded
+    (targets of ``enc``'s latent shape times 8 pixels, sources of one size), with the fingerprint of a
+    cache of their features: the texts, the sources' paths, ``parts``, ``enc``'s settings, the encoders'
+    ``subfolders`` of ``enc.pipeline`` and every image's bytes."""
+    from fieldkit.backbones.prompts import fingerprint
+
+    items = read_pairs(pairs, template)
+    shape = enc.shape
+    loaded = load_pair_images(items, (shape[-1] * 8, shape[-2] * 8))
+    texts = [p.text for p in items]
+    key_parts = enc.key(texts, [str(p.source) for p in items], *parts)
+    key = digest_images(fingerprint(key_parts, enc.pipeline, subfolders), items).hexdigest()
+    return LoadedPairs(items, loaded, texts, key, items[0].target is not None)
+
+
+def stacked_targets(latents: list[Tensor], enc: Encoding) -> Tensor:
+    """The target ``latents`` stacked in ``enc``'s dtype, refused unless each has the bucket's shape."""
+    import torch
+
+    target = torch.stack(latents).to(enc.dtype)
+    if tuple(target.shape[1:]) != tuple(enc.shape):
+        raise FieldkitError(
+            f"the VAE of {enc.pipeline} gives target latents {list(target.shape[1:])}, "
+            f"not the bucket's shape {list(enc.shape)}",
+            hint="set `shape` to the latent shape of your target images",
+        )
+    return target

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fieldkit.backbones.pairs import digest_images, load_pair_images, pairs_cache, read_pairs
-from fieldkit.backbones.prompts import CachedBucket, PromptCache, cached, fingerprint
+from fieldkit.backbones.pairs import load_edit_pairs, pairs_cache, stacked_targets
+from fieldkit.backbones.prompts import CachedBucket, PromptCache, cached
 from fieldkit.backbones.prompts import Encoding as BaseEncoding
-from fieldkit.plugin_api import FieldkitError
 
 EDITS_FORMAT = "fieldkit-flux.edits/1"
 TEXT_ENCODERS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
@@ -84,29 +83,19 @@ def edit_bucket(
     """
     from fieldkit_flux.encode import image_latent
 
-    items = read_pairs(pairs, template)
-    shape = enc.shape
-    loaded = load_pair_images(items, (shape[-1] * 8, shape[-2] * 8))
-    texts = [p.text for p in items]
-    parts = enc.key(texts, [str(p.source) for p in items], auto_resize)
-    key = digest_images(fingerprint(parts, enc.pipeline, (*TEXT_ENCODERS, "vae")), items).hexdigest()
-    targets = items[0].target is not None
+    edits = load_edit_pairs(pairs, template, enc, (*TEXT_ENCODERS, "vae"), auto_resize)
+    items, loaded = edits.items, edits.images
 
     def encode() -> dict[str, Tensor]:
         pipe = enc.encoders(edit=True)
-        tensors = enc.texts(pipe, texts)
+        tensors = enc.texts(pipe, edits.texts)
         sources = [image_latent(pipe, loaded[p.source], auto_resize=auto_resize) for p in items]
         tensors["source"] = torch.stack(sources).to(enc.dtype)
-        if targets:
+        if edits.targets:
             latents = [image_latent(pipe, loaded[p.target], auto_resize=False) for p in items if p.target]
-            tensors["target"] = torch.stack(latents).to(enc.dtype)
-            if tuple(tensors["target"].shape[1:]) != tuple(shape):
-                raise FieldkitError(
-                    f"the VAE of {enc.pipeline} gives target latents {list(tensors['target'].shape[1:])}, "
-                    f"not the bucket's shape {list(shape)}",
-                    hint="set `shape` to the latent shape of your target images",
-                )
+            tensors["target"] = stacked_targets(latents, enc)
         return tensors
 
-    path = cached(pairs_cache(pairs, cache, "flux-features.safetensors"), EDITS_FORMAT, key, texts, encode)
-    return CachedBucket(path, shape, (*KEYS, "source"), KEYS, targets=targets)
+    path = pairs_cache(pairs, cache, "flux-features.safetensors")
+    path = cached(path, EDITS_FORMAT, edits.key, edits.texts, encode)
+    return CachedBucket(path, enc.shape, (*KEYS, "source"), KEYS, targets=edits.targets)

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fieldkit.backbones.pairs import digest_images, load_pair_images, pairs_cache, read_pairs
-from fieldkit.backbones.prompts import CachedBucket, PromptCache, cached, fingerprint
+from fieldkit.backbones.pairs import load_edit_pairs, pairs_cache, stacked_targets
+from fieldkit.backbones.prompts import CachedBucket, PromptCache, cached
 from fieldkit.backbones.prompts import Encoding as BaseEncoding
-from fieldkit.plugin_api import FieldkitError
 from fieldkit_qwenimage.field import pad_text
 
 EDITS_FORMAT = "fieldkit-qwenimage.edits/1"
@@ -80,18 +79,13 @@ def edit_bucket(
     """
     from fieldkit_qwenimage.encode import edit_image, image_latent
 
-    items = read_pairs(pairs, template)
-    shape = enc.shape
-    loaded = load_pair_images(items, (shape[-1] * 8, shape[-2] * 8))
-    texts = [p.text for p in items]
-    parts = enc.key(texts, [str(p.source) for p in items])
-    key = digest_images(fingerprint(parts, enc.pipeline, EDIT_ENCODERS), items).hexdigest()
-    targets = items[0].target is not None
+    edits = load_edit_pairs(pairs, template, enc, EDIT_ENCODERS)
+    items, loaded = edits.items, edits.images
 
     def encode() -> dict[str, Tensor]:
         pipe = enc.encoders(edit=True)
         resized = [edit_image(pipe, loaded[p.source]) for p in items]
-        prompts = enc.features(pipe, texts, resized)
+        prompts = enc.features(pipe, edits.texts, resized)
         negatives = enc.features(pipe, [enc.negative_prompt] * len(items), resized)
         text, mask = pad_text([*prompts, *negatives])
         n = len(items)
@@ -102,18 +96,11 @@ def edit_bucket(
             "negative_text_mask": mask[n:],
             "source": torch.stack([image_latent(pipe, im) for im in resized]).to(enc.dtype),
         }
-        if targets:
+        if edits.targets:
             latents = [image_latent(pipe, loaded[p.target]) for p in items if p.target is not None]
-            tensors["target"] = torch.stack(latents).to(enc.dtype)
-            if tuple(tensors["target"].shape[1:]) != tuple(shape):
-                raise FieldkitError(
-                    f"the VAE of {enc.pipeline} gives target latents {list(tensors['target'].shape[1:])}, "
-                    f"not the bucket's shape {list(shape)}",
-                    hint="set `shape` to the latent shape of your target images",
-                )
+            tensors["target"] = stacked_targets(latents, enc)
         return tensors
 
-    path = cached(
-        pairs_cache(pairs, cache, "qwenimage-features.safetensors"), EDITS_FORMAT, key, texts, encode
-    )
-    return CachedBucket(path, shape, (*KEYS, *NEGATIVE_KEYS, "source"), (), targets=targets)
+    path = pairs_cache(pairs, cache, "qwenimage-features.safetensors")
+    path = cached(path, EDITS_FORMAT, edits.key, edits.texts, encode)
+    return CachedBucket(path, enc.shape, (*KEYS, *NEGATIVE_KEYS, "source"), (), targets=edits.targets)
