@@ -75,3 +75,24 @@ class BucketParams(Params):
     negative_prompt: str = Field("", description="the null text guidance contrasts against")
     cache: str | None = Field(None, description="feature cache; default: beside the data")
     dtype: DType = Field("bfloat16", description="dtype of the encoders and of the cache")
+
+
+class PromptBucketParams(BucketParams):
+    """A bucket of prompts: a CSV / JSONL file, a row's text filled from its columns. Mind the bases' order
+    when a plugin's own :class:`BucketParams` subclass is the other base: the first base's defaults win (a
+    base that overrides ``negative_prompt`` goes first), and keys a base adds come after this one's unless
+    it is listed second (``class PromptParams(PromptBucketParams, MyEncoded)``)."""
+
+    file: str = Field(description="a .csv (header row) or .jsonl file of prompts; relative to the graph")
+    template: str = Field("{prompt}", description="the text of a row, filled from its columns")
+
+
+class EditBucketParams(BucketParams):
+    """A bucket of edit pairs (source image, instruction, optional target), from a file or a folder
+    (:mod:`fieldkit.backbones.pairs`); the bases' order as for :class:`PromptBucketParams`."""
+
+    pairs: str = Field(
+        description="a .csv / .jsonl file (columns source, instruction, target) or a folder of NAME.png + "
+        "NAME.txt (+ NAME.target.png); relative to the graph"
+    )
+    template: str = Field("{instruction}", description="the text of a pair, filled from its columns")

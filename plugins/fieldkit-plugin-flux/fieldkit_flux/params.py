@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fieldkit.backbones.params import AdapterParams, BucketParams, TransformerParams
+from fieldkit.backbones.params import (
+    AdapterParams,
+    BucketParams,
+    EditBucketParams,
+    PromptBucketParams,
+    TransformerParams,
+)
 from fieldkit.plugin_api import FieldRef
 
 
@@ -52,21 +58,13 @@ class _Encoded(BucketParams):
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 tokens per prompt (512)")
 
 
-class PromptParams(_Encoded):
+class PromptParams(PromptBucketParams, _Encoded):
     """T2I prompts from a CSV / JSONL file, embedded once by FluxPipeline's T5 and CLIP encoders."""
 
-    file: str = Field(description="a .csv (header row) or .jsonl file of prompts; relative to the graph")
-    template: str = Field("{prompt}", description="the text of a row, filled from its columns")
 
-
-class EditParams(_Encoded):
+class EditParams(EditBucketParams, _Encoded):
     """Edit pairs (source image, instruction, optional target), encoded once by FluxKontextPipeline."""
 
-    pairs: str = Field(
-        description="a .csv / .jsonl file (columns source, instruction, target) or a folder of NAME.png + "
-        "NAME.txt (+ NAME.target.png); relative to the graph"
-    )
-    template: str = Field("{instruction}", description="the text of a pair, filled from its columns")
     auto_resize: bool = Field(
         True,
         description="resize sources to the preferred Kontext resolution of their aspect ratio, as the "

@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fieldkit.backbones.params import AdapterParams, BucketParams, TransformerParams
+from fieldkit.backbones.params import (
+    AdapterParams,
+    BucketParams,
+    EditBucketParams,
+    PromptBucketParams,
+    TransformerParams,
+)
 from fieldkit.plugin_api import FieldRef, Params
 
 
@@ -55,19 +61,11 @@ class _Encoded(BucketParams):
     negative_prompt: str = Field(" ", description="the text true CFG contrasts against (the pipelines': ' ')")
 
 
-class PromptParams(_Encoded):
+class PromptParams(_Encoded, PromptBucketParams):
     """T2I prompts from a CSV / JSONL file, embedded once by QwenImagePipeline's Qwen2.5-VL."""
 
-    file: str = Field(description="a .csv (header row) or .jsonl file of prompts; relative to the graph")
-    template: str = Field("{prompt}", description="the text of a row, filled from its columns")
     max_sequence_length: int = Field(512, ge=1, le=1024, description="Qwen2.5-VL tokens per prompt (512)")
 
 
-class EditParams(_Encoded):
+class EditParams(_Encoded, EditBucketParams):
     """Edit pairs (source image, instruction, optional target), encoded once by QwenImageEditPipeline."""
-
-    pairs: str = Field(
-        description="a .csv / .jsonl file (columns source, instruction, target) or a folder of NAME.png + "
-        "NAME.txt (+ NAME.target.png); relative to the graph"
-    )
-    template: str = Field("{instruction}", description="the text of a pair, filled from its columns")

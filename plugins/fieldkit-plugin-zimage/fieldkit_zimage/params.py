@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fieldkit.backbones.params import AdapterParams, BucketParams, TransformerParams
+from fieldkit.backbones.params import (
+    AdapterParams,
+    BucketParams,
+    EditBucketParams,
+    PromptBucketParams,
+    TransformerParams,
+)
 from fieldkit.plugin_api import FieldRef, Params
 
 
@@ -51,18 +57,9 @@ class _Encoded(BucketParams):
     max_sequence_length: int = Field(512, ge=1, le=1024, description="Qwen3 tokens per text segment (512)")
 
 
-class PromptParams(_Encoded):
+class PromptParams(PromptBucketParams, _Encoded):
     """T2I prompts from a CSV / JSONL file, embedded once by ZImagePipeline's text encoder."""
 
-    file: str = Field(description="a .csv (header row) or .jsonl file of prompts; relative to the graph")
-    template: str = Field("{prompt}", description="the text of a row, filled from its columns")
 
-
-class EditParams(_Encoded):
+class EditParams(EditBucketParams, _Encoded):
     """Edit pairs (source image, instruction, optional target), encoded once by ZImageOmniPipeline."""
-
-    pairs: str = Field(
-        description="a .csv / .jsonl file (columns source, instruction, target) or a folder of NAME.png + "
-        "NAME.txt (+ NAME.target.png); relative to the graph"
-    )
-    template: str = Field("{instruction}", description="the text of a pair, filled from its columns")
