@@ -130,12 +130,16 @@ def invoke(cli: click.Group, *args: str) -> str:
 
 def distill_tiny_graph(cli: click.Group, graph: Path, run: Path) -> None:
     """What a user does with a tiny example graph through ``cli`` (the ``fieldkit`` group), each step
-    asserted: validate it, build it (``validate --build``, before any feature cache exists), dry-run it,
+    asserted: validate it, build it (``validate --build``, before any feature cache exists), dry-run it
+    (neither writes a file, a feature cache included),
     train it into ``run`` (two finite steps, the student folder written), sample the student from its folder,
     and export its LoRA for the pipelines' ``load_lora_weights``."""
     invoke(cli, "validate", str(graph))
+    before = sorted(str(p) for p in graph.parent.rglob("*"))
     assert "built on" in invoke(cli, "validate", str(graph), "--build")
     invoke(cli, "distill", str(graph), "--dry-run", "--no-progress")
+    written = sorted(set(str(p) for p in graph.parent.rglob("*")) - set(before))
+    assert not written, f"validate --build and --dry-run wrote {written} (a feature cache?)"
     invoke(cli, "distill", str(graph), "--out", str(run), "--no-progress")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(r["finite"] for r in records)

@@ -37,11 +37,14 @@ def validate(graph: Graph, build: bool) -> None:
     from fieldkit.graph.readiness import check_trainable
 
     check_trainable(graph)
+    built = None
     if build:
+        from fieldkit.backbones.prompts import caches_in_scratch
         from fieldkit.distill.memory import check_training_fits
 
-        check_training_fits(graph)  # before anything is allocated
-    built = _build(graph) if build else None
+        with caches_in_scratch():  # a backbone's missing feature caches: built, used and removed
+            check_training_fits(graph)  # before anything is allocated
+            built = _build(graph)
 
     console = Console(highlight=False)
     console.print(f"[green]valid:[/green] {graph.source.path}")
@@ -77,11 +80,9 @@ def validate(graph: Graph, build: bool) -> None:
 
 def _build(graph: Graph) -> str:
     """Build ``graph`` as ``distill`` does, without a run folder and without an update; what was built."""
-    from fieldkit.backbones.prompts import caches_in_scratch
     from fieldkit.distill.session import Session
 
-    with caches_in_scratch():  # a backbone's missing feature caches: built, used and removed
-        session = Session(graph, write=False, show_progress=False)
+    session = Session(graph, write=False, show_progress=False)
     trainable = sum(p.numel() for p in session.params)
     routes = "; ".join(
         f"{r.name}: data {list(r.data.shape)}, field {session.field_name(r.name) or '-'}, "
