@@ -27,9 +27,10 @@ def validate(graph: Graph, build: bool) -> None:
 
     Nothing is built and no weights are read. Prints a short summary and exits with 0 when the graph is
     valid; otherwise prints what is wrong, with the file and line, and exits with 2. With --build, the
-    graph is also built as `fieldkit distill` builds it (weights read, data buckets and their caches made),
-    and every route's data, field, the student and the route's metrics run once on two samples; it says what
-    it built. `fieldkit distill GRAPH --dry-run` also times one update.
+    graph is also built as `fieldkit distill` builds it (weights read, data buckets made; a missing feature
+    cache is built in a temporary folder, not beside the data), and every route's data, field, the student
+    and the route's metrics run once on two samples; it says what it built. `fieldkit distill GRAPH
+    --dry-run` also times one update.
     """
     from rich.console import Console
     from rich.table import Table
