@@ -230,6 +230,49 @@ class SharedAdapterField(ModuleField):
         return f"adapter={self.adapter!r}" if self.adapter is not None else "base"
 
 
+class EditField(SharedAdapterField):
+    """A :class:`SharedAdapterField` that is a T2I field, or (``edit``) an edit field: a batch whose Cond
+    carries ``source`` (the image to edit) is an edit either way, and an edit field refuses a batch without
+    one with ``edit_error`` (message, hint). ``edit`` is kept by :meth:`spawn`; :meth:`editing` is what
+    ``velocity`` asks."""
+
+    edit_error: ClassVar[tuple[str, str]] = (
+        "this edit field needs cond['source'] (the image to edit)",
+        "route it to an edit data bucket",
+    )
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        switch: AdapterSwitch | None = None,
+        adapter: str | None = None,
+        *,
+        edit: bool = False,
+        scheduler: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(transformer, switch, adapter, scheduler=scheduler)
+        self.edit = edit
+        if edit:
+            self.check_edit()
+
+    def check_edit(self) -> None:
+        """Refuse a transformer that cannot edit (an edit field's, at construction); default: none."""
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "edit": self.edit}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, edit={self.edit}"
+
+    def editing(self, cond: Cond) -> bool:
+        """Whether ``cond`` is an edit batch (carries ``source``); an edit field refuses one that is not."""
+        editing = "source" in cond
+        if self.edit and not editing:
+            message, hint = self.edit_error
+            raise FieldkitError(message, hint=hint)
+        return editing
+
+
 def as_shared_field(field: object, cls: type[F], what: str) -> F:
     """``field`` when it is a ``cls``, else a FieldkitError saying ``what`` must be one."""
     if not isinstance(field, cls):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from fieldkit.errors import FieldkitError
@@ -28,3 +29,20 @@ def check_packable(x: Tensor, what: str, backbone: str) -> None:
             f"{list(x.shape)}",
             hint="image sizes must be multiples of 16 pixels",
         )
+
+
+def pack_latents(x: Tensor, source: Tensor | None, what: str, backbone: str, dtype: torch.dtype) -> Tensor:
+    """``x`` (checked as ``what``) in ``dtype`` as tokens, then, for an edit, the tokens of ``source`` (the
+    latent of the image to edit, checked as ``cond['source']``) after them."""
+    check_packable(x, what, backbone)
+    tokens = pack(x.to(dtype))
+    if source is not None:
+        check_packable(source, "cond['source']", backbone)
+        tokens = torch.cat([tokens, pack(source.to(dtype))], dim=1)
+    return tokens
+
+
+def unpack_latents(out: Tensor, x: Tensor) -> Tensor:
+    """The latents of ``x``'s tokens (the first ``(H / 2)(W / 2)`` of ``out``), in ``x``'s shape and dtype."""
+    h, w = x.shape[-2:]
+    return unpack(out[:, : (h // 2) * (w // 2)], h, w).to(x.dtype)

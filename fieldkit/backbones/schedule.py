@@ -6,10 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from fieldkit.backbones.loading import check_scheduler, scheduler_config
 from fieldkit.errors import FieldkitError
+
+
+def linear_sigmas(steps: int) -> list[float]:
+    """``linspace(1, 1/steps, steps)``: what the FLUX and Qwen-Image pipelines hand their scheduler."""
+    return list(np.linspace(1.0, 1 / steps, steps))
 
 
 def pipeline_sigmas(

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import SharedAdapterField
-from fieldkit.backbones.packing import check_packable, pack, unpack
-from fieldkit.backbones.schedule import pipeline_sigmas
-from fieldkit.plugin_api import AdapterSwitch, Cond, FieldkitError
+from fieldkit.backbones.field import EditField
+from fieldkit.backbones.packing import pack_latents, unpack_latents
+from fieldkit.backbones.schedule import linear_sigmas, pipeline_sigmas
+from fieldkit.plugin_api import AdapterSwitch, Cond
 
 #: The projections a LoRA adapts by default: attention (both streams) and the feed-forwards, the layers
 #: that community FLUX LoRAs train.
@@ -61,7 +60,7 @@ def text_cond(text: Tensor, pooled: Tensor, null_text: Tensor, null_pooled: Tens
     return Cond({"text": text, "pooled": pooled, **extra}, nulls={"text": null_text, "pooled": null_pooled})
 
 
-class FluxField(SharedAdapterField):
+class FluxField(EditField):
     """``v = transformer(pack(x), t = sigma, guidance, text, pooled)``; with ``source`` in the Cond, the
     Kontext call on ``[pack(x), pack(source)]`` whose first ``(H / 2)(W / 2)`` tokens are the velocity.
 
@@ -78,6 +77,10 @@ class FluxField(SharedAdapterField):
     cond_keys = ("text", "pooled")
     cond_hint = "use a flux.prompts or flux.edits data bucket (or fieldkit_flux.field.text_cond)"
     load_hint = "point `path` at a FluxPipeline / FluxKontextPipeline folder or a transformer folder"
+    edit_error = (
+        "this FLUX Kontext field needs cond['source'] (the latent of the image to edit)",
+        "route it to a flux.edits data bucket",
+    )
 
     def __init__(
         self,
@@ -89,29 +92,19 @@ class FluxField(SharedAdapterField):
         edit: bool = False,
         scheduler: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(transformer, switch, adapter, scheduler=scheduler)
+        super().__init__(transformer, switch, adapter, edit=edit, scheduler=scheduler)
         self.guidance = float(guidance)
-        self.edit = edit
 
     def options(self) -> dict[str, Any]:
-        return {"guidance": self.guidance, "edit": self.edit}
+        return {**super().options(), "guidance": self.guidance}
 
     def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
-        editing = "source" in cond
-        if self.edit and not editing:
-            raise FieldkitError(
-                "this FLUX Kontext field needs cond['source'] (the latent of the image to edit)",
-                hint="route it to a flux.edits data bucket",
-            )
-        check_packable(x, "the FLUX latent", self.backbone)
+        source = cond["source"] if self.editing(cond) else None
         dtype = self.compute_dtype()
+        tokens = pack_latents(x, source, "the FLUX latent", self.backbone, dtype)
         b, _, h, w = x.shape
-        tokens = pack(x.to(dtype))
         ids = position_ids(h, w, 0, x.device, dtype)
-        if editing:
-            source = cond["source"].to(dtype)
-            check_packable(source, "cond['source']", self.backbone)
-            tokens = torch.cat([tokens, pack(source)], dim=1)
+        if source is not None:
             ids = torch.cat([ids, position_ids(source.shape[-2], source.shape[-1], 1, x.device, dtype)])
         text = cond["text"].to(dtype)
         guidance = None
@@ -127,7 +120,7 @@ class FluxField(SharedAdapterField):
             img_ids=ids,
             return_dict=False,
         )[0]
-        return unpack(out[:, : (h // 2) * (w // 2)], h, w).to(x.dtype)
+        return unpack_latents(out, x)
 
     def input_layer(self) -> nn.Module | None:
         """The token embedding, the first layer to see ``x``."""
@@ -135,7 +128,7 @@ class FluxField(SharedAdapterField):
 
     def base_sigmas(self, steps: int) -> list[float]:
         """``linspace(1, 1/steps, steps)``, what both pipelines hand the scheduler."""
-        return list(np.linspace(1.0, 1 / steps, steps))
+        return linear_sigmas(steps)
 
     def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> Tensor | None:
         """The pipeline's sigmas for ``shape`` ``[C, H, W]`` latents: FLUX's transformer has patch size 1, and
@@ -146,4 +139,4 @@ class FluxField(SharedAdapterField):
         return pipeline_sigmas(self.scheduler, steps, tokens, self.base_sigmas(steps))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, guidance={self.guidance}, edit={self.edit}"
+        return f"{super().extra_repr()}, guidance={self.guidance}"

@@ -16,15 +16,13 @@ the same image for an edit), so guidance's unconditional branch keeps the source
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import SharedAdapterField
-from fieldkit.backbones.packing import check_packable, pack, unpack
-from fieldkit.plugin_api import AdapterSwitch, Cond, FieldkitError
+from fieldkit.backbones.field import EditField
+from fieldkit.backbones.packing import pack_latents, unpack_latents
+from fieldkit.backbones.schedule import linear_sigmas
+from fieldkit.plugin_api import Cond, FieldkitError
 
 #: The projections a LoRA adapts by default: attention (both streams) and both feed-forwards, the layers
 #: that community Qwen-Image LoRAs train.
@@ -74,7 +72,7 @@ def text_cond(prompts: list[Tensor], negative: Tensor | list[Tensor], **extra: T
     return Cond(data, nulls={"text": text[n:], "text_mask": mask[n:]})
 
 
-class QwenImageField(SharedAdapterField):
+class QwenImageField(EditField):
     """``v = transformer(pack(x), t = sigma, text, text_mask)``; with ``source`` in the Cond, the edit call
     on ``[pack(x), pack(source)]`` whose first ``(H / 2)(W / 2)`` tokens are the velocity.
 
@@ -91,21 +89,10 @@ class QwenImageField(SharedAdapterField):
         "use a qwenimage.prompts or qwenimage.edits data bucket (or fieldkit_qwenimage.field.text_cond)"
     )
     load_hint = "point `path` at a QwenImagePipeline / QwenImageEditPipeline folder or a transformer folder"
-
-    def __init__(
-        self,
-        transformer: nn.Module,
-        switch: AdapterSwitch | None = None,
-        adapter: str | None = None,
-        *,
-        edit: bool = False,
-        scheduler: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(transformer, switch, adapter, scheduler=scheduler)
-        self.edit = edit
-
-    def options(self) -> dict[str, Any]:
-        return {"edit": self.edit}
+    edit_error = (
+        "this Qwen-Image edit field needs cond['source'] (the latent of the image to edit)",
+        "route it to a qwenimage.edits data bucket",
+    )
 
     def uncond(self, cond: Cond) -> Cond:
         """The negative prompt in place of the prompt: the row's own (``negative_text``) when the batch
@@ -115,21 +102,12 @@ class QwenImageField(SharedAdapterField):
         return cond.uncond()
 
     def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
-        editing = "source" in cond
-        if self.edit and not editing:
-            raise FieldkitError(
-                "this Qwen-Image edit field needs cond['source'] (the latent of the image to edit)",
-                hint="route it to a qwenimage.edits data bucket",
-            )
-        check_packable(x, "the Qwen-Image latent", self.backbone)
+        source = cond["source"] if self.editing(cond) else None
         dtype = self.compute_dtype()
+        tokens = pack_latents(x, source, "the Qwen-Image latent", self.backbone, dtype)
         b, _, h, w = x.shape
-        tokens = pack(x.to(dtype))
         shapes = [(1, h // 2, w // 2)]
-        if editing:
-            source = cond["source"].to(dtype)
-            check_packable(source, "cond['source']", self.backbone)
-            tokens = torch.cat([tokens, pack(source)], dim=1)
+        if source is not None:
             shapes.append((1, source.shape[-2] // 2, source.shape[-1] // 2))
         out = self.transformer(
             hidden_states=tokens,
@@ -139,7 +117,7 @@ class QwenImageField(SharedAdapterField):
             img_shapes=[shapes] * b,
             return_dict=False,
         )[0]
-        return unpack(out[:, : (h // 2) * (w // 2)], h, w).to(x.dtype)
+        return unpack_latents(out, x)
 
     def input_layer(self) -> nn.Module | None:
         """The token embedding, the first layer to see ``x``."""
@@ -147,7 +125,4 @@ class QwenImageField(SharedAdapterField):
 
     def base_sigmas(self, steps: int) -> list[float]:
         """``linspace(1, 1/steps, steps)``, what both pipelines hand the scheduler."""
-        return list(np.linspace(1.0, 1 / steps, steps))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, edit={self.edit}"
+        return linear_sigmas(steps)

@@ -17,13 +17,11 @@ pipeline's does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import SharedAdapterField
-from fieldkit.plugin_api import AdapterSwitch, Cond, FieldkitError
+from fieldkit.backbones.field import EditField
+from fieldkit.plugin_api import Cond, FieldkitError
 
 #: The projections a LoRA adapts by default: attention and the SwiGLU feed-forward (the paper's targets).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
@@ -71,7 +69,7 @@ def text_cond(
     )
 
 
-class ZImageField(SharedAdapterField):
+class ZImageField(EditField):
     """``v = -transformer(x, t = 1 - sigma, text)``; with ``source`` and ``siglip`` in the Cond, the Omni
     call ``-transformer([source, x], t, text, siglip, noise mask [0, 1])``.
 
@@ -86,34 +84,20 @@ class ZImageField(SharedAdapterField):
     cond_keys = ("text", "text_len")
     cond_hint = "use a zimage.prompts or zimage.edits data bucket (or field.text_cond)"
     load_hint = "point `path` at a ZImagePipeline / ZImageOmniPipeline folder or a transformer folder"
+    edit_error = (
+        "this Z-Image edit field needs cond['source'] and cond['siglip'] (the image to edit)",
+        "route it to a zimage.edits data bucket",
+    )
 
-    def __init__(
-        self,
-        transformer: nn.Module,
-        switch: AdapterSwitch | None = None,
-        adapter: str | None = None,
-        *,
-        edit: bool = False,
-        scheduler: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(transformer, switch, adapter, scheduler=scheduler)
-        if edit and getattr(transformer, "siglip_embedder", None) is None:
+    def check_edit(self) -> None:
+        if getattr(self.transformer, "siglip_embedder", None) is None:
             raise FieldkitError(
                 "an edit field needs a Z-Image transformer with SigLIP input (siglip_feat_dim unset)",
                 hint="load the transformer of a ZImageOmniPipeline folder",
             )
-        self.edit = edit
-
-    def options(self) -> dict[str, Any]:
-        return {"edit": self.edit}
 
     def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
-        editing = "source" in cond
-        if self.edit and not editing:
-            raise FieldkitError(
-                "this Z-Image edit field needs cond['source'] and cond['siglip'] (the image to edit)",
-                hint="route it to a zimage.edits data bucket",
-            )
+        editing = self.editing(cond)
         dtype = self.compute_dtype()
         # t stays float32 whatever the model's dtype, as in the pipelines (bfloat16 would round 1000 t)
         t = ((TIMESTEPS - sigma * TIMESTEPS) / TIMESTEPS).float()
@@ -155,6 +139,3 @@ class ZImageField(SharedAdapterField):
         from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
 
         return list(get_default_z_image_sigmas(steps))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, edit={self.edit}"
