@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -38,10 +38,13 @@ __all__ = [
     "check_velocity",
     "distill_tiny_graph",
     "entry_point_report",
+    "image_fixture",
     "invoke",
     "make_tiny_example",
     "no_installed_plugins",
+    "plugin_fixtures",
     "quiet_diffusers",
+    "random_image",
     "registered",
 ]
 
@@ -86,6 +89,48 @@ def quiet_diffusers() -> None:
     dlog.set_verbosity_error()
     tlog.disable_progress_bar()
     tlog.set_verbosity_error()
+
+
+def plugin_fixtures(module: ModuleType, name: str) -> tuple[Any, Any]:
+    """The two fixtures a diffusers plugin's conftest starts with: ``<name>_plugin``, the host with
+    ``module`` registered inline as plugin ``name`` (removed afterwards), and ``_quiet_diffusers``, session
+    wide and autouse (:func:`quiet_diffusers`). A conftest binds both:
+    ``sd3_plugin, _quiet_diffusers = plugin_fixtures(fieldkit_sd3, "sd3")``."""
+    import pytest
+
+    def plugin() -> Iterator[PluginHost]:
+        """The host with this plugin registered inline (removed afterwards)."""
+        with registered(module, name) as host:
+            yield host
+
+    def quiet() -> None:
+        quiet_diffusers()
+
+    return (
+        pytest.fixture(plugin, name=f"{name}_plugin"),
+        pytest.fixture(quiet, scope="session", autouse=True, name="_quiet_diffusers"),
+    )
+
+
+def random_image(seed: int, size: tuple[int, int] = (96, 64)) -> Any:
+    """A random RGB PIL image of ``size`` (width, height), drawn from ``seed``."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def image_fixture(size: tuple[int, int] = (96, 64)) -> Any:
+    """A session fixture ``make_image``: :func:`random_image` with ``size`` (width, height) by default. A
+    conftest binds it: ``make_image = image_fixture((64, 64))``."""
+    import pytest
+
+    def make_image() -> Callable[..., Any]:
+        """:func:`random_image` with this plugin's image size by default, for tests."""
+        return lambda seed, size=size: random_image(seed, size)
+
+    return pytest.fixture(make_image, scope="session", name="make_image")
 
 
 def entry_point_report(name: str) -> dict[str, Any]:

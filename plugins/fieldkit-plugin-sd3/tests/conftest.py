@@ -3,7 +3,6 @@ plugin registered inline, never autoloaded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import fieldkit_sd3
@@ -11,20 +10,9 @@ import pytest
 import torch
 
 from fieldkit.cond import Cond
-from fieldkit.plugins.manager import PluginHost
-from fieldkit.testing import quiet_diffusers, registered
+from fieldkit.testing import plugin_fixtures
 
-
-@pytest.fixture
-def sd3_plugin() -> Iterator[PluginHost]:
-    """The host with this plugin registered inline (removed afterwards)."""
-    with registered(fieldkit_sd3, "sd3") as host:
-        yield host
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _quiet_diffusers() -> None:
-    quiet_diffusers()
+sd3_plugin, _quiet_diffusers = plugin_fixtures(fieldkit_sd3, "sd3")
 
 
 @pytest.fixture(scope="session")

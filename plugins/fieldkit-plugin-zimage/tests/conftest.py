@@ -3,29 +3,17 @@ encoders, and the plugin registered inline, never autoloaded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fieldkit_zimage
-import numpy as np
 import pytest
-from PIL import Image
 
-from fieldkit.plugins.manager import PluginHost
-from fieldkit.testing import quiet_diffusers, registered
+from fieldkit.testing import image_fixture, plugin_fixtures
 
-
-@pytest.fixture
-def zimage_plugin() -> Iterator[PluginHost]:
-    """The host with this plugin registered inline (removed afterwards)."""
-    with registered(fieldkit_zimage, "zimage") as host:
-        yield host
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _quiet_diffusers() -> None:
-    quiet_diffusers()
+zimage_plugin, _quiet_diffusers = plugin_fixtures(fieldkit_zimage, "zimage")
+make_image = image_fixture((64, 64))
 
 
 @pytest.fixture(scope="session")
@@ -39,18 +27,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_tiny_pipeline(root / "omni", omni=True, seed=3)
     make_tiny_pipeline(root / "t2i-dynamic", omni=True, dynamic=True, seed=3)
     return root
-
-
-def random_image(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
-    """A random RGB image of ``size`` (width, height)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-@pytest.fixture(scope="session")
-def make_image() -> Callable[..., Image.Image]:
-    """:func:`random_image`, for tests."""
-    return random_image
 
 
 @pytest.fixture(scope="session")
