@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Unpack
 
 import torch
 from rich.markup import escape
@@ -36,7 +36,7 @@ from fieldkit.attention import use_backend
 from fieldkit.distill.callbacks import Callback, StepReport, every, state_key
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.distill.outputs import RunLogger, default_callbacks
-from fieldkit.distill.session import Session, precision_context
+from fieldkit.distill.session import Session, SessionOptions, precision_context
 from fieldkit.distill.sharding import full_tensor
 from fieldkit.distill.view import EngineView
 from fieldkit.errors import FieldkitError, PluginError
@@ -45,9 +45,6 @@ from fieldkit.graph.loader import Graph
 from fieldkit.graph.schema import RunSpec
 from fieldkit.plugin_outputs import check_batch, check_gradient_reaches, check_loss, check_plan
 from fieldkit.protocols import LossInputs
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
 
 
 @dataclass(frozen=True)
@@ -121,18 +118,9 @@ class Engine:
     """Trains a graph's student: the loop over a :class:`Session` built from ``graph`` (same arguments)."""
 
     def __init__(
-        self,
-        graph: Graph,
-        out: str | Path | None = None,
-        *,
-        resume: str | None = None,
-        show_progress: bool = True,
-        accelerator: Accelerator | None = None,
-        write: bool = True,
+        self, graph: Graph, out: str | Path | None = None, **options: Unpack[SessionOptions]
     ) -> None:
-        self.session = Session(
-            graph, out, resume=resume, show_progress=show_progress, accelerator=accelerator, write=write
-        )
+        self.session = Session(graph, out, **options)
         self.history: list[dict[str, Any]] = []
         self.scores: list[Score] = []
         self._interval = IntervalMeans(self.session.loop_state.get("interval", []))

@@ -13,7 +13,7 @@ import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from accelerate import Accelerator
@@ -211,6 +211,15 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
 
 def _output_path(graph: Graph, out: str | Path | None) -> str:
     return str(out) if out is not None else graph.spec.run.out.format(graph=graph.name)
+
+
+class SessionOptions(TypedDict, total=False):
+    """:class:`Session`'s keyword arguments, which an :class:`~fieldkit.distill.engine.Engine` passes on."""
+
+    resume: str | None
+    show_progress: bool
+    accelerator: Accelerator | None
+    write: bool
 
 
 class Session:
