@@ -17,11 +17,9 @@ to end.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 from pathlib import Path
 
-from fieldkit.backbones.tiny import copy_data, write_graphs
+from fieldkit.backbones.tiny import copy_data, single_file_lora, tiny_args, write_graphs
 
 HERE = Path(__file__).parent
 GRAPHS = ("graph.yaml", "loras.yaml")
@@ -29,23 +27,17 @@ SHAPE = [16, 8, 12]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    out, seed = tiny_args(__doc__, argv)
     from fieldkit_flux.tiny import make_tiny_lora, make_tiny_pipeline
 
-    out: Path = args.out
-    copy_data(HERE, out, (96, 64), args.seed)
+    copy_data(HERE, out, (96, 64), seed)
     models = out / "models"
-    dev = make_tiny_pipeline(models / "flux1-dev", seed=args.seed)
-    kontext = make_tiny_pipeline(models / "flux1-kontext-dev", kontext=True, seed=args.seed + 1)
-    make_tiny_lora(kontext, models / "kontext-edit-lora", seed=args.seed + 2)
+    dev = make_tiny_pipeline(models / "flux1-dev", seed=seed)
+    kontext = make_tiny_pipeline(models / "flux1-kontext-dev", kontext=True, seed=seed + 1)
+    make_tiny_lora(kontext, models / "kontext-edit-lora", seed=seed + 2)
     for i, name in enumerate(("watercolor-lora", "pixel-art-lora", "detail-lora")):
-        make_tiny_lora(dev, models / name, seed=args.seed + 3 + i)
-    weights = models / "watercolor-lora" / "pytorch_lora_weights.safetensors"
-    shutil.move(weights, models / "watercolor-lora.safetensors")  # a single file, as users download them
-    shutil.rmtree(models / "watercolor-lora")
+        make_tiny_lora(dev, models / name, seed=seed + 3 + i)
+    single_file_lora(models / "watercolor-lora")
     data, edits = {"shape": SHAPE, "max_sequence_length": 16}, {"auto_resize": False}
     write_graphs(HERE, out, GRAPHS, data, by_type={"flux.edits": edits})
     print(f"wrote tiny FLUX.1 models, data and {', '.join(GRAPHS)} to {out}")

@@ -16,11 +16,9 @@ to end.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 from pathlib import Path
 
-from fieldkit.backbones.tiny import copy_data, write_graphs
+from fieldkit.backbones.tiny import copy_data, single_file_lora, tiny_args, write_graphs
 
 HERE = Path(__file__).parent
 GRAPHS = ("graph.yaml", "loras.yaml")
@@ -28,21 +26,16 @@ SHAPE = [16, 8, 12]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    out, seed = tiny_args(__doc__, argv)
     from fieldkit_qwenimage.tiny import make_tiny_lora, make_tiny_pipeline
 
-    out: Path = args.out
-    copy_data(HERE, out, (96, 64), args.seed)
+    copy_data(HERE, out, (96, 64), seed)
     models = out / "models"
-    t2i = make_tiny_pipeline(models / "qwen-image", seed=args.seed)
-    make_tiny_pipeline(models / "qwen-image-edit", edit=True, seed=args.seed + 1)
+    t2i = make_tiny_pipeline(models / "qwen-image", seed=seed)
+    make_tiny_pipeline(models / "qwen-image-edit", edit=True, seed=seed + 1)
     for i, name in enumerate(("anime-lora", "realism-lora", "poster-lora")):
-        make_tiny_lora(t2i, models / name, seed=args.seed + 2 + i)
-    shutil.move(models / "anime-lora" / "pytorch_lora_weights.safetensors", models / "anime-lora.safetensors")
-    shutil.rmtree(models / "anime-lora")  # a single file, as users download them
+        make_tiny_lora(t2i, models / name, seed=seed + 2 + i)
+    single_file_lora(models / "anime-lora")
     write_graphs(HERE, out, GRAPHS, {"shape": SHAPE})
     print(f"wrote tiny Qwen-Image models, data and {', '.join(GRAPHS)} to {out}")
 

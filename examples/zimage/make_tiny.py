@@ -15,10 +15,9 @@ graphs' own, so this checks the real graphs' plumbing end to end.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from fieldkit.backbones.tiny import copy_data, write_graphs
+from fieldkit.backbones.tiny import copy_data, tiny_args, write_graphs
 
 HERE = Path(__file__).parent
 GRAPHS = ("graph.yaml", "realism.yaml")
@@ -27,17 +26,13 @@ SHAPE = [16, 8, 8]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    out, seed = tiny_args(__doc__, argv)
     from fieldkit_zimage.tiny import make_tiny_lora, make_tiny_pipeline
 
-    out: Path = args.out
-    copy_data(HERE, out, (64, 64), args.seed)
-    omni = make_tiny_pipeline(out / "models" / "z-image-omni", omni=True, seed=args.seed)
+    copy_data(HERE, out, (64, 64), seed)
+    omni = make_tiny_pipeline(out / "models" / "z-image-omni", omni=True, seed=seed)
     for i, name in enumerate(LORAS):
-        make_tiny_lora(omni, out / "models" / name, seed=args.seed + 1 + i)
+        make_tiny_lora(omni, out / "models" / name, seed=seed + 1 + i)
     write_graphs(HERE, out, GRAPHS, {"shape": SHAPE, "max_sequence_length": 64})
     print(f"wrote tiny Z-Image models, data and {', '.join(GRAPHS)} to {out}")
 

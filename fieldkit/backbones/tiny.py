@@ -27,6 +27,26 @@ def copy_data(examples: Path, out: Path, image_size: tuple[int, int], seed: int 
             Image.fromarray(pixels).save(image)
 
 
+def tiny_args(doc: str, argv: list[str] | None) -> tuple[Path, int]:
+    """``OUT`` and ``--seed`` (default 0) of an example's make_tiny.py, described by ``doc``'s first line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return args.out, args.seed
+
+
+def single_file_lora(folder: Path) -> Path:
+    """The LoRA in ``folder`` (``pytorch_lora_weights.safetensors``) moved to ``FOLDER.safetensors``, a
+    single file as users download them; ``folder`` is removed."""
+    file = folder.with_name(f"{folder.name}.safetensors")
+    shutil.move(folder / "pytorch_lora_weights.safetensors", file)
+    shutil.rmtree(folder)
+    return file
+
+
 def shrink(
     graph: dict[str, Any], data: dict[str, Any], by_type: dict[str, dict[str, Any]] | None = None
 ) -> None:
