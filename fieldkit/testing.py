@@ -41,11 +41,13 @@ __all__ = [
     "image_fixture",
     "invoke",
     "make_tiny_example",
+    "memory_rows_missing",
     "no_installed_plugins",
     "plugin_fixtures",
     "quiet_diffusers",
     "random_image",
     "registered",
+    "run_script",
 ]
 
 #: Modules a plugin must not import when fieldkit loads it (they take seconds).
@@ -89,6 +91,31 @@ def quiet_diffusers() -> None:
     dlog.set_verbosity_error()
     tlog.disable_progress_bar()
     tlog.set_verbosity_error()
+
+
+def run_script(path: Path, args: list[str]) -> None:
+    """Run the script at ``path`` (a benchmark's ``main(argv)``) in this process, with ``args``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(args)
+
+
+def memory_rows_missing(out: str, docs: Path, rows: int) -> list[str]:
+    """What a memory benchmark printed (``out``: ``rows`` table lines and two ``N bytes`` figures, each
+    checked) that the page ``docs`` does not hold."""
+    import re
+
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(lines) == rows, f"the script printed {len(lines)} table lines, not {rows}"
+    measured = re.findall(r"[\d,]{6,} bytes", out)
+    assert len(measured) == 2, f"the script printed {len(measured)} byte counts, not 2"
+    text = docs.read_text(encoding="utf-8")
+    return [row for row in [*lines, *measured] if row not in text]
 
 
 def plugin_fixtures(module: ModuleType, name: str) -> tuple[Any, Any]:
