@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEAVY",
+    "assert_shares_weights",
     "check_batch",
     "check_gradient_reaches",
     "check_loss",
@@ -46,6 +47,7 @@ __all__ = [
     "plugin_fixtures",
     "quiet_diffusers",
     "random_image",
+    "random_lora_student",
     "registered",
     "run_script",
 ]
@@ -116,6 +118,38 @@ def memory_rows_missing(out: str, docs: Path, rows: int) -> list[str]:
     assert len(measured) == 2, f"the script printed {len(measured)} byte counts, not 2"
     text = docs.read_text(encoding="utf-8")
     return [row for row in [*lines, *measured] if row not in text]
+
+
+def random_lora_student(base: Any, rank: int = 4, alpha: float = 8, seed: int = 5, std: float = 0.1) -> Any:
+    """A LoRA student (``rank``, ``alpha``) of the field ``base`` whose LoRA weights are random (``std``,
+    drawn from ``seed``), in eval mode: a student whose adapter changes the velocity, for export tests."""
+    import torch
+
+    from fieldkit.distill.student import make_student
+    from fieldkit.graph.schema import LoraSpec, StudentSpec
+
+    lora = LoraSpec(rank=rank, alpha=alpha)
+    student = make_student(base, StudentSpec(init="base", train="lora", lora=lora))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    student.eval()
+    return student
+
+
+def assert_shares_weights(fields: list[Any], at_most: float = 0.4) -> None:
+    """That ``fields`` (a base and adapters over it) hold under ``at_most`` of the bytes of their copies."""
+    import copy
+
+    import torch
+
+    from fieldkit.backbones.field import parameter_bytes
+
+    shared = parameter_bytes(torch.nn.ModuleList(fields))
+    copies = parameter_bytes(torch.nn.ModuleList(copy.deepcopy(f) for f in fields))
+    assert shared < at_most * copies, f"{shared} shared bytes, {copies} in copies"
 
 
 def plugin_fixtures(module: ModuleType, name: str) -> tuple[Any, Any]:

@@ -5,7 +5,6 @@ QwenImagePipeline and QwenImageEditPipeline and sample as fieldkit samples the s
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,12 @@ from fieldkit_qwenimage.tiny import make_tiny_lora
 from safetensors.torch import load_file, save_file
 
 from fieldkit import euler_sample, loads_graph
-from fieldkit.backbones.field import parameter_bytes
 from fieldkit.backbones.loading import scheduler_config
 from fieldkit.backbones.packing import pack, unpack
 from fieldkit.distill.session import export_model
-from fieldkit.distill.student import make_student
 from fieldkit.graph import BuildContext
-from fieldkit.graph.schema import LoraSpec, StudentSpec
 from fieldkit.models.lora import lora_tensors, save_lora
+from fieldkit.testing import assert_shares_weights, random_lora_student
 
 STEPS = 3
 H, W = 8, 12
@@ -110,9 +107,7 @@ def test_lora_teachers_in_every_layout_equal_load_lora_weights_and_share_one_bas
         )
         pipe.disable_lora()
         torch.testing.assert_close(got["edit"], reference(x, sigma, cond), rtol=0, atol=1e-5)
-    shared = parameter_bytes(torch.nn.ModuleList(fields[n] for n in ["base", *names]))
-    copies = parameter_bytes(torch.nn.ModuleList(copy.deepcopy(fields[n]) for n in ["base", *names]))
-    assert shared < 0.4 * copies
+    assert_shares_weights([fields[n] for n in ["base", *names]])
 
 
 def test_an_edit_teacher_refuses_a_t2i_batch(qwenimage_plugin, tiny, loras) -> None:
@@ -143,13 +138,7 @@ def test_exports_reload_in_both_pipelines_and_sample_as_fieldkit_does(
 
     folder = tiny / "edit"
     base = QwenImageField(QwenImageField.load_transformer(folder), scheduler=scheduler_config(folder))
-    student = make_student(base, StudentSpec(init="base", train="lora", lora=LoraSpec(rank=4, alpha=8)))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in student.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    student.eval()
+    student = random_lora_student(base)
     save_lora(tmp_path / "lora", lora_tensors(dict(student.named_parameters())), alpha=8)
     export_model(student).save_pretrained(tmp_path / "merged")
 

@@ -20,8 +20,9 @@ from fieldkit.distill.session import export_model
 from fieldkit.distill.student import make_student
 from fieldkit.errors import GraphError
 from fieldkit.graph import BuildContext
-from fieldkit.graph.schema import LoraSpec, StudentSpec
+from fieldkit.graph.schema import StudentSpec
 from fieldkit.models.lora import lora_tensors, save_lora
+from fieldkit.testing import random_lora_student
 
 STEPS = 3
 
@@ -130,13 +131,7 @@ def test_exports_load_in_both_pipelines_and_sample_as_fieldkit_does(
     from diffusers import ZImageOmniPipeline, ZImagePipeline, ZImageTransformer2DModel
 
     base = ZImageField(ZImageField.load_transformer(tiny / "omni"), scheduler=scheduler_config(tiny / "omni"))
-    student = make_student(base, StudentSpec(init="base", train="lora", lora=LoraSpec(rank=4, alpha=8)))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in student.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    student.eval()
+    student = random_lora_student(base)
     adapter = tmp_path / "lora"
     save_lora(adapter, lora_tensors(dict(student.named_parameters())), alpha=8)
     export_model(student).save_pretrained(tmp_path / "merged")
