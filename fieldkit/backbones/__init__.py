@@ -12,6 +12,8 @@ the kit holds the rest:
   ``options()`` (its own constructor keywords), ``build_transformer`` (config checks). The kit's ``forward``
   checks the Cond keys and ``sigma``, switches the adapter, and calls ``velocity``; ``sampling_sigmas``
   gives the pipeline's sigmas.
+  ``EditField`` adds the ``edit`` option (a T2I or an edit field, refusing an edit batch without
+  ``cond['source']``); ``PackedEditField`` is one for 2x2-packed backbones with linear base sigmas.
 - :mod:`fieldkit.backbones.build`: ``load_or_build(FieldClass, params, ctx, **options)`` and
   ``adapter_field(FieldClass, params, ctx, kind)``: the bodies of a backbone's source factories.
 - :mod:`fieldkit.backbones.register`: ``register_sources`` / ``register_buckets``, a backbone's standard

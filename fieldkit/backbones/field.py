@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fieldkit.backbones.loading import SCHEDULER_FILE, build_model, load_model
-from fieldkit.backbones.schedule import pipeline_sigmas
+from fieldkit.backbones.schedule import linear_sigmas, pipeline_sigmas
 from fieldkit.cond import Cond
 from fieldkit.errors import FieldkitError
 from fieldkit.field import ModuleField
@@ -271,6 +271,14 @@ class EditField(SharedAdapterField):
             message, hint = self.edit_error
             raise FieldkitError(message, hint=hint)
         return editing
+
+
+class PackedEditField(EditField):
+    """An :class:`EditField` of a backbone whose pipelines pack latents in 2x2 patches and hand their
+    scheduler ``linspace(1, 1/steps, steps)`` (FLUX, Qwen-Image; :mod:`fieldkit.backbones.packing`)."""
+
+    def base_sigmas(self, steps: int) -> list[float]:
+        return linear_sigmas(steps)
 
 
 def as_shared_field(field: object, cls: type[F], what: str) -> F:

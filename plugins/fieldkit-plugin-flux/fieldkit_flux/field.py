@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import EditField
+from fieldkit.backbones.field import PackedEditField
 from fieldkit.backbones.packing import pack_latents, unpack_latents
-from fieldkit.backbones.schedule import linear_sigmas, pipeline_sigmas
+from fieldkit.backbones.schedule import pipeline_sigmas
 from fieldkit.plugin_api import AdapterSwitch, Cond
 
 #: The projections a LoRA adapts by default: attention (both streams) and the feed-forwards, the layers
@@ -60,7 +60,7 @@ def text_cond(text: Tensor, pooled: Tensor, null_text: Tensor, null_pooled: Tens
     return Cond({"text": text, "pooled": pooled, **extra}, nulls={"text": null_text, "pooled": null_pooled})
 
 
-class FluxField(EditField):
+class FluxField(PackedEditField):
     """``v = transformer(pack(x), t = sigma, guidance, text, pooled)``; with ``source`` in the Cond, the
     Kontext call on ``[pack(x), pack(source)]`` whose first ``(H / 2)(W / 2)`` tokens are the velocity.
 
@@ -125,10 +125,6 @@ class FluxField(EditField):
     def input_layer(self) -> nn.Module | None:
         """The token embedding, the first layer to see ``x``."""
         return getattr(self.transformer, "x_embedder", None)
-
-    def base_sigmas(self, steps: int) -> list[float]:
-        """``linspace(1, 1/steps, steps)``, what both pipelines hand the scheduler."""
-        return linear_sigmas(steps)
 
     def sampling_sigmas(self, steps: int, shape: tuple[int, ...]) -> Tensor | None:
         """The pipeline's sigmas for ``shape`` ``[C, H, W]`` latents: FLUX's transformer has patch size 1, and

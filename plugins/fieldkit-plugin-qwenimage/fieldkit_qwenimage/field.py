@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import EditField
+from fieldkit.backbones.field import PackedEditField
 from fieldkit.backbones.packing import pack_latents, unpack_latents
-from fieldkit.backbones.schedule import linear_sigmas
 from fieldkit.plugin_api import Cond, FieldkitError
 
 #: The projections a LoRA adapts by default: attention (both streams) and both feed-forwards, the layers
@@ -72,7 +71,7 @@ def text_cond(prompts: list[Tensor], negative: Tensor | list[Tensor], **extra: T
     return Cond(data, nulls={"text": text[n:], "text_mask": mask[n:]})
 
 
-class QwenImageField(EditField):
+class QwenImageField(PackedEditField):
     """``v = transformer(pack(x), t = sigma, text, text_mask)``; with ``source`` in the Cond, the edit call
     on ``[pack(x), pack(source)]`` whose first ``(H / 2)(W / 2)`` tokens are the velocity.
 
@@ -122,7 +121,3 @@ class QwenImageField(EditField):
     def input_layer(self) -> nn.Module | None:
         """The token embedding, the first layer to see ``x``."""
         return getattr(self.transformer, "img_in", None)
-
-    def base_sigmas(self, steps: int) -> list[float]:
-        """``linspace(1, 1/steps, steps)``, what both pipelines hand the scheduler."""
-        return linear_sigmas(steps)
