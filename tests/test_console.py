@@ -10,11 +10,13 @@ import signal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_cli_run import DISTILL, invoke
 
 from fieldkit import loads_graph
 from fieldkit.distill.callbacks import Callback
-from fieldkit.distill.console import RunInterrupted, clock
+from fieldkit.distill.console import RunInterrupted, clock, in_graph_order
 from fieldkit.distill.engine import Engine
 from fieldkit.plugins import get_host, hookimpl
 
@@ -114,3 +116,11 @@ def test_the_command_line_turns_an_interrupt_into_its_message_and_exit_130():
 
 def test_clock():
     assert [clock(s) for s in (0, 59.6, 61, 3600, 3725)] == ["0:00", "1:00", "1:01", "1:00:00", "1:02:05"]
+
+
+@given(st.permutations(["t2i", "local", "global", "zeta"]))
+def test_route_values_are_listed_in_the_graphs_route_order_whatever_order_they_arrive_in(arrival):
+    values = {name: float(i) for i, name in enumerate(arrival)}
+    listed = in_graph_order(["t2i", "local", "global"], values)
+    assert [name for name, _ in listed] == ["t2i", "local", "global", "zeta"]  # unknown names last
+    assert dict(listed) == values

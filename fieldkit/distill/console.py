@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -58,6 +58,20 @@ def banner(run: RunView) -> str:
         f"distill {run.graph.name}: {run.device}, {spec.precision}, {processes}, {params}, global batch "
         f"{batch} ({' '.join(parts)}), {steps}, {where}"
     )
+
+
+def _route_names(run: RunView) -> list[str]:
+    return [route.name for route in run.routes]
+
+
+def _position(order: Sequence[str], name: str) -> tuple[int, str]:
+    return (order.index(name) if name in order else len(order), name)
+
+
+def in_graph_order(order: Sequence[str], values: Mapping[str, float]) -> list[tuple[str, float]]:
+    """``values`` per route as (route, value) pairs in ``order``, the graph's route order (names not in it
+    last, by name), so that every line of a run lists its routes in one order."""
+    return sorted(values.items(), key=lambda item: _position(order, item[0]))
 
 
 class ConsoleOutput(Callback):
@@ -104,7 +118,9 @@ class ConsoleOutput(Callback):
         if not self._on(run) or not self.progress:
             return
         if self._bar is not None:
-            losses = "  ".join(f"{r} {v:.4g}" for r, v in report.update.route_losses.items())
+            losses = "  ".join(
+                f"{r} {v:.4g}" for r, v in in_graph_order(_route_names(run), report.update.route_losses)
+            )
             self._bar.update(self._task, completed=report.step, losses=losses)
         elif report.means is not None:
             self.out.print(self.line(run, report.means), markup=False)
@@ -115,7 +131,9 @@ class ConsoleOutput(Callback):
         now, step = time.perf_counter(), int(means["step"])
         rate = (step - first) / (now - start) if now > start and step > first else 0.0
         self._since = (now, step)
-        routes = [(k.split("/", 1)[1], v) for k, v in means.items() if k.startswith("loss/")]
+        routes = in_graph_order(
+            _route_names(run), {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith("loss/")}
+        )
         per_route = f" ({', '.join(f'{r} {v:.4g}' for r, v in routes)})" if len(routes) > 1 else ""
         left = clock((run.run_spec.steps - step) / rate) if rate > 0 else "-"
         return (
@@ -130,7 +148,7 @@ class ConsoleOutput(Callback):
         if not self._on(run):
             return
         title = f"{run.graph.name}: {run.step} steps, {run.bad_steps} skipped (non-finite loss or gradient)"
-        self.out.print(self.summary_table(title))
+        self.out.print(self.summary_table(title, _route_names(run)))
         message = "finishing: sample grids, checkpoint, the exported student, then every field on its routes"
         if self.terminal:
             self._status = self.err.status(message)
@@ -138,13 +156,14 @@ class ConsoleOutput(Callback):
         elif self.progress:
             self.out.print(message, markup=False)
 
-    def summary_table(self, title: str, tail: int = 20) -> Table:
-        """Per route: optimizer steps routed to it and its mean loss over its last ``tail`` steps."""
+    def summary_table(self, title: str, order: Sequence[str] = (), tail: int = 20) -> Table:
+        """Per route, in ``order`` (the graph's): optimizer steps routed to it and its mean loss over its last
+        ``tail`` steps."""
         table = Table(title=title)
         table.add_column("route")
         table.add_column("steps", justify="right")
         table.add_column(f"loss (last {tail})", justify="right")
-        for route in sorted(self.route_steps):
+        for route in sorted(self.route_steps, key=lambda name: _position(order, name)):
             losses = self.route_loss.get(route, [])[-tail:]
             mean = f"{sum(losses) / len(losses):.5f}" if losses else "-"
             table.add_row(route, str(self.route_steps[route]), mean)
