@@ -23,6 +23,19 @@ from fieldkit.errors import FieldkitError
 from fieldkit.field import ModuleField
 from fieldkit.models.lora import AdapterSwitch, load_adapter, merge_and_strip
 
+#: The projections of a diffusers joint (MMDiT-style) attention block, image stream then text stream: the
+#: LoRA targets shared by SD3, FLUX and Qwen-Image (each adds its own feed-forwards).
+JOINT_ATTENTION_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
+
 F = TypeVar("F", bound="SharedAdapterField")
 
 

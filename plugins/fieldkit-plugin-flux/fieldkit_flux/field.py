@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import PackedEditField
+from fieldkit.backbones.field import JOINT_ATTENTION_TARGETS, PackedEditField
 from fieldkit.backbones.packing import pack_latents, unpack_latents
 from fieldkit.backbones.schedule import pipeline_sigmas
 from fieldkit.plugin_api import AdapterSwitch, Cond
@@ -29,14 +29,7 @@ from fieldkit.plugin_api import AdapterSwitch, Cond
 #: The projections a LoRA adapts by default: attention (both streams) and the feed-forwards, the layers
 #: that community FLUX LoRAs train.
 LORA_TARGETS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
+    *JOINT_ATTENTION_TARGETS,
     "ff.net.0.proj",
     "ff.net.2",
     "ff_context.net.0.proj",

@@ -19,21 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import PackedEditField
+from fieldkit.backbones.field import JOINT_ATTENTION_TARGETS, PackedEditField
 from fieldkit.backbones.packing import pack_latents, unpack_latents
 from fieldkit.plugin_api import Cond, FieldkitError
 
 #: The projections a LoRA adapts by default: attention (both streams) and both feed-forwards, the layers
 #: that community Qwen-Image LoRAs train.
 LORA_TARGETS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
+    *JOINT_ATTENTION_TARGETS,
     "img_mlp.net.0.proj",
     "img_mlp.net.2",
     "txt_mlp.net.0.proj",

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fieldkit.backbones.field import SharedAdapterField
+from fieldkit.backbones.field import JOINT_ATTENTION_TARGETS, SharedAdapterField
 from fieldkit.plugin_api import Cond, FieldkitError
 
 #: The projections LoRA adapts by default: every attention projection of SD3's joint (and dual) attention,
 #: the targets of diffusers' SD3 LoRA training script.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+LORA_TARGETS = JOINT_ATTENTION_TARGETS
 
 #: SD3's time scale: the transformer embeds ``timestep = TIMESTEP_SCALE * sigma``.
 TIMESTEP_SCALE = 1000.0
