@@ -267,7 +267,7 @@ MAIN_RUNS = RESULTS.parent / "main-job-seeds"  # one record per (init, seed)
 MAIN_SEEDS = (0, 1, 2)
 MAIN_INITS = ("arith", "local")
 MAIN_DECAYS = (0.99, 0.995, 0.999)
-MAIN_STEPS, MAIN_EVERY, MAIN_SAMPLES = 1600, 200, 256
+MAIN_STEPS, MAIN_EVERY, MAIN_SAMPLES = 1600, 400, 256
 SEED_FLOOR = 0.93  # no seed's route below 0.93x its teacher
 SPLITS = ("validation", "test")
 
