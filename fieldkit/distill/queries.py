@@ -26,16 +26,25 @@ def index_probabilities(steps: int, a: float, b: float, grid: int = 4096) -> Ten
     return mass / mass.sum()
 
 
-def sample_indices(steps: int, batch: int, k: int, bias: Bias, generator: torch.Generator) -> Tensor:
-    """``[batch, k]`` query indices in ``[0, steps - 1]`` (``bias="all"``: every index, ``k`` ignored)."""
+def sample_indices(
+    steps: int, batch: int, k: int, bias: Bias, generator: torch.Generator, *, start: int = 0
+) -> Tensor:
+    """``[batch, k]`` query indices in ``[start, steps - 1]`` (``bias="all"``: every index, ``k`` ignored).
+
+    ``start > 0`` (partial rollouts) draws from the bias's distribution conditioned on ``i >= start``:
+    ``P(i | i >= start)`` for the Beta biases, uniform over the remaining indices, strata over them.
+    """
     if steps < 1 or batch < 1 or k < 1:
         raise ValueError(f"need steps, batch and k >= 1, got {steps}, {batch}, {k}")
+    if not 0 <= start < steps:
+        raise ValueError(f"start must lie in [0, {steps - 1}], got {start}")
+    left = steps - start
     if bias == "all":
-        return torch.arange(steps).expand(batch, steps).clone()
+        return torch.arange(start, steps).expand(batch, left).clone()
     if bias == "uniform":
-        return torch.randint(steps, (batch, k), generator=generator)
+        return torch.randint(start, steps, (batch, k), generator=generator)
     if bias == "stratified":
         u = (torch.arange(k) + torch.rand((batch, k), generator=generator, dtype=torch.float64)) / k
-        return (u * steps).long().clamp_max(steps - 1)
-    probs = index_probabilities(steps, *BETA[bias])
-    return torch.multinomial(probs.expand(batch, steps), k, replacement=True, generator=generator)
+        return start + (u * left).long().clamp_max(left - 1)
+    probs = index_probabilities(steps, *BETA[bias])[start:]
+    return start + torch.multinomial(probs.expand(batch, left), k, replacement=True, generator=generator)
