@@ -99,7 +99,7 @@ class LossInputs:
     data-only routes); ``batch`` the GLOBAL batch (every process draws the same one; ``shard`` says which rows
     are this process's); ``shape`` the per-sample shape of the flow state; ``sigmas`` the rollout schedule;
     ``generator`` the noise stream (draw for the global batch, then shard: W processes compute what one
-    does).
+    does); ``step`` the optimizer updates applied before this one (a curriculum follows it).
     """
 
     student: VelocityField
@@ -110,6 +110,7 @@ class LossInputs:
     sigmas: Tensor
     generator: torch.Generator
     shard: Shard = field(default_factory=Shard)
+    step: int = 0
 
 
 @dataclass

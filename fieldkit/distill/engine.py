@@ -172,6 +172,7 @@ class Engine:
                             sigmas=s.sigmas[route.name],
                             generator=s.generators["noise"],
                             shard=s.shard,
+                            step=s.step,
                         )
                         out = check_loss(s.method.loss(inputs), s.who_method)
                     t0 = time.perf_counter()
