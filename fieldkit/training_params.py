@@ -48,10 +48,78 @@ class DistillParams(Params):
         "next R updates' queries from it (cheaper, slightly stale states; a resume rolls out afresh)",
     )
 
+    buffer: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="rollouts kept per route (a replay buffer): each update draws every row of its batch "
+        "from one of the kept rollouts, uniformly (1: the newest only); rollout passes per sample stay "
+        "rollout / reuse",
+    )
+    staleness: int | None = Field(
+        None,
+        ge=0,
+        le=1_000_000_000,
+        description="the largest age, in optimizer updates, of a kept rollout that may still be drawn "
+        "(older ones are dropped; none left: a fresh rollout); default: any in the buffer",
+    )
+    start_sigma: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="partial rollouts: start at the first schedule index i0 with sigma <= start_sigma from "
+        "the data forward-noised there, simulate only steps i0..N-1 and query only indices >= i0 "
+        "(rollout passes per sample: about the full rollout's times the fraction of steps simulated)",
+    )
+    start_from: Literal["target", "source"] = Field(
+        "target",
+        description="what a partial rollout forward-noises: the batch's clean targets, or the condition's "
+        "source image (edits)",
+    )
+    on_policy: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="the final fraction of updates whose states come from the rollout; the others use "
+        "off-policy data states (no rollout passes)",
+    )
+    handover: int = Field(
+        0,
+        ge=0,
+        le=1_000_000_000,
+        description="updates over which the on-policy fraction rises linearly from 0 to on_policy "
+        "(0: on_policy from the start)",
+    )
+
     @model_validator(mode="after")
-    def _reuse_needs_a_rollout(self) -> DistillParams:
-        if self.reuse > 1 and self.states == "data":
-            raise ValueError("reuse > 1 reuses rollout states, but states is 'data'; use reuse: 1")
+    def _cheaper_states_need_a_rollout(self) -> DistillParams:
+        """Each option that shapes rollout states is refused with data states, and inconsistent bounds."""
+        if self.states == "data":
+            rollout_only = {
+                "reuse > 1 reuses rollout states": self.reuse > 1,
+                "buffer > 1 keeps rollouts": self.buffer > 1,
+                "start_sigma starts a partial rollout": self.start_sigma is not None,
+                "on_policy < 1 or handover > 0 mixes rollout states with data states": self.on_policy < 1
+                or self.handover > 0,
+            }
+            for what, given in rollout_only.items():
+                if given:
+                    raise ValueError(
+                        f"{what}, but states is 'data' (no rollout); drop it or use states: student"
+                    )
+        if self.staleness is not None and self.reuse == 1 and self.buffer == 1:
+            raise ValueError(
+                "staleness bounds the age of kept rollouts, but none are kept (reuse: 1, buffer: 1); "
+                "set reuse or buffer above 1, or drop staleness"
+            )
+        if self.staleness is not None and self.staleness < self.reuse - 1:
+            raise ValueError(
+                f"staleness {self.staleness} is below reuse - 1 = {self.reuse - 1}: a rollout serves "
+                f"{self.reuse} updates, so its later updates would find nothing young enough to draw; "
+                f"use staleness >= {self.reuse - 1} or a smaller reuse"
+            )
+        if self.start_from == "source" and self.start_sigma is None:
+            raise ValueError("start_from: source names where a partial rollout starts; set start_sigma too")
         return self
 
 
