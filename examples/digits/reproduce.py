@@ -455,18 +455,55 @@ def world_fingerprint() -> str:
     return _digest([*teachers, *sorted(plugin.glob("*.py"))], HERE.parents[1])
 
 
-def code_fingerprint() -> str:
-    """A hash of the fieldkit sources a run executes (every module but the command line's: commands/ and
-    cli.py print and parse, they do not train or score)."""
-    import fieldkit
+# fieldkit modules that only print, draw or write reports: no run executes them between its seed and its
+# scores, so a change to them changes no trained weight and no score (checked module by module): the command
+# line (commands/, cli.py: parse and print, then call the engine), the console (distill/console.py: banner,
+# progress, end tables; its Ctrl-C handler only stops a run early), experiment trackers (distill/trackers.py:
+# log what the engine measured), the run report and its drawings (eval/run_report.py, eval/report_plots.py,
+# eval/graph_svg.py: HTML and SVG from a finished run's files) and the verdict rule (eval/verdict.py: the page
+# computes verdicts from the results, no run imports it).
+REPORTING = (
+    "commands",
+    "cli.py",
+    "distill/console.py",
+    "distill/trackers.py",
+    "eval/run_report.py",
+    "eval/report_plots.py",
+    "eval/graph_svg.py",
+    "eval/verdict.py",
+)
 
-    root = Path(fieldkit.__file__).parent
-    files = [
-        p
-        for p in sorted(root.rglob("*.py"))
-        if "commands" not in p.relative_to(root).parts and p.name != "cli.py"
-    ]
-    return _digest(files, root)
+
+def code_fingerprint(root: Path | None = None) -> str:
+    """A hash of the code a run executes: every module of the fieldkit package at ``root`` (default: the
+    imported one) but those in :data:`REPORTING`, each as its syntax tree without docstrings, so that a
+    docstring, comment or formatting edit keeps every run's key and any code change re-keys."""
+    import ast
+    import hashlib
+
+    if root is None:
+        import fieldkit
+
+        root = Path(fieldkit.__file__).parent
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        if any(name == r or name.startswith(r + "/") for r in REPORTING):
+            continue
+        tree = ast.parse(path.read_bytes(), filename=name)
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (
+                isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:]
+        digest.update(name.encode())
+        digest.update(ast.dump(tree, include_attributes=False).encode())
+    return digest.hexdigest()[:12]
 
 
 def overrides_of(run: Run, seed: int, matched: str, settings: Settings) -> list[str]:

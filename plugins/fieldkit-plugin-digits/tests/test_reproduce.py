@@ -201,3 +201,67 @@ def test_verdicts_follow_the_rule_on_the_committed_results():
             assert dec.diff.n >= MIN_SEEDS and dec.adjusted < LEVEL
             lo, hi = dec.interval
             assert lo > 0 or hi < 0
+
+
+# -- the code fingerprint -----------------------------------------------------------------------------------
+
+MODULE = '''"""A module docstring."""
+
+import math
+
+
+class Scale:
+    """A class docstring."""
+
+    factor = 2.0
+
+    def apply(self, x: float) -> float:
+        """A method docstring."""
+        return math.sqrt(x) * self.factor
+
+
+async def later(x: float) -> float:
+    """An async docstring."""
+    return x + 1
+
+
+def label(x: float) -> str:
+    return "value " + str(x)
+'''
+
+
+def _tree(root: Path, module: str, console: str = "def show(x):\n    print(x)\n") -> Path:
+    """A module tree like fieldkit's: one module that runs and one that only prints (its console)."""
+    (root / "distill").mkdir(parents=True, exist_ok=True)
+    (root / "__init__.py").write_text("")
+    (root / "ops.py").write_text(module)
+    (root / "distill" / "console.py").write_text(console)
+    return root
+
+
+def test_the_code_fingerprint_ignores_docstrings_comments_formatting_and_reporting_modules(
+    tmp_path: Path,
+) -> None:
+    """Docstring, comment and formatting edits keep the fingerprint (runs keep their keys); so does any edit
+    of a module that only prints; a one-token change of code that runs changes it."""
+    repro = _load()
+    before = repro.code_fingerprint(_tree(tmp_path / "a", MODULE))
+    edited = (
+        MODULE.replace("A module docstring.", "The module, described at length.")
+        .replace('"""A class docstring."""', "'''Reworded,\n    over two lines.'''")
+        .replace("A method docstring.", "sqrt(x) times the factor.")
+        .replace('    """An async docstring."""\n', "")
+        .replace("import math\n", "import math  # the square root\n\n# a comment line\n")
+        .replace(
+            "return math.sqrt(x) * self.factor",
+            "return (\n            math.sqrt(x)\n            * self.factor\n        )",
+        )
+        .replace("factor = 2.0", "factor=2.0")
+    )
+    same = repro.code_fingerprint(_tree(tmp_path / "b", edited, console="def show(y):\n    print('y', y)\n"))
+    assert same == before
+    tokens = (("2.0", "3.0"), ("x + 1", "x - 1"), ('"value "', '"value: "'), ("sqrt", "exp"))
+    for i, (old, new) in enumerate(tokens):
+        changed = repro.code_fingerprint(_tree(tmp_path / f"c{i}", MODULE.replace(old, new, 1)))
+        assert changed != before, (old, new)
+    assert repro.code_fingerprint() == repro.code_fingerprint()  # the imported package, deterministic
