@@ -16,6 +16,12 @@ reference spent on its steps. Passes are counted per sample: a forward is 1, a b
 forwards 1 each, every row of the student's gradient batch 3), so the budget does not depend on the machine;
 wall-clock is recorded beside it. ``--matched time`` instead matches training seconds (the v1 protocol).
 Every student is scored with one sampler, 16 Euler steps on the shift-3 schedule, whatever it trained with.
+
+Beyond the paper (issue 21): ``frontier`` puts every method's scores against the training passes it spent
+(curve points along each run at matched compute; ``report`` draws one PNG per pair and data setting, the
+mean over seeds with its 95% interval), and ``many`` composes N = 2, 4, 8 capability teachers over one base.
+A run this checkout cannot run yet (a method option or a graph it needs is missing) is skipped with the
+reason, in ``list``, the study and the report; its cells read "pending".
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fieldkit.eval.report_plots import Band
     from fieldkit.eval.verdict import Decision, Paired
 
 HERE = Path(__file__).resolve().parent
+CAPS = (2, 4, 8)  # the numbers of capability teachers of the many-teachers comparison
 GRAPHS = {
     "t2i_edit": HERE / "reproduce" / "t2i_edit.yaml",
     "local_global": HERE / "reproduce" / "local_global.yaml",
@@ -46,6 +54,8 @@ GRAPHS = {
     "diagnostic": HERE / "graph.yaml",
     "guidance": HERE / "guidance.yaml",
     "realism": HERE / "realism.yaml",
+    # Many teachers (issue 21.4): T2I and one capability LoRA per route over one base, N = 2, 4, 8.
+    **{f"caps{n}": HERE / "reproduce" / f"caps{n}.yaml" for n in CAPS},
 }
 # Comparison 1's pairs: their routes, and the teachers (fields) the tuned merge combines.
 PAIRS = {
@@ -72,10 +82,10 @@ _COMMON = (
 )
 
 
-def _stated(init: str, batch: int, routes: Sequence[str]) -> tuple[str, ...]:
+def _stated(init: str | None, batch: int, routes: Sequence[str]) -> tuple[str, ...]:
     # Scores read the test half of the held-out digits; settings are chosen on the validation half.
     split = tuple(f"routes.{r}.data.eval_split=test" for r in routes)
-    return (f"student.init={init}", *_COMMON, f"run.batch_size={batch}", *split)
+    return (*((f"student.init={init}",) if init else ()), *_COMMON, f"run.batch_size={batch}", *split)
 
 
 STATED = {
@@ -86,6 +96,40 @@ STATED = {
     "guidance": _stated("t2i", 32, ("t2i",)),
     "realism": _stated("t2i", 32, ("t2i",)),
 }
+
+
+def _graph_yaml(graph: str) -> dict[str, Any]:
+    """The YAML of one of :data:`GRAPHS` as written (``{}`` when the file is missing)."""
+    import yaml
+
+    path = GRAPHS[graph]
+    return dict(yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def stated(graph: str) -> tuple[str, ...]:
+    """The settings every run of ``graph`` states (:data:`STATED`); a many-teachers graph's are the pairs'
+    (batch 16) over its own routes, from the init its YAML names."""
+    if graph in STATED:
+        return STATED[graph]
+    return _stated(None, 16, list(_graph_yaml(graph).get("routes", {})))
+
+
+def merged_fields(graph: str) -> tuple[str, ...]:
+    """The teachers a tuned merge combines, the T2I base first: :data:`MERGED`'s, or a many-teachers graph's
+    route fields."""
+    if graph in MERGED:
+        return MERGED[graph]
+    fields = [str(r["field"]) for r in _graph_yaml(graph).get("routes", {}).values() if r.get("field")]
+    return tuple(dict.fromkeys(["t2i", *fields]))
+
+
+# Cost-quality frontier (issue 21): the pairs, the two data settings, and the cheaper on-policy options
+# that comparison 10 already runs (the frontier reuses those runs: same definition, same key).
+FRONTIER_PAIRS = ("local_global", "t2i_edit_specialist")
+SETTINGS = ("a", "b")
+CHEAP = {"reuse4": ("method.reuse=4",), "coarse8": ("method.rollout_steps=8",)}
+# Pairs whose partial rollouts start from the edit's noised source image instead of the noised target.
+FROM_SOURCE = ("t2i_edit_specialist",)
 # The seeds of every comparison, fixed before any run (the verdict rule's tests need at least 5 to decide
 # what three seeds cannot; study v2 ran 0-2).
 SEEDS = (0, 1, 2, 3, 4)
@@ -113,6 +157,10 @@ SCARCE = "{limit: 64, noise: 0.2}"
 STEPS = 150
 
 
+STEPS_CURVE = ("steps",)  # curve points at matched steps only
+COMPUTE_CURVE = ("compute",)  # ... at matched compute only (the frontier's runs)
+
+
 @dataclass(frozen=True)
 class Run:
     """One named run: a graph plus overrides, trained (``train``) or only evaluated (``eval``)."""
@@ -124,7 +172,7 @@ class Run:
     kind: str = "train"  # train | eval (score the init and the route fields) | merge (tuned task arithmetic)
     ref: str | None = None  # the run whose wall time a matched-time twin gets (None: this is a reference)
     betas: tuple[float, ...] = (1.0,)  # inference CFG scales at which the student is scored
-    curve: bool = False  # also score the student at a few checkpoints (metric curves)
+    curve: tuple[str, ...] = ()  # the matched modes at which the student is also scored along training
     time_twin: bool = (
         True  # add matched-compute / wall-clock twins (off where per-step cost is equal by design)
     )
@@ -137,6 +185,8 @@ def comparisons() -> dict[str, list[Run]]:
     comp: list[Run] = []
     for pair in PAIRS:
         ref = f"{pair}/danceopd"
+        # The frontier's pairs record curve points: the reference at its steps, the others at its compute.
+        ref_curve, curve = (STEPS_CURVE, COMPUTE_CURVE) if pair in FRONTIER_PAIRS else ((), ())
         comp += [
             Run("composition", f"{pair}/teachers", pair, kind="eval", time_twin=False),
             Run(
@@ -148,15 +198,18 @@ def comparisons() -> dict[str, list[Run]]:
                 time_twin=False,
                 teachers=False,
             ),
-            Run("composition", ref, pair),
+            Run("composition", ref, pair, curve=ref_curve),
         ]
-        for setting in ("a", "b"):
-            targets = (
-                () if setting == "a" else tuple(f"routes.{r}.data.targets={SCARCE}" for r in PAIRS[pair])
-            )
+        for setting in SETTINGS:
+            targets = scarce(pair, setting)
             comp += [
                 Run(
-                    "composition", f"{pair}/joint-{setting}", pair, ("method={type: sft}", *targets), ref=ref
+                    "composition",
+                    f"{pair}/joint-{setting}",
+                    pair,
+                    ("method={type: sft}", *targets),
+                    ref=ref,
+                    curve=curve,
                 ),
                 Run(
                     "composition",
@@ -164,6 +217,7 @@ def comparisons() -> dict[str, list[Run]]:
                     pair,
                     ("method={type: offpolicy}", *targets),
                     ref=ref,
+                    curve=curve,
                 ),
             ]
         comp += [
@@ -197,7 +251,7 @@ def comparisons() -> dict[str, list[Run]]:
         ]
     out["composition"] = comp
     dref = "diagnostic/danceopd"
-    base = Run("diagnostic", dref, "diagnostic", curve=True)
+    base = Run("diagnostic", dref, "diagnostic", curve=STEPS_CURVE)
     out["diagnostic"] = [
         Run("diagnostic", "diagnostic/teachers", "diagnostic", kind="eval"),
         base,
@@ -212,7 +266,7 @@ def comparisons() -> dict[str, list[Run]]:
                 "diagnostic",
                 (f"method.query={bias}",),
                 ref=dref,
-                curve=True,
+                curve=STEPS_CURVE,
             )
         )
     lin_ref = "query/linear-low"
@@ -224,7 +278,7 @@ def comparisons() -> dict[str, list[Run]]:
                 "diagnostic",
                 ("flow.shift=1.0", f"method.query={bias}"),
                 ref=None if bias == "low" else lin_ref,
-                curve=True,
+                curve=STEPS_CURVE,
             )
         )
     out["query"] = query
@@ -263,14 +317,14 @@ def comparisons() -> dict[str, list[Run]]:
     ]
     out["realism"] = [
         Run("realism", "realism/teachers", "realism", kind="eval"),
-        Run("realism", "realism/danceopd", "realism", curve=True),
+        Run("realism", "realism/danceopd", "realism", curve=STEPS_CURVE),
         Run(
             "realism",
             "realism/offpolicy",
             "realism",
             ("method={type: offpolicy}",),
             ref="realism/danceopd",
-            curve=True,
+            curve=STEPS_CURVE,
         ),
     ]
     merged = ("fields.merged.type=merge", "fields.merged.fields=[t2i, local, global]")
@@ -281,7 +335,7 @@ def comparisons() -> dict[str, list[Run]]:
             "diagnostic",
             (*over, f"student.init={name}"),
             ref=dref,
-            curve=True,
+            curve=STEPS_CURVE,
             time_twin=False,
         )
         for name, over in (("local", ()), ("t2i", ()), ("global", ()), ("merged", merged))
@@ -294,11 +348,90 @@ def comparisons() -> dict[str, list[Run]]:
     # scored with the 16-step sampler). A bf16 rollout is not here: a pass count prices it like an fp32 one,
     # and this CPU has no faster bf16 path, so only a GPU's wall-clock could show what it saves.
     out["cheap_states"] = [
-        Run("cheap_states", f"{pair}/{name}", pair, over, ref=f"{pair}/danceopd")
+        Run(
+            "cheap_states",
+            f"{pair}/{name}",
+            pair,
+            over,
+            ref=f"{pair}/danceopd",
+            curve=COMPUTE_CURVE if pair in FRONTIER_PAIRS else (),
+        )
         for pair in PAIRS
-        for name, over in (("reuse4", ("method.reuse=4",)), ("coarse8", ("method.rollout_steps=8",)))
+        for name, over in CHEAP.items()
     ]
+    out["frontier"] = _frontier(out)
+    out["many"] = _many()
     return out
+
+
+def scarce(pair: str, setting: str) -> tuple[str, ...]:
+    """The overrides of data setting ``setting`` on a pair: none in (a), :data:`SCARCE` targets in (b)."""
+    return () if setting == "a" else tuple(f"routes.{r}.data.targets={SCARCE}" for r in PAIRS[pair])
+
+
+def frontier_options(pair: str) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """The frontier's cheaper on-policy options on ``pair``: ``{name: (overrides, reads data)}``; an option
+    that reads the bucket's data (partial rollouts noise it, the curriculum's off-policy updates query it)
+    has a run per data setting, the others one run that serves both."""
+    start = ("method.start_sigma=0.6", *(("method.start_from=source",) if pair in FROM_SOURCE else ()))
+    return {
+        **{name: (over, False) for name, over in CHEAP.items()},
+        "buffer": (("method.reuse=4", "method.buffer=4", "method.staleness=8"), False),
+        "partial": (start, True),
+        "handover": (("method.handover=50", "method.on_policy=1.0"), True),
+    }
+
+
+def frontier_run(pair: str, option: str, setting: str) -> str:
+    """The name of an option's run in ``setting`` (options that read no data: one run for both)."""
+    return f"{pair}/{option}-{setting}" if frontier_options(pair)[option][1] else f"{pair}/{option}"
+
+
+def frontier_lines(pair: str, setting: str) -> dict[str, tuple[str, str]]:
+    """Every line of a frontier plot: ``{label: (run, matched)}``, the DanceOPD reference at its steps and
+    every other method at its compute."""
+    return {
+        "danceopd": (f"{pair}/danceopd", "steps"),
+        "offpolicy": (f"{pair}/offpolicy-{setting}", "compute"),
+        "joint": (f"{pair}/joint-{setting}", "compute"),
+        **{opt: (frontier_run(pair, opt, setting), "compute") for opt in frontier_options(pair)},
+    }
+
+
+def _frontier(out: dict[str, list[Run]]) -> list[Run]:
+    """The frontier's runs: its pairs' DanceOPD references and baselines (comparison 1's runs, which record
+    curve points on these pairs), reuse4 and coarse8 (comparison 10's), and the new options."""
+    runs: list[Run] = []
+    for pair in FRONTIER_PAIRS:
+        ref = f"{pair}/danceopd"
+        for option, (over, reads) in frontier_options(pair).items():
+            if option in CHEAP:
+                continue
+            for setting in SETTINGS if reads else ("a",):
+                name = frontier_run(pair, option, setting)
+                targets = scarce(pair, setting)
+                runs.append(Run("frontier", name, pair, (*over, *targets), ref=ref, curve=COMPUTE_CURVE))
+    shared = {
+        name for pair in FRONTIER_PAIRS for s in SETTINGS for name, _ in frontier_lines(pair, s).values()
+    }
+    reused = [r for comp in ("composition", "cheap_states") for r in out[comp] if r.name in shared]
+    return [*reused, *runs]
+
+
+def _many() -> list[Run]:
+    """Many teachers: per N, the teachers and the tuned merge (evaluated), DanceOPD, off-policy and joint
+    SFT on ``capsN.yaml`` (setting (a))."""
+    runs: list[Run] = []
+    for n in CAPS:
+        graph, ref = f"caps{n}", f"caps{n}/danceopd"
+        runs += [
+            Run("many", f"{graph}/teachers", graph, kind="eval", time_twin=False),
+            Run("many", ref, graph),
+            Run("many", f"{graph}/offpolicy", graph, ("method={type: offpolicy}",), ref=ref),
+            Run("many", f"{graph}/joint", graph, ("method={type: sft}",), ref=ref),
+            Run("many", f"{graph}/merge-ta", graph, kind="merge", time_twin=False, teachers=False),
+        ]
+    return runs
 
 
 @dataclass(frozen=True)
@@ -410,7 +543,34 @@ def claims() -> list[Claim]:
                     (f"{pair}/joint-a", "compute"),
                 )
             )
-    return out
+    # The frontier: each cheaper option against off-policy and joint SFT at matched compute in each data
+    # setting, and level with DanceOPD at matched steps; a claim comparison 10 makes already is not repeated.
+    for pair in FRONTIER_PAIRS:
+        for setting in SETTINGS:
+            for option in frontier_options(pair):
+                run = frontier_run(pair, option, setting)
+                out.append(
+                    Claim(
+                        "frontier",
+                        "ours: as good as DanceOPD at matched steps",
+                        (run, "steps"),
+                        (f"{pair}/danceopd", "steps"),
+                        expected=0,
+                    )
+                )
+                for base, label in (("offpolicy", "off-policy"), ("joint", "joint SFT")):
+                    out.append(
+                        Claim(
+                            "frontier",
+                            f"ours: above {label} ({setting}) at matched compute",
+                            (run, "compute"),
+                            (f"{pair}/{base}-{setting}", "compute"),
+                        )
+                    )
+    unique: dict[tuple[tuple[str, str], tuple[str, str], str], Claim] = {}
+    for claim in out:
+        unique.setdefault((claim.a, claim.b, claim.metric), claim)
+    return list(unique.values())
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -510,7 +670,7 @@ def overrides_of(run: Run, seed: int, matched: str, settings: Settings) -> list[
     """Every override a run is trained with: the stated settings, then the run's own, then the study's."""
     steps = settings.steps if matched == "steps" else 10**9
     return [
-        *STATED[run.graph],
+        *stated(run.graph),
         *settings.base,
         *run.overrides,
         f"run.seed={seed}",
@@ -537,9 +697,7 @@ def run_key(run: Run, seed: int, matched: str, settings: Settings, world: str, c
         "kind": run.kind,
         "betas": run.betas,
         "teachers": run.teachers,
-        "curve": [settings.curve_points, settings.curve_samples]
-        if run.curve and matched == "steps"
-        else None,
+        "curve": [settings.curve_points, settings.curve_samples] if matched in run.curve else None,
         "eval": [settings.eval_samples, EVAL_STEPS, EVAL_SHIFT, EVAL_SEED],
         "budget": settings.budget_seconds if matched == "time" else None,
     }
@@ -598,7 +756,7 @@ def _tuned_merge(engine: Any, run: Run, seed: int, settings: Settings) -> dict[s
     from fieldkit.merge import merge_models
 
     base = engine.session.ctx.field("t2i")
-    edits = [engine.session.ctx.field(name) for name in MERGED[run.graph] if name != "t2i"]
+    edits = [engine.session.ctx.field(name) for name in merged_fields(run.graph) if name != "t2i"]
     validation: dict[str, float] = {}
     best: tuple[float, float, Any] | None = None
     for lam in MERGE_GRID:
@@ -618,6 +776,18 @@ def _tuned_merge(engine: Any, run: Run, seed: int, settings: Settings) -> dict[s
         "merge_lambda": best[1],
         "validation": validation,
     }
+
+
+def teacher_bytes(engine: Any) -> int:
+    """Bytes of the distinct parameters and buffers that the route fields (the teachers) hold, a tensor
+    shared by several of them (LoRA teachers over one base) counted once: the teachers' share of a run's
+    peak memory, which does not depend on the machine (the process's RSS does, and holds every run of it)."""
+    import torch
+
+    from fieldkit.backbones.field import parameter_bytes
+
+    modules = [r.field for r in engine.session.router.routes if isinstance(r.field, torch.nn.Module)]
+    return parameter_bytes(torch.nn.ModuleList(dict.fromkeys(modules)))
 
 
 def _student_fields(engine: Any, betas: Iterable[float]) -> dict[str, Any]:
@@ -659,7 +829,6 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     from fieldkit.distill.engine import Engine
 
     torch.set_num_threads(1)
-    steps = settings.steps if matched == "steps" else 10**9
     overrides = overrides_of(run, seed, matched, settings)
     at = eval_seed(seed)
     graph = load_graph(GRAPHS[run.graph], overrides)
@@ -691,40 +860,39 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
             fields.update({f"t2i@w={b:g}": Guidance(base, b) for b in run.betas if b != 1})
         fields["init"] = engine.session.inference_model()
         scores = score_fields(engine, fields, settings.eval_samples, at)
-        record.update(steps=0, train_seconds=0.0, scores=scores)
+        record.update(steps=0, train_seconds=0.0, scores=scores, teacher_bytes=teacher_bytes(engine))
         record["eval_seconds"] = time.perf_counter() - t_eval
         return record
     spent_passes = teacher_forwards = 0  # the engine's count: training forwards only
-    checkpoints = set()
-    if run.curve and matched == "steps":
-        checkpoints = {
-            round(settings.steps * (i + 1) / settings.curve_points) for i in range(settings.curve_points)
-        }
-    metric_curve: list[dict[str, Any]] = []
     train_seconds = eval_seconds = 0.0
-    if run.curve and matched == "steps":
-        t0 = time.perf_counter()
-        metric_curve.append(
-            {
-                "step": 0,
-                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples, at)[
-                    "student"
-                ],
-            }
+    metric_curve: list[dict[str, Any]] = []
+    marks: list[float] = []  # where the curve's inner points fall: steps, or passes at matched compute
+    if matched in run.curve:
+        total = settings.steps if matched == "steps" else budget
+        marks = (
+            [total * (i + 1) / settings.curve_points for i in range(settings.curve_points - 1)]
+            if total
+            else []
         )
-        eval_seconds += time.perf_counter() - t0
+
+    def curve_point(step: int) -> None:  # the student's scores, with the training passes spent so far
+        nonlocal eval_seconds
+        t1 = time.perf_counter()
+        values = score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples, at)["student"]
+        metric_curve.append({"step": step, "passes": spent_passes, **values})
+        eval_seconds += time.perf_counter() - t1
+
+    if matched in run.curve:
+        curve_point(0)
     t0 = time.perf_counter()
     for report in engine.steps():  # the engine's own loop: its counters and its bad-step policy
         train_seconds += time.perf_counter() - t0
-        if report.applied and report.step in checkpoints and report.step != steps:
-            t1 = time.perf_counter()
-            values = score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples, at)[
-                "student"
-            ]
-            metric_curve.append({"step": report.step, **values})
-            eval_seconds += time.perf_counter() - t1
         spent_passes += report.update.passes.total
         teacher_forwards += report.update.passes.teacher
+        progress = report.step if matched == "steps" else spent_passes
+        if marks and progress >= marks[0]:
+            marks = [m for m in marks if m > progress]
+            curve_point(report.step)
         spent = train_seconds if matched == "time" else spent_passes
         if budget is not None and spent >= budget:
             engine.request_stop(f"{matched} budget spent")
@@ -732,15 +900,8 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
     t0 = time.perf_counter()
     scores = score_fields(engine, _student_fields(engine, run.betas), settings.eval_samples, at)
     eval_seconds += time.perf_counter() - t0
-    if run.curve and matched == "steps":
-        metric_curve.append(
-            {
-                "step": engine.step,
-                **score_fields(engine, _student_fields(engine, (1.0,)), settings.curve_samples, at)[
-                    "student"
-                ],
-            }
-        )
+    if matched in run.curve:
+        curve_point(engine.step)
     hist = engine.history
     n = max(len(hist), 1)
     record.update(
@@ -755,6 +916,9 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
         teacher_forwards_per_step=teacher_forwards / n,
         passes=spent_passes,
         passes_per_step=spent_passes / n,
+        passes_per_sample=spent_passes
+        / max(engine.step * graph.spec.run.batch_size * graph.spec.run.grad_accum, 1),
+        teacher_bytes=teacher_bytes(engine),
         time_per_step={k[5:]: sum(r.get(k, 0.0) for r in hist) / n for k in hist[0] if k.startswith("time/")}
         if hist
         else {},
@@ -766,7 +930,9 @@ def execute(run: Run, seed: int, matched: str, settings: Settings, budget: float
 
 
 def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) -> list[tuple[Run, int, str]]:
-    """(run, seed, matched) in an order where every reference precedes its matched-budget twins."""
+    """(run, seed, matched) in an order where every reference precedes its matched-budget twins, each once
+    (a comparison may share runs with another: the frontier's are comparison 1's and 10's), without the
+    runs this checkout cannot run (:func:`unavailable`)."""
     table = comparisons()
     always = (
         ["diagnostic"]
@@ -776,13 +942,56 @@ def plan(selected: Sequence[str], seeds: Sequence[int], matched: Sequence[str]) 
     todo: list[tuple[Run, int, str]] = []
     for seed in seeds:
         for name in dict.fromkeys([*always, *selected]):
-            runs = table[name]
+            runs = [r for r in table[name] if unavailable(r) is None]
             if "steps" in matched:
                 todo += [(r, seed, "steps") for r in runs]
             for twin in TWINS:
                 if twin in matched:
                     todo += [(r, seed, twin) for r in runs if r.kind == "train" and r.ref and r.time_twin]
-    return todo
+    return list(dict.fromkeys(todo))
+
+
+def skipped(selected: Sequence[str]) -> dict[str, str]:
+    """``{run: why}`` for every run of the ``selected`` comparisons that this checkout cannot run."""
+    table = comparisons()
+    return {r.name: why for c in selected for r in table[c] if (why := unavailable(r)) is not None}
+
+
+def _path_like(key: str, value: Any) -> bool:
+    return isinstance(value, str) and (
+        key.endswith("path") or "/" in value or value.endswith((".safetensors", ".pt", ".bin"))
+    )
+
+
+@functools.cache
+def unavailable(run: Run) -> str | None:
+    """Why ``run`` cannot run in this checkout, or None: its graph, or a model file or folder that the
+    graph's fields name, is missing (the many-teachers graphs and their capability LoRAs), or it sets a
+    method option that this fieldkit's DanceOPD method does not have."""
+    from fieldkit.training_params import DistillParams
+
+    path = GRAPHS[run.graph]
+    root = HERE.parents[1]
+    missing = [] if path.exists() else [path]
+    for spec in _graph_yaml(run.graph).get("fields", {}).values():
+        for key, value in dict(spec).items():
+            if _path_like(key, value) and not (path.parent / value).exists():
+                missing.append(path.parent / value)
+    if missing:
+        names = ", ".join(os.path.relpath(m, root) for m in missing)
+        return (
+            f"needs {os.path.relpath(path, root)} and its teachers (missing: {names}): add the graph and "
+            "train the teachers its header names, then run `python examples/digits/reproduce.py --only "
+            f"{run.comparison}`"
+        )
+    options = [o.split("=", 1)[0] for o in run.overrides if o.startswith("method.")]
+    unknown = [o for o in options if o.removeprefix("method.") not in DistillParams.model_fields]
+    if unknown:
+        return (
+            f"needs {', '.join(unknown)}, which this checkout's DanceOPD method does not have (issue 21's "
+            "cheaper-state options): run it from a checkout that has them"
+        )
+    return None
 
 
 def study(args: argparse.Namespace) -> None:
@@ -795,6 +1004,8 @@ def study(args: argparse.Namespace) -> None:
     if unknown:
         sys.exit(f"unknown comparison(s) {sorted(unknown)}; known: {', '.join(comparisons())}")
     todo = plan(selected, args.seeds, args.matched.split(","))
+    for name, why in skipped(selected).items():
+        print(f"skip {name}: {why}")
     if args.runs:  # only the runs named (shell patterns), e.g. --runs 't2i_edit_specialist/*'
         todo = [t for t in todo if any(fnmatch.fnmatch(t[0].name, pat) for pat in args.runs.split(","))]
     world, code = world_fingerprint(), code_fingerprint()
@@ -1034,15 +1245,18 @@ def runs_table(comp: str, rows: list[dict[str, Any]], teachers: dict[tuple[str, 
     return "\n".join(lines)
 
 
-def verdict_rows(results: list[dict[str, Any]]) -> list[tuple[Claim, Decision | None, str]]:
-    """Every claim of :func:`claims` with the rule's decision over the page (every claim that has paired
-    runs is one comparison of the page's Holm family) and its verdict; "not run" where no seed has both."""
+def verdict_rows(
+    results: list[dict[str, Any]], exclude: Sequence[str] = ()
+) -> list[tuple[Claim, Decision | None, str]]:
+    """Every claim of :func:`claims` (but those of the comparisons in ``exclude``) with the rule's decision
+    over the page (every claim that has paired runs is one comparison of the page's Holm family) and its
+    verdict; "not run" where no seed has both."""
     from fieldkit.eval.verdict import decide, paired
 
     index = {(r["name"], r["matched"] if r["kind"] == "train" else "-", r["seed"]): r for r in results}
     tested: list[tuple[Claim, Paired]] = []
     out: list[tuple[Claim, Decision | None, str]] = []
-    for claim in claims():
+    for claim in (c for c in claims() if c.comparison not in exclude):
         seeds = sorted(s for (n, m, s) in index if (n, m) == claim.a and (claim.b[0], claim.b[1], s) in index)
         if not seeds:
             if not {claim.a[1], claim.b[1]} & set(TWINS):  # a twin mode never run is not listed
@@ -1136,9 +1350,11 @@ def page_tables(results: list[dict[str, Any]]) -> dict[str, str]:
     teachers = {
         (r["graph"], r["seed"]): r for r in results if r["kind"] == "eval" and r["name"].endswith("/teachers")
     }
-    verdicts = verdict_rows(results)
+    verdicts = verdict_rows(results, exclude=V3_ONLY)
     tables = {"summary": summary_table(verdicts), "references": references_table(results, teachers)}
     for comp in comparisons():
+        if comp in V3_ONLY:
+            continue
         rows = _rows_of(comp, by_comp)
         if not by_comp.get(comp):
             tables[comp] = f"Not run in this study: `results.jsonl` holds no run of `{comp}`."
@@ -1148,22 +1364,211 @@ def page_tables(results: list[dict[str, Any]]) -> dict[str, str]:
     return tables
 
 
-def v3_tables(results: list[dict[str, Any]]) -> dict[str, str]:
+def v3_tables(results: list[dict[str, Any]], images: str = "") -> dict[str, str]:
     """What docs/reproduction.md shows of study v3 before v3 replaces v2 (``OUT/v3/results.jsonl``): the
-    T2I + Edit pair on the edit specialist, every run of it that has landed."""
+    T2I + Edit pair on the edit specialist, every run of it that has landed; the frontier (its plots linked
+    under the folder ``images``) and the many-teachers table, "pending" where runs have not landed."""
     rows = [r for r in results if r["name"].startswith("t2i_edit_specialist/")]
-    if not rows:
-        return {"specialist": "Not run yet: `v3/results.jsonl` holds no run of `t2i_edit_specialist`."}
     teachers = {(r["graph"], r["seed"]): r for r in rows if r["name"].endswith("/teachers")}
-    return {"specialist": runs_table("composition", rows, teachers)}
+    specialist = (
+        runs_table("composition", rows, teachers)
+        if rows
+        else "Not run yet: `v3/results.jsonl` holds no run of `t2i_edit_specialist`."
+    )
+    return {
+        "specialist": specialist,
+        "frontier": frontier_tables(results, images),
+        "many": many_table(results),
+    }
 
 
 def all_page_tables(out: Path) -> dict[str, str]:
-    """Every table ``report --page`` writes: v2's (``OUT/results.jsonl``) and v3's so far (``OUT/v3``)."""
+    """Every table ``report --page`` writes: v2's (``OUT/results.jsonl``) and v3's so far (``OUT/v3``), the
+    frontier plots linked from the page beside ``OUT``."""
     return {
         **page_tables(read_results(out / "results.jsonl")),
-        **v3_tables(read_results(out / "v3" / "results.jsonl")),
+        **v3_tables(read_results(out / "v3" / "results.jsonl"), f"{out.name}/v3/"),
     }
+
+
+# -- the cost-quality frontier and many teachers (study v3) ----------------------------------------------
+
+V3_ONLY = ("frontier", "many")  # comparisons that only study v3 runs: on the page from v3's results
+SETTING_NAMES = {"a": "(a) clean data", "b": "(b) 64 noisy targets per bucket"}
+PAIR_NAMES = {"local_global": "Local + Global", "t2i_edit_specialist": "T2I + Edit (edit specialist)"}
+PASSES_LABEL = "training passes spent (per sample: forward 1, backward 2)"
+
+
+def _by_seed(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """``{(run, matched): {seed: record}}`` (matched "-" for an evaluated, untrained run)."""
+    index: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in results:
+        index[(r["name"], r["matched"] if r["kind"] == "train" else "-")][r["seed"]] = r
+    return index
+
+
+def _mean_interval(values: Sequence[float]) -> str:
+    """``mean [low, high]`` over seeds (the 95% t interval, n - 1 df), the value of a single seed, or
+    "pending" for none."""
+    from fieldkit.eval.verdict import Paired
+
+    finite = tuple(v for v in values if math.isfinite(v))
+    if len(finite) < 2:
+        return f"{finite[0]:.3f} (1 seed)" if finite else "pending"
+    lo, hi = Paired(finite).interval()
+    return f"{Paired(finite).mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _decisions(results: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], tuple[str, str]], Decision]:
+    """The rule's decision of every combined-score claim that has paired runs, Holm over all of them."""
+    return {(c.a, c.b): d for c, d, _ in verdict_rows(results) if d is not None and c.metric == "combined"}
+
+
+def _verdict_cell(decisions: dict[tuple[tuple[str, str], tuple[str, str]], Decision], a: Any, b: Any) -> str:
+    dec = decisions.get((a, b))
+    if dec is None:
+        return "pending"
+    lo, hi = dec.interval
+    spread = f"[{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else f"({dec.diff.n} seed)"
+    return f"{dec.diff.mean:+.3f} {spread}: {dec.verdict}"
+
+
+def frontier_bands(results: list[dict[str, Any]], pair: str, setting: str) -> dict[str, list[Band]]:
+    """The frontier plot of ``pair`` in ``setting``: per score (combined, then each route's) one band per
+    method that recorded curve points with their training passes, over its seeds."""
+    from fieldkit.eval.report_plots import seed_band
+
+    index = _by_seed(results)
+    panels: dict[str, list[Band]] = {m: [] for m in ("combined", *(f"{r}/score" for r in PAIRS[pair]))}
+    for label, key in frontier_lines(pair, setting).items():
+        curves = [
+            r["metric_curve"]
+            for r in index.get(key, {}).values()
+            if r.get("metric_curve") and all("passes" in p for p in r["metric_curve"])
+        ]
+        if curves:
+            for metric, bands in panels.items():
+                bands.append(seed_band(label, [[(p["passes"], p[metric]) for p in c] for c in curves]))
+    return {m: bands for m, bands in panels.items() if bands}
+
+
+def frontier_plots(results: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """``folder/frontier-PAIR-SETTING.png`` for every pair and setting that has curve points."""
+    from fieldkit.eval.report_plots import band_plot
+
+    paths = []
+    for pair in FRONTIER_PAIRS:
+        for setting in SETTINGS:
+            panels = frontier_bands(results, pair, setting)
+            if panels:
+                title = f"{PAIR_NAMES[pair]}, setting {SETTING_NAMES[setting]}: mean over seeds, 95% interval"
+                paths.append(
+                    band_plot(
+                        panels, folder / f"frontier-{pair}-{setting}.png", xlabel=PASSES_LABEL, title=title
+                    )
+                )
+    return paths
+
+
+def frontier_table(results: list[dict[str, Any]], pair: str, setting: str) -> str:
+    """Each method's end point on the frontier of ``pair`` in ``setting`` (DanceOPD at its steps, the others
+    at its compute): seeds, steps, passes per sample, the combined and per-route test scores (mean and 95%
+    interval over seeds), and each cheaper option's verdicts under the rule (Holm over every claim of the
+    results): against off-policy and joint SFT at matched compute, and against DanceOPD at matched steps."""
+    index, decisions = _by_seed(results), _decisions(results)
+    ref = (f"{pair}/danceopd", "steps")
+    routes = [f"{r}/score" for r in PAIRS[pair]]
+    head = ["method", "run", "seeds", "steps", "passes per sample", "combined", *routes]
+    head += ["vs off-policy (compute)", "vs joint SFT (compute)", "vs DanceOPD (steps)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, (name, matched) in frontier_lines(pair, setting).items():
+        recs = [index[(name, matched)][s] for s in sorted(index.get((name, matched), {}))]
+        cells = [label, f"{name} ({matched})", str(len(recs))]
+        if recs:
+            per_sample = [r.get("passes_per_sample", math.nan) for r in recs]
+            cells += [
+                f"{statistics.fmean(r['steps'] for r in recs):.0f}",
+                f"{statistics.fmean(per_sample):.1f}",
+            ]
+        else:
+            cells += ["pending", "pending"]
+        cells += [_mean_interval([_value(r, m) for r in recs]) for m in ("combined", *routes)]
+        if label in ("danceopd", "offpolicy", "joint"):
+            cells += ["–", "–", "–"]
+        else:
+            cells += [
+                _verdict_cell(decisions, (name, "compute"), (f"{pair}/{base}-{setting}", "compute"))
+                for base in ("offpolicy", "joint")
+            ]
+            cells.append(_verdict_cell(decisions, (name, "steps"), ref))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def frontier_tables(results: list[dict[str, Any]], images: str = "") -> str:
+    """Every frontier table, each followed by its plot (``images`` + its file name) once it has points."""
+    parts = []
+    for pair in FRONTIER_PAIRS:
+        for setting in SETTINGS:
+            parts += [f"**{PAIR_NAMES[pair]}, setting {SETTING_NAMES[setting]}**", ""]
+            parts.append(frontier_table(results, pair, setting))
+            if frontier_bands(results, pair, setting):
+                parts += ["", f"![frontier {pair} ({setting})]({images}frontier-{pair}-{setting}.png)"]
+            parts.append("")
+    return "\n".join(parts).rstrip()
+
+
+def _worst_ratio(record: dict[str, Any], teachers: dict[str, Any] | None) -> float:
+    """The lowest ``score / teacher's score`` over a run's routes (NaN without its teachers run)."""
+    if teachers is None:
+        return math.nan
+    ratios = []
+    for name, t_scores in teachers["scores"].items():
+        route = name.removesuffix("_teacher")
+        if name.endswith("_teacher") and f"{route}/score" in t_scores and t_scores[f"{route}/score"] > 0:
+            ratios.append(_value(record, f"{route}/score") / t_scores[f"{route}/score"])
+    return min(ratios, default=math.nan)
+
+
+def many_table(results: list[dict[str, Any]]) -> str:
+    """Many teachers, per N: each method's combined test score and worst route's ratio to its teacher (mean
+    and 95% interval over seeds), its training passes per sample and the bytes its teachers hold (distinct
+    parameters and buffers of the route fields: LoRA teachers over one base count the base once)."""
+    index = _by_seed(results)
+    head = ["N", "method", "run", "seeds", "combined", "worst route / its teacher", "passes per sample"]
+    lines = ["| " + " | ".join([*head, "teachers (MiB)"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for n in CAPS:
+        teachers = index.get((f"caps{n}/teachers", "-"), {})
+        for label, name, matched in (
+            ("DanceOPD", f"caps{n}/danceopd", "steps"),
+            *(
+                (method, f"caps{n}/{run}", m)
+                for method, run in (("off-policy", "offpolicy"), ("joint SFT", "joint"))
+                for m in ("steps", "compute")
+            ),
+            ("tuned merge", f"caps{n}/merge-ta", "-"),
+        ):
+            recs = index.get((name, matched), {})
+            seeds = sorted(recs)
+            combined = _mean_interval([_value(recs[s], "combined") for s in seeds])
+            worst = _mean_interval([_worst_ratio(recs[s], teachers.get(s)) for s in seeds])
+            trained = matched != "-"
+            per_sample = [recs[s].get("passes_per_sample", math.nan) for s in seeds] if trained else [0.0]
+            memory = [recs[s].get("teacher_bytes", math.nan) / 2**20 for s in seeds]
+            passes = f"{statistics.fmean(per_sample):.1f}" if seeds else "pending"
+            mib = f"{statistics.fmean(memory):.1f}" if seeds and trained else ("–" if seeds else "pending")
+            run = name if matched == "-" else f"{name} ({matched})"
+            cells = [str(n), label, run, str(len(seeds)), combined, worst, passes, mib]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pending_notes(selected: Sequence[str]) -> list[str]:
+    """One line per reason the ``selected`` comparisons have runs this checkout cannot run, with the runs."""
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for name, why in skipped(selected).items():
+        reasons[why].append(name)
+    return [f"Pending: {', '.join(names)}: {why}." for why, names in reasons.items()]
 
 
 def fill_page(text: str, tables: dict[str, str]) -> str:
@@ -1211,7 +1616,7 @@ def report(args: argparse.Namespace) -> str:
         "",
     ]
     for comp in comparisons():
-        if not by_comp.get(comp):
+        if not by_comp.get(comp) or comp in V3_ONLY:
             continue
         rows = _rows_of(comp, by_comp)
         columns = [
@@ -1259,6 +1664,9 @@ def report(args: argparse.Namespace) -> str:
         for path in _plots(comp, rows, out):
             lines.append(f"![{comp}]({path.name})")
         lines.append("")
+    frontier_plots(results, out)
+    lines += ["### frontier", "", frontier_tables(results), "", "### many", "", many_table(results), ""]
+    lines += pending_notes(V3_ONLY)
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     return text
@@ -1391,6 +1799,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for run, seed, matched in plan(list(comparisons()), args.seeds, args.matched.split(",")):
             overrides = overrides_of(run, seed, matched, settings)
             print(run_key(run, seed, matched, settings, world, code), " ".join(overrides), sep="  ")
+        for name, why in skipped(list(comparisons())).items():
+            run = _run_named(name)
+            print(f"skip {name}  {' '.join(run.overrides)}  ({why})")
         return
     if args.command == "run":
         study(args)
@@ -1398,6 +1809,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(report(args))
         if args.page:
             page = Path(args.page)
+            frontier_plots(read_results(Path(args.out) / "v3" / "results.jsonl"), Path(args.out) / "v3")
             page.write_text(fill_page(page.read_text(), all_page_tables(Path(args.out))))
 
 

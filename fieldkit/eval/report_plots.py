@@ -1,12 +1,15 @@
 """The report's plots (inline SVG made with matplotlib): every route's loss on one axis, smoothed, with the
 raw curve faint behind it; and the training metrics that change (a constant learning rate gets a sentence,
-not a panel)."""
+not a panel). And a study's cost-quality plot (a PNG): scores against training cost, one line per method,
+the mean over seeds with its 95% interval shaded (:func:`seed_band`, :func:`band_plot`)."""
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TRAINING_KEYS = ("lr", "grad_norm")
@@ -138,3 +141,73 @@ def training_plot(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> tuple
     svg = _svg(figure)
     plt.close(figure)
     return svg, notes
+
+
+@dataclass(frozen=True)
+class Band:
+    """One method's line: at each point the mean cost ``x`` and the mean score over seeds, and the score's 95%
+    interval ``[low, high]`` (NaN below two seeds)."""
+
+    label: str
+    x: tuple[float, ...]
+    mean: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+
+def seed_band(label: str, seeds: Sequence[Sequence[tuple[float, float]]]) -> Band:
+    """The band of ``(cost, score)`` curves, one per seed, point ``i`` of every seed together (the seeds'
+    curves mark the same fractions of training): ``mean +- t_{0.975, n-1} s / sqrt(n)`` over the ``n``
+    seeds' scores, ``s`` their standard deviation; curves are cut to the shortest."""
+    from fieldkit.eval.verdict import Paired
+
+    if not seeds:
+        raise ValueError(f"{label}: a band needs at least one seed's curve")
+    points = min(len(curve) for curve in seeds)
+    x, mean, low, high = [], [], [], []
+    for i in range(points):
+        scores = Paired(tuple(curve[i][1] for curve in seeds))  # the interval of a mean is a paired one's
+        lo, hi = scores.interval()
+        x.append(math.fsum(curve[i][0] for curve in seeds) / len(seeds))
+        mean.append(scores.mean)
+        low.append(lo)
+        high.append(hi)
+    return Band(label, tuple(x), tuple(mean), tuple(low), tuple(high))
+
+
+def band_figure(panels: Mapping[str, Sequence[Band]], *, xlabel: str, title: str) -> Any:
+    """A matplotlib figure: one panel per ``{score name: bands}`` (its y axis the score), one line per band
+    with its interval shaded, each label in one colour across panels, the legend beside the panels."""
+    plt = _pyplot()
+    width = 3.8 * len(panels) + 1.8
+    figure, axes = plt.subplots(1, len(panels), figsize=(width, 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = list(dict.fromkeys(b.label for bands in panels.values() for b in bands))
+    for ax, (name, bands) in zip(axes.flat, panels.items(), strict=True):
+        for band in bands:
+            index = labels.index(band.label)
+            colour = colours[index % len(colours)]
+            style = LINE_STYLES[index // len(colours) % len(LINE_STYLES)]
+            ax.plot(
+                band.x, band.mean, color=colour, linestyle=style, marker="o", markersize=3, label=band.label
+            )
+            if all(math.isfinite(v) for v in (*band.low, *band.high)):
+                ax.fill_between(band.x, band.low, band.high, color=colour, alpha=0.18, linewidth=0)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+    figure.legend(list(handles.values()), list(handles), loc="center right", fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1 - 1.3 / width, 1))
+    return figure
+
+
+def band_plot(panels: Mapping[str, Sequence[Band]], path: Path, *, xlabel: str, title: str) -> Path:
+    """:func:`band_figure` written to ``path`` as a PNG."""
+    plt = _pyplot()
+    figure = band_figure(panels, xlabel=xlabel, title=title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

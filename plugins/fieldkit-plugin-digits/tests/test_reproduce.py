@@ -6,9 +6,11 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -29,7 +31,7 @@ def _load() -> ModuleType:
     return load_script(SCRIPT, "digits_reproduce")
 
 
-def test_every_comparison_is_planned_and_references_precede_their_twins():
+def test_every_comparison_is_planned_and_references_precede_their_twins() -> None:
     repro = _load()
     table = repro.comparisons()
     assert {
@@ -61,7 +63,7 @@ def test_every_comparison_is_planned_and_references_precede_their_twins():
     assert repro.plan(["composition"], list(repro.SEEDS), ["steps"])[-1][1] == 4  # five seeds, fixed
 
 
-def test_the_key_covers_the_resolved_graph_world_and_code():
+def test_the_key_covers_the_resolved_graph_world_and_code() -> None:
     """A changed setting of the graph (here the EMA the YAML gained after study v2), world or code is
     another run; the stated settings make the YAML's EMA irrelevant to the resolved graph."""
     repro = _load()
@@ -75,7 +77,7 @@ def test_the_key_covers_the_resolved_graph_world_and_code():
     assert "student.ema=null" in overrides and "run.seed=0" in overrides
 
 
-def test_a_committed_run_reruns_from_head_to_its_scores():
+def test_a_committed_run_reruns_from_head_to_its_scores() -> None:
     """tests/data/quick-run.jsonl holds one run of the study as the driver wrote it (the quick settings): run
     again from HEAD it gives the same scores to the last bit, the same steps and the same model passes.
     Regenerate it only when a change is meant to change the numbers: ``python examples/digits/reproduce.py
@@ -91,12 +93,17 @@ def test_a_committed_run_reruns_from_head_to_its_scores():
 
 
 @pytest.mark.slow
-def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path):
+def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path) -> None:
     """The whole --quick study (every run, 4 steps, 8 samples), in the default suite so it cannot rot."""
     repro = _load()
     repro.main(["--quick", "--out", str(tmp_path), "--report"])
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert {r["comparison"] for r in records} >= set(repro.comparisons())
+    runnable = repro.comparisons().items()
+    assert {r["comparison"] for r in records} >= {
+        name
+        for name, runs in runnable
+        if any(r.comparison == name and not repro.unavailable(r) for r in runs)
+    }
     for r in records:
         assert r["scores"], r["name"]
         for values in r["scores"].values():
@@ -135,7 +142,7 @@ def test_quick_study_runs_every_comparison_and_reports(tmp_path: Path):
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(records)
 
 
-def test_claims_share_the_plan_between_processes(tmp_path):
+def test_claims_share_the_plan_between_processes(tmp_path: Path) -> None:
     """A run held by a live process is not taken; one left by a dead process is; release frees it."""
     import subprocess
 
@@ -156,7 +163,7 @@ def test_claims_share_the_plan_between_processes(tmp_path):
     assert repro._claim(tmp_path, "a")
 
 
-def test_report_without_results_says_so_and_writes_nothing(tmp_path: Path):
+def test_report_without_results_says_so_and_writes_nothing(tmp_path: Path) -> None:
     repro = _load()
     with pytest.raises(SystemExit) as err:
         repro.main(["report", "--out", str(tmp_path / "nothing")])
@@ -164,7 +171,7 @@ def test_report_without_results_says_so_and_writes_nothing(tmp_path: Path):
     assert not (tmp_path / "nothing").exists()
 
 
-def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints():
+def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints() -> None:
     """docs/reproduction.md's tables are regenerated from the committed results.jsonl, verdicts included."""
     repro = _load()
     root = SCRIPT.parents[2]
@@ -182,7 +189,7 @@ def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints():
             assert line in printed, line
 
 
-def test_verdicts_follow_the_rule_on_the_committed_results():
+def test_verdicts_follow_the_rule_on_the_committed_results() -> None:
     """Every decided verdict on the page: at least 3 seeds, a Holm-adjusted p-value below 0.05 over the
     page's claims, the p-value recomputed from the differences, and (t-test) an interval that excludes 0."""
     from fieldkit.eval.verdict import AGREES, DISAGREES, LEVEL, MIN_SEEDS, holm, t_two_sided_p
@@ -265,3 +272,238 @@ def test_the_code_fingerprint_ignores_docstrings_comments_formatting_and_reporti
         changed = repro.code_fingerprint(_tree(tmp_path / f"c{i}", MODULE.replace(old, new, 1)))
         assert changed != before, (old, new)
     assert repro.code_fingerprint() == repro.code_fingerprint()  # the imported package, deterministic
+
+
+# -- the frontier and many teachers -------------------------------------------------------------------------
+
+T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student's t two-sided 95% quantiles, from tables
+
+
+def _trained(name: str, seed: int, matched: str, combined: float, **extra: Any) -> dict[str, Any]:
+    """A synthetic record of a trained run on Local + Global (both routes at the combined score)."""
+    scores = {"combined": combined, "local/score": combined + 0.05, "global/score": combined - 0.05}
+    return {
+        "comparison": "synthetic",
+        "name": name,
+        "seed": seed,
+        "matched": matched,
+        "kind": "train",
+        "graph": "local_global",
+        "overrides": [],
+        "steps": 150,
+        "passes": 1000.0,
+        "passes_per_sample": 14.9,
+        "scores": {"student": scores},
+        **extra,
+    }
+
+
+def _curve(values: list[float], passes: list[float]) -> list[dict[str, float]]:
+    return [
+        {"step": i, "passes": p, "combined": v, "local/score": v + 0.05, "global/score": v - 0.05}
+        for i, (v, p) in enumerate(zip(values, passes, strict=True))
+    ]
+
+
+def test_the_frontier_plot_draws_each_method_over_passes_with_its_seed_interval(tmp_path: Path) -> None:
+    """Each method's band: at point i the mean passes and the mean score over seeds, and the score's
+    interval mean +- t_{0.975, n-1} s / sqrt(n); one panel per score, axes named, the PNG written."""
+    from fieldkit.eval.report_plots import band_figure
+
+    repro = _load()
+    base, offsets = [0.1, 0.5, 0.8], [-0.01, 0.0, 0.01]
+    results = [
+        _trained(
+            name,
+            s,
+            matched,
+            0.8,
+            metric_curve=_curve([b + lift + d for b in base], [0.0, 500.0 + s, 1000.0 + 2 * s]),
+        )
+        for name, matched, lift in (
+            ("local_global/danceopd", "steps", 0.0),
+            ("local_global/offpolicy-a", "compute", 0.05),
+        )
+        for s, d in enumerate(offsets)
+    ]
+    results.append(
+        _trained("local_global/reuse4", 0, "compute", 0.9, metric_curve=_curve(base, [0, 400, 900]))
+    )
+    results.append(_trained("local_global/coarse8", 0, "compute", 0.9))  # no curve: no line
+    panels = repro.frontier_bands(results, "local_global", "a")
+    assert list(panels) == ["combined", "local/score", "global/score"]
+    bands = {b.label: b for b in panels["combined"]}
+    assert list(bands) == ["danceopd", "offpolicy", "reuse4"]
+    half = T_975[2] * 0.01 / math.sqrt(3)
+    ref = bands["danceopd"]
+    assert ref.x == pytest.approx((0.0, 501.0, 1002.0))
+    assert ref.mean == pytest.approx(tuple(base))
+    assert ref.low == pytest.approx(tuple(b - half for b in base))
+    assert ref.high == pytest.approx(tuple(b + half for b in base))
+    assert bands["offpolicy"].mean == pytest.approx(tuple(b + 0.05 for b in base))
+    assert all(math.isnan(v) for v in (*bands["reuse4"].low, *bands["reuse4"].high))  # one seed: no band
+    assert panels["local/score"][0].mean == pytest.approx(tuple(b + 0.05 for b in base))
+
+    figure = band_figure(panels, xlabel=repro.PASSES_LABEL, title="t")
+    axes = figure.axes
+    assert [ax.get_ylabel() for ax in axes] == list(panels)
+    assert all(ax.get_xlabel() == repro.PASSES_LABEL for ax in axes)
+    for ax, bands_of in zip(axes, panels.values(), strict=True):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == [b.label for b in bands_of]
+        assert list(lines[0].get_ydata()) == pytest.approx(list(bands_of[0].mean))
+        assert len(ax.collections) == 2  # shaded intervals: the two methods with three seeds
+    # Setting (b) shares the runs that read no data (DanceOPD, reuse4); the specialist pair has no curve.
+    paths = repro.frontier_plots(results, tmp_path)
+    assert paths == [tmp_path / "frontier-local_global-a.png", tmp_path / "frontier-local_global-b.png"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [b.label for b in repro.frontier_bands(results, "local_global", "b")["combined"]] == [
+        "danceopd",
+        "reuse4",
+    ]
+    table = repro.frontier_tables(results, "v3/")
+    assert "![frontier local_global (a)](v3/frontier-local_global-a.png)" in table
+    assert "frontier-t2i_edit_specialist" not in table
+
+
+def test_the_frontier_table_gives_the_rules_verdicts_and_pending_cells() -> None:
+    """At the end point: each method's mean and 95% interval, and each cheaper option's verdicts by the rule
+    (paired over seeds, Holm over the results' claims) where the answer is known: far above off-policy
+    (agrees), level with joint SFT (within noise), far above DanceOPD at matched steps where the claim is
+    "level" (disagrees); "pending" for what has not run."""
+    repro = _load()
+    jitter = [0.001, -0.001, 0.002, -0.002, 0.0]
+    spread = [0.01, -0.01, 0.02, -0.02, 0.005]
+    results = []
+    for s in range(5):
+        ref, off = 0.8 + 0.01 * s, 0.7 + 0.013 * s
+        cheap = off + 0.1 + jitter[s]
+        results += [
+            _trained("local_global/danceopd", s, "steps", ref),
+            _trained("local_global/reuse4", s, "steps", ref + 0.2 + jitter[s]),
+            _trained("local_global/offpolicy-a", s, "compute", off),
+            _trained("local_global/reuse4", s, "compute", cheap),
+            _trained("local_global/joint-a", s, "compute", cheap - spread[s]),
+        ]
+
+    def cell(diffs: list[float], word: str) -> str:
+        mean = math.fsum(diffs) / 5
+        half = T_975[4] * statistics.stdev(diffs) / math.sqrt(5)
+        return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]: {word}"
+
+    rows = {
+        line.split(" | ")[0][2:]: line
+        for line in repro.frontier_table(results, "local_global", "a").splitlines()
+    }
+    reuse = rows["reuse4"].rstrip(" |").split(" | ")
+    assert reuse[-3] == cell([0.1 + j for j in jitter], "agrees")
+    assert reuse[-2] == cell(spread, "within noise")
+    assert reuse[-1] == cell([0.2 + j for j in jitter], "disagrees")
+    combined = [0.8 + 0.01 * s for s in range(5)]
+    half = T_975[4] * statistics.stdev(combined) / math.sqrt(5)
+    mean = statistics.fmean(combined)
+    assert f"| 5 | 150 | 14.9 | {mean:.3f} [{mean - half:.3f}, {mean + half:.3f}] |" in rows["danceopd"]
+    assert rows["buffer"].endswith("| 0 | pending" + " | pending" * 7 + " |")
+    assert rows["coarse8"].count("pending") == 8
+    assert "pending" in repro.frontier_table(results, "local_global", "b").split("\n")[4]  # off-policy (b)
+
+
+def test_list_prints_every_frontier_and_many_teachers_run_with_its_overrides(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`list` names every new run with its overrides: with its key where this checkout can run it, else as
+    skipped with the reason (the method options, or the many-teachers graphs and LoRAs, not there yet)."""
+    repro = _load()
+    repro.main(["list", "--seeds", "0"])
+    lines = capsys.readouterr().out.splitlines()
+
+    def line_of(name: str) -> str:
+        found = [ln for ln in lines if ln.startswith((f"{name}|seed=0|", f"skip {name} "))]
+        assert found, name
+        return found[0]
+
+    scarce = "routes.local.data.targets={limit: 64, noise: 0.2}"
+    expected = {
+        "local_global/buffer": ["method.reuse=4 method.buffer=4 method.staleness=8"],
+        "local_global/partial-a": ["method.start_sigma=0.6"],
+        "local_global/partial-b": ["method.start_sigma=0.6", scarce],
+        "local_global/handover-b": ["method.handover=50 method.on_policy=1.0", scarce],
+        "t2i_edit_specialist/partial-a": ["method.start_sigma=0.6 method.start_from=source"],
+        "t2i_edit_specialist/handover-a": ["method.handover=50 method.on_policy=1.0"],
+        "local_global/reuse4": ["method.reuse=4"],
+        "t2i_edit_specialist/coarse8": ["method.rollout_steps=8"],
+        "caps4/offpolicy": ["method={type: offpolicy}"],
+        "caps8/joint": ["method={type: sft}"],
+    }
+    for name, overrides in expected.items():
+        line = line_of(name)
+        assert all(o in line for o in overrides), line
+        if line.startswith("skip"):
+            assert "needs " in line and ("method." in line or "reproduce/caps" in line), line
+    for n in repro.CAPS:
+        for method in ("teachers", "danceopd", "merge-ta"):
+            line_of(f"caps{n}/{method}")
+    # The frontier pairs' references and baselines are comparison 1's runs: each listed once.
+    assert sum(ln.startswith("local_global/danceopd|seed=0|steps|") for ln in lines) == 1
+
+
+def test_many_teachers_waits_for_its_graphs_and_scores_the_worst_route(tmp_path: Path) -> None:
+    """A many-teachers run is skipped, with what is missing, while its graph or a teacher it names is
+    missing; its table reads each route against its own teacher and prints "pending" until runs land."""
+    repro = _load()
+    graph = tmp_path / "caps2.yaml"
+    repro.GRAPHS["caps2"] = graph
+    why = repro.unavailable(repro._run_named("caps2/danceopd"))
+    assert why is not None and "caps2.yaml" in why and "--only many" in why
+    graph.write_text(
+        "fields:\n  t2i: {type: fieldkit.checkpoint, path: teachers/t2i}\n"
+        "  rot: {type: fieldkit.checkpoint, path: teachers/rot}\n"
+        "routes: {t2i: {field: t2i}, rot: {field: rot}}\n"
+    )
+    (tmp_path / "teachers" / "t2i").mkdir(parents=True)
+    repro.unavailable.cache_clear()
+    why = repro.unavailable(repro._run_named("caps2/danceopd"))
+    assert why is not None and "teachers/rot" in why and "teachers/t2i" not in why
+    (tmp_path / "teachers" / "rot").mkdir()
+    repro.unavailable.cache_clear()
+    assert repro.unavailable(repro._run_named("caps2/danceopd")) is None
+    assert repro.merged_fields("caps2") == ("t2i", "rot")
+    assert "routes.rot.data.eval_split=test" in repro.stated("caps2")
+
+    teachers = {
+        "name": "caps2/teachers",
+        "seed": 0,
+        "matched": "steps",
+        "kind": "eval",
+        "scores": {"t2i_teacher": {"t2i/score": 0.9}, "rot_teacher": {"rot/score": 0.8}},
+    }
+    student = {"combined": 0.705, "t2i/score": 0.81, "rot/score": 0.6}
+    run = {**_trained("caps2/danceopd", 0, "steps", 0.0), "teacher_bytes": 2**21}
+    run["scores"] = {"student": student}
+    table = repro.many_table([teachers, run]).splitlines()
+    assert (
+        "| 2 | DanceOPD | caps2/danceopd (steps) | 1 | 0.705 (1 seed) | 0.750 (1 seed) | 14.9 | 2.0 |"
+        in table
+    )
+    assert "| 4 | tuned merge | caps4/merge-ta | 0 | pending | pending | pending | pending |" in table
+
+
+def test_a_frontier_run_records_its_curve_with_the_passes_spent() -> None:
+    """At matched compute a frontier run scores the student at the start, at each fraction of its budget
+    (the first update whose passes reach it) and at its end, each point with the training passes spent."""
+    repro = _load()
+    run = repro._run_named("local_global/offpolicy-a")
+    assert run.curve == ("compute",)
+    budget = 200.0
+    record = repro.execute(run, 0, "compute", repro.QUICK, budget)
+    curve = record["metric_curve"]
+    assert curve[0]["passes"] == 0 and curve[-1]["passes"] == record["passes"] >= budget
+    assert curve[-1]["step"] == record["steps"]
+    per_update = record["passes_per_step"]  # off-policy: the same passes every update
+    inner = curve[1:-1]
+    assert len(inner) == repro.QUICK.curve_points - 1
+    for i, point in enumerate(inner, 1):  # the first update at or past i / points of the budget
+        mark = budget * i / repro.QUICK.curve_points
+        assert mark <= point["passes"] < mark + per_update
+    assert all(math.isfinite(p["combined"]) for p in curve)
+    assert record["passes_per_sample"] == pytest.approx(4.0)  # a data state, a teacher forward, a row
