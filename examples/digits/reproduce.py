@@ -128,8 +128,6 @@ def merged_fields(graph: str) -> tuple[str, ...]:
 FRONTIER_PAIRS = ("local_global", "t2i_edit_specialist")
 SETTINGS = ("a", "b")
 CHEAP = {"reuse4": ("method.reuse=4",), "coarse8": ("method.rollout_steps=8",)}
-# Pairs whose partial rollouts start from the edit's noised source image instead of the noised target.
-FROM_SOURCE = ("t2i_edit_specialist",)
 # The seeds of every comparison, fixed before any run (the verdict rule's tests need at least 5 to decide
 # what three seeds cannot; study v2 ran 0-2).
 SEEDS = (0, 1, 2, 3, 4)
@@ -373,11 +371,10 @@ def frontier_options(pair: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     """The frontier's cheaper on-policy options on ``pair``: ``{name: (overrides, reads data)}``; an option
     that reads the bucket's data (partial rollouts noise it, the curriculum's off-policy updates query it)
     has a run per data setting, the others one run that serves both."""
-    start = ("method.start_sigma=0.6", *(("method.start_from=source",) if pair in FROM_SOURCE else ()))
     return {
         **{name: (over, False) for name, over in CHEAP.items()},
         "buffer": (("method.reuse=4", "method.buffer=4", "method.staleness=8"), False),
-        "partial": (start, True),
+        "partial": (("method.start_sigma=0.6",), True),
         "handover": (("method.handover=50", "method.on_policy=1.0"), True),
     }
 

@@ -428,7 +428,7 @@ def test_list_prints_every_frontier_and_many_teachers_run_with_its_overrides(
         "local_global/partial-a": ["method.start_sigma=0.6"],
         "local_global/partial-b": ["method.start_sigma=0.6", scarce],
         "local_global/handover-b": ["method.handover=50 method.on_policy=1.0", scarce],
-        "t2i_edit_specialist/partial-a": ["method.start_sigma=0.6 method.start_from=source"],
+        "t2i_edit_specialist/partial-a": ["method.start_sigma=0.6"],
         "t2i_edit_specialist/handover-a": ["method.handover=50 method.on_policy=1.0"],
         "local_global/reuse4": ["method.reuse=4"],
         "t2i_edit_specialist/coarse8": ["method.rollout_steps=8"],
