@@ -27,9 +27,13 @@ from fieldkit.plugins.manager import ALLOW_ENV, PluginHost, get_host, reset_host
 
 if TYPE_CHECKING:
     import click
+    from torch import Tensor, nn
+
+    from fieldkit.cond import Cond
 
 __all__ = [
     "HEAVY",
+    "assert_follows_pipeline",
     "assert_shares_weights",
     "check_batch",
     "check_gradient_reaches",
@@ -48,6 +52,7 @@ __all__ = [
     "quiet_diffusers",
     "random_image",
     "random_lora_student",
+    "recorded_calls",
     "registered",
     "run_script",
 ]
@@ -150,6 +155,62 @@ def assert_shares_weights(fields: list[Any], at_most: float = 0.4) -> None:
     shared = parameter_bytes(torch.nn.ModuleList(fields))
     copies = parameter_bytes(torch.nn.ModuleList(copy.deepcopy(f) for f in fields))
     assert shared < at_most * copies, f"{shared} shared bytes, {copies} in copies"
+
+
+@contextmanager
+def recorded_calls(module: nn.Module) -> Iterator[list[tuple[dict[str, Any], Any]]]:
+    """Every forward of ``module`` inside the block, in order: its keyword arguments and its output (a
+    pipeline's transformer calls, for :func:`assert_follows_pipeline`)."""
+    calls: list[tuple[dict[str, Any], Any]] = []
+    handle = module.register_forward_hook(
+        lambda _m, _a, kwargs, out: calls.append((kwargs, out)), with_kwargs=True
+    )
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def assert_follows_pipeline(
+    field: Any,
+    calls: list[tuple[dict[str, Any], Any]],
+    sigmas: Tensor,
+    conds: list[Cond],
+    packed: tuple[int, int] | None = None,
+) -> None:
+    """That ``field`` casts where the pipeline casts: on every one of the pipeline's transformer ``calls``
+    (:func:`recorded_calls`; ``len(conds)`` a step, the step's ``j``-th with ``conds[j]`` at
+    ``sigmas[step]``), ``field(x, sigma, cond)`` at the pipeline's own state ``x`` returns the transformer's
+    velocity to the bit, ``|v_fieldkit - v_pipeline| = 0``.
+
+    ``x`` and the velocity are the call's ``hidden_states`` and output, or for a packed transformer (FLUX,
+    Qwen-Image: ``packed`` the latent's ``(H, W)``) their first ``(H / 2)(W / 2)`` tokens unpacked (an
+    edit's source tokens follow them). Equality holds when every input the field hands the transformer
+    (state, timestep, guidance, text, ids, source) is the pipeline's bit for bit; a cast that rounds
+    elsewhere (the timestep as ``sigma`` instead of ``1000 sigma``) moves the velocity by a bfloat16 step
+    of its inputs.
+    """
+    import torch
+
+    from fieldkit.backbones.packing import unpack
+
+    def latent(t: Tensor) -> Tensor:
+        if packed is None:
+            return t.float()
+        h, w = packed
+        return unpack(t[:, : (h // 2) * (w // 2)].float(), h, w)
+
+    steps = sigmas.numel() - 1
+    assert len(calls) == steps * len(conds), f"{len(calls)} transformer calls, not {steps} x {len(conds)}"
+    for i, (kwargs, out) in enumerate(calls):
+        step, branch = divmod(i, len(conds))
+        x, want = latent(kwargs["hidden_states"]), latent(out[0])
+        with torch.inference_mode():
+            got = field(x, sigmas[step].expand(x.shape[0]), conds[branch])
+        assert torch.equal(got, want), (
+            f"step {step}, call {branch}: fieldkit's velocity differs from the pipeline's by "
+            f"{(got - want).abs().max():.3g}; a cast differs from the pipeline's"
+        )
 
 
 def plugin_fixtures(module: ModuleType, name: str) -> tuple[Any, Any]:
