@@ -4,7 +4,9 @@
 Tolerances: float32, 1e-5 (the pipeline and fieldkit compute the same float32 ops). bfloat16 / float16: no
 further from the float32 pipeline than the pipeline itself is in that dtype (the pipeline keeps its latents
 in the low dtype between steps, fieldkit keeps them in float32, so the two low-dtype runs are compared
-through the float32 one). The large cells are marked slow.
+through the float32 one), and the field equal to the bit to every transformer call of the low-dtype
+pipeline at its own states (the bound alone lets a cast differ by less than the pipeline's own error).
+The large cells are marked slow.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from fieldkit_sd3.field import SD3Field
 
 from fieldkit import Cond, Guidance, euler_sample
+from fieldkit.testing import assert_follows_pipeline, recorded_calls
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: FlowMatchEulerDiscreteScheduler options over the tiny pipeline's shift-3 scheduler.
@@ -99,7 +102,8 @@ def test_fieldkit_matches_the_pipeline(pipes, dtype: str, w: float, sched: str, 
             prompts, None, None, do_classifier_free_guidance=True, max_sequence_length=16
         )
     noise = torch.randn(len(prompts), *shape, generator=torch.Generator().manual_seed(3))
-    want = pipeline_latents(pipes(dtype), embeds, noise, w, sched)
+    with recorded_calls(pipes(dtype).transformer) as calls:
+        want = pipeline_latents(pipes(dtype), embeds, noise, w, sched)
 
     text, null_text, pooled, null_pooled = embeds
     field = SD3Field(pipes(dtype).transformer, scheduler=dict(pipes(dtype).scheduler.config))
@@ -114,3 +118,5 @@ def test_fieldkit_matches_the_pipeline(pipes, dtype: str, w: float, sched: str, 
     else:
         exact = pipeline_latents(reference, embeds, noise, w, sched)
         assert (got - exact).abs().max() <= (want - exact).abs().max()
+        # the pipeline's call a step: [negative, prompt] in one batch with CFG
+        assert_follows_pipeline(field, calls, sigmas, [Cond.cat([cond.uncond(), cond]) if w > 1 else cond])
