@@ -36,8 +36,8 @@ def _bucket(kind: str) -> Any:
 
     build.__doc__ = {
         "t2i": "Digits T2I prompts (identity, count, position) with real target canvases.",
-        "local": "Digits local edits: replace, remove or add the digit on one side.",
-        "global": "Digits global edits: invert, bold, mirror, flip the whole canvas.",
+        "local": "Digits local edits: replace, remove or add the digit on one side (`ops`, `sides`: some).",
+        "global": "Digits global edits: invert, bold, mirror, flip the whole canvas (`ops`: some).",
     }[kind]
     return build
 
@@ -65,11 +65,11 @@ def build_describe_target(params: Any, ctx: BuildContext) -> Any:
 
 @hookimpl
 def fieldkit_register_datasets(register: RegisterDataset) -> None:
-    from fieldkit_digits.params import BucketParams, T2IParams
+    from fieldkit_digits.params import GlobalEditParams, LocalEditParams, T2IParams
 
     register("digits.t2i", _bucket("t2i"), T2IParams)
-    register("digits.local_edit", _bucket("local"), BucketParams)
-    register("digits.global_edit", _bucket("global"), BucketParams)
+    register("digits.local_edit", _bucket("local"), LocalEditParams)
+    register("digits.global_edit", _bucket("global"), GlobalEditParams)
 
 
 @hookimpl

@@ -26,26 +26,50 @@ the train phrasings instead).
 ``limit: N`` draws every batch from one fixed set of N (condition, target) pairs, ``noise: s`` adds Gaussian
 pixel noise of standard deviation s to the targets (fixed per pair when limited). Conditions-only methods
 (DanceOPD) read the same bucket without it; :meth:`evaluation` always drops it.
+
+``ops`` and ``sides`` (default: all) filter an edit bucket to one capability's edits, in training and in its
+evaluation twin alike: a filtered bucket draws the bucket's own distribution conditioned on the listed ops
+(and sides), ``P(op | op in ops) = w_op / sum_{o in ops} w_o`` with the local weights ``LOCAL_WEIGHTS`` and
+uniform global ops and sides. Listing every op (or side) draws exactly what the unfiltered bucket draws,
+batch for batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from fieldkit.plugin_api import Batch, Cond
-from fieldkit_digits.params import BucketParams
+from fieldkit_digits.params import BucketParams, GlobalEditParams, LocalEditParams
 from fieldkit_digits.prompts import Prompt, phrasings, render, text_bank
 from fieldkit_digits.world import (
     BLANK,
     GLOBAL_OPS,
     LOCAL_OPS,
     SHAPE,
+    SIDES,
     DigitPool,
     compose,
     global_edits,
     side_mask,
 )
+
+#: How often a local edit is each of ``LOCAL_OPS`` (replace, remove, add).
+LOCAL_WEIGHTS = (0.5, 0.25, 0.25)
+
+
+def indices(names: Sequence[str] | None, known: tuple[str, ...]) -> Tensor:
+    """The rows of ``known`` that ``names`` lists, in ``known``'s order (``None``: every row)."""
+    return torch.tensor([k for k, name in enumerate(known) if names is None or name in names])
+
+
+def weighted(kept: Tensor, weights: Tensor, u: Tensor) -> Tensor:
+    """``kept[i]`` with probability ``weights[i] / sum(weights)`` for ``u ~ U[0, 1)``: the first ``i`` whose
+    cumulative share exceeds ``u``."""
+    shares = weights.double().cumsum(0) / weights.double().sum()
+    return kept[torch.searchsorted(shares[:-1].float(), u, right=True)]
 
 
 class DigitsBucket:
@@ -145,14 +169,19 @@ class T2IBucket(DigitsBucket):
 
 class LocalEditBucket(DigitsBucket):
     """Replace, remove or add the digit on one side; the other side of the target is the source's, pixel for
-    pixel. Replace: half the edits; remove and add: a quarter each."""
+    pixel. Replace: half the edits; remove and add: a quarter each (``ops``, ``sides``: only those)."""
 
     kind = "local"
 
+    def __init__(self, params: LocalEditParams) -> None:
+        super().__init__(params)
+        self.ops = indices(params.ops, LOCAL_OPS)
+        self.weights = torch.tensor(LOCAL_WEIGHTS)[self.ops]
+        self.sides = indices(params.sides, SIDES)
+
     def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        u = torch.rand(batch_size, generator=generator)
-        ops = torch.where(u < 0.5, 0, torch.where(u < 0.75, 1, 2))
-        sides = torch.randint(2, (batch_size,), generator=generator)
+        ops = weighted(self.ops, self.weights, torch.rand(batch_size, generator=generator))
+        sides = self.sides[torch.randint(len(self.sides), (batch_size,), generator=generator)]
         a = torch.randint(10, (batch_size,), generator=generator)
         b = (a + torch.randint(1, 10, (batch_size,), generator=generator)) % 10  # b != a
         other = torch.randint(10, (batch_size,), generator=generator)
@@ -204,12 +233,17 @@ class LocalEditBucket(DigitsBucket):
 
 
 class GlobalEditBucket(DigitsBucket):
-    """Invert, embolden, mirror or flip the whole canvas (uniformly); the target is the exact transform."""
+    """Invert, embolden, mirror or flip the whole canvas (uniformly; ``ops``: only those); the target is the
+    exact transform."""
 
     kind = "global"
 
+    def __init__(self, params: GlobalEditParams) -> None:
+        super().__init__(params)
+        self.ops = indices(params.ops, GLOBAL_OPS)
+
     def _sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        ops = torch.randint(len(GLOBAL_OPS), (batch_size,), generator=generator)
+        ops = self.ops[torch.randint(len(self.ops), (batch_size,), generator=generator)]
         digits = torch.randint(10, (batch_size, 2), generator=generator)
         single = torch.rand(batch_size, generator=generator) < 0.25
         empty = torch.randint(2, (batch_size,), generator=generator)

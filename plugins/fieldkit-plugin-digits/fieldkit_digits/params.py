@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fieldkit.plugin_api import FieldRef, Params
+
+LocalOp = Literal["replace", "remove", "add"]
+GlobalOp = Literal["invert", "bold", "mirror", "flip"]
+Side = Literal["left", "right"]
 
 
 class TargetParams(Params):
@@ -44,6 +49,50 @@ class T2IParams(BucketParams):
     single: float = Field(0.3, ge=0, le=1, description="fraction of one-digit prompts (the rest: two digits)")
 
 
+def _subset(values: Sequence[str] | None, what: str) -> list[str] | None:
+    """A filter's values (``None``: no filter), refused when empty or repeated."""
+    if values is None:
+        return None
+    if not values:
+        raise ValueError(
+            f"an empty list of {what} draws nothing; list at least one, or leave the key out for all"
+        )
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} {', '.join(repeated)} listed more than once; list each once")
+    return list(values)
+
+
+class LocalEditParams(BucketParams):
+    """A local-edit bucket, optionally filtered to some edits and sides (a capability's data)."""
+
+    ops: list[LocalOp] | None = Field(
+        None, description="draw only these edits, in the bucket's proportions (replace twice remove and add)"
+    )
+    sides: list[Side] | None = Field(None, description="edit only these sides (uniformly)")
+
+    @field_validator("ops")
+    @classmethod
+    def _ops(cls, ops: list[str] | None) -> list[str] | None:
+        return _subset(ops, "ops")
+
+    @field_validator("sides")
+    @classmethod
+    def _sides(cls, sides: list[str] | None) -> list[str] | None:
+        return _subset(sides, "sides")
+
+
+class GlobalEditParams(BucketParams):
+    """A global-edit bucket, optionally filtered to some transforms (a capability's data)."""
+
+    ops: list[GlobalOp] | None = Field(None, description="draw only these transforms (uniformly)")
+
+    @field_validator("ops")
+    @classmethod
+    def _ops(cls, ops: list[str] | None) -> list[str] | None:
+        return _subset(ops, "ops")
+
+
 class T2IMetricParams(Params):
     """Prompt following, Fréchet distance and realism of T2I samples."""
 
@@ -64,6 +113,8 @@ __all__ = [
     "BucketParams",
     "DescribeTargetParams",
     "EditMetricParams",
+    "GlobalEditParams",
+    "LocalEditParams",
     "T2IMetricParams",
     "T2IParams",
     "TargetParams",

@@ -12,7 +12,13 @@ from fieldkit_digits.metrics import (
     frechet_distance,
     psnr,
 )
-from fieldkit_digits.params import BucketParams, EditMetricParams, T2IMetricParams, T2IParams
+from fieldkit_digits.params import (
+    EditMetricParams,
+    GlobalEditParams,
+    LocalEditParams,
+    T2IMetricParams,
+    T2IParams,
+)
 
 from fieldkit.data import Batch
 
@@ -43,8 +49,8 @@ def test_t2i_metric_real_canvases_high_noise_low():
 def test_edit_metric_ground_truth_high_noise_and_source_low():
     metric = EditMetric(EditMetricParams(per_op=True))
     for bucket in (
-        LocalEditBucket(BucketParams(split="heldout")),
-        GlobalEditBucket(BucketParams(split="heldout")),
+        LocalEditBucket(LocalEditParams(split="heldout")),
+        GlobalEditBucket(GlobalEditParams(split="heldout")),
     ):
         batch = bucket.sample(128, torch.Generator().manual_seed(0))
         truth = metric(batch.target, batch)

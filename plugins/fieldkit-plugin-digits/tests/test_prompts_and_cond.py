@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fieldkit_digits.buckets import GlobalEditBucket, LocalEditBucket, T2IBucket
-from fieldkit_digits.params import BucketParams, T2IParams
+from fieldkit_digits.params import GlobalEditParams, LocalEditParams, T2IParams
 from fieldkit_digits.prompts import TEMPLATES, TOKENS, Prompt, all_texts, parse, phrasings, render, text_bank
 from fieldkit_digits.world import BLANK, GLOBAL_OPS, LOCAL_OPS, SIDES
 
@@ -45,7 +45,7 @@ def test_bucket_prompts_ask_for_what_the_targets_show(split):
             assert digits == [p.a, p.b]
         else:
             assert digits[p.side] == p.d and digits[1 - p.side] == BLANK
-    local = LocalEditBucket(BucketParams(split=split, phrasing=split)).sample(64, gen)
+    local = LocalEditBucket(LocalEditParams(split=split, phrasing=split)).sample(64, gen)
     for i, row in enumerate(local.cond["prompt"].tolist()):
         p = parse(bank.texts[row])
         side = int(local.cond["side"][i])
@@ -60,7 +60,7 @@ def test_bucket_prompts_ask_for_what_the_targets_show(split):
             assert [left, right][described.side] == described.d and BLANK in (left, right)
         row = bank.index(bank.texts[int(local.cond["target_prompt"][i])])
         assert torch.equal(local.cond["target_pooled"][i], bank.pooled[row])
-    glob = GlobalEditBucket(BucketParams(split=split, phrasing=split)).sample(32, gen)
+    glob = GlobalEditBucket(GlobalEditParams(split=split, phrasing=split)).sample(32, gen)
     for row, op in zip(glob.cond["prompt"].tolist(), glob.cond["op"].tolist(), strict=True):
         assert parse(bank.texts[row]).kind == GLOBAL_OPS[op]
     assert SIDES == ("left", "right")
@@ -68,7 +68,11 @@ def test_bucket_prompts_ask_for_what_the_targets_show(split):
 
 def test_conds_have_fixed_shapes_nulls_and_concatenate():
     gen = torch.Generator().manual_seed(0)
-    buckets = [T2IBucket(T2IParams()), LocalEditBucket(BucketParams()), GlobalEditBucket(BucketParams())]
+    buckets = [
+        T2IBucket(T2IParams()),
+        LocalEditBucket(LocalEditParams()),
+        GlobalEditBucket(GlobalEditParams()),
+    ]
     for bucket in buckets:
         a, b = bucket.sample(3, gen), bucket.sample(5, gen)
         c = a.cond
@@ -96,19 +100,19 @@ def test_targets_limit_and_noise_restrict_only_the_targets():
     from fieldkit_digits.params import TargetParams
 
     gen = torch.Generator().manual_seed(0)
-    limited = LocalEditBucket(BucketParams(targets=TargetParams(limit=4)))
+    limited = LocalEditBucket(LocalEditParams(targets=TargetParams(limit=4)))
     batch = limited.sample(64, gen)
     assert batch.target is not None and len({tuple(t.flatten().tolist()) for t in batch.target}) <= 4
     assert len(set(batch.cond["prompt"].tolist())) <= 4  # the pairs are fixed (condition and target)
-    again = LocalEditBucket(BucketParams(targets=TargetParams(limit=4))).sample(64, gen)
+    again = LocalEditBucket(LocalEditParams(targets=TargetParams(limit=4))).sample(64, gen)
     assert again.target is not None
 
     def rows(x: torch.Tensor) -> set[tuple[float, ...]]:
         return {tuple(t.flatten().tolist()) for t in x}
 
     assert rows(again.target) <= rows(batch.target)
-    clean = GlobalEditBucket(BucketParams()).sample(8, torch.Generator().manual_seed(1))
-    noisy_bucket = GlobalEditBucket(BucketParams(targets=TargetParams(noise=0.5)))
+    clean = GlobalEditBucket(GlobalEditParams()).sample(8, torch.Generator().manual_seed(1))
+    noisy_bucket = GlobalEditBucket(GlobalEditParams(targets=TargetParams(noise=0.5)))
     noisy = noisy_bucket.sample(8, torch.Generator().manual_seed(1))
     assert clean.target is not None and noisy.target is not None
     assert torch.equal(clean.cond["prompt"], noisy.cond["prompt"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from fieldkit_digits.buckets import GlobalEditBucket, LocalEditBucket, T2IBucket
-from fieldkit_digits.params import BucketParams, T2IParams
+from fieldkit_digits.params import GlobalEditParams, LocalEditParams, T2IParams
 from fieldkit_digits.world import (
     BLANK,
     GLOBAL_OPS,
@@ -64,7 +64,7 @@ def test_t2i_targets_match_their_layout():
 
 
 def test_local_edit_keeps_the_other_side_pixel_identical():
-    batch = LocalEditBucket(BucketParams()).sample(128, torch.Generator().manual_seed(2))
+    batch = LocalEditBucket(LocalEditParams()).sample(128, torch.Generator().manual_seed(2))
     src, tgt, side = batch.cond["source"], batch.target, batch.cond["side"]
     for i in range(128):
         s = int(side[i])
@@ -76,7 +76,7 @@ def test_local_edit_keeps_the_other_side_pixel_identical():
 
 
 def test_global_edits_are_exact():
-    batch = GlobalEditBucket(BucketParams()).sample(64, torch.Generator().manual_seed(3))
+    batch = GlobalEditBucket(GlobalEditParams()).sample(64, torch.Generator().manual_seed(3))
     src = batch.cond["source"]
     for k, op in enumerate(GLOBAL_OPS):
         rows = batch.cond["op"] == k
