@@ -114,6 +114,44 @@ def build_mixture_accuracy(p: GaussianMixtureParams, ctx: BuildContext) -> Mixtu
     return MixtureAccuracy(build_gaussian_mixture(p, ctx))
 
 
+class LoraParams(Params):
+    """A LoRA over a fieldkit model field, sharing the base's weights in memory (one base, N adapters)."""
+
+    base: FieldRef = Field(description="the field the LoRA was trained from (e.g. a fieldkit.checkpoint)")
+    path: str = Field(
+        description="peft LoRA folder (adapter_config.json + adapter_model.safetensors, as `fieldkit export "
+        "RUN --format peft` writes); relative to the graph"
+    )
+    adapter: str | None = Field(None, description="adapter name; default: the folder's name")
+    scale: float = Field(1.0, description="LoRA scale: W x + scale (alpha / r) B A x")
+    missing: str | None = Field(
+        None,
+        description="how to make `path` when it does not exist yet (e.g. the script that trains the LoRA)",
+    )
+
+
+def build_lora(p: LoraParams, ctx: BuildContext) -> torch.nn.Module:
+    """``W x + scale (alpha / r) B A x`` over the base field's weights (shared, not copied)."""
+    import torch
+
+    from fieldkit.models.lora import lora_over, tuner_layers
+
+    folder = ctx.path(p.path)
+    if not folder.is_dir():
+        raise FieldkitError(
+            f"no LoRA folder at {folder}",
+            hint=p.missing or "train the LoRA, then `fieldkit export RUN --format peft -o` that folder",
+        )
+    base = ctx.field(p.base)
+    if not isinstance(base, torch.nn.Module) or tuner_layers(base):
+        raise FieldkitError(
+            f"fieldkit.lora's base {str(p.base)!r} must be a plain model field (e.g. fieldkit.checkpoint), "
+            f"got {type(base).__name__}{' with LoRA adapters' if isinstance(base, torch.nn.Module) else ''}",
+            hint="a diffusers backbone's LoRA is its plugin's NAME.lora (e.g. sd3.lora)",
+        )
+    return lora_over(base, folder, p.adapter or folder.name, scale=p.scale)
+
+
 class MergeParams(Params):
     """A parameter-space merge of source fields of one architecture: an average or task arithmetic."""
 
@@ -252,6 +290,7 @@ def fieldkit_register_sources(register: RegisterSource) -> None:
     register("gaussian_mixture", build_gaussian_mixture, GaussianMixtureParams)
     register("fieldkit.checkpoint", build_checkpoint, CheckpointParams)
     register("fieldkit.mmdit", build_mmdit, MMDiTParams)
+    register("fieldkit.lora", build_lora, LoraParams)
     register("merge", build_merge, MergeParams)
 
 

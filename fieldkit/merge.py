@@ -67,10 +67,24 @@ def merge_state_dicts(
     return merged
 
 
+def standalone(model: M) -> M:
+    """``model`` itself, or, when it runs LoRA adapters, a plain copy with them merged: ``W + (alpha / r)
+    B A`` in place of each adapted weight (what merging the weights of a LoRA teacher means)."""
+    from fieldkit.models.lora import merge_and_strip, tuner_layers
+
+    if not tuner_layers(model):
+        return model
+    plain = copy.deepcopy(model)
+    merge_and_strip(plain)
+    return plain
+
+
 def merge_models(models: Sequence[M], weights: Sequence[float] | None = None) -> M:
-    """A new model (a copy of the first) holding ``sum_i w_i theta_i`` (weights normalised to sum 1)."""
+    """A new model (a copy of the first) holding ``sum_i w_i theta_i`` (weights normalised to sum 1); a model
+    with LoRA adapters counts with its adapters merged (:func:`standalone`)."""
     if not models:
         raise FieldkitError("nothing to merge")
+    models = [standalone(m) for m in models]
     kinds = {type(m).__name__ for m in models}
     if len(kinds) > 1:
         raise FieldkitError(f"cannot merge models of different classes: {', '.join(sorted(kinds))}")

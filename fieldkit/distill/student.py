@@ -11,7 +11,7 @@ from fieldkit.capabilities import SupportsGradientCheckpointing
 from fieldkit.errors import GraphError
 from fieldkit.field import VelocityField
 from fieldkit.graph.schema import StudentSpec
-from fieldkit.models.lora import add_lora
+from fieldkit.models.lora import add_lora, merge_and_strip, tuner_layers
 
 
 def make_student(init: VelocityField, spec: StudentSpec) -> nn.Module:
@@ -22,6 +22,8 @@ def make_student(init: VelocityField, spec: StudentSpec) -> nn.Module:
             hint="point student.init at a source with weights (e.g. a fieldkit.checkpoint), not an operator",
         )
     student = copy.deepcopy(init)
+    if tuner_layers(student):  # a LoRA teacher (fieldkit.lora): its adapter merged, W + (alpha / r) B A
+        merge_and_strip(student)
     student.train()
     if spec.gradient_checkpointing:
         if not isinstance(student, SupportsGradientCheckpointing):

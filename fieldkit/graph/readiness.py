@@ -14,6 +14,8 @@ from fieldkit.graph.loader import Graph
 
 PATH_KEYS = ("path",)
 """Parameters of a field that name an input file or folder (resolved against the graph's folder)."""
+MISSING_KEY = "missing"
+"""A field's parameter that says how to make its missing input (e.g. the script that trains it)."""
 
 
 def training_problems(graph: Graph) -> list[str]:
@@ -35,8 +37,10 @@ def training_problems(graph: Graph) -> list[str]:
             resolved = path if path.is_absolute() else graph.root / path
             if not resolved.exists():
                 loc = ("fields", name, key)
+                todo = getattr(typed.params, MISSING_KEY, None)
                 problems.append(
                     f"{source.where(loc)}: fields.{name}.{key}: no such file or folder: {resolved}"
+                    + (f" ({todo})" if isinstance(todo, str) else "")
                 )
     return problems
 

@@ -8,7 +8,8 @@ A LoRA layer computes ``W x + (alpha / r) B A x`` (peft's ``LoraLayer``). This m
 - merges adapters into the weights and strips the peft layers for export (:func:`merge_and_strip`);
 - switches the adapters hosted by one shared diffusers transformer (:class:`AdapterSwitch`,
   :func:`load_adapter`);
-- reads and writes LoRA files (:func:`lora_tensors`, :func:`save_lora`): a folder that
+- loads a LoRA over a fieldkit model as a twin sharing its weights (:func:`lora_over`);
+- reads and writes LoRA files (:func:`lora_tensors`, :func:`save_lora`, :func:`read_lora`): a folder that
   ``peft.PeftModel.from_pretrained(transformer, folder)`` loads (``adapter_config.json`` +
   ``adapter_model.safetensors``, keys ``base_model.model.<module>.lora_A.weight``) and that a diffusers
   pipeline's ``load_lora_weights(folder)`` loads (``pytorch_lora_weights.safetensors``, keys
@@ -20,6 +21,7 @@ peft, diffusers and safetensors are imported when used.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import json
 import re
@@ -376,3 +378,65 @@ def random_lora(
                 param.copy_(torch.randn(param.shape, generator=g) * std)
     save_lora(out, lora_tensors(dict(transformer.named_parameters())))
     return out
+
+
+# -- a LoRA over a fieldkit model, sharing its weights -------------------------------------------------------
+
+
+def read_lora(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The ``LoraConfig`` keys and saved-form tensors (``<module>.lora_A.weight``) of a peft LoRA folder
+    (:func:`save_lora`'s ``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    from safetensors.torch import load_file
+
+    config_file, weights = folder / PEFT_CONFIG, folder / PEFT_WEIGHTS
+    for file in (config_file, weights):
+        if not file.is_file():
+            raise FieldkitError(
+                f"{file} is missing",
+                hint="point at a folder written by `fieldkit export RUN --format peft` (save_lora)",
+            )
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise FieldkitError(f"{config_file} is not readable JSON: {err}") from err
+    keys = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias")
+    if not isinstance(config, dict) or any(k not in config for k in keys):
+        raise FieldkitError(f"{config_file} is not a peft LoRA config (it needs {', '.join(keys)})")
+    tensors = {k.removeprefix("base_model.model."): v for k, v in load_file(str(weights)).items()}
+    return {k: config[k] for k in keys}, tensors
+
+
+def lora_over(base: nn.Module, folder: Path, name: str, *, scale: float = 1.0) -> nn.Module:
+    """A frozen twin of ``base`` computing ``W x + scale (alpha / r) B A x`` with the LoRA at ``folder`` (a
+    peft folder, see :func:`read_lora`) as adapter ``name``.
+
+    The twin's modules are its own (peft wraps them; ``base`` is left exactly as it was), but every parameter
+    and buffer *is* ``base``'s: N adapters over one base cost one base plus N adapters in memory. A deep copy
+    of the twin is a full copy; :func:`fieldkit.merge.merge_models` merges its adapter into the weights.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config, tensors = read_lora(folder)
+    shared = {id(t): t for t in (*base.parameters(), *base.buffers())}
+    twin = copy.deepcopy(base, shared)
+    with warnings.catch_warnings():  # peft warns that the (frozen) base has no trainable adapter yet
+        warnings.filterwarnings("ignore", category=UserWarning)
+        inject_adapter_in_model(LoraConfig(**config), twin, adapter_name=name)
+    state = {}
+    for key, value in tensors.items():
+        module, _, kind = key.rpartition(".lora_")
+        state[f"{module}.lora_{kind.removesuffix('.weight')}.{name}.weight"] = value
+    own = {k: v.shape for k, v in twin.state_dict().items() if ".lora_" in k}
+    odd = sorted(k for k in own.keys() | state.keys() if own.get(k) != getattr(state.get(k), "shape", None))
+    if odd:
+        raise FieldkitError(
+            f"{folder}: the LoRA does not fit this base ({', '.join(odd)}, ...)",
+            hint="load it over the model it was trained from",
+        )
+    twin.load_state_dict(state, strict=False)
+    for _, layer in tuner_layers(twin):
+        cast("LoraLayer", layer).set_scale(name, scale)
+    for key, param in twin.named_parameters():
+        if ".lora_" in key:
+            param.requires_grad_(False)
+    return twin.eval()
