@@ -352,7 +352,7 @@ def main_seeds_table(records: Sequence[dict[str, Any]]) -> str:
             f"Pending: the main job over seeds needs a complete record for every seed of {MAIN_SEEDS} "
             f"under `docs/digits/main-job-seeds/` (complete so far: {done})."
         )
-    runs = sorted((r for r in records if r["init"] == init), key=lambda r: r["seed"])
+    runs = sorted((r for r in records if r["init"] == init and r.get("complete")), key=lambda r: r["seed"])
     rows = []
     for r in runs:
         point = next(p for p in r["curve"] if p["step"] == step)
@@ -385,8 +385,32 @@ def main_seeds_table(records: Sequence[dict[str, Any]]) -> str:
         "",
         f"Bars: every route's mean at least {RATIO}x its teacher, no seed below {SEED_FLOOR}x, combined "
         f"above the best single teacher on every seed: **{'every bar met' if ok else 'not every bar met'}**.",
+        *_left_out(records, init),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _left_out(records: Sequence[dict[str, Any]], chosen: str) -> list[str]:
+    """A line per candidate init that did not take part in the choice (not complete on every seed), with
+    how far each of its records got and its best worst-route ratio on validation there."""
+    lines = []
+    for init in sorted({r["init"] for r in records} - {chosen}):
+        runs = sorted((r for r in records if r["init"] == init), key=lambda r: r["seed"])
+        if {r["seed"] for r in runs if r.get("complete")} == set(MAIN_SEEDS):
+            continue
+        parts = []
+        for r in runs:
+            last = r["curve"][-1] if r["curve"] else None
+            best = (
+                max(_worst_ratio(v, r["teachers"]["validation"]) for v in last["validation"].values())
+                if last
+                else float("nan")
+            )
+            at = f"{last['step']} updates" if last else "no checkpoint"
+            state = "complete" if r.get("complete") else "stopped"
+            parts.append(f"seed {r['seed']} {state} at {at}, best worst-route ratio on validation {best:.3f}")
+        lines += ["", f"Left out of the choice (not complete on every seed): `{init}`: {'; '.join(parts)}."]
+    return lines
 
 
 def read_main(folder: Path = MAIN_RUNS) -> list[dict[str, Any]]:
