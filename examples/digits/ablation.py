@@ -272,6 +272,11 @@ SEED_FLOOR = 0.93  # no seed's route below 0.93x its teacher
 SPLITS = ("validation", "test")
 
 
+def main_runs(steps: int = MAIN_STEPS) -> Path:
+    """The folder of the main job's records at ``steps`` updates per run (``MAIN_RUNS`` at ``MAIN_STEPS``)."""
+    return MAIN_RUNS if steps == MAIN_STEPS else MAIN_RUNS.with_name(f"{MAIN_RUNS.name}-{steps}")
+
+
 def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_STEPS) -> Path:
     """Train the main job (``graph.yaml``, ``student.init=init``, seed ``seed``; the engine's own EMA off,
     side EMAs at ``MAIN_DECAYS`` instead) and record, every ``MAIN_EVERY`` updates and at the end, every copy
@@ -417,6 +422,14 @@ def read_main(folder: Path = MAIN_RUNS) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def _updates(text: str) -> int:
+    """``--steps``: a whole number of updates, a multiple of ``MAIN_EVERY`` (the runs are scored there)."""
+    steps = int(text) if text.isdigit() else 0
+    if steps <= 0 or steps % MAIN_EVERY:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive multiple of {MAIN_EVERY}, e.g. 2400")
+    return steps
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -431,16 +444,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     m = sub.add_parser("main-run", help="train one candidate of the main job over seeds")
     m.add_argument("--init", choices=MAIN_INITS, required=True)
     m.add_argument("--seed", type=int, choices=MAIN_SEEDS, required=True)
-    sub.add_parser("main-seeds", help="print the main job over seeds (docs/digits.md) from its records")
+    steps_help = f"updates per run (default {MAIN_STEPS}; another length keeps its records apart)"
+    m.add_argument("--steps", type=_updates, default=MAIN_STEPS, help=steps_help)
+    ms = sub.add_parser("main-seeds", help="print the main job over seeds (docs/digits.md) from its records")
+    ms.add_argument("--steps", type=_updates, default=MAIN_STEPS, help=steps_help)
     args = parser.parse_args(argv)
     if args.command == "report":
         print(report(read()), end="")
     if args.command == "main-job":
         print(main_job_table(json.loads(MAIN_JOB.read_text())), end="")
     if args.command == "main-run":
-        print(main_run(args.init, args.seed))
+        print(main_run(args.init, args.seed, main_runs(args.steps), args.steps))
     if args.command == "main-seeds":
-        print(main_seeds_table(read_main()), end="")
+        print(main_seeds_table(read_main(main_runs(args.steps))), end="")
     if args.command == "run":
         decays = [float(d) for d in args.ema.split(",") if d]
         run(args.name, args.overrides, decays, args.every, args.curve_samples)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_reproduce import load_script
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -102,3 +103,15 @@ def test_the_digits_page_holds_the_main_job_over_seeds():
     ablation = _load()
     table = ablation.main_seeds_table(ablation.read_main())
     assert table in (ROOT / "docs" / "digits.md").read_text()
+
+
+def test_main_run_lengths_keep_their_records_apart_and_bad_lengths_are_refused(capsys):
+    ablation = _load()
+    assert ablation.main_runs() == ablation.MAIN_RUNS
+    assert ablation.main_runs(2400).name == f"{ablation.MAIN_RUNS.name}-2400"
+    assert ablation.main_runs(2400).parent == ablation.MAIN_RUNS.parent
+    for bad in ("0", "-400", "1000", "many"):
+        with pytest.raises(SystemExit) as err:
+            ablation.main(["main-seeds", "--steps", bad])
+        assert err.value.code == 2
+        assert "positive multiple of 400" in capsys.readouterr().err
