@@ -592,12 +592,14 @@ QUICK = Settings(
 )
 
 
-def _digest(paths: Iterable[Path], root: Path) -> str:
+def _digest(paths: Iterable[Path], root: Path, relative: bool = False) -> str:
+    """A hash of the files' names (below ``root``, or relative to it with ``relative``) and bytes."""
     import hashlib
 
     digest = hashlib.sha1()
     for path in paths:
-        digest.update(str(path.relative_to(root)).encode())
+        name = os.path.relpath(path, root) if relative else str(path.relative_to(root))
+        digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -680,7 +682,8 @@ def overrides_of(run: Run, seed: int, matched: str, settings: Settings) -> list[
 @functools.cache
 def run_key(run: Run, seed: int, matched: str, settings: Settings, world: str, code: str) -> str:
     """What identifies a run in results.jsonl: its name, seed and budget, and a hash of everything that
-    changes it: the resolved graph (after every override), the world (teachers, plugin), the code version,
+    changes it: the resolved graph (after every override), the world (teachers, plugin), the weight files the
+    graph names (:func:`inputs_fingerprint`), the code version,
     the evaluation settings and, for a matched-budget twin, its reference's key."""
     import hashlib
 
@@ -690,6 +693,7 @@ def run_key(run: Run, seed: int, matched: str, settings: Settings, world: str, c
     payload = {
         "graph": graph.spec.model_dump(mode="json"),
         "world": world,
+        "inputs": inputs_fingerprint(run.graph),
         "code": code,
         "kind": run.kind,
         "betas": run.betas,
@@ -958,6 +962,19 @@ def _path_like(key: str, value: Any) -> bool:
     return isinstance(value, str) and (
         key.endswith("path") or "/" in value or value.endswith((".safetensors", ".pt", ".bin"))
     )
+
+
+@functools.cache
+def inputs_fingerprint(graph: str) -> str:
+    """A hash of the weight files that graph ``graph``'s fields name (a checkpoint, a LoRA folder's
+    adapter): a capability LoRA retrained re-keys the runs that read it, and only those."""
+    path = GRAPHS[graph]
+    files: list[Path] = []
+    for spec in _graph_yaml(graph).get("fields", {}).values():
+        for key, value in dict(spec).items():
+            if _path_like(key, value) and (named := path.parent / value).exists():
+                files += sorted(named.rglob("*.safetensors")) if named.is_dir() else [named]
+    return _digest(sorted({f.resolve() for f in files}), path.parent.resolve(), relative=True)
 
 
 @functools.cache

@@ -507,3 +507,31 @@ def test_a_frontier_run_records_its_curve_with_the_passes_spent() -> None:
         assert mark <= point["passes"] < mark + per_update
     assert all(math.isfinite(p["combined"]) for p in curve)
     assert record["passes_per_sample"] == pytest.approx(4.0)  # a data state, a teacher forward, a row
+
+
+def test_a_retrained_lora_rekeys_the_runs_of_the_graphs_that_read_it_and_no_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weight files a graph's fields name enter its runs' keys; another graph's key is untouched."""
+    repro = _load()
+    lora = tmp_path / "caps" / "local"
+    lora.mkdir(parents=True)
+    (lora / "adapter_model.safetensors").write_bytes(b"first")
+    (tmp_path / "base.safetensors").write_bytes(b"base")
+    reads = tmp_path / "reads.yaml"
+    reads.write_text("fields:\n  t2i: {path: base.safetensors}\n  local: {base: t2i, path: caps/local}\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("fields:\n  t2i: {path: base.safetensors}\n")
+    monkeypatch.setitem(repro.GRAPHS, "reads", reads)
+    monkeypatch.setitem(repro.GRAPHS, "other", other)
+
+    def keys() -> tuple[str, str]:
+        repro.inputs_fingerprint.cache_clear()
+        return repro.inputs_fingerprint("reads"), repro.inputs_fingerprint("other")
+
+    before = keys()
+    (lora / "adapter_model.safetensors").write_bytes(b"second")
+    after = keys()
+    assert after[0] != before[0] and after[1] == before[1]
+    (tmp_path / "base.safetensors").write_bytes(b"new base")
+    assert all(a != b for a, b in zip(keys(), after, strict=True))
