@@ -713,9 +713,13 @@ def _run_named(name: str) -> Run:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
+    """The runs of ``path``, one per (name, seed, budget): a run rerun under a new key (changed code, world
+    or graph) replaces the earlier line, which stays in the file as history but is never counted again."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    latest = {(r["name"], r["seed"], r["matched"]): r for r in rows}
+    return list(latest.values())
 
 
 def score_fields(
@@ -1610,13 +1614,14 @@ def report(args: argparse.Namespace) -> str:
         "a single value is a single seed.",
         "",
     ]
-    worlds = sorted({str(r.get("world")) for r in results})
-    if len(worlds) > 1:
-        lines += [
-            f"**Warning: these results come from {len(worlds)} worlds (teachers or plugin sources changed "
-            f"between runs): {', '.join(worlds)}. Do not compare across them.**",
-            "",
-        ]
+    for what, why in (("world", "teachers or plugin sources"), ("code", "fieldkit's code")):
+        seen = sorted({str(r.get(what)) for r in results})
+        if len(seen) > 1:
+            lines += [
+                f"**Warning: these results come from {len(seen)} {what} versions ({why} changed between "
+                f"runs): {', '.join(seen)}. Do not compare across them.**",
+                "",
+            ]
     by_comp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_comp[r["comparison"]].append(r)

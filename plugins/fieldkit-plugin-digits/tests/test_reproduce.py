@@ -535,3 +535,18 @@ def test_a_retrained_lora_rekeys_the_runs_of_the_graphs_that_read_it_and_no_othe
     assert after[0] != before[0] and after[1] == before[1]
     (tmp_path / "base.safetensors").write_bytes(b"new base")
     assert all(a != b for a, b in zip(keys(), after, strict=True))
+
+
+def test_a_run_rerun_under_a_new_key_replaces_its_earlier_line(tmp_path: Path) -> None:
+    """Two lines of one (name, seed, budget): the later one counts (once); other runs are kept."""
+    repro = _load()
+    rows = [
+        {"name": "p/danceopd", "seed": 0, "matched": "steps", "key": "old", "code": "a"},
+        {"name": "p/danceopd", "seed": 1, "matched": "steps", "key": "s1", "code": "a"},
+        {"name": "p/danceopd", "seed": 0, "matched": "compute", "key": "c0", "code": "a"},
+        {"name": "p/danceopd", "seed": 0, "matched": "steps", "key": "new", "code": "b"},
+    ]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = repro.read_results(path)
+    assert sorted(r["key"] for r in kept) == ["c0", "new", "s1"]
