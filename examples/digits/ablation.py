@@ -344,7 +344,7 @@ def select(records: Sequence[dict[str, Any]]) -> tuple[str, str, int]:
     return best[2]
 
 
-def main_seeds_table(records: Sequence[dict[str, Any]]) -> str:
+def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS) -> str:
     """The main job over seeds (docs/digits.md): the choice made on validation, then per route the mean and
     95% interval over the seeds of student / teacher on the test half, each seed's value, and the bars."""
     from fieldkit.eval.verdict import Paired
@@ -355,7 +355,7 @@ def main_seeds_table(records: Sequence[dict[str, Any]]) -> str:
         done = ", ".join(f"{r['init']} seed {r['seed']}" for r in records if r.get("complete")) or "none"
         return (
             f"Pending: the main job over seeds needs a complete record for every seed of {MAIN_SEEDS} "
-            f"under `docs/digits/main-job-seeds/` (complete so far: {done})."
+            f"under `docs/digits/{main_runs(steps).name}/` (complete so far: {done})."
         )
     runs = sorted((r for r in records if r["init"] == init and r.get("complete")), key=lambda r: r["seed"])
     rows = []
@@ -456,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "main-run":
         print(main_run(args.init, args.seed, main_runs(args.steps), args.steps))
     if args.command == "main-seeds":
-        print(main_seeds_table(read_main(main_runs(args.steps))), end="")
+        print(main_seeds_table(read_main(main_runs(args.steps)), args.steps), end="")
     if args.command == "run":
         decays = [float(d) for d in args.ema.split(",") if d]
         run(args.name, args.overrides, decays, args.every, args.curve_samples)

@@ -99,10 +99,14 @@ def test_a_candidate_stopped_early_is_named_and_takes_no_part_in_the_choice():
     assert "`local`: seed 0 stopped at 200 updates, best worst-route ratio on validation 0.989." in table
 
 
-def test_the_digits_page_holds_the_main_job_over_seeds():
+@pytest.mark.parametrize("steps", [1600, 2400])
+def test_the_digits_page_holds_the_main_job_over_seeds(steps: int):
+    """The declared protocol (1600 updates) and its longer follow-up each have their generated block."""
     ablation = _load()
-    table = ablation.main_seeds_table(ablation.read_main())
-    assert table in (ROOT / "docs" / "digits.md").read_text()
+    table = ablation.main_seeds_table(ablation.read_main(ablation.main_runs(steps)), steps)
+    page = (ROOT / "docs" / "digits.md").read_text()
+    flag = "" if steps == ablation.MAIN_STEPS else f" --steps {steps}"
+    assert f"<!-- generated: python examples/digits/ablation.py main-seeds{flag} -->\n{table}" in page
 
 
 def test_main_run_lengths_keep_their_records_apart_and_bad_lengths_are_refused(capsys):
@@ -115,3 +119,17 @@ def test_main_run_lengths_keep_their_records_apart_and_bad_lengths_are_refused(c
             ablation.main(["main-seeds", "--steps", bad])
         assert err.value.code == 2
         assert "positive multiple of 400" in capsys.readouterr().err
+
+
+def test_the_longer_main_job_runs_repeat_the_protocol_runs_exactly_up_to_their_length():
+    """docs/digits.md says the 2400-update runs' first 1600 updates are the protocol's runs exactly (constant
+    learning rate, same seed): every shared checkpoint's scores, on both halves, are equal."""
+    ablation = _load()
+    short = {(r["init"], r["seed"]): r for r in ablation.read_main(ablation.main_runs())}
+    long = ablation.read_main(ablation.main_runs(2400))
+    assert long, "docs/digits/main-job-seeds-2400 holds no record"
+    for record in long:
+        base = short[(record["init"], record["seed"])]
+        assert record["teachers"] == base["teachers"]
+        shared = [p for p in record["curve"] if p["step"] <= ablation.MAIN_STEPS]
+        assert shared == base["curve"]
