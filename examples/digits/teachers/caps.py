@@ -139,12 +139,32 @@ def _yaml(data: dict[str, Any]) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
 
 
+def half(folder: Path) -> None:
+    """Store a trained LoRA folder's adapter in float16 (half the bytes committed; the teacher loads it into
+    its float32 layers, ``B A`` each rounded to float16 once)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise SystemExit(f"{weights} does not exist: give a folder of `fieldkit export RUN --format peft`")
+    with safe_open(str(weights), "pt") as fh:
+        metadata = fh.metadata()
+    tensors = {k: v.half() for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights), metadata=metadata)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", action="store_true", help="print the capability names and write nothing")
+    what = "store FOLDER's LoRA in float16, write nothing else"
+    parser.add_argument("--half", type=Path, metavar="FOLDER", help=what)
     args = parser.parse_args()
     if args.names:
         print("\n".join(capabilities()))
+        return
+    if args.half:
+        half(args.half)
         return
     for path, text in files().items():
         target = HERE.parent / path

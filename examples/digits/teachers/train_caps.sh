@@ -16,4 +16,5 @@ for name in "${names[@]}"; do
   rm -rf "runs/teachers/caps/$name" "$HERE/caps/$name"
   "$BIN/fieldkit" train "$HERE/caps/$name.yaml" --out "runs/teachers/caps/$name" --no-progress "${extra[@]}"
   "$BIN/fieldkit" export "runs/teachers/caps/$name" --format peft -o "$HERE/caps/$name"
+  "$BIN/python" "$HERE/caps.py" --half "$HERE/caps/$name"  # float16: half the bytes in the repository
 done

@@ -207,3 +207,12 @@ def test_a_capability_trains_exports_and_loads_as_a_teacher(tmp_path: Path) -> N
     with torch.no_grad():
         torch.testing.assert_close(teacher(x, sigma, cond), merged(x, sigma, cond), atol=1e-4, rtol=1e-4)
         assert not torch.allclose(teacher(x, sigma, cond), ctx.field("t2i")(x, sigma, cond))
+        # train_caps.sh's third command stores the adapter in float16: half the bytes, the same teacher up
+        # to float16 rounding of the LoRA weights (a fresh build reads the new file)
+        script = load_script(EXAMPLES / "teachers" / "caps.py", "digits_caps")
+        before = (lora / "adapter_model.safetensors").stat().st_size
+        script.half(lora)
+        assert (lora / "adapter_model.safetensors").stat().st_size < 0.55 * before
+        half = _module(BuildContext(load_graph(graph)), "replace_left")
+        assert all(p.dtype == torch.float32 for p in half.parameters())
+        torch.testing.assert_close(half(x, sigma, cond), teacher(x, sigma, cond), atol=2e-3, rtol=2e-3)
