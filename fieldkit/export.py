@@ -238,7 +238,7 @@ def _peft(run: RunFolder, out: Path) -> Exported:
         out,
         f"peft LoRA adapter (rank {config['r']}, {len(config['target_modules'])} modules, from {path.name}; "
         f"loads with {loads})",
-        f'from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "{out.name}")',
+        f'from peft import PeftModel\n\nmodel = PeftModel.from_pretrained(base_model, "{out.name}")',
         "peft",
     )
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -125,6 +127,11 @@ def test_a_lora_student_exports_a_peft_adapter_that_computes_the_merged_student(
         adapted = PeftModel.from_pretrained(base, str(out)).eval()
         torch.testing.assert_close(adapted(x, sigma, cond), merged(x, sigma, cond), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(before, merged(x, sigma, cond))  # the adapter is what training changed
+    # the model card's Python is formatted as this repository formats its own (committed cards pass lint)
+    card = (out / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    ruff = [sys.executable, "-m", "ruff", "format", "--check", "--stdin-filename", "card.py", "-"]
+    assert subprocess.run(ruff, input=snippet, text=True, capture_output=True).returncode == 0, snippet
 
 
 def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(
