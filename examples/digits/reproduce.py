@@ -968,17 +968,25 @@ def _path_like(key: str, value: Any) -> bool:
     )
 
 
+def _named_paths(graph: str) -> list[Path]:
+    """The files and folders that graph ``graph``'s fields name (resolved against the graph's folder)."""
+    folder = GRAPHS[graph].parent
+    return [
+        folder / value
+        for spec in _graph_yaml(graph).get("fields", {}).values()
+        for key, value in dict(spec).items()
+        if _path_like(key, value)
+    ]
+
+
 @functools.cache
 def inputs_fingerprint(graph: str) -> str:
     """A hash of the weight files that graph ``graph``'s fields name (a checkpoint, a LoRA folder's
     adapter): a capability LoRA retrained re-keys the runs that read it, and only those."""
-    path = GRAPHS[graph]
     files: list[Path] = []
-    for spec in _graph_yaml(graph).get("fields", {}).values():
-        for key, value in dict(spec).items():
-            if _path_like(key, value) and (named := path.parent / value).exists():
-                files += sorted(named.rglob("*.safetensors")) if named.is_dir() else [named]
-    return _digest(sorted({f.resolve() for f in files}), path.parent.resolve(), relative=True)
+    for named in (p for p in _named_paths(graph) if p.exists()):
+        files += sorted(named.rglob("*.safetensors")) if named.is_dir() else [named]
+    return _digest(sorted({f.resolve() for f in files}), GRAPHS[graph].parent.resolve(), relative=True)
 
 
 @functools.cache
@@ -991,10 +999,7 @@ def unavailable(run: Run) -> str | None:
     path = GRAPHS[run.graph]
     root = HERE.parents[1]
     missing = [] if path.exists() else [path]
-    for spec in _graph_yaml(run.graph).get("fields", {}).values():
-        for key, value in dict(spec).items():
-            if _path_like(key, value) and not (path.parent / value).exists():
-                missing.append(path.parent / value)
+    missing += [p for p in _named_paths(run.graph) if not p.exists()]
     if missing:
         names = ", ".join(os.path.relpath(m, root) for m in missing)
         return (
