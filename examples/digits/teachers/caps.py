@@ -2,6 +2,7 @@
 
     python examples/digits/teachers/caps.py            # (re)write every file below
     python examples/digits/teachers/caps.py --names    # the capability names, one a line
+    python examples/digits/teachers/caps.py --table    # the trained LoRAs' scores (docs/digits.md's table)
 
 The partitions are fieldkit_digits.capabilities.PARTITIONS (N = 2, 4, 8; each refines the one before).
 For each capability, ``teachers/caps/NAME.yaml``: a rank-8 LoRA of the T2I base trained by SFT on that
@@ -16,6 +17,7 @@ base + sum of the N LoRA deltas). The files are generated: edit this script, not
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,14 +157,55 @@ def half(folder: Path) -> None:
     save_file(tensors, str(weights), metadata=metadata)
 
 
+def _card(cap: Capability) -> str:
+    card = HERE / "caps" / cap.name / "README.md"
+    if not card.is_file():
+        raise SystemExit(f"{card} does not exist: train the LoRA first ({TRAIN} {cap.name})")
+    return card.read_text()
+
+
+def _card_value(card: str, name: str, metric: str) -> str:
+    """The student's value of ``name: metric`` in a model card's results table."""
+    found = re.search(rf"^\| {re.escape(name)}: {re.escape(metric)}[^|]*\| ([0-9.]+) \|$", card, re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"the model card of {name} has no {metric!r} row: re-export it (fieldkit export)")
+    return found.group(1)
+
+
+def table() -> str:
+    """Every trained capability LoRA with the partitions it serves, the updates it was trained for and its
+    scores on its own edits, read from its model card (``caps/NAME/README.md``, written by ``fieldkit
+    export`` from the run's end-of-run evaluation: held-out digits and phrasings, 256 samples)."""
+    lines = [
+        "| capability | N | its edits | updates | score | success | PSNR (dB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cap in capabilities().items():
+        card = _card(cap)
+        steps = re.search(r"from step-0*([0-9]+)", card)
+        if steps is None:  # a card fieldkit export did not write
+            raise SystemExit(f"the model card of {name} names no checkpoint step: re-export it")
+        ns = ", ".join(str(n) for n, part in PARTITIONS.items() if cap in part)
+        edits = ", ".join(sorted(f"{op} {side}" if side else op for op, side in cap.cells()))
+        score, success, psnr = (_card_value(card, name, m) for m in ("score", "success", "psnr"))
+        row = f"| `{name}` | {ns} | {edits} | {steps.group(1)} | {score} | {success} | {float(psnr):.1f} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", action="store_true", help="print the capability names and write nothing")
+    what = "print the trained LoRAs' scores from their model cards (docs/digits.md), write nothing"
+    parser.add_argument("--table", action="store_true", help=what)
     what = "store FOLDER's LoRA in float16, write nothing else"
     parser.add_argument("--half", type=Path, metavar="FOLDER", help=what)
     args = parser.parse_args()
     if args.names:
         print("\n".join(capabilities()))
+        return
+    if args.table:
+        print(table())
         return
     if args.half:
         half(args.half)

@@ -55,6 +55,29 @@ def _bucket(cap: Capability) -> LocalEditBucket | GlobalEditBucket:
     return GlobalEditBucket(GlobalEditParams.model_validate(spec))
 
 
+def test_the_digits_page_holds_the_trained_loras_scores_from_their_model_cards(caps: ModuleType) -> None:
+    """docs/digits.md's capability table is what ``caps.py --table`` prints from the committed cards, and
+    each row's figures are the card's own (the card of ``global_tone`` read by hand)."""
+    table = caps.table()
+    page = (EXAMPLES.parents[1] / "docs" / "digits.md").read_text()
+    assert f"<!-- generated: python examples/digits/teachers/caps.py --table -->\n{table}\n" in page
+    assert len(table.splitlines()) == 2 + len(capabilities())
+    card = (EXAMPLES / "teachers" / "caps" / "global_tone" / "README.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| `global_tone` |"))
+    for metric in ("score", "success"):
+        value = next(line for line in card.splitlines() if line.startswith(f"| global_tone: {metric} "))
+        assert f"| {value.split('|')[2].strip()} |" in row
+    assert "| 4, 8 | bold, invert |" in row
+
+
+def test_the_table_names_the_training_command_for_a_missing_lora(
+    caps: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(caps, "HERE", tmp_path)
+    with pytest.raises(SystemExit, match=r"train_caps\.sh local"):
+        caps.table()
+
+
 @pytest.mark.parametrize("name", sorted(capabilities()))
 def test_a_capability_bucket_draws_exactly_its_edits(name: str) -> None:
     cap = capabilities()[name]
