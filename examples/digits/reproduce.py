@@ -1529,8 +1529,16 @@ def frontier_table(results: list[dict[str, Any]], pair: str, setting: str) -> st
 
 
 def frontier_tables(results: list[dict[str, Any]], images: str = "") -> str:
-    """Every frontier table, each followed by its plot (``images`` + its file name) once it has points."""
-    parts = []
+    """Every frontier table, each followed by its plot (``images`` + its file name) once it has points, after
+    a line naming the methods whose one run serves both data settings."""
+    shared = [o for o, (_, reads) in frontier_options(FRONTIER_PAIRS[0]).items() if not reads]
+    names = f"DanceOPD, {', '.join(shared[:-1])} and {shared[-1]}"
+    parts = [
+        f"{names} read no data (their states are the student's own rollouts, their targets the teachers' "
+        "velocities): one run of each serves both data settings; the other methods read the buckets' data "
+        "and have a run per setting.",
+        "",
+    ]
     for pair in FRONTIER_PAIRS:
         for setting in SETTINGS:
             parts += [f"**{PAIR_NAMES[pair]}, setting {SETTING_NAMES[setting]}**", ""]

@@ -408,6 +408,19 @@ def test_the_frontier_table_gives_the_rules_verdicts_and_pending_cells() -> None
     assert "pending" in repro.frontier_table(results, "local_global", "b").split("\n")[4]  # off-policy (b)
 
 
+def test_the_frontier_says_which_methods_serve_both_data_settings_with_one_run() -> None:
+    """The methods the frontier's note names are exactly those whose run is the same in settings (a) and
+    (b); a method that reads the buckets' data is not named."""
+    repro = _load()
+    note = repro.frontier_tables([]).split("\n")[0]
+    assert note.startswith("DanceOPD, reuse4, coarse8 and buffer read no data")
+    for pair in repro.FRONTIER_PAIRS:
+        for option in repro.frontier_options(pair):
+            same = repro.frontier_run(pair, option, "a") == repro.frontier_run(pair, option, "b")
+            assert same == (f" {option} " in note.replace(",", " ")), option
+    assert "partial" not in note and "handover" not in note
+
+
 def test_list_prints_every_frontier_and_many_teachers_run_with_its_overrides(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
