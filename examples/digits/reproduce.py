@@ -619,8 +619,8 @@ def world_fingerprint() -> str:
 # line (commands/, cli.py: parse and print, then call the engine), the console (distill/console.py: banner,
 # progress, end tables; its Ctrl-C handler only stops a run early), experiment trackers (distill/trackers.py:
 # log what the engine measured), the run report and its drawings (eval/run_report.py, eval/report_plots.py,
-# eval/graph_svg.py: HTML and SVG from a finished run's files) and the verdict rule (eval/verdict.py: the page
-# computes verdicts from the results, no run imports it).
+# eval/graph_svg.py, eval/svg_chart.py: HTML and SVG from a finished run's files) and the verdict rule
+# (eval/verdict.py: the page computes verdicts from the results, no run imports it).
 REPORTING = (
     "commands",
     "cli.py",
@@ -629,6 +629,7 @@ REPORTING = (
     "eval/run_report.py",
     "eval/report_plots.py",
     "eval/graph_svg.py",
+    "eval/svg_chart.py",
     "eval/verdict.py",
 )
 

@@ -1,19 +1,21 @@
-"""The report's plots (inline SVG made with matplotlib): every route's loss on one axis, smoothed, with the
-raw curve faint behind it; and the training metrics that change (a constant learning rate gets a sentence,
-not a panel). And a study's cost-quality plot (a PNG): scores against training cost, one line per method,
-the mean over seeds with its 95% interval shaded (:func:`seed_band`, :func:`band_plot`)."""
+"""The report's plots (inline SVG, :mod:`fieldkit.eval.svg_chart`): every route's loss on one axis, smoothed,
+with the raw curve faint behind it; and the training metrics that change (a constant learning rate gets a
+sentence, not a panel). And a study's cost-quality plot (a PNG made with matplotlib): scores against
+training cost, one line per method, the mean over seeds with its 95% interval shaded (:func:`seed_band`,
+:func:`band_plot`)."""
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fieldkit.eval.svg_chart import DASHES, PALETTE, Line, Panel, chart
+
 TRAINING_KEYS = ("lr", "grad_norm")
-LINE_STYLES = ("-", "--", ":", "-.")
+LINE_STYLES = ("-", "--", ":", "-.")  # matplotlib's, for the study's PNG
 
 
 def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -44,13 +46,6 @@ def smooth(values: Sequence[float], span: int) -> list[float]:
     return out
 
 
-def _svg(figure: Any) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]  # drop the XML prolog and doctype: the SVG is inlined in HTML
-
-
 def _pyplot() -> Any:
     import matplotlib
 
@@ -61,43 +56,26 @@ def _pyplot() -> Any:
 
 
 def loss_plot(runs: Sequence[tuple[str, Sequence[dict[str, Any]], Sequence[str]]]) -> str:
-    """Inline SVG: the loss of every route of every ``(run name, metrics records, routes)`` on one log axis;
-    a colour per route, a line style per run; the smoothed curve over the faint raw one."""
-    plt = _pyplot()
+    """Inline SVG: the loss of every route of every ``(run name, metrics records, routes)`` on one log axis
+    (linear if a loss is not positive); a colour per route, a dash pattern per run; the smoothed curve over
+    the faint raw one, its points marked when fewer than 20 were logged."""
     routes = list(dict.fromkeys(route for _, _, rs in runs for route in rs))
     curves = [(name, route, *route_loss(records, route)) for name, records, rs in runs for route in rs]
     curves = [c for c in curves if c[2]]
     if not curves:
         return "<p>No loss was logged.</p>"
-    figure, ax = plt.subplots(figsize=(7.5, 3.6))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     names = list(dict.fromkeys(name for name, *_ in curves))
+    lines = []
     for name, route, steps, values in curves:
-        colour = colours[routes.index(route) % len(colours)]
-        style = LINE_STYLES[names.index(name) % len(LINE_STYLES)]
+        colour = PALETTE[routes.index(route) % len(PALETTE)]
+        dash = DASHES[names.index(name) % len(DASHES)]
         label = f"{name}: {route}" if len(names) > 1 else route
-        few = len(steps) < 20  # a few logged points: mark them, or a single one would not show
-        ax.plot(steps, values, color=colour, linestyle=style, linewidth=0.8, alpha=0.25)
-        ax.plot(
-            steps,
-            smooth(values, max(1, len(values) // 15)),
-            color=colour,
-            linestyle=style,
-            linewidth=1.8,
-            label=label,
-            marker="o" if few else None,
-            markersize=3,
-        )
-    if all(v > 0 for *_, values in curves for v in values):  # log needs positive values
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=min(4, len(curves)))
-    figure.tight_layout()
-    svg = _svg(figure)
-    plt.close(figure)
-    return svg
+        smoothed = smooth(values, max(1, len(values) // 15))
+        lines += [
+            Line(steps, values, colour, dash, width=0.8, opacity=0.25),
+            Line(steps, smoothed, colour, dash, markers=len(steps) < 20, label=label),
+        ]
+    return chart([Panel(lines, xlabel="step", ylabel="loss", log=True)], width=720, height=320)
 
 
 def constant(values: Sequence[float]) -> bool:
@@ -106,9 +84,9 @@ def constant(values: Sequence[float]) -> bool:
 
 
 def training_plot(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> tuple[str, list[str]]:
-    """Inline SVG panels of the training metrics that change over the run, and one sentence per metric that
-    stayed constant (``lr 0.001 throughout``)."""
-    panels: list[str] = []
+    """Inline SVG panels of the training metrics that change over the run (the gradient norm on a log axis),
+    a dash pattern per run, and one sentence per metric that stayed constant (``lr 0.001 throughout``)."""
+    panels: list[Panel] = []
     notes: list[str] = []
     for key in TRAINING_KEYS:
         lines = [(name, *series(records, key)) for name, records in runs]
@@ -119,28 +97,21 @@ def training_plot(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> tuple
             values = sorted({values[0] for _, _, values in lines})
             notes.append(f"{key} {' / '.join(f'{v:g}' for v in values)} throughout")
             continue
-        panels.append(key)
+        drawn = [
+            Line(
+                steps,
+                values,
+                PALETTE[0],
+                DASHES[i % len(DASHES)],
+                width=1.2,
+                label=name if len(runs) > 1 else None,
+            )
+            for i, (name, steps, values) in enumerate(lines)
+        ]
+        panels.append(Panel(drawn, title=key, xlabel="step", log=key == "grad_norm"))
     if not panels:
         return "", notes
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 2.8), squeeze=False)
-    for ax, key in zip(axes.flat, panels, strict=True):
-        for index, (name, records) in enumerate(runs):
-            steps, values = series(records, key)
-            if steps:
-                style = LINE_STYLES[index % len(LINE_STYLES)]
-                ax.plot(steps, values, linestyle=style, linewidth=1.2, label=name)
-        if key == "grad_norm" and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
-            ax.set_yscale("log")
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if len(runs) > 1:
-            ax.legend(fontsize=8)
-    figure.tight_layout()
-    svg = _svg(figure)
-    plt.close(figure)
-    return svg, notes
+    return chart(panels, width=360 * len(panels), height=260), notes
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,76 @@
+"""fieldkit.eval.svg_chart: ticks at round numbers inside the axis, data mapped into the plot area (linear and
+logarithmic), a legend entry per label, and text escaped."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fieldkit.eval.svg_chart import MARGIN, Line, Panel, chart, linear_ticks, log_ticks
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+
+
+@given(finite, st.floats(min_value=1e-3, max_value=1e6))
+def test_linear_ticks_are_round_evenly_spaced_and_inside_the_range(low: float, span: float) -> None:
+    high = low + span
+    ticks = linear_ticks(low, high)
+    assert 2 <= len(ticks) <= 6  # at most count + 1; the step is at most 2.5x (range / count)
+    assert all(low - 1e-9 * span <= t <= high + 1e-9 * span for t in ticks)
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
+    step = ticks[1] - ticks[0]
+    assert max(steps) - min(steps) <= 1e-6 * step
+    mantissa = step / 10 ** math.floor(math.log10(step) + 1e-9)
+    assert any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (1, 2, 5))
+
+
+@given(st.floats(min_value=1e-8, max_value=1e6), st.floats(min_value=1.5, max_value=1e6))
+def test_log_ticks_hold_every_power_of_ten_in_the_range(low: float, ratio: float) -> None:
+    high = low * ratio
+    ticks = log_ticks(low, high)
+    assert all(low * (1 - 1e-9) <= t <= high * (1 + 1e-9) for t in ticks)
+    powers = [10.0**e for e in range(-9, 13) if low <= 10.0**e <= high]
+    assert all(any(math.isclose(p, t) for t in ticks) for p in powers)
+    assert len(ticks) >= 2  # a short range gets 2x and 5x, or linear ticks
+
+
+def _points(svg: str) -> list[list[tuple[float, float]]]:
+    return [
+        [tuple(map(float, p.split(","))) for p in found.split()]  # type: ignore[misc]
+        for found in re.findall(r'<polyline points="([^"]+)"', svg)
+    ]
+
+
+def test_a_line_is_mapped_into_the_plot_area_in_order_with_five_percent_of_room() -> None:
+    width, height = 400.0, 300.0
+    svg = chart([Panel([Line([0, 1, 2], [0.0, 5.0, 10.0], "#000")])], width=width, height=height)
+    [points] = _points(svg)
+    w = width - MARGIN["left"] - MARGIN["right"]
+    h = height - MARGIN["top"] - MARGIN["bottom"]
+    x0, bottom = MARGIN["left"], MARGIN["top"] + h
+    expected = [(x0 + (0.1 + i) / 2.2 * w, bottom - (0.5 + 5 * i) / 11 * h) for i in range(3)]
+    for (x, y), (ex, ey) in zip(points, expected, strict=True):
+        assert abs(x - ex) <= 0.05 and abs(y - ey) <= 0.05
+
+
+def test_a_log_axis_spaces_decades_equally_and_falls_back_to_linear_for_non_positive_values() -> None:
+    [log] = _points(chart([Panel([Line([0, 1, 2], [1.0, 10.0, 100.0], "#000")], log=True)]))
+    assert math.isclose(log[0][1] - log[1][1], log[1][1] - log[2][1], abs_tol=0.11)
+    [linear] = _points(chart([Panel([Line([0, 1, 2], [0.0, 10.0, 100.0], "#000")], log=True)]))
+    gaps = (linear[0][1] - linear[1][1], linear[1][1] - linear[2][1])
+    assert math.isclose(gaps[1] / gaps[0], 9.0, rel_tol=0.01)
+
+
+def test_the_legend_lists_each_label_once_and_text_is_escaped() -> None:
+    lines = [
+        Line([0, 1], [1, 2], "#111", label="run <a>: t2i"),
+        Line([0, 1], [2, 3], "#222", label="run <a>: t2i"),
+    ]
+    svg = chart([Panel(lines, title="loss & more"), Panel([Line([0, 1], [3, 1], "#333", label="b")])])
+    assert svg.count(">run &lt;a&gt;: t2i</text>") == 1 and svg.count(">b</text>") == 1
+    assert ">loss &amp; more</text>" in svg and "<a>" not in svg
+    assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and svg.endswith("</svg>")
