@@ -7,6 +7,7 @@ import itertools
 import math
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,3 +75,10 @@ def test_the_legend_lists_each_label_once_and_text_is_escaped() -> None:
     assert svg.count(">run &lt;a&gt;: t2i</text>") == 1 and svg.count(">b</text>") == 1
     assert ">loss &amp; more</text>" in svg and "<a>" not in svg
     assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and svg.endswith("</svg>")
+
+
+def test_a_chart_without_panels_is_refused_and_a_panel_without_points_still_draws_its_axes() -> None:
+    with pytest.raises(ValueError, match="at least one panel"):
+        chart([])
+    svg = chart([Panel([Line([], [], "#000")], title="empty")])
+    assert "<rect" in svg and "<polyline" not in svg and ">empty</text>" in svg

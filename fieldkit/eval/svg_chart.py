@@ -152,6 +152,8 @@ def _panel(panel: Panel, left: float, width: float, height: float) -> list[str]:
 def chart(panels: Sequence[Panel], *, width: float = 720, height: float = 320) -> str:
     """An ``<svg>`` of ``panels`` side by side (``width`` in all, each ``height`` tall), then a legend of
     every labelled line, in rows under them."""
+    if not panels:
+        raise ValueError("a chart needs at least one panel")
     each = width / len(panels)
     body = [element for i, panel in enumerate(panels) for element in _panel(panel, i * each, each, height)]
     labelled = {line.label: line for panel in panels for line in panel.lines if line.label is not None}
