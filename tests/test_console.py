@@ -78,7 +78,16 @@ class CtrlC(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(graph, tmp_path):
+@pytest.fixture
+def sigint_handler():
+    """Ctrl-C as a terminal delivers it (Python's default handler) for the test, whatever this process
+    started with (a test run started in the background, ``CMD &``, starts with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(graph, tmp_path, sigint_handler):
     out = tmp_path / "run"
     engine = Engine(loads_graph(LONG.replace("checkpoint_every: 2", "checkpoint_every: 100")), out)
     with pytest.raises(RunInterrupted) as stopped:
@@ -91,6 +100,13 @@ def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(graph, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     resumed = Engine(loads_graph(LONG), out, resume="latest", show_progress=False).run()
     assert resumed.step == 6
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path, sigint_handler):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup fieldkit distill ... &` from a script starts
+    result = Engine(loads_graph(LONG), tmp_path / "run", show_progress=False).run([CtrlC(at=2)])
+    assert result.step == 6  # the SIGINT after update 2 stopped nothing
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_the_command_line_turns_an_interrupt_into_its_message_and_exit_130():

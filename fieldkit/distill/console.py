@@ -197,14 +197,16 @@ class RunInterrupted(KeyboardInterrupt):
 class StopOnInterrupt(Callback):
     """The first Ctrl-C (SIGINT) lets the update under way finish, writes its checkpoint and raises
     :class:`RunInterrupted` with the command that resumes; a second one stops at once. One process only
-    (several would have to agree on the step first): with more, Ctrl-C stops the run as it always did."""
+    (several would have to agree on the step first): with more, Ctrl-C stops the run as it always did. A
+    process started with SIGINT ignored (``nohup CMD &`` from a script) keeps ignoring it."""
 
     def __init__(self) -> None:
         self.pressed = False
         self._previous: Any = None
 
     def on_run_start(self, run: RunView) -> None:
-        if run.processes == 1 and threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if run.processes == 1 and main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._interrupt)
 
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
