@@ -1529,6 +1529,62 @@ def frontier_table(results: list[dict[str, Any]], pair: str, setting: str) -> st
     return "\n".join(lines)
 
 
+GOAL_SEEDS = 5  # issue 21's goal is decided over at least five seeds
+
+
+def frontier_goal(results: list[dict[str, Any]], pair: str) -> str:
+    """Issue 21's goal on ``pair``, under the rule: which cheaper option is, at matched compute, decided above
+    off-policy and joint SFT in setting (b), not decided below them in (a), and not decided apart from
+    DanceOPD at matched steps, every claim over at least five seeds; or, if none is, the option whose worst
+    mean margin against off-policy and joint SFT (over both settings) is the largest, with that margin."""
+    from fieldkit.eval.verdict import AGREES, DISAGREES, WITHIN_NOISE
+
+    decisions = _decisions(results)
+    options = list(frontier_options(pair))
+    ready: dict[str, dict[tuple[str, str], Decision]] = {}
+    for option in options:
+        mine = {}
+        for setting in SETTINGS:
+            run = frontier_run(pair, option, setting)
+            for base in ("offpolicy", "joint"):
+                mine[(setting, base)] = decisions.get(
+                    ((run, "compute"), (f"{pair}/{base}-{setting}", "compute"))
+                )
+            mine[(setting, "danceopd")] = decisions.get(((run, "steps"), (f"{pair}/danceopd", "steps")))
+        if all(d is not None and d.diff.n >= GOAL_SEEDS for d in mine.values()):
+            ready[option] = {k: d for k, d in mine.items() if d is not None}
+    if len(ready) < len(options):
+        return (
+            f"Goal (issue 21) on {PAIR_NAMES[pair]}: pending ({len(ready)} of {len(options)} options have "
+            f"every claim at {GOAL_SEEDS} seeds)."
+        )
+    bases = ("offpolicy", "joint")
+    met = [
+        option
+        for option, c in ready.items()
+        if all(c[("b", base)].verdict == AGREES for base in bases)
+        and all(c[("a", base)].verdict != DISAGREES for base in bases)
+        and all(c[(setting, "danceopd")].verdict == WITHIN_NOISE for setting in SETTINGS)
+    ]
+    if met:
+        return f"Goal (issue 21) on {PAIR_NAMES[pair]}: met by {', '.join(met)}."
+
+    def worst(option: str) -> tuple[float, str, Decision]:
+        margins = [(d.diff.mean, f"{b} ({s})", d) for (s, b), d in ready[option].items() if b in bases]
+        return min(margins, key=lambda m: m[0])
+
+    closest = max(ready, key=lambda o: worst(o)[0])
+    margin, against, dec = worst(closest)
+    lo, hi = dec.interval
+    against = against.replace("offpolicy", "off-policy").replace("joint", "joint SFT")
+    return (
+        f"Goal (issue 21) on {PAIR_NAMES[pair]}: not met; no option is decided above off-policy and joint "
+        f"SFT in (b) without being decided below them in (a) or apart from DanceOPD at matched steps. "
+        f"Closest: {closest}, whose worst margin at matched compute is {margin:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+        f"against {against}."
+    )
+
+
 def frontier_tables(results: list[dict[str, Any]], images: str = "") -> str:
     """Every frontier table, each followed by its plot (``images`` + its file name) once it has points, after
     a line naming the methods whose one run serves both data settings."""
@@ -1547,6 +1603,7 @@ def frontier_tables(results: list[dict[str, Any]], images: str = "") -> str:
             if frontier_bands(results, pair, setting):
                 parts += ["", f"![frontier {pair} ({setting})]({images}frontier-{pair}-{setting}.png)"]
             parts.append("")
+        parts += [frontier_goal(results, pair), ""]
     return "\n".join(parts).rstrip()
 
 

@@ -421,6 +421,35 @@ def test_the_frontier_says_which_methods_serve_both_data_settings_with_one_run()
     assert "partial" not in note and "handover" not in note
 
 
+def _frontier_results(repro: ModuleType, margin: dict[str, float]) -> list[dict[str, Any]]:
+    """Five seeds of every frontier run on Local + Global: each option ``margin[option]`` above off-policy
+    and joint SFT (both at 0.7 + 0.01 s) in both settings, and level with DanceOPD at matched steps."""
+    jitter = [0.001, -0.001, 0.002, -0.002, 0.0]
+    out = []
+    for s in range(5):
+        base, ref = 0.7 + 0.01 * s, 0.8 + 0.01 * s
+        out.append(_trained("local_global/danceopd", s, "steps", ref))
+        for setting in ("a", "b"):
+            out += [
+                _trained(f"local_global/{b}-{setting}", s, "compute", base) for b in ("offpolicy", "joint")
+            ]
+        for option in repro.frontier_options("local_global"):
+            for name in {repro.frontier_run("local_global", option, setting) for setting in ("a", "b")}:
+                out.append(_trained(name, s, "compute", base + margin.get(option, -0.05) + jitter[s]))
+                out.append(_trained(name, s, "steps", ref + jitter[(s + 1) % 5]))
+    return out
+
+
+def test_the_frontier_says_whether_an_option_meets_the_goal_or_which_came_closest() -> None:
+    repro = _load()
+    met = repro.frontier_goal(_frontier_results(repro, {"partial": 0.1}), "local_global")
+    assert met == "Goal (issue 21) on Local + Global: met by partial."
+    close = repro.frontier_goal(_frontier_results(repro, {"reuse4": -0.01}), "local_global")
+    assert close.startswith("Goal (issue 21) on Local + Global: not met;")
+    assert "Closest: reuse4, whose worst margin at matched compute is -0.010 [" in close
+    assert "pending (0 of 5 options" in repro.frontier_goal([], "local_global")
+
+
 def test_list_prints_every_frontier_and_many_teachers_run_with_its_overrides(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
