@@ -1541,12 +1541,13 @@ def frontier_goal(results: list[dict[str, Any]], pair: str) -> str:
 
     decisions = _decisions(results)
     options = list(frontier_options(pair))
+    bases = ("offpolicy", "joint")
     ready: dict[str, dict[tuple[str, str], Decision]] = {}
     for option in options:
         mine = {}
         for setting in SETTINGS:
             run = frontier_run(pair, option, setting)
-            for base in ("offpolicy", "joint"):
+            for base in bases:
                 mine[(setting, base)] = decisions.get(
                     ((run, "compute"), (f"{pair}/{base}-{setting}", "compute"))
                 )
@@ -1558,7 +1559,6 @@ def frontier_goal(results: list[dict[str, Any]], pair: str) -> str:
             f"Goal (issue 21) on {PAIR_NAMES[pair]}: pending ({len(ready)} of {len(options)} options have "
             f"every claim at {GOAL_SEEDS} seeds)."
         )
-    bases = ("offpolicy", "joint")
     met = [
         option
         for option, c in ready.items()

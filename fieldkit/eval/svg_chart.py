@@ -92,6 +92,10 @@ def _label(value: float) -> str:
     return f"{value:g}"
 
 
+def _dash(line: Line) -> str:
+    return f' stroke-dasharray="{line.dash}"' if line.dash else ""
+
+
 def _text(content: str, place: str, anchor: str = "middle") -> str:
     return f'<text {place} text-anchor="{anchor}">{html.escape(content)}</text>'
 
@@ -127,10 +131,9 @@ def _panel(panel: Panel, left: float, width: float, height: float) -> list[str]:
         out.append(_text(_label(tick), f'x="{x0 - 4}" y="{y}" dy="0.35em"', anchor="end"))
     for line in lines:
         points = " ".join(f"{_number(px(x))},{_number(py(y))}" for x, y in zip(line.x, line.y, strict=True))
-        dash = f' stroke-dasharray="{line.dash}"' if line.dash else ""
         out.append(
             f'<polyline points="{points}" fill="none" stroke="{line.colour}" stroke-width="{line.width}"'
-            f' stroke-opacity="{line.opacity}"{dash}/>'
+            f' stroke-opacity="{line.opacity}"{_dash(line)}/>'
         )
         if line.markers:
             out += [
@@ -160,10 +163,8 @@ def chart(panels: Sequence[Panel], *, width: float = 720, height: float = 320) -
     per_row = max(1, int(width // LEGEND_ITEM))
     for i, (label, line) in enumerate(labelled.items()):
         x, y = MARGIN["left"] + (i % per_row) * LEGEND_ITEM, height + (i // per_row) * LEGEND_ROW + 6
-        dash = f' stroke-dasharray="{line.dash}"' if line.dash else ""
-        body.append(
-            f'<line x1="{x}" x2="{x + 24}" y1="{y}" y2="{y}" stroke="{line.colour}" stroke-width="2"{dash}/>'
-        )
+        swatch = f'x1="{x}" x2="{x + 24}" y1="{y}" y2="{y}"'
+        body.append(f'<line {swatch} stroke="{line.colour}" stroke-width="2"{_dash(line)}/>')
         body.append(_text(label, f'x="{x + 30}" y="{y}" dy="0.35em"', anchor="start"))
     total = height + math.ceil(len(labelled) / per_row) * LEGEND_ROW
     return (
