@@ -100,7 +100,10 @@ def test_a_write_that_fails_for_lack_of_space_is_a_user_error(graph: Path, tmp_p
 
 def test_a_second_run_cannot_write_a_folder_a_live_run_holds(graph: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    # A long run that writes no checkpoint before it is killed, however fast the machine runs it.
     slow = graph.read_text().replace("steps: 4, batch_size", "steps: 100000, batch_size")
+    slow = slow.replace("checkpoint_every: 2", "checkpoint_every: 100000")
+    assert slow.count("100000") == 2
     slow_graph = tmp_path / "slow.yaml"
     slow_graph.write_text(slow)
     env = {**os.environ, "FIELDKIT_LOAD_PLUGINS": ""}
