@@ -666,6 +666,106 @@ def code_fingerprint(root: Path | None = None) -> str:
     return digest.hexdigest()[:12]
 
 
+# -- code versions verified to rerun the study's runs bit for bit ------------------------------------------
+
+# OUT/SAME_CODE: a line per code version that ``verify`` found to rerun another version's runs.
+SAME_CODE = "same-code.jsonl"
+# What a rerun must give again, to the last bit: every field of a record but those that time it (or name it).
+NOT_COMPARED = frozenset(
+    {"key", "world", "code", "train_seconds", "eval_seconds", "wall_seconds", "sec_per_step", "time_per_step"}
+)
+
+
+def study_code(out: Path) -> str:
+    """The code version this checkout's runs are keyed by: :func:`code_fingerprint`, or the earlier version
+    that ``OUT/same-code.jsonl`` records it reruns bit for bit (``verify``), followed to its first."""
+    same = {r["code"]: r["same_as"] for r in _read_jsonl(out / SAME_CODE)}
+    code, seen = code_fingerprint(), set()
+    while code in same and code not in seen:
+        seen.add(code)
+        code = same[code]
+    return code
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` (none when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def verification_sample(
+    results: list[dict[str, Any]], code: str, settings: Settings, world: str
+) -> list[dict[str, Any]]:
+    """One committed run of ``code`` per method label (a run name's last part: ``danceopd``, ``reuse4``,
+    ``merge-ta``, ...), the quickest, among those whose key these settings reproduce (so that a rerun is
+    the same run). A run matched in wall-clock time is no sample: its budget is a measured time."""
+    quickest: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.get("code") != code or r.get("world") != world or r["name"] not in _plan_names():
+            continue
+        if r["matched"] == "time":
+            continue
+        if r["key"] != run_key(_run_named(r["name"]), r["seed"], r["matched"], settings, world, code):
+            continue
+        label = r["name"].rsplit("/", 1)[-1]
+        if label not in quickest or r["wall_seconds"] < quickest[label]["wall_seconds"]:
+            quickest[label] = r
+    return [quickest[label] for label in sorted(quickest)]
+
+
+@functools.cache
+def _plan_names() -> frozenset[str]:
+    return frozenset(run.name for runs in comparisons().values() for run in runs)
+
+
+def differences(record: dict[str, Any], again: dict[str, Any]) -> list[str]:
+    """The fields (but :data:`NOT_COMPARED`) in which a rerun differs from its committed record."""
+    fields = (set(record) | set(again)) - NOT_COMPARED
+    return sorted(f for f in fields if json.dumps(record.get(f)) != json.dumps(again.get(f)))
+
+
+def verify(out: Path, settings: Settings) -> bool:
+    """Rerun :func:`verification_sample` of ``OUT/results.jsonl`` with this checkout's code; when every
+    rerun equals its record (but timings), record in ``OUT/same-code.jsonl`` that this code reruns the
+    results' code version, so that the study keeps their keys. True when this code is (now) that version."""
+    results = read_results(out / "results.jsonl")
+    if not results:
+        sys.exit(f"no results in {out / 'results.jsonl'}: nothing to verify")
+    target = Counter(r["code"] for r in results).most_common(1)[0][0]
+    head = code_fingerprint()
+    if study_code(out) == target:
+        print(f"this checkout's code ({head}) is the results' code version ({target}): nothing to verify")
+        return True
+    world = world_fingerprint()
+    sample = verification_sample(results, target, settings, world)
+    if not sample:
+        sys.exit(
+            f"no run of code {target} in {out / 'results.jsonl'} has the key these settings give: pass the "
+            "study's own settings (--eval-samples, --curve-samples, --steps, --set), at the same world"
+        )
+    print(f"rerunning {len(sample)} runs of code {target} with this checkout's code ({head})", flush=True)
+    failed = []
+    for record in sample:
+        run = _run_named(record["name"])
+        budget = None
+        if record["matched"] in TWINS:
+            ref = run_key(_run_named(str(run.ref)), record["seed"], "steps", settings, world, target)
+            budget = _reference_budget(results, ref, record["matched"])
+        again = execute(run, record["seed"], record["matched"], settings, budget)
+        diff = differences(record, again)
+        print(f"  {record['key']}: {'differs in ' + ', '.join(diff) if diff else 'the same'}", flush=True)
+        failed += [record["key"]] if diff else []
+    if failed:
+        print(f"{len(failed)} of {len(sample)} reruns differ: this code re-keys the study (rerun it)")
+        return False
+    line = {"code": head, "same_as": target, "runs": [r["key"] for r in sample]}
+    with (out / SAME_CODE).open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    print(f"every rerun is the same: {out / SAME_CODE} records code {head} as rerunning {target}")
+    return True
+
+
 def overrides_of(run: Run, seed: int, matched: str, settings: Settings) -> list[str]:
     """Every override a run is trained with: the stated settings, then the run's own, then the study's."""
     steps = settings.steps if matched == "steps" else 10**9
@@ -716,10 +816,7 @@ def _run_named(name: str) -> Run:
 def read_results(path: Path) -> list[dict[str, Any]]:
     """The runs of ``path``, one per (name, seed, budget): a run rerun under a new key (changed code, world
     or graph) replaces the earlier line, which stays in the file as history but is never counted again."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    latest = {(r["name"], r["seed"], r["matched"]): r for r in rows}
+    latest = {(r["name"], r["seed"], r["matched"]): r for r in _read_jsonl(path)}
     return list(latest.values())
 
 
@@ -1032,7 +1129,7 @@ def study(args: argparse.Namespace) -> None:
         print(f"skip {name}: {why}")
     if args.runs:  # only the runs named (shell patterns), e.g. --runs 't2i_edit_specialist/*'
         todo = [t for t in todo if any(fnmatch.fnmatch(t[0].name, pat) for pat in args.runs.split(","))]
-    world, code = world_fingerprint(), code_fingerprint()
+    world, code = world_fingerprint(), study_code(out)
     claims = out / "claims"
     claims.mkdir(exist_ok=True)
     waiting = todo
@@ -1839,7 +1936,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "report", "list"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "report", "list", "verify"])
     parser.add_argument("--out", default="docs/reproduction", help="results folder (results.jsonl, plots)")
     parser.add_argument("--quick", action="store_true", help="one seed, 4 steps, tiny evals: a smoke test")
     parser.add_argument(
@@ -1885,7 +1982,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.command == "list":
-        settings, world, code = settings_of(args), world_fingerprint(), code_fingerprint()
+        settings, world, code = settings_of(args), world_fingerprint(), study_code(Path(args.out))
         for run, seed, matched in plan(list(comparisons()), args.seeds, args.matched.split(",")):
             overrides = overrides_of(run, seed, matched, settings)
             print(run_key(run, seed, matched, settings, world, code), " ".join(overrides), sep="  ")
@@ -1893,6 +1990,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             run = _run_named(name)
             print(f"skip {name}  {' '.join(run.overrides)}  ({why})")
         return
+    if args.command == "verify":
+        sys.exit(0 if verify(Path(args.out), settings_of(args)) else 1)
     if args.command == "run":
         study(args)
     if args.command == "report" or args.report:

@@ -592,3 +592,54 @@ def test_a_run_rerun_under_a_new_key_replaces_its_earlier_line(tmp_path: Path) -
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     kept = repro.read_results(path)
     assert sorted(r["key"] for r in kept) == ["c0", "new", "s1"]
+
+
+# -- code versions verified to rerun the study -----------------------------------------------------------
+
+
+def test_study_code_follows_recorded_equivalences_to_the_first_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repro = _load()
+    monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "c3")
+    assert repro.study_code(tmp_path) == "c3"  # nothing recorded: the checkout's own version
+    lines = [{"code": "c2", "same_as": "c1"}, {"code": "c3", "same_as": "c2"}, {"code": "x", "same_as": "y"}]
+    (tmp_path / repro.SAME_CODE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert repro.study_code(tmp_path) == "c1"
+    (tmp_path / repro.SAME_CODE).write_text(json.dumps({"code": "c3", "same_as": "c3"}) + "\n")
+    assert repro.study_code(tmp_path) == "c3"  # a loop ends where it started
+
+
+def test_verify_records_a_code_version_only_when_its_reruns_are_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study run at code version A; this checkout is version B. ``verify`` reruns one run per method with
+    B, and only if every field but the timings is the same records B as rerunning A, so that the study keeps
+    its keys (a rerun of the study then runs nothing). A run that differs (here a tampered score) records
+    nothing and fails."""
+    repro = _load()
+    study = ["--quick", "--matched", "steps", "--out", str(tmp_path)]
+    study += ["--runs", "local_global/teachers,local_global/offpolicy-a"]
+    monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "version-a")
+    repro.main(study)
+    results = tmp_path / "results.jsonl"
+    committed = results.read_text()
+    assert {json.loads(line)["code"] for line in committed.splitlines()} == {"version-a"}
+
+    monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "version-b")
+    assert repro.verify(tmp_path, repro.QUICK)
+    recorded = [json.loads(line) for line in (tmp_path / repro.SAME_CODE).read_text().splitlines()]
+    assert [(r["code"], r["same_as"], len(r["runs"])) for r in recorded] == [("version-b", "version-a", 2)]
+    assert repro.study_code(tmp_path) == "version-a"
+    repro.main(study)  # every run is already there under version A's keys
+    assert results.read_text() == committed
+
+    tampered = [json.loads(line) for line in committed.splitlines()]
+    train = next(r for r in tampered if r["kind"] == "train")
+    train["scores"]["student"]["combined"] += 1e-9
+    results.write_text("".join(json.dumps(r) + "\n" for r in tampered))
+    monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "version-c")
+    assert not repro.verify(tmp_path, repro.QUICK)
+    assert repro.study_code(tmp_path) == "version-c"  # nothing recorded for it
+    assert repro.differences(train, {**train, "wall_seconds": 0.0, "sec_per_step": 9.0}) == []
+    assert repro.differences(train, {**train, "passes": train["passes"] + 1}) == ["passes"]
