@@ -277,25 +277,37 @@ def main_runs(steps: int = MAIN_STEPS) -> Path:
     return MAIN_RUNS if steps == MAIN_STEPS else MAIN_RUNS.with_name(f"{MAIN_RUNS.name}-{steps}")
 
 
-def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_STEPS) -> Path:
-    """Train the main job (``graph.yaml``, ``student.init=init``, seed ``seed``; the engine's own EMA off,
-    side EMAs at ``MAIN_DECAYS`` instead) and record, every ``MAIN_EVERY`` updates and at the end, every copy
-    of the weights and the teachers on the validation and the test halves of the held-out digits (the
-    seed's evaluation draw). The record is rewritten at every checkpoint; it is complete at the end."""
+def main_run(
+    init: str,
+    seed: int,
+    folder: Path = MAIN_RUNS,
+    steps: int = MAIN_STEPS,
+    weights: dict[str, float] | None = None,
+) -> Path:
+    """Train the main job (``graph.yaml``, ``student.init=init``, the routes' routing ``weights`` where given,
+    seed ``seed``; the engine's own EMA off, side EMAs at ``MAIN_DECAYS`` instead) and record, every
+    ``MAIN_EVERY`` updates and at the end, every copy of the weights and the teachers on the validation and
+    the test halves of the held-out digits (the seed's evaluation draw). The record (``CANDIDATE-seedN.json``,
+    the candidate named by :func:`candidate_name`) is rewritten at every checkpoint; complete at the end."""
     from fieldkit import load_graph
     from fieldkit.distill.ema import EMA
     from fieldkit.distill.engine import Engine
 
+    weights = weights or {}
     overrides = [f"student.init={init}", "student.ema=null", f"run.seed={seed}", f"run.steps={steps}"]
+    overrides += [f"routes.{route}.weight={w:g}" for route, w in sorted(weights.items())]
+    name = candidate_name(init, weights)
     graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])
     engine = Engine(graph, None, show_progress=False, write=False)
     emas = {f"ema{d:g}": EMA(engine.session.student, d) for d in MAIN_DECAYS}
     teachers = {r.name + "_teacher": r.field for r in engine.session.router.routes}
     at = eval_seed(seed)
     record: dict[str, Any] = {"init": init, "seed": seed, "overrides": overrides, "steps": steps, "curve": []}
+    if name != init:
+        record["candidate"] = name
     record.update(world=world_fingerprint(), code=code_fingerprint())
     record["teachers"] = {s: score_fields(engine, teachers, MAIN_SAMPLES, at, s) for s in SPLITS}
-    path = folder / f"{init}-seed{seed}.json"
+    path = folder / f"{name}-seed{seed}.json"
     for report in engine.steps():
         if not report.applied:
             continue
@@ -317,17 +329,27 @@ def main_run(init: str, seed: int, folder: Path = MAIN_RUNS, steps: int = MAIN_S
     return path
 
 
+def candidate_name(init: str, weights: dict[str, float]) -> str:
+    """A candidate's name: its init, then each route weight it sets (``arith+global2``)."""
+    return init + "".join(f"+{route}{w:g}" for route, w in sorted(weights.items()))
+
+
+def _candidate(record: dict[str, Any]) -> str:
+    """The candidate a record trains (records of init-only candidates name only their init)."""
+    return str(record.get("candidate", record["init"]))
+
+
 def _worst_ratio(student: dict[str, float], teachers: dict[str, dict[str, float]]) -> float:
     """The lowest student / teacher score ratio over the routes."""
     return min(_bars(student, teachers)[0].values())
 
 
 def select(records: Sequence[dict[str, Any]]) -> tuple[str, str, int]:
-    """The (init, weights, step) whose worst route ratio to its teacher, on validation and averaged over
-    the seeds, is highest (ties: the fewer steps); only complete records of every seed take part."""
+    """The (candidate, weights, step) whose worst route ratio to its teacher, on validation and averaged
+    over the seeds, is highest (ties: the fewer steps); only complete records of every seed take part."""
     best: tuple[float, int, tuple[str, str, int]] | None = None
-    for init in sorted({r["init"] for r in records}):
-        runs = [r for r in records if r["init"] == init and r.get("complete")]
+    for init in sorted({_candidate(r) for r in records}):
+        runs = [r for r in records if _candidate(r) == init and r.get("complete")]
         if {r["seed"] for r in runs} != set(MAIN_SEEDS):
             continue
         for i, point in enumerate(runs[0]["curve"]):
@@ -357,7 +379,8 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
             f"Pending: the main job over seeds needs a complete record for every seed of {MAIN_SEEDS} "
             f"under `docs/digits/{main_runs(steps).name}/` (complete so far: {done})."
         )
-    runs = sorted((r for r in records if r["init"] == init and r.get("complete")), key=lambda r: r["seed"])
+    chosen = (r for r in records if _candidate(r) == init and r.get("complete"))
+    runs = sorted(chosen, key=lambda r: r["seed"])
     rows = []
     for r in runs:
         point = next(p for p in r["curve"] if p["step"] == step)
@@ -366,7 +389,8 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
         best = max(t["combined"] for t in teachers.values())
         rows.append((r["seed"], ratios, student["combined"], best))
     lines = [
-        f"Chosen on validation: init `{init}`, weights `{weights}`, {step} updates "
+        f"Chosen on validation: {'candidate' if '+' in init else 'init'} `{init}`, weights `{weights}`, "
+        f"{step} updates "
         "(the highest worst-route ratio to the teachers, mean over seeds "
         f"{', '.join(map(str, MAIN_SEEDS))}).",
         "",
@@ -399,8 +423,8 @@ def _left_out(records: Sequence[dict[str, Any]], chosen: str) -> list[str]:
     """A line per candidate init that did not take part in the choice (not complete on every seed), with
     how far each of its records got and its best worst-route ratio on validation there."""
     lines = []
-    for init in sorted({r["init"] for r in records} - {chosen}):
-        runs = sorted((r for r in records if r["init"] == init), key=lambda r: r["seed"])
+    for init in sorted({_candidate(r) for r in records} - {chosen}):
+        runs = sorted((r for r in records if _candidate(r) == init), key=lambda r: r["seed"])
         if {r["seed"] for r in runs if r.get("complete")} == set(MAIN_SEEDS):
             continue
         parts = []
@@ -430,6 +454,18 @@ def _updates(text: str) -> int:
     return steps
 
 
+def _route_weight(text: str) -> tuple[str, float]:
+    """``--route-weight ROUTE=W``: one of the main job's routes and a positive weight."""
+    route, _, value = text.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if route not in ("t2i", "local", "global") or not (0 < weight < 1e6):
+        raise argparse.ArgumentTypeError(f"{text!r}: give ROUTE=W with ROUTE t2i, local or global and W > 0")
+    return route, weight
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -443,6 +479,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("main-job", help="print the main job's table from docs/digits/main-job-results.json")
     m = sub.add_parser("main-run", help="train one candidate of the main job over seeds")
     m.add_argument("--init", choices=MAIN_INITS, required=True)
+    m.add_argument(
+        "--route-weight",
+        type=_route_weight,
+        action="append",
+        default=[],
+        metavar="ROUTE=W",
+        help="a route's routing weight (default 1 each; the candidate is named for it: arith+global2)",
+    )
     m.add_argument("--seed", type=int, choices=MAIN_SEEDS, required=True)
     steps_help = f"updates per run (default {MAIN_STEPS}; another length keeps its records apart)"
     m.add_argument("--steps", type=_updates, default=MAIN_STEPS, help=steps_help)
@@ -454,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "main-job":
         print(main_job_table(json.loads(MAIN_JOB.read_text())), end="")
     if args.command == "main-run":
-        print(main_run(args.init, args.seed, main_runs(args.steps), args.steps))
+        weights = dict(args.route_weight)
+        print(main_run(args.init, args.seed, main_runs(args.steps), args.steps, weights))
     if args.command == "main-seeds":
         print(main_seeds_table(read_main(main_runs(args.steps)), args.steps), end="")
     if args.command == "run":

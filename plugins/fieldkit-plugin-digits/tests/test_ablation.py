@@ -99,6 +99,28 @@ def test_a_candidate_stopped_early_is_named_and_takes_no_part_in_the_choice():
     assert "`local`: seed 0 stopped at 200 updates, best worst-route ratio on validation 0.989." in table
 
 
+def test_a_route_weight_candidate_competes_under_its_own_name(capsys):
+    """``arith+global2`` (the same init, the global route weighted 2) is its own candidate: its records beside
+    ``arith``'s, chosen when better on validation, named in the table; a bad weight is refused."""
+    ablation = _load()
+    assert ablation.candidate_name("arith", {"global": 2.0}) == "arith+global2"
+    assert ablation.candidate_name("arith", {}) == "arith"
+    base = [_main_record("arith", s, {400: (0.84, 0.84)}) for s in ablation.MAIN_SEEDS]
+    weighted = [
+        {**_main_record("arith", s, {400: (0.87, 0.86)}), "candidate": "arith+global2"}
+        for s in ablation.MAIN_SEEDS
+    ]
+    assert ablation.select([*base, *weighted]) == ("arith+global2", "online", 400)
+    assert "candidate `arith+global2`, weights `online`, 400 updates" in ablation.main_seeds_table(
+        [*base, *weighted]
+    )
+    assert ablation.select([*base, *weighted[:2]])[0] == "arith"  # incomplete: no part in the choice
+    for bad in ("global=0", "global=-1", "edit=2", "global", "global=two"):
+        with pytest.raises(SystemExit):
+            ablation.main(["main-run", "--init", "arith", "--seed", "0", "--route-weight", bad])
+        assert "give ROUTE=W" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("steps", [1600, 2400])
 def test_the_digits_page_holds_the_main_job_over_seeds(steps: int):
     """The declared protocol (1600 updates) and its longer follow-up each have their generated block."""
