@@ -1500,6 +1500,7 @@ def v3_tables(results: list[dict[str, Any]], images: str = "") -> dict[str, str]
         "specialist": specialist,
         "frontier": frontier_tables(results, images),
         "many": many_table(results),
+        "choice": choice_table(results),
     }
 
 
@@ -1680,6 +1681,54 @@ def frontier_goal(results: list[dict[str, Any]], pair: str) -> str:
         f"Closest: {closest}, whose worst margin at matched compute is {margin:+.3f} [{lo:+.3f}, {hi:+.3f}] "
         f"against {against}."
     )
+
+
+CHOICE_PAIRS = {"local_global": "Local + Global", "t2i_edit_specialist": "T2I + edit specialist"}
+
+
+def choice_table(results: list[dict[str, Any]]) -> str:
+    """docs/concepts.md's "choosing a method" block, from the frontier's runs: every method's combined test
+    score (mean and 95% interval over seeds) on both pairs in both data settings, DanceOPD at its steps and
+    the others at its compute, whether it reads the buckets' targets and its passes per sample; then every
+    difference among them that the rule decides (Holm over every claim of the results)."""
+    from fieldkit.eval.verdict import WITHIN_NOISE
+
+    index, decisions = _by_seed(results), _decisions(results)
+    cols = [(pair, setting) for pair in FRONTIER_PAIRS for setting in SETTINGS]
+    options = frontier_options(FRONTIER_PAIRS[0])
+    reads = {"danceopd": False, "offpolicy": True, "joint": True, **{o: r for o, (_, r) in options.items()}}
+    head = ["method", "reads targets", "passes per sample"]
+    head += [f"{CHOICE_PAIRS[pair]} ({setting})" for pair, setting in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    where: dict[tuple[str, str], str] = {}  # a run (name, matched) -> how the list below names it
+    for label in frontier_lines(*cols[0]):
+        keys = [frontier_lines(pair, setting)[label] for pair, setting in cols]
+        for (pair, setting), key in zip(cols, keys, strict=True):
+            shared = not reads[label]
+            where[key] = f"{label} on {CHOICE_PAIRS[pair]} ({'both settings' if shared else setting})"
+        first = [index[keys[0]][s] for s in sorted(index.get(keys[0], {}))]
+        per_sample = statistics.fmean(r["passes_per_sample"] for r in first) if first else math.nan
+        cells = [label, "yes" if reads[label] else "no", f"{per_sample:.1f}" if first else "pending"]
+        for key in keys:
+            cells.append(_mean_interval([_value(r, "combined") for r in index.get(key, {}).values()]))
+        lines.append("| " + " | ".join(cells) + " |")
+    decided = []
+    for (a, b), dec in decisions.items():
+        if a in where and b in where and dec.verdict != WITHIN_NOISE:
+            (hi, lo), sign = (a, b) if dec.diff.mean > 0 else (b, a), 1 if dec.diff.mean > 0 else -1
+            low, high = sorted(sign * v for v in dec.interval)
+            decided.append(
+                f"- {where[hi]} above {where[lo]}: {abs(dec.diff.mean):.3f} [{low:.3f}, {high:.3f}]"
+            )
+    claims = sum(1 for _, d, _ in verdict_rows(results) if d is not None)
+    lines += [
+        "",
+        f"Decided under the rule (95%, Holm over the {claims} claims of the study), among these runs "
+        "(the difference of the combined scores and its 95% interval):",
+        "",
+        *(sorted(decided) or ["- none"]),
+    ]
+    return "\n".join(lines)
 
 
 def frontier_tables(results: list[dict[str, Any]], images: str = "") -> str:
@@ -1974,7 +2023,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--git-commit", action="store_true", help="git-commit OUT/results.jsonl after every finished run"
     )
     parser.add_argument(
-        "--page", default=None, help="a page whose <!-- table:NAME --> blocks the report rewrites"
+        "--page",
+        action="append",
+        default=[],
+        help="a page whose <!-- table:NAME --> blocks the report rewrites (repeatable)",
     )
     args = parser.parse_args(argv)
     args.seeds = (
@@ -1997,9 +2049,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "report" or args.report:
         print(report(args))
         if args.page:
-            page = Path(args.page)
             frontier_plots(read_results(Path(args.out) / "v3" / "results.jsonl"), Path(args.out) / "v3")
-            page.write_text(fill_page(page.read_text(), all_page_tables(Path(args.out))))
+            tables = all_page_tables(Path(args.out))
+            for page in map(Path, args.page):
+                page.write_text(fill_page(page.read_text(), tables))
 
 
 if __name__ == "__main__":

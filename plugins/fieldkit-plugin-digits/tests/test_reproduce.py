@@ -177,7 +177,9 @@ def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints() -> N
     root = SCRIPT.parents[2]
     page = (root / "docs" / "reproduction.md").read_text()
     tables = repro.all_page_tables(root / "docs" / "reproduction")
-    assert set(tables) >= {"summary", "specialist", *repro.comparisons()}
+    assert set(tables) >= {"summary", "specialist", "choice", *repro.comparisons()}
+    concepts = (root / "docs" / "concepts.md").read_text()
+    assert f"<!-- table:choice -->\n{tables.pop('choice')}\n<!-- /table:choice -->" in concepts
     for name, table in tables.items():
         assert table in page, f"docs/reproduction.md lacks the {name} table as the report prints it"
     # No verdict on the page that the rule did not give: every verdict cell comes from a printed table.
@@ -187,6 +189,45 @@ def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints() -> N
             ("| agrees |", "| disagrees |", "| within noise |")
         ):
             assert line in printed, line
+
+
+def test_the_method_guidance_follows_the_committed_results() -> None:
+    """docs/concepts.md's "Choosing a method" rests on these facts of the committed study; if a rerun
+    changes one, the guidance must change with it. At matched compute: every method that reads no targets
+    is decided above joint SFT in (b) on Local + Global; no method is decided above off-policy
+    distillation, nor any no-target method apart from it; off-policy costs fewer passes per sample than
+    every other distillation method, and reuse4 and the buffer about half of DanceOPD's."""
+    from fieldkit.eval.verdict import WITHIN_NOISE
+
+    repro = _load()
+    results = repro.read_results(SCRIPT.parents[2] / "docs" / "reproduction" / "v3" / "results.jsonl")
+    decisions = repro._decisions(results)
+    no_targets = [o for o, (_, reads) in repro.frontier_options("local_global").items() if not reads]
+    lines = repro.frontier_lines("local_global", "b")
+    for label in ("danceopd", *no_targets):
+        dec = decisions[(lines[label], lines["joint"])]
+        assert dec.verdict != WITHIN_NOISE and dec.diff.mean > 0, label
+    for pair in repro.FRONTIER_PAIRS:
+        for setting in repro.SETTINGS:
+            lines = repro.frontier_lines(pair, setting)
+            for label, run in lines.items():
+                for a, b in ((run, lines["offpolicy"]), (lines["offpolicy"], run)):
+                    dec = decisions.get((a, b))
+                    if dec is None or dec.verdict == WITHIN_NOISE:
+                        continue
+                    above = a if dec.diff.mean > 0 else b
+                    assert above == lines["offpolicy"], (pair, setting, label)
+                    assert label not in ("danceopd", *no_targets), (pair, setting, label)
+            index = repro._by_seed(results)
+            cost = {
+                label: statistics.fmean(r["passes_per_sample"] for r in index[run].values())
+                for label, run in lines.items()
+            }
+            assert all(
+                cost["offpolicy"] < c for label, c in cost.items() if label not in ("offpolicy", "joint")
+            )
+            for label in ("reuse4", "buffer"):
+                assert 0.4 < cost[label] / cost["danceopd"] < 0.6, (pair, label)
 
 
 def test_verdicts_follow_the_rule_on_the_committed_results() -> None:
