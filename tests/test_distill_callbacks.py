@@ -84,6 +84,30 @@ def test_the_default_grids_are_published_once_per_step(distill_world, tmp_path):
     ]
 
 
+def test_a_routes_field_row_is_drawn_once_per_run_and_equals_a_fresh_draw(
+    distill_world, tmp_path, monkeypatch
+):
+    """Grids at steps 3 and 6: the student's row is drawn at each, the (frozen) teacher's once, and the
+    kept row is the one a fresh draw gives."""
+    from fieldkit.distill import outputs
+
+    calls: list[tuple[Any, ...]] = []
+
+    def counting(field: Any, cond: Any, shape: Any, sigmas: Any, noise: Any, device: Any) -> torch.Tensor:
+        calls.append((field, cond, shape, sigmas, device))
+        return generate(field, cond, shape, sigmas, noise, device)
+
+    monkeypatch.setattr(outputs, "generate", counting)
+    grids = outputs.SampleGrids()
+    run = engine("run.sample_every=3", write=True, out=tmp_path / "run")
+    run.run(replace={"samples": grids})
+    teacher = run.session.router.routes[0].field
+    assert [c[0] is teacher for c in calls] == [True, False, False]  # teacher and student, then student
+    field, cond, shape, sigmas, device = calls[0]
+    fresh = generate(field, cond, shape, sigmas, torch.Generator().manual_seed(grids.seed), device)
+    assert torch.equal(grids.field_rows["r"], fresh)
+
+
 def test_trackers_log_the_grids_a_users_grid_callback_publishes(distill_world, tmp_path):
     pytest.importorskip("tensorboard", reason="pip install 'fieldkit[trackers]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

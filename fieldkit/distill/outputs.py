@@ -93,11 +93,13 @@ class SampleGrids(Callback):
     """A grid per route every ``run.sample_every`` steps and at the end of the run: the route's field (or its
     data) in the top row, the student below, from ``n`` conditions and noise drawn with ``seed``. Under FSDP
     every process computes them (sharded forwards are collectives); the main process writes
-    ``samples/step-STEP-ROUTE.png``. Publishes the grids (``on_samples``)."""
+    ``samples/step-STEP-ROUTE.png``. Publishes the grids (``on_samples``). The fields are frozen and the
+    conditions and noise the same at every grid, so a route's field row is drawn once per run and kept."""
 
     def __init__(self, n: int = 8, seed: int = 1234) -> None:
         self.n, self.seed = n, seed
         self.drawn_at = -1  # the step whose grids were last drawn (the end of a run may repeat it)
+        self.field_rows: dict[str, torch.Tensor] = {}  # route -> its field's row, drawn at the first grid
 
     def on_update_end(self, run: RunView, report: StepReport) -> None:
         if report.applied and every(report.step, run.run_spec.sample_every):
@@ -124,8 +126,12 @@ class SampleGrids(Callback):
                 labels.append("source")
             if route.field is not None:
                 labels.append(f"teacher: {run.field_name(route.name)}")
-                noise = torch.Generator().manual_seed(self.seed)
-                rows.append(generate(route.field, batch.cond, shape, sigmas, noise, run.device))
+                if route.name not in self.field_rows:
+                    noise = torch.Generator().manual_seed(self.seed)
+                    self.field_rows[route.name] = generate(
+                        route.field, batch.cond, shape, sigmas, noise, run.device
+                    )
+                rows.append(self.field_rows[route.name])
             elif batch.target is not None:
                 rows.append(batch.target)
                 labels.append("data")
