@@ -1499,7 +1499,7 @@ def v3_tables(results: list[dict[str, Any]], images: str = "") -> dict[str, str]
     return {
         "specialist": specialist,
         "frontier": frontier_tables(results, images),
-        "many": many_table(results),
+        "many": many_table(results, images),
         "choice": choice_table(results),
     }
 
@@ -1765,24 +1765,30 @@ def _worst_ratio(record: dict[str, Any], teachers: dict[str, Any] | None) -> flo
     return min(ratios, default=math.nan)
 
 
-def many_table(results: list[dict[str, Any]]) -> str:
+def many_runs(n: int) -> list[tuple[str, str, str]]:
+    """The many-teachers runs at ``n`` capability teachers: ``(method, run, matched)``, "-" for the merge."""
+    return [
+        ("DanceOPD", f"caps{n}/danceopd", "steps"),
+        *(
+            (method, f"caps{n}/{run}", m)
+            for method, run in (("off-policy", "offpolicy"), ("joint SFT", "joint"))
+            for m in ("steps", "compute")
+        ),
+        ("tuned merge", f"caps{n}/merge-ta", "-"),
+    ]
+
+
+def many_table(results: list[dict[str, Any]], images: str = "") -> str:
     """Many teachers, per N: each method's combined test score and worst route's ratio to its teacher (mean
     and 95% interval over seeds), its training passes per sample and the bytes its teachers hold (distinct
-    parameters and buffers of the route fields: LoRA teachers over one base count the base once)."""
+    parameters and buffers of the route fields: LoRA teachers over one base count the base once); then the
+    plot of both scores against N (``images`` + its file name) once every N has run."""
     index = _by_seed(results)
     head = ["N", "method", "run", "seeds", "combined", "worst route / its teacher", "passes per sample"]
     lines = ["| " + " | ".join([*head, "teachers (MiB)"]) + " |", "|" + "---|" * (len(head) + 1)]
     for n in CAPS:
         teachers = index.get((f"caps{n}/teachers", "-"), {})
-        for label, name, matched in (
-            ("DanceOPD", f"caps{n}/danceopd", "steps"),
-            *(
-                (method, f"caps{n}/{run}", m)
-                for method, run in (("off-policy", "offpolicy"), ("joint SFT", "joint"))
-                for m in ("steps", "compute")
-            ),
-            ("tuned merge", f"caps{n}/merge-ta", "-"),
-        ):
+        for label, name, matched in many_runs(n):
             recs = index.get((name, matched), {})
             seeds = sorted(recs)
             combined = _mean_interval([_value(recs[s], "combined") for s in seeds])
@@ -1795,7 +1801,47 @@ def many_table(results: list[dict[str, Any]]) -> str:
             run = name if matched == "-" else f"{name} ({matched})"
             cells = [str(n), label, run, str(len(seeds)), combined, worst, passes, mib]
             lines.append("| " + " | ".join(cells) + " |")
+    if many_bands(results):
+        lines += ["", f"![many teachers]({images}{MANY_PLOT})"]
     return "\n".join(lines)
+
+
+MANY_PLOT = "many-teachers.png"
+
+
+def many_bands(results: list[dict[str, Any]]) -> dict[str, list[Band]]:
+    """The many-teachers plot: per score (combined; the worst route's ratio to its teacher) one band per
+    method against N, over the seeds that ran at every N; empty until one has."""
+    from fieldkit.eval.report_plots import seed_band
+
+    index = _by_seed(results)
+    panels: dict[str, list[Band]] = {"combined": [], "worst route / its teacher": []}
+    for i, (label, _, matched) in enumerate(many_runs(CAPS[0])):
+        runs = {n: many_runs(n)[i][1] for n in CAPS}
+        method = label if matched == "-" else f"{label} ({matched})"
+        seeds = set.intersection(*(set(index.get((run, matched), {})) for run in runs.values()))
+        if not seeds:
+            continue
+        combined, worst = [], []
+        for s in sorted(seeds):
+            recs = {n: index[(runs[n], matched)][s] for n in CAPS}
+            teachers = {n: index.get((f"caps{n}/teachers", "-"), {}).get(s) for n in CAPS}
+            combined.append([(float(n), _value(recs[n], "combined")) for n in CAPS])
+            worst.append([(float(n), _worst_ratio(recs[n], teachers[n])) for n in CAPS])
+        panels["combined"].append(seed_band(method, combined))
+        panels["worst route / its teacher"].append(seed_band(method, worst))
+    return {k: v for k, v in panels.items() if v}
+
+
+def many_plot(results: list[dict[str, Any]], folder: Path) -> Path | None:
+    """``folder/many-teachers.png`` (:func:`many_bands` against N); None before a method ran at every N."""
+    from fieldkit.eval.report_plots import band_plot
+
+    panels = many_bands(results)
+    if not panels:
+        return None
+    title = "Many teachers: the T2I base and N capability LoRAs; mean over seeds, 95% interval"
+    return band_plot(panels, folder / MANY_PLOT, xlabel="capability teachers N", title=title)
 
 
 def pending_notes(selected: Sequence[str]) -> list[str]:
@@ -2049,7 +2095,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "report" or args.report:
         print(report(args))
         if args.page:
-            frontier_plots(read_results(Path(args.out) / "v3" / "results.jsonl"), Path(args.out) / "v3")
+            v3 = read_results(Path(args.out) / "v3" / "results.jsonl")
+            frontier_plots(v3, Path(args.out) / "v3")
+            many_plot(v3, Path(args.out) / "v3")
             tables = all_page_tables(Path(args.out))
             for page in map(Path, args.page):
                 page.write_text(fill_page(page.read_text(), tables))

@@ -571,6 +571,41 @@ def test_many_teachers_waits_for_its_graphs_and_scores_the_worst_route(tmp_path:
     assert "| 4 | tuned merge | caps4/merge-ta | 0 | pending | pending | pending | pending |" in table
 
 
+def test_the_many_teachers_plot_has_a_band_per_method_over_the_seeds_run_at_every_n() -> None:
+    """DanceOPD ran at N = 2, 4, 8 on seeds 0 and 1 (seed 2 only at N = 2: left out of the band); each
+    point is the seeds' mean, combined and worst route / its teacher. Nothing else ran at every N: no band."""
+    repro = _load()
+    records = []
+    for n in repro.CAPS:
+        for seed in (0, 1, 2) if n == 2 else (0, 1):
+            teachers = {"t2i_teacher": {"t2i/score": 1.0}, "rot_teacher": {"rot/score": 0.5}}
+            records.append(
+                {
+                    "name": f"caps{n}/teachers",
+                    "seed": seed,
+                    "matched": "steps",
+                    "kind": "eval",
+                    "scores": teachers,
+                }
+            )
+            run = _trained(f"caps{n}/danceopd", seed, "steps", 0.0)
+            run["scores"] = {
+                "student": {"combined": n / 10 + seed, "t2i/score": 0.5, "rot/score": 0.1 * seed}
+            }
+            records.append(run)
+    records.append(_trained("caps2/offpolicy", 0, "steps", 0.0))  # at N = 2 only
+    panels = repro.many_bands(records)
+    assert {k: [b.label for b in v] for k, v in panels.items()} == {
+        "combined": ["DanceOPD (steps)"],
+        "worst route / its teacher": ["DanceOPD (steps)"],
+    }
+    combined, worst = panels["combined"][0], panels["worst route / its teacher"][0]
+    assert list(combined.x) == [2.0, 4.0, 8.0]
+    assert list(combined.mean) == pytest.approx([n / 10 + 0.5 for n in repro.CAPS])  # seeds 0 and 1
+    assert list(worst.mean) == pytest.approx([0.1, 0.1, 0.1])  # rot: (0 + 0.2) / 2, below t2i's 0.5
+    assert repro.many_bands([records[0], records[1]]) == {}
+
+
 def test_a_frontier_run_records_its_curve_with_the_passes_spent() -> None:
     """At matched compute a frontier run scores the student at the start, at each fraction of its budget
     (the first update whose passes reach it) and at its end, each point with the training passes spent."""
