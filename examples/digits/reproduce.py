@@ -678,10 +678,11 @@ NOT_COMPARED = frozenset(
 
 def study_code(out: Path) -> str:
     """The code version this checkout's runs are keyed by: :func:`code_fingerprint`, or the earlier version
-    that ``OUT/same-code.jsonl`` records it reruns bit for bit (``verify``), followed to its first."""
+    that ``OUT/same-code.jsonl`` records it reruns bit for bit (``verify``), followed to its first. A code's
+    last line decides: one whose ``same_as`` is null (a later rerun differed) keys by the code itself."""
     same = {r["code"]: r["same_as"] for r in _read_jsonl(out / SAME_CODE)}
     code, seen = code_fingerprint(), set()
-    while code in same and code not in seen:
+    while same.get(code) is not None and code not in seen:
         seen.add(code)
         code = same[code]
     return code
@@ -726,24 +727,35 @@ def differences(record: dict[str, Any], again: dict[str, Any]) -> list[str]:
 
 
 def verify(out: Path, settings: Settings) -> bool:
-    """Rerun :func:`verification_sample` of ``OUT/results.jsonl`` with this checkout's code; when every
-    rerun equals its record (but timings), record in ``OUT/same-code.jsonl`` that this code reruns the
-    results' code version, so that the study keeps their keys. True when this code is (now) that version."""
+    """Rerun :func:`verification_sample` of ``OUT/results.jsonl`` with this checkout's code, but the method
+    labels an earlier ``verify`` of this code already checked; when every rerun equals its record (but
+    timings), append to ``OUT/same-code.jsonl`` that this code reruns the results' code version (so that the
+    study keeps their keys), else that it does not (``same_as`` null: it re-keys). True when this code
+    reruns that version (or is it)."""
     results = read_results(out / "results.jsonl")
     if not results:
         sys.exit(f"no results in {out / 'results.jsonl'}: nothing to verify")
     target = Counter(r["code"] for r in results).most_common(1)[0][0]
     head = code_fingerprint()
-    if study_code(out) == target:
-        print(f"this checkout's code ({head}) is the results' code version ({target}): nothing to verify")
+    if head == target:
+        print(f"this checkout's code ({head}) is the results' code version: nothing to verify")
         return True
+    lines = [r for r in _read_jsonl(out / SAME_CODE) if r["code"] == head]
+    if lines and lines[-1]["same_as"] is None:
+        print(f"this checkout's code ({head}) was found to differ from {target}: it re-keys the study")
+        return False
+    checked = {key.split("|")[0].rsplit("/", 1)[-1] for line in lines for key in line["runs"]}
     world = world_fingerprint()
-    sample = verification_sample(results, target, settings, world)
-    if not sample:
+    candidates = verification_sample(results, target, settings, world)
+    if not candidates:
         sys.exit(
             f"no run of code {target} in {out / 'results.jsonl'} has the key these settings give: pass the "
             "study's own settings (--eval-samples, --curve-samples, --steps, --set), at the same world"
         )
+    sample = [r for r in candidates if r["name"].rsplit("/", 1)[-1] not in checked]
+    if not sample:
+        print(f"this checkout's code ({head}) reruns {target}: every method label was checked already")
+        return True
     print(f"rerunning {len(sample)} runs of code {target} with this checkout's code ({head})", flush=True)
     failed = []
     for record in sample:
@@ -756,12 +768,12 @@ def verify(out: Path, settings: Settings) -> bool:
         diff = differences(record, again)
         print(f"  {record['key']}: {'differs in ' + ', '.join(diff) if diff else 'the same'}", flush=True)
         failed += [record["key"]] if diff else []
+    line = {"code": head, "same_as": None if failed else target, "runs": failed or [r["key"] for r in sample]}
+    with (out / SAME_CODE).open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
     if failed:
         print(f"{len(failed)} of {len(sample)} reruns differ: this code re-keys the study (rerun it)")
         return False
-    line = {"code": head, "same_as": target, "runs": [r["key"] for r in sample]}
-    with (out / SAME_CODE).open("a") as fh:
-        fh.write(json.dumps(line) + "\n")
     print(f"every rerun is the same: {out / SAME_CODE} records code {head} as rerunning {target}")
     return True
 

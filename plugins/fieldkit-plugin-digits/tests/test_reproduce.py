@@ -682,6 +682,9 @@ def test_study_code_follows_recorded_equivalences_to_the_first_version(
     lines = [{"code": "c2", "same_as": "c1"}, {"code": "c3", "same_as": "c2"}, {"code": "x", "same_as": "y"}]
     (tmp_path / repro.SAME_CODE).write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert repro.study_code(tmp_path) == "c1"
+    lines.append({"code": "c3", "same_as": None})  # a later verify found c3 to differ: its last line decides
+    (tmp_path / repro.SAME_CODE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert repro.study_code(tmp_path) == "c3"
     (tmp_path / repro.SAME_CODE).write_text(json.dumps({"code": "c3", "same_as": "c3"}) + "\n")
     assert repro.study_code(tmp_path) == "c3"  # a loop ends where it started
 
@@ -691,13 +694,13 @@ def test_verify_records_a_code_version_only_when_its_reruns_are_bit_identical(
 ) -> None:
     """A study run at code version A; this checkout is version B. ``verify`` reruns one run per method with
     B, and only if every field but the timings is the same records B as rerunning A, so that the study keeps
-    its keys (a rerun of the study then runs nothing). A run that differs (here a tampered score) records
-    nothing and fails."""
+    its keys (a rerun of the study then runs nothing). A method that lands later is checked by the next
+    ``verify``, the others not again. A run that differs (here a tampered score) records that the version
+    re-keys, and ``verify`` says so without rerunning."""
     repro = _load()
     study = ["--quick", "--matched", "steps", "--out", str(tmp_path)]
-    study += ["--runs", "local_global/teachers,local_global/offpolicy-a"]
     monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "version-a")
-    repro.main(study)
+    repro.main([*study, "--runs", "local_global/teachers,local_global/offpolicy-a"])
     results = tmp_path / "results.jsonl"
     committed = results.read_text()
     assert {json.loads(line)["code"] for line in committed.splitlines()} == {"version-a"}
@@ -707,15 +710,29 @@ def test_verify_records_a_code_version_only_when_its_reruns_are_bit_identical(
     recorded = [json.loads(line) for line in (tmp_path / repro.SAME_CODE).read_text().splitlines()]
     assert [(r["code"], r["same_as"], len(r["runs"])) for r in recorded] == [("version-b", "version-a", 2)]
     assert repro.study_code(tmp_path) == "version-a"
-    repro.main(study)  # every run is already there under version A's keys
+    repro.main([*study, "--runs", "local_global/teachers,local_global/offpolicy-a"])  # nothing left to run
     assert results.read_text() == committed
 
+    monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "version-a")
+    repro.main([*study, "--runs", "local_global/joint-a"])  # a new method lands, at version A
+    committed = results.read_text()
+    monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "version-b")
+    assert repro.verify(tmp_path, repro.QUICK)
+    recorded = [json.loads(line) for line in (tmp_path / repro.SAME_CODE).read_text().splitlines()]
+    assert [r["runs"][0].split("|")[0] for r in recorded[1:]] == ["local_global/joint-a"]  # only the new one
+    assert len(recorded) == 2 and repro.verify(tmp_path, repro.QUICK)  # nothing left: nothing appended
+    assert len((tmp_path / repro.SAME_CODE).read_text().splitlines()) == 2
+
     tampered = [json.loads(line) for line in committed.splitlines()]
-    train = next(r for r in tampered if r["kind"] == "train")
+    train = next(r for r in tampered if r["name"] == "local_global/offpolicy-a")
     train["scores"]["student"]["combined"] += 1e-9
     results.write_text("".join(json.dumps(r) + "\n" for r in tampered))
     monkeypatch.setattr(repro, "code_fingerprint", lambda root=None: "version-c")
     assert not repro.verify(tmp_path, repro.QUICK)
-    assert repro.study_code(tmp_path) == "version-c"  # nothing recorded for it
+    last = json.loads((tmp_path / repro.SAME_CODE).read_text().splitlines()[-1])
+    assert last == {"code": "version-c", "same_as": None, "runs": [train["key"]]}
+    assert repro.study_code(tmp_path) == "version-c"  # it re-keys
+    monkeypatch.setattr(repro, "execute", lambda *a: pytest.fail("a version known to differ is not rerun"))
+    assert not repro.verify(tmp_path, repro.QUICK)
     assert repro.differences(train, {**train, "wall_seconds": 0.0, "sec_per_step": 9.0}) == []
     assert repro.differences(train, {**train, "passes": train["passes"] + 1}) == ["passes"]
