@@ -9,6 +9,7 @@ can be stopped, resumed and committed as it lands.
     python examples/digits/reproduce.py --seeds 0,1,2 --out runs/repro      # the full study
     python examples/digits/reproduce.py --only composition,routing --seeds 0 --out runs/repro
     python examples/digits/reproduce.py report --out runs/repro             # tables + PNG plots
+    python examples/digits/reproduce.py verify --out runs/repro             # a code change keeps the keys?
 
 Every training run exists twice: at matched optimizer steps (``matched: steps``), and at matched compute
 (``matched: compute``), where it trains until it has spent as many model passes as the comparison's DanceOPD
@@ -709,10 +710,15 @@ def verification_sample(
             continue
         if r["key"] != run_key(_run_named(r["name"]), r["seed"], r["matched"], settings, world, code):
             continue
-        label = r["name"].rsplit("/", 1)[-1]
+        label = method_label(r["name"])
         if label not in quickest or r["wall_seconds"] < quickest[label]["wall_seconds"]:
             quickest[label] = r
     return [quickest[label] for label in sorted(quickest)]
+
+
+def method_label(name: str) -> str:
+    """A run's method label: its name's last part (``local_global/reuse4`` -> ``reuse4``)."""
+    return name.rsplit("/", 1)[-1]
 
 
 @functools.cache
@@ -744,7 +750,7 @@ def verify(out: Path, settings: Settings) -> bool:
     if lines and lines[-1]["same_as"] is None:
         print(f"this checkout's code ({head}) was found to differ from {target}: it re-keys the study")
         return False
-    checked = {key.split("|")[0].rsplit("/", 1)[-1] for line in lines for key in line["runs"]}
+    checked = {method_label(key.split("|")[0]) for line in lines for key in line["runs"]}
     world = world_fingerprint()
     candidates = verification_sample(results, target, settings, world)
     if not candidates:
@@ -752,7 +758,7 @@ def verify(out: Path, settings: Settings) -> bool:
             f"no run of code {target} in {out / 'results.jsonl'} has the key these settings give: pass the "
             "study's own settings (--eval-samples, --curve-samples, --steps, --set), at the same world"
         )
-    sample = [r for r in candidates if r["name"].rsplit("/", 1)[-1] not in checked]
+    sample = [r for r in candidates if method_label(r["name"]) not in checked]
     if not sample:
         print(f"this checkout's code ({head}) reruns {target}: every method label was checked already")
         return True
@@ -1727,10 +1733,10 @@ def choice_table(results: list[dict[str, Any]]) -> str:
     decided = []
     for (a, b), dec in decisions.items():
         if a in where and b in where and dec.verdict != WITHIN_NOISE:
-            (hi, lo), sign = (a, b) if dec.diff.mean > 0 else (b, a), 1 if dec.diff.mean > 0 else -1
-            low, high = sorted(sign * v for v in dec.interval)
+            lo, hi = dec.interval  # of a - b; below, of the higher run minus the lower
+            above, below, low, high = (a, b, lo, hi) if dec.diff.mean > 0 else (b, a, -hi, -lo)
             decided.append(
-                f"- {where[hi]} above {where[lo]}: {abs(dec.diff.mean):.3f} [{low:.3f}, {high:.3f}]"
+                f"- {where[above]} above {where[below]}: {abs(dec.diff.mean):.3f} [{low:.3f}, {high:.3f}]"
             )
     claims = sum(1 for _, d, _ in verdict_rows(results) if d is not None)
     lines += [

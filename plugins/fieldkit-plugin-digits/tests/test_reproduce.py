@@ -736,3 +736,23 @@ def test_verify_records_a_code_version_only_when_its_reruns_are_bit_identical(
     assert not repro.verify(tmp_path, repro.QUICK)
     assert repro.differences(train, {**train, "wall_seconds": 0.0, "sec_per_step": 9.0}) == []
     assert repro.differences(train, {**train, "passes": train["passes"] + 1}) == ["passes"]
+
+
+def test_the_choice_block_names_the_higher_run_first_with_its_interval() -> None:
+    """Five seeds of reuse4 (matched compute) 0.3 below off-policy (a): the block lists the claim decided,
+    off-policy first, the difference and its interval positive (the claim's own a - b is negative)."""
+    repro = _load()
+    records = []
+    for seed in range(5):
+        records.append(_trained("local_global/reuse4", seed, "compute", 0.5 + 0.013 * seed))
+        records.append(_trained("local_global/offpolicy-a", seed, "compute", 0.8 + 0.01 * seed))
+    block = repro.choice_table(records)
+    decided = [line for line in block.splitlines() if line.startswith("- ")]
+    assert len(decided) == 1
+    line = decided[0]
+    assert line.startswith(
+        "- offpolicy on Local + Global (a) above reuse4 on Local + Global (both settings): 0.29"
+    )
+    low, high = (float(v) for v in line.rsplit("[", 1)[1].rstrip("]").split(", "))
+    assert 0 < low < 0.294 < high
+    assert "| reuse4 | no | 14.9 | 0.526 [" in block  # the synthetic records' passes per sample, its mean
