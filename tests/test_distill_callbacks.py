@@ -69,8 +69,26 @@ def test_a_users_grid_callback_replaces_the_default_one_by_name(distill_world, t
     assert seen.grids == [("r", 2), ("r", 4), ("r", 6)]  # published to the other callbacks
     assert not (out / "samples").exists()  # the default grids (every step, as PNG) did not run
     assert (out / "student").is_dir() and (out / "results.json").is_file()  # the other defaults did
-    with pytest.raises(ValueError, match="no default callback named grids; the names: console, log, samples"):
+    with pytest.raises(
+        ValueError, match="no default callback named grids; the names: console, log, checkpoints, samples"
+    ):
         default_callbacks(grids=mine)
+
+
+def test_the_final_checkpoint_is_on_disk_before_an_output_that_fails(distill_world, tmp_path):
+    """A grid that fails at the end of the run (out of memory, say): the run fails, and the trained weights
+    of its last step are already in the final checkpoint, so ``--resume latest`` loses nothing."""
+
+    class FailingGrid(Callback):
+        def on_run_end(self, run: RunView) -> None:
+            raise MemoryError("the grid did not fit")
+
+    out = tmp_path / "run"
+    with pytest.raises(MemoryError):
+        engine(write=True, out=out).run(replace={"samples": FailingGrid()})
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+        "step-00000006"
+    ]
 
 
 def test_the_default_grids_are_published_once_per_step(distill_world, tmp_path):

@@ -223,18 +223,20 @@ class HtmlReport(Callback):
 
 
 def default_callbacks(**replace: Callback | None) -> list[Callback]:
-    """What :meth:`Engine.run` does around the loop, in order, by name: ``console``, ``log``, ``samples``,
-    ``checkpoints``, ``export``, ``evaluation``, ``results``, ``report``, ``trackers`` (``run.report_to``) and
-    ``interrupt`` (Ctrl-C: a checkpoint, then stop).
-    ``replace`` puts a callback of the caller's in one's place, or drops it (None)."""
+    """What :meth:`Engine.run` does around the loop, in order, by name: ``console``, ``log``,
+    ``checkpoints``, ``samples``, ``export``, ``evaluation``, ``results``, ``report``, ``trackers``
+    (``run.report_to``) and ``interrupt`` (Ctrl-C: a checkpoint, then stop). The checkpoint comes before
+    every output that can fail (a grid or an evaluation out of memory, a plugin's metric): the trained
+    weights are on disk first. ``replace`` puts a callback of the caller's in one's place, or drops it
+    (None)."""
     from fieldkit.distill.console import ConsoleOutput, StopOnInterrupt
     from fieldkit.distill.trackers import Trackers  # it builds on this module's callbacks
 
     defaults: dict[str, Callback] = {
         "console": ConsoleOutput(),
         "log": RunLogger(),
-        "samples": SampleGrids(),
         "checkpoints": Checkpoints(),
+        "samples": SampleGrids(),
         "export": Export(),
         "evaluation": Evaluation(),
         "results": ResultsFile(),
