@@ -420,8 +420,9 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
 
 
 def _left_out(records: Sequence[dict[str, Any]], chosen: str) -> list[str]:
-    """A line per candidate init that did not take part in the choice (not complete on every seed), with
-    how far each of its records got and its best worst-route ratio on validation there."""
+    """A line per candidate that did not take part in the choice (not complete on every seed), with how far
+    each of its records got and its best worst-route ratio on validation there (the best of its weight
+    copies at its last checkpoint), beside the chosen candidate's at the same seed and step."""
     lines = []
     for init in sorted({_candidate(r) for r in records} - {chosen}):
         runs = sorted((r for r in records if _candidate(r) == init), key=lambda r: r["seed"])
@@ -430,16 +431,28 @@ def _left_out(records: Sequence[dict[str, Any]], chosen: str) -> list[str]:
         parts = []
         for r in runs:
             last = r["curve"][-1] if r["curve"] else None
-            best = (
-                max(_worst_ratio(v, r["teachers"]["validation"]) for v in last["validation"].values())
-                if last
-                else float("nan")
-            )
             at = f"{last['step']} updates" if last else "no checkpoint"
             state = "complete" if r.get("complete") else "stopped"
-            parts.append(f"seed {r['seed']} {state} at {at}, best worst-route ratio on validation {best:.3f}")
+            part = (
+                f"seed {r['seed']} {state} at {at}, best worst-route ratio on validation {_best(r, last):.3f}"
+            )
+            same = next((c for c in records if _candidate(c) == chosen and c["seed"] == r["seed"]), None)
+            point = (
+                next((p for p in same["curve"] if last and p["step"] == last["step"]), None) if same else None
+            )
+            if point is not None:
+                part += f" (`{chosen}` there: {_best(same, point):.3f})"
+            parts.append(part)
         lines += ["", f"Left out of the choice (not complete on every seed): `{init}`: {'; '.join(parts)}."]
     return lines
+
+
+def _best(record: dict[str, Any], point: dict[str, Any] | None) -> float:
+    """The best worst-route ratio on validation over the weight copies scored at ``point`` (NaN for none)."""
+    if point is None:
+        return float("nan")
+    teachers = record["teachers"]["validation"]
+    return max(_worst_ratio(v, teachers) for v in point["validation"].values())
 
 
 def read_main(folder: Path = MAIN_RUNS) -> list[dict[str, Any]]:

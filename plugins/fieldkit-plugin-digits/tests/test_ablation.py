@@ -90,13 +90,18 @@ def test_the_main_job_is_chosen_on_validation_and_reported_on_test():
 def test_a_candidate_stopped_early_is_named_and_takes_no_part_in_the_choice():
     """``local`` is better on validation at step 200, but stopped there on seed 0 and never ran seeds 1-2:
     the choice is ``arith`` at 400 (only complete candidates compete), and the table says what ``local``
-    reached (global 0.87 / 0.88 on validation: worst ratio 0.989) and that it was left out."""
+    reached (global 0.87 / 0.88 on validation: worst ratio 0.989) beside ``arith``'s there, and that it was
+    left out."""
     ablation = _load()
     records = [_main_record("arith", s, {200: (0.80, 0.80), 400: (0.86, 0.86)}) for s in ablation.MAIN_SEEDS]
     stopped = {**_main_record("local", 0, {200: (0.87, 0.87)}), "complete": False}
     table = ablation.main_seeds_table([*records, stopped])
     assert "init `arith`, weights `online`, 400 updates" in table
-    assert "`local`: seed 0 stopped at 200 updates, best worst-route ratio on validation 0.989." in table
+    # Beside it, the chosen candidate's at the same seed and step: global 0.80 / 0.88.
+    assert (
+        "`local`: seed 0 stopped at 200 updates, best worst-route ratio on validation 0.989 (`arith` there: "
+        "0.909)." in table
+    )
 
 
 def test_a_route_weight_candidate_competes_under_its_own_name(capsys):
