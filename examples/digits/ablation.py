@@ -48,6 +48,7 @@ RESULTS = HERE.parent.parent / "docs" / "digits" / "ablation"
 # --json` through scores_by_field, keyed FIELD_teacher.
 TEACHERS_128 = RESULTS.parent / "ablation-teachers-128.json"
 T2I_SLACK = 0.02  # the T2I bar: the student within 0.02 of the T2I teacher
+ROUTES = ("t2i", "local", "global")  # the main job's routes
 RATIO = 0.95  # every route at least 0.95x its teacher
 
 
@@ -163,7 +164,7 @@ def scores_by_field(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             {f"{row['route']}/{k}": v for k, v in row.items() if k not in ("field", "route")}
         )
     for values in out.values():
-        values["combined"] = sum(values[f"{r}/score"] for r in ("t2i", "local", "global")) / 3
+        values["combined"] = sum(values[f"{r}/score"] for r in ROUTES) / len(ROUTES)
     return dict(out)
 
 
@@ -171,8 +172,7 @@ def _bars(student: dict[str, float], teachers: dict[str, dict[str, float]]) -> t
     """Each route's score over its teacher's, and whether every bar of the main job holds: every route at
     least 0.95x its teacher, T2I at least the teacher's minus 0.02, combined above the best teacher's."""
     ratios = {
-        route: student[f"{route}/score"] / teachers[f"{route}_teacher"][f"{route}/score"]
-        for route in ("t2i", "local", "global")
+        route: student[f"{route}/score"] / teachers[f"{route}_teacher"][f"{route}/score"] for route in ROUTES
     }
     ok = (
         all(r >= RATIO for r in ratios.values())
@@ -240,17 +240,16 @@ def main_job_table(rows: list[dict[str, Any]]) -> str:
     """The main job's results table (``results.json`` of a run: one row per field and route), every field on
     every route's score with the student's ratio to the route's teacher, then the bars' verdict."""
     scores = scores_by_field(rows)
-    routes = ("t2i", "local", "global")
-    teachers = {f"{r}_teacher": scores[r] for r in routes}
+    teachers = {f"{r}_teacher": scores[r] for r in ROUTES}
     ratios, ok = _bars(scores["student"], teachers)
     lines = [
         "| field | t2i/score | local/score | local/psnr | global/score | global/psnr | combined |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, v in scores.items():
-        cells = [f"{v[f'{r}/score']:.3f}" for r in routes]
+        cells = [f"{v[f'{r}/score']:.3f}" for r in ROUTES]
         if name == "student":
-            cells = [f"{v[f'{r}/score']:.3f} ({ratios[r]:.3f}x)" for r in routes]
+            cells = [f"{v[f'{r}/score']:.3f} ({ratios[r]:.3f}x)" for r in ROUTES]
         lines.append(
             f"| {name} | {cells[0]} | {cells[1]} | {v['local/psnr']:.1f} | {cells[2]} | "
             f"{v['global/psnr']:.1f} | {v['combined']:.3f} |"
@@ -348,8 +347,8 @@ def select(records: Sequence[dict[str, Any]]) -> tuple[str, str, int]:
     """The (candidate, weights, step) whose worst route ratio to its teacher, on validation and averaged
     over the seeds, is highest (ties: the fewer steps); only complete records of every seed take part."""
     best: tuple[float, int, tuple[str, str, int]] | None = None
-    for init in sorted({_candidate(r) for r in records}):
-        runs = [r for r in records if _candidate(r) == init and r.get("complete")]
+    for candidate in sorted({_candidate(r) for r in records}):
+        runs = [r for r in records if _candidate(r) == candidate and r.get("complete")]
         if {r["seed"] for r in runs} != set(MAIN_SEEDS):
             continue
         for i, point in enumerate(runs[0]["curve"]):
@@ -360,9 +359,9 @@ def select(records: Sequence[dict[str, Any]]) -> tuple[str, str, int]:
                 ]
                 score = sum(ratios) / len(ratios)
                 if best is None or (score, -point["step"]) > (best[0], best[1]):
-                    best = (score, -point["step"], (init, weights, point["step"]))
+                    best = (score, -point["step"], (candidate, weights, point["step"]))
     if best is None:
-        raise LookupError(f"no init has a complete record for every seed of {MAIN_SEEDS}")
+        raise LookupError(f"no candidate has a complete record for every seed of {MAIN_SEEDS}")
     return best[2]
 
 
@@ -372,14 +371,14 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
     from fieldkit.eval.verdict import Paired
 
     try:
-        init, weights, step = select(records)
+        candidate, weights, step = select(records)
     except LookupError:
-        done = ", ".join(f"{r['init']} seed {r['seed']}" for r in records if r.get("complete")) or "none"
+        done = ", ".join(f"{_candidate(r)} seed {r['seed']}" for r in records if r.get("complete")) or "none"
         return (
             f"Pending: the main job over seeds needs a complete record for every seed of {MAIN_SEEDS} "
             f"under `docs/digits/{main_runs(steps).name}/` (complete so far: {done})."
         )
-    chosen = (r for r in records if _candidate(r) == init and r.get("complete"))
+    chosen = (r for r in records if _candidate(r) == candidate and r.get("complete"))
     runs = sorted(chosen, key=lambda r: r["seed"])
     rows = []
     for r in runs:
@@ -389,7 +388,8 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
         best = max(t["combined"] for t in teachers.values())
         rows.append((r["seed"], ratios, student["combined"], best))
     lines = [
-        f"Chosen on validation: {'candidate' if '+' in init else 'init'} `{init}`, weights `{weights}`, "
+        f"Chosen on validation: {'candidate' if '+' in candidate else 'init'} `{candidate}`, "
+        f"weights `{weights}`, "
         f"{step} updates "
         "(the highest worst-route ratio to the teachers, mean over seeds "
         f"{', '.join(map(str, MAIN_SEEDS))}).",
@@ -398,7 +398,7 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
         "|---|---|---|---|",
     ]
     ok = True
-    for route in ("t2i", "local", "global"):
+    for route in ROUTES:
         values = [ratios[route] for _, ratios, _, _ in rows]
         summary = Paired(tuple(values))  # the ratios themselves: their mean and its t interval
         mean, (lo, hi) = summary.mean, summary.interval()
@@ -414,7 +414,7 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
         "",
         f"Bars: every route's mean at least {RATIO}x its teacher, no seed below {SEED_FLOOR}x, combined "
         f"above the best single teacher on every seed: **{'every bar met' if ok else 'not every bar met'}**.",
-        *_left_out(records, init),
+        *_left_out(records, candidate),
     ]
     return "\n".join(lines) + "\n"
 
@@ -424,8 +424,8 @@ def _left_out(records: Sequence[dict[str, Any]], chosen: str) -> list[str]:
     each of its records got and its best worst-route ratio on validation there (the best of its weight
     copies at its last checkpoint), beside the chosen candidate's at the same seed and step."""
     lines = []
-    for init in sorted({_candidate(r) for r in records} - {chosen}):
-        runs = sorted((r for r in records if _candidate(r) == init), key=lambda r: r["seed"])
+    for candidate in sorted({_candidate(r) for r in records} - {chosen}):
+        runs = sorted((r for r in records if _candidate(r) == candidate), key=lambda r: r["seed"])
         if {r["seed"] for r in runs if r.get("complete")} == set(MAIN_SEEDS):
             continue
         parts = []
@@ -443,7 +443,8 @@ def _left_out(records: Sequence[dict[str, Any]], chosen: str) -> list[str]:
             if point is not None:
                 part += f" (`{chosen}` there: {_best(same, point):.3f})"
             parts.append(part)
-        lines += ["", f"Left out of the choice (not complete on every seed): `{init}`: {'; '.join(parts)}."]
+        left = f"Left out of the choice (not complete on every seed): `{candidate}`: {'; '.join(parts)}."
+        lines += ["", left]
     return lines
 
 
@@ -474,7 +475,7 @@ def _route_weight(text: str) -> tuple[str, float]:
         weight = float(value)
     except ValueError:
         weight = float("nan")
-    if route not in ("t2i", "local", "global") or not (0 < weight < 1e6):
+    if route not in ROUTES or not (0 < weight < 1e6):
         raise argparse.ArgumentTypeError(f"{text!r}: give ROUTE=W with ROUTE t2i, local or global and W > 0")
     return route, weight
 

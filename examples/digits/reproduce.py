@@ -702,13 +702,14 @@ def verification_sample(
     """One committed run of ``code`` per method label (a run name's last part: ``danceopd``, ``reuse4``,
     ``merge-ta``, ...), the quickest, among those whose key these settings reproduce (so that a rerun is
     the same run). A run matched in wall-clock time is no sample: its budget is a measured time."""
+    planned = {run.name: run for runs in comparisons().values() for run in runs}
     quickest: dict[str, dict[str, Any]] = {}
     for r in results:
-        if r.get("code") != code or r.get("world") != world or r["name"] not in _plan_names():
+        if r.get("code") != code or r.get("world") != world or r["name"] not in planned:
             continue
         if r["matched"] == "time":
             continue
-        if r["key"] != run_key(_run_named(r["name"]), r["seed"], r["matched"], settings, world, code):
+        if r["key"] != run_key(planned[r["name"]], r["seed"], r["matched"], settings, world, code):
             continue
         label = method_label(r["name"])
         if label not in quickest or r["wall_seconds"] < quickest[label]["wall_seconds"]:
@@ -719,11 +720,6 @@ def verification_sample(
 def method_label(name: str) -> str:
     """A run's method label: its name's last part (``local_global/reuse4`` -> ``reuse4``)."""
     return name.rsplit("/", 1)[-1]
-
-
-@functools.cache
-def _plan_names() -> frozenset[str]:
-    return frozenset(run.name for runs in comparisons().values() for run in runs)
 
 
 def differences(record: dict[str, Any], again: dict[str, Any]) -> list[str]:

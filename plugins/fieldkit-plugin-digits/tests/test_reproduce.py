@@ -203,6 +203,7 @@ def test_the_method_guidance_follows_the_committed_results() -> None:
     results = repro.read_results(SCRIPT.parents[2] / "docs" / "reproduction" / "v3" / "results.jsonl")
     decisions = repro._decisions(results)
     no_targets = [o for o, (_, reads) in repro.frontier_options("local_global").items() if not reads]
+    index = repro._by_seed(results)
     lines = repro.frontier_lines("local_global", "b")
     for label in ("danceopd", *no_targets):
         dec = decisions[(lines[label], lines["joint"])]
@@ -218,7 +219,6 @@ def test_the_method_guidance_follows_the_committed_results() -> None:
                     above = a if dec.diff.mean > 0 else b
                     assert above == lines["offpolicy"], (pair, setting, label)
                     assert label not in ("danceopd", *no_targets), (pair, setting, label)
-            index = repro._by_seed(results)
             cost = {
                 label: statistics.fmean(r["passes_per_sample"] for r in index[run].values())
                 for label, run in lines.items()
