@@ -194,9 +194,9 @@ def test_the_reproduction_page_holds_exactly_the_tables_the_report_prints() -> N
 def test_the_method_guidance_follows_the_committed_results() -> None:
     """docs/concepts.md's "Choosing a method" rests on these facts of the committed study; if a rerun
     changes one, the guidance must change with it. At matched compute: every method that reads no targets
-    is decided above joint SFT in (b) on Local + Global; no method is decided above off-policy
-    distillation, nor any no-target method apart from it; off-policy costs fewer passes per sample than
-    every other distillation method, and reuse4 and the buffer about half of DanceOPD's."""
+    is decided above joint SFT in (b) on Local + Global, and none above it in (a); no method is decided
+    above off-policy distillation, nor any no-target method apart from it; off-policy costs fewer passes
+    per sample than every other distillation method, and reuse4 and the buffer about half of DanceOPD's."""
     from fieldkit.eval.verdict import WITHIN_NOISE
 
     repro = _load()
@@ -219,6 +219,12 @@ def test_the_method_guidance_follows_the_committed_results() -> None:
                     above = a if dec.diff.mean > 0 else b
                     assert above == lines["offpolicy"], (pair, setting, label)
                     assert label not in ("danceopd", *no_targets), (pair, setting, label)
+            if setting == "a":  # with clean data no method is decided above joint SFT
+                for label, run in lines.items():
+                    dec = decisions.get((run, lines["joint"]))
+                    assert dec is None or dec.verdict == WITHIN_NOISE or dec.diff.mean < 0, (pair, label)
+                    dec = decisions.get((lines["joint"], run))
+                    assert dec is None or dec.verdict == WITHIN_NOISE or dec.diff.mean > 0, (pair, label)
             cost = {
                 label: statistics.fmean(r["passes_per_sample"] for r in index[run].values())
                 for label, run in lines.items()
