@@ -6,7 +6,7 @@ finished run appends one JSON line to ``OUT/results.jsonl``; runs already there 
 can be stopped, resumed and committed as it lands.
 
     python examples/digits/reproduce.py --quick --out runs/repro-quick      # smoke test, ~1-2 min
-    python examples/digits/reproduce.py --seeds 0,1,2 --out runs/repro      # the full study
+    python examples/digits/reproduce.py --out runs/repro                    # the full study (study v3's)
     python examples/digits/reproduce.py --only composition,routing --seeds 0 --out runs/repro
     python examples/digits/reproduce.py report --out runs/repro             # tables + PNG plots
     python examples/digits/reproduce.py verify --out runs/repro             # a code change keeps the keys?
@@ -447,6 +447,7 @@ class Claim:
 
 
 TWINS = ("time", "compute")
+STUDY_BUDGETS = ("steps", "compute")  # what the study runs (--matched's default): matched steps and compute
 # Comparison 1's trained baselines, each a claim against DanceOPD at matched steps and at matched compute.
 BASELINES = (
     *("joint-a", "joint-b", "offpolicy-a", "offpolicy-b"),
@@ -576,12 +577,12 @@ def claims() -> list[Claim]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Study-wide settings (``--quick`` shrinks them)."""
+    """Study-wide settings (the defaults are study v3's; ``--quick`` shrinks them)."""
 
     steps: int = STEPS
-    eval_samples: int = 128
+    eval_samples: int = 96
     curve_points: int = 4
-    curve_samples: int = 64
+    curve_samples: int = 48
     budget_seconds: float | None = None
     quick: bool = False
     base: tuple[str, ...] = field(default_factory=tuple)  # before each run's overrides (--quick's batch)
@@ -1451,6 +1452,55 @@ def summary_table(rows: list[tuple[Claim, Decision | None, str]]) -> str:
     return "\n".join(lines) + f"\n\nHolm's family: the {tested} claims of this page that have paired runs."
 
 
+def status_table(results: list[dict[str, Any]]) -> str:
+    """Per comparison, how much of the study's plan (every run at every seed of ``SEEDS``, matched steps
+    and compute) ``results`` holds: runs planned, landed, and the seeds at which every run has landed; then
+    the plan's distinct runs (a run shared by comparisons counts once)."""
+    index = _by_seed(results)
+
+    def landed(item: tuple[Run, int, str]) -> bool:
+        run, seed, matched = item
+        return seed in index.get((run.name, matched if run.kind == "train" else "-"), {})
+
+    lines = ["| comparison | runs planned | landed | seeds with every run |", "|---|---|---|---|"]
+    for comp, runs in comparisons().items():
+        planned = [item for item in plan([comp], SEEDS, STUDY_BUDGETS) if item[0] in runs]
+        seeds = [s for s in SEEDS if all(landed(item) for item in planned if item[1] == s)]
+        done = sum(map(landed, planned))
+        lines.append(f"| {comp} | {len(planned)} | {done} | {', '.join(map(str, seeds)) or 'none'} |")
+    distinct = plan(list(comparisons()), SEEDS, STUDY_BUDGETS)
+    return (
+        "\n".join(lines) + f"\n\n{sum(map(landed, distinct))} of the plan's {len(distinct)} runs have landed."
+    )
+
+
+def cost_table(results: list[dict[str, Any]]) -> str:
+    """What the study cost: its runs' summed wall time (evaluation included), and per method label the
+    counted passes per sample of an update (forward 1, backward 2) over its matched-step runs of comparison
+    1's pairs (batch 16), with the steps it trains at DanceOPD's compute there."""
+    hours = sum(r.get("wall_seconds", 0.0) for r in results) / 3600
+    per: dict[str, list[float]] = defaultdict(list)
+    steps: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        if r["kind"] != "train" or r["comparison"] not in ("composition", "cheap_states", "frontier"):
+            continue
+        label = r["name"].split("/", 1)[1]
+        if r["matched"] == "steps":
+            per[label].append(r["passes_per_sample"])
+        elif r["matched"] == "compute":
+            steps[label].append(r["steps"])
+    lines = [
+        f"{len(results)} runs, {hours:.1f} hours of run time (the sum over runs, evaluation included).",
+        "",
+        "| method (comparison 1's runs) | passes per sample, per update | steps at DanceOPD's compute |",
+        "|---|---|---|",
+    ]
+    for label in sorted(per, key=lambda k: statistics.fmean(per[k])):
+        at = f"{statistics.fmean(steps[label]):.0f}" if steps.get(label) else "–"
+        lines.append(f"| {label} | {statistics.fmean(per[label]):.1f} | {at} |")
+    return "\n".join(lines)
+
+
 def references_table(results: list[dict[str, Any]], teachers: dict[tuple[str, int], dict[str, Any]]) -> str:
     """Each DanceOPD reference (the matched-step runs named ``*/danceopd``): its init's and its own combined
     score per seed, the gain, and whether the gain is at least ``MIN_GAIN`` on every seed (what makes a
@@ -1477,59 +1527,55 @@ def references_table(results: list[dict[str, Any]], teachers: dict[tuple[str, in
     return "\n".join(lines)
 
 
-def page_tables(results: list[dict[str, Any]]) -> dict[str, str]:
-    """The tables of docs/reproduction.md: the summary, then per comparison its runs and its verdicts."""
+def page_tables(results: list[dict[str, Any]], images: str = "") -> dict[str, str]:
+    """The tables of docs/reproduction.md, every one from the same results and verdicts (Holm over every
+    claim that has paired runs): the summary and the references; per comparison its runs and its verdicts
+    (comparison 1 as two blocks: the paper's pairs, and the edit specialist's pair that tests composition);
+    the frontier and many teachers with their plots (``images`` + the file name); and the method guidance
+    of docs/concepts.md (``choice``)."""
     by_comp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_comp[r["comparison"]].append(r)
     teachers = {
         (r["graph"], r["seed"]): r for r in results if r["kind"] == "eval" and r["name"].endswith("/teachers")
     }
-    verdicts = verdict_rows(results, exclude=V3_ONLY)
-    tables = {"summary": summary_table(verdicts), "references": references_table(results, teachers)}
+    verdicts = verdict_rows(results)
+    tables = {
+        "summary": summary_table(verdicts),
+        "status": status_table(results),
+        "cost": cost_table(results),
+        "references": references_table(results, teachers),
+        "frontier": frontier_tables(results, images),
+        "many": many_table(results, images),
+        "choice": choice_table(results),
+    }
     for comp in comparisons():
-        if comp in V3_ONLY:
+        if comp in OWN_TABLES:
             continue
         rows = _rows_of(comp, by_comp)
         if not by_comp.get(comp):
             tables[comp] = f"Not run in this study: `results.jsonl` holds no run of `{comp}`."
             continue
         own = [v for v in verdicts if v[0].comparison == comp]
-        tables[comp] = runs_table(comp, rows, teachers) + ("\n\n" + verdict_table(own) if own else "")
+        if comp == "composition":  # the specialist's pair apart: its own block, after the paper's pairs
+            mine = [v for v in own if v[0].a[0].startswith(f"{SPECIALIST}/")]
+            special = [r for r in rows if r["name"].startswith(f"{SPECIALIST}/")]
+            tables["specialist"] = _with_verdicts(runs_table(comp, special, teachers), mine)
+            rows, own = [r for r in rows if r not in special], [v for v in own if v not in mine]
+        tables[comp] = _with_verdicts(runs_table(comp, rows, teachers), own)
     return tables
 
 
-def v3_tables(results: list[dict[str, Any]], images: str = "") -> dict[str, str]:
-    """What docs/reproduction.md shows of study v3 before v3 replaces v2 (``OUT/v3/results.jsonl``): the
-    T2I + Edit pair on the edit specialist, every run of it that has landed; the frontier (its plots linked
-    under the folder ``images``) and the many-teachers table, "pending" where runs have not landed."""
-    rows = [r for r in results if r["name"].startswith("t2i_edit_specialist/")]
-    teachers = {(r["graph"], r["seed"]): r for r in rows if r["name"].endswith("/teachers")}
-    specialist = (
-        runs_table("composition", rows, teachers)
-        if rows
-        else "Not run yet: `v3/results.jsonl` holds no run of `t2i_edit_specialist`."
-    )
-    return {
-        "specialist": specialist,
-        "frontier": frontier_tables(results, images),
-        "many": many_table(results, images),
-        "choice": choice_table(results),
-    }
+def _with_verdicts(runs: str, verdicts: list[tuple[Claim, Decision | None, str]]) -> str:
+    return runs + ("\n\n" + verdict_table(verdicts) if verdicts else "")
 
 
-def all_page_tables(out: Path) -> dict[str, str]:
-    """Every table ``report --page`` writes: v2's (``OUT/results.jsonl``) and v3's so far (``OUT/v3``), the
-    frontier plots linked from the page beside ``OUT``."""
-    return {
-        **page_tables(read_results(out / "results.jsonl")),
-        **v3_tables(read_results(out / "v3" / "results.jsonl"), f"{out.name}/v3/"),
-    }
+OWN_TABLES = ("frontier", "many")  # comparisons with tables of their own (not a runs and verdicts table)
+SPECIALIST = "t2i_edit_specialist"  # the T2I + Edit pair whose edit teacher has lost T2I (issue 20)
 
 
 # -- the cost-quality frontier and many teachers (study v3) ----------------------------------------------
 
-V3_ONLY = ("frontier", "many")  # comparisons that only study v3 runs: on the page from v3's results
 SETTING_NAMES = {"a": "(a) clean data", "b": "(b) 64 noisy targets per bucket"}
 PAIR_NAMES = {"local_global": "Local + Global", "t2i_edit_specialist": "T2I + Edit (edit specialist)"}
 PASSES_LABEL = "training passes spent (per sample: forward 1, backward 2)"
@@ -1912,7 +1958,7 @@ def report(args: argparse.Namespace) -> str:
         "",
     ]
     for comp in comparisons():
-        if not by_comp.get(comp) or comp in V3_ONLY:
+        if not by_comp.get(comp) or comp in OWN_TABLES:
             continue
         rows = _rows_of(comp, by_comp)
         columns = [
@@ -1962,7 +2008,7 @@ def report(args: argparse.Namespace) -> str:
         lines.append("")
     frontier_plots(results, out)
     lines += ["### frontier", "", frontier_tables(results), "", "### many", "", many_table(results), ""]
-    lines += pending_notes(V3_ONLY)
+    lines += pending_notes(OWN_TABLES)
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     return text
@@ -2066,11 +2112,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--matched",
-        default="steps,compute",
+        default=",".join(STUDY_BUDGETS),
         help="steps, compute (counted passes), time (wall-clock): any of them",
     )
-    parser.add_argument("--eval-samples", type=int, default=128, help="samples per route for final scores")
-    parser.add_argument("--curve-samples", type=int, default=64, help="samples per route at curve points")
+    parser.add_argument(
+        "--eval-samples", type=int, default=Settings.eval_samples, help="samples per route for final scores"
+    )
+    parser.add_argument(
+        "--curve-samples", type=int, default=Settings.curve_samples, help="samples per route at curve points"
+    )
     parser.add_argument(
         "--wait-minutes",
         type=float,
@@ -2109,10 +2159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "report" or args.report:
         print(report(args))
         if args.page:
-            v3 = read_results(Path(args.out) / "v3" / "results.jsonl")
-            frontier_plots(v3, Path(args.out) / "v3")
-            many_plot(v3, Path(args.out) / "v3")
-            tables = all_page_tables(Path(args.out))
+            results = read_results(Path(args.out) / "results.jsonl")
+            many_plot(results, Path(args.out))
+            tables = page_tables(results, f"{Path(args.out).name}/")
             for page in map(Path, args.page):
                 page.write_text(fill_page(page.read_text(), tables))
 
