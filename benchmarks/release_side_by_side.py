@@ -21,7 +21,11 @@ its process tree); launch to the end of step 1 and the last step's line to the e
 counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a user's earlier run would::
 
     python benchmarks/release_side_by_side.py --release-python PATH/bin/python \\
-        [--rounds 33] [--steps 30] [--drop 3] [--threads 1] [--t5-tokens 256] [--work DIR]
+        [--rounds 33] [--steps 30] [--drop 3] [--threads 1] [--t5-tokens 256] [--work DIR] \\
+        [--fieldkit-set run.grid_samples=0]
+
+``--fieldkit-set`` overrides fieldkit's graph: ``run.grid_samples=0`` gives it the release's outputs (its
+weights, no sample grid), for the time after the last step like for like.
 
 Without ``--release-python`` (nor ``FIELDKIT_RELEASE_PYTHON``) the script says so and exits 0. The release's
 venv needs its ``sd35`` extra: ``python3 -m venv V && V/bin/pip install torch==2.13.0`` first (a CPU wheel),
@@ -304,6 +308,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--work", type=Path, default=None, help="folder for the pipeline and runs (default: temporary)"
     )
+    p.add_argument(
+        "--fieldkit-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of fieldkit's graph (repeatable), e.g. run.grid_samples=0: the release's outputs "
+        "(no sample grid)",
+    )
     args = p.parse_args(argv)
     if not args.release_python:
         print(
@@ -350,6 +362,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
             str(graph),
             "--out",
             str(root / "fieldkit-out"),
+            *(f"--set={override}" for override in args.fieldkit_set),
         ],
     }
     envs = {"release": release_env(args.threads), "fieldkit": fieldkit_env(args.threads)}
@@ -359,6 +372,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
         f"{stamp}  {os.cpu_count()} cores ({platform.machine()}), {args.threads} thread(s) each, tiny SD3, "
         f"fp32, batch 1, K 1, LoRA r {LORA_RANK}, {ROLLOUT_STEPS}-step rollout, {args.steps} steps per run, "
         f"first {args.drop} dropped, {args.rounds} rounds + 1 warm-up"
+        + (f", fieldkit with {' '.join(args.fieldkit_set)}" if args.fieldkit_set else "")
     )
     runs: dict[str, list[Run]] = {"release": [], "fieldkit": []}
     print(

@@ -6,6 +6,7 @@ error."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -124,6 +125,68 @@ def test_a_routes_field_row_is_drawn_once_per_run_and_equals_a_fresh_draw(
     field, cond, shape, sigmas, device = calls[0]
     fresh = generate(field, cond, shape, sigmas, torch.Generator().manual_seed(grids.seed), device)
     assert torch.equal(grids.field_rows["r"], fresh)
+
+
+def test_grid_samples_sets_a_grids_width_and_zero_draws_none(distill_world, tmp_path):
+    """``run.grid_samples`` conditions per grid (its PNG one column each); 0: no grid at all, the other
+    outputs as usual; with ``sample_every`` it is refused, naming both keys."""
+    from PIL import Image
+
+    from fieldkit.errors import GraphError
+
+    def width(n: str) -> int:
+        seen = Seen()
+        out = tmp_path / f"run-{n}"
+        engine(f"run.grid_samples={n}", write=True, out=out).run([seen])
+        return Image.open(out / "samples" / "step-00000006-r.png").width
+
+    w2, w3, w5 = width("2"), width("3"), width("5")
+    assert w3 > w2 and w5 - w3 == 2 * (w3 - w2)  # one column per condition
+    seen = Seen()
+    out = tmp_path / "run-0"
+    engine("run.grid_samples=0", write=True, out=out).run([seen])
+    assert seen.grids == [] and not (out / "samples").exists()
+    assert (out / "student").is_dir() and (out / "results.json").is_file()
+    with pytest.raises(GraphError, match=r"run.sample_every: 2 .* run.grid_samples: 0 turns grids off"):
+        engine("run.grid_samples=0", "run.sample_every=2")
+
+
+def test_a_steps_callbacks_share_one_inference_copy_and_training_holds_none(distill_world, tmp_path):
+    """The grids, the export and the evaluation at the end of a run get the same copy (built once); each
+    step's callbacks get a copy of that step's weights, and none is kept while training goes on."""
+    from fieldkit.distill.view import EngineView
+
+    class Copies(Callback):
+        def __init__(self) -> None:
+            self.at_end: list[int] = []
+            self.per_step: list[torch.nn.Module] = []
+            self.held: list[bool] = []
+
+        def on_update_end(self, run: RunView, report: StepReport) -> None:
+            assert isinstance(run, EngineView)
+            self.held.append(run._copy is not None)  # none left over from the step before
+            first, again = run.inference_model(), run.inference_model()
+            assert first is again
+            self.per_step.append(first)
+
+        def on_run_end(self, run: RunView) -> None:
+            self.at_end.append(id(run.inference_model()))
+
+    first, last = Copies(), Copies()
+    built: list[int] = []
+    run = engine(write=True, out=tmp_path / "run")
+    session_copy = run.session.inference_model
+
+    def counted() -> torch.nn.Module:
+        built.append(run.session.step)
+        return session_copy()
+
+    run.session.inference_model = counted  # type: ignore[method-assign]
+    run.run([last], replace={"console": first})
+    assert first.held == [False] * 6 and len(built) == 6 + 1  # one copy per step, one for the whole end
+    assert len(set(first.at_end + last.at_end)) == 1  # the grids, export and evaluation between them too
+    weights = [next(m.parameters()).detach() for m in first.per_step]
+    assert not any(torch.equal(a, b) for a, b in itertools.pairwise(weights))
 
 
 def test_trackers_log_the_grids_a_users_grid_callback_publishes(distill_world, tmp_path):

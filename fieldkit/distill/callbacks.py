@@ -144,7 +144,8 @@ class RunView(Protocol):
 
     def inference_model(self) -> nn.Module:
         """A plain copy of the student as exported (EMA weights, LoRA merged, eval mode); a collective
-        under FSDP."""
+        under FSDP. Built once per step and shared by that step's callbacks (read it, do not change it);
+        freed when they are done."""
         ...
 
     def save_checkpoint(self) -> Path | None:

@@ -267,6 +267,7 @@ class Engine:
                     report = StepReport(s.step, update.finite, s.bad_steps, update, record, means)
                     for cb in self._callbacks:
                         cb.on_update_end(view, report)
+                    view.drop_copy()  # training goes on: no inference copy held through it
                     yield report
             for cb in self._callbacks:
                 cb.on_run_end(view)
@@ -274,6 +275,7 @@ class Engine:
             callbacks_now, self._callbacks = self._callbacks, []
             for cb in callbacks_now:
                 cb.teardown(view)
+            view.drop_copy()
             s.release()  # the run is over, however it ended: the folder is free
 
     def run(

@@ -91,12 +91,13 @@ class RunLogger(Callback):
 
 class SampleGrids(Callback):
     """A grid per route every ``run.sample_every`` steps and at the end of the run: the route's field (or its
-    data) in the top row, the student below, from ``n`` conditions and noise drawn with ``seed``. Under FSDP
-    every process computes them (sharded forwards are collectives); the main process writes
-    ``samples/step-STEP-ROUTE.png``. Publishes the grids (``on_samples``). The fields are frozen and the
-    conditions and noise the same at every grid, so a route's field row is drawn once per run and kept."""
+    data) in the top row, the student below, from ``n`` conditions (default ``run.grid_samples``; none
+    when it is 0) and noise drawn with ``seed``. Under FSDP every process computes them (sharded forwards
+    are collectives); the main process writes ``samples/step-STEP-ROUTE.png``. Publishes the grids
+    (``on_samples``). The fields are frozen and the conditions and noise the same at every grid, so a
+    route's field row is drawn once per run and kept."""
 
-    def __init__(self, n: int = 8, seed: int = 1234) -> None:
+    def __init__(self, n: int | None = None, seed: int = 1234) -> None:
         self.n, self.seed = n, seed
         self.drawn_at = -1  # the step whose grids were last drawn (the end of a run may repeat it)
         self.field_rows: dict[str, torch.Tensor] = {}  # route -> its field's row, drawn at the first grid
@@ -112,13 +113,14 @@ class SampleGrids(Callback):
     def draw(self, run: RunView) -> None:
         """Draw, write and publish every route's grid at this step."""
         self.drawn_at = run.step
-        if run.out is None or not (run.is_main or run.sharded):
+        n = run.run_spec.grid_samples if self.n is None else self.n
+        if n == 0 or run.out is None or not (run.is_main or run.sharded):
             return
         policy = run.inference_model()
         grids = []
         for route in run.routes:
             bucket = evaluation_bucket(route.data)
-            batch = bucket.sample(self.n, torch.Generator().manual_seed(self.seed))
+            batch = bucket.sample(n, torch.Generator().manual_seed(self.seed))
             shape, sigmas = tuple(route.data.shape), run.sigmas(route.name)
             rows, labels = [], []
             if batch.source is not None:  # an edit route: its source images first

@@ -26,6 +26,9 @@ class EngineView:
 
     def __init__(self, engine: Engine) -> None:
         self._engine, self._s = engine, engine.session
+        self._copy: tuple[int, nn.Module] | None = (
+            None  # (step, the inference copy the step's callbacks share)
+        )
 
     @property
     def graph(self) -> Graph:
@@ -83,7 +86,17 @@ class EngineView:
         return self._s.sigmas[route]
 
     def inference_model(self) -> nn.Module:
-        return self._s.inference_model()
+        """One copy per step, shared by every callback of that step (the grids, the export and the
+        evaluation at the end of a run): built once, dropped by :meth:`drop_copy` when the step's
+        callbacks are done. Read it; do not change it."""
+        if self._copy is None or self._copy[0] != self._s.step:
+            self._copy = None  # free the old copy before building the new one
+            self._copy = (self._s.step, self._s.inference_model())
+        return self._copy[1]
+
+    def drop_copy(self) -> None:
+        """Free the step's inference copy (the engine calls it after each step's callbacks and at the end)."""
+        self._copy = None
 
     def save_checkpoint(self) -> Path | None:
         return self._s.save(self._engine.loop_state())

@@ -205,7 +205,16 @@ class RunSpec(Strict):
     tracker: TrackerSpec = Field(
         default_factory=TrackerSpec, description="project, name, tags and folder of the trackers' run"
     )
-    sample_every: int | None = Field(None, ge=1)
+    sample_every: int | None = Field(
+        None, ge=1, description="a sample grid every N steps (one is always drawn at the end of the run)"
+    )
+    grid_samples: int = Field(
+        8,
+        ge=0,
+        le=256,
+        description="conditions per route in a sample grid; 0: no grids (nor sample_every), the run's "
+        "end does not sample",
+    )
     eval_samples: int = Field(
         64, ge=1, le=2**20, description="samples per route for the metrics at the end of a run"
     )
@@ -226,6 +235,15 @@ class RunSpec(Strict):
             raise ValueError(
                 f"batch_size x grad_accum = {self.batch_size * self.grad_accum:,} samples per optimizer "
                 f"step, more than the {MAX_SAMPLES_PER_STEP:,} allowed; lower batch_size or grad_accum"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _grids(self) -> RunSpec:
+        if self.grid_samples == 0 and self.sample_every is not None:
+            raise ValueError(
+                f"run.sample_every: {self.sample_every} asks for a sample grid every {self.sample_every} "
+                "steps, but run.grid_samples: 0 turns grids off; remove one of the two"
             )
         return self
 
