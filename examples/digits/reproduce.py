@@ -795,6 +795,12 @@ def overrides_of(run: Run, seed: int, matched: str, settings: Settings) -> list[
     ]
 
 
+# Settings the graph schema gained after study v3 keyed its runs, with the value that gives the runs as they
+# ran: at that value a setting is left out of the key, so that the study keeps its keys (any other value is
+# in it, and re-keys the run). A setting added to the schema with a default that changes no run goes here.
+KEYED_BEFORE: dict[tuple[str, str], Any] = {("run", "grid_samples"): 8}
+
+
 @functools.cache
 def run_key(run: Run, seed: int, matched: str, settings: Settings, world: str, code: str) -> str:
     """What identifies a run in results.jsonl: its name, seed and budget, and a hash of everything that
@@ -805,9 +811,14 @@ def run_key(run: Run, seed: int, matched: str, settings: Settings, world: str, c
 
     from fieldkit import load_graph
 
-    graph = load_graph(GRAPHS[run.graph], overrides_of(run, seed, matched, settings))
+    graph = load_graph(GRAPHS[run.graph], overrides_of(run, seed, matched, settings)).spec.model_dump(
+        mode="json"
+    )
+    for (section, name), value in KEYED_BEFORE.items():
+        if graph[section].get(name) == value:
+            del graph[section][name]
     payload = {
-        "graph": graph.spec.model_dump(mode="json"),
+        "graph": graph,
         "world": world,
         "inputs": inputs_fingerprint(run.graph),
         "code": code,

@@ -77,6 +77,23 @@ def test_the_key_covers_the_resolved_graph_world_and_code() -> None:
     assert "student.ema=null" in overrides and "run.seed=0" in overrides
 
 
+def test_a_setting_added_after_the_study_keeps_its_keys_at_the_value_it_ran_with(monkeypatch) -> None:
+    """``run.grid_samples`` came after study v3 keyed its runs: at 8 (what every run drew) it is left out of
+    the key, so the key is the one it had before the setting existed; at another value it re-keys the run."""
+    repro = _load()
+    run = repro._run_named("diagnostic/danceopd")
+
+    def key(*extra: str) -> str:
+        repro.run_key.cache_clear()
+        return str(repro.run_key(run, 0, "steps", repro.replace(repro.QUICK, extra=extra), "w", "c"))
+
+    plain = key()
+    assert key("run.grid_samples=8") == plain
+    assert key("run.grid_samples=0") != plain
+    monkeypatch.setattr(repro, "KEYED_BEFORE", {})
+    assert key() != plain  # without the rule the new setting would re-key every run
+
+
 def test_a_committed_run_reruns_from_head_to_its_scores() -> None:
     """tests/data/quick-run.jsonl holds one run of the study as the driver wrote it (the quick settings): run
     again from HEAD it gives the same scores to the last bit, the same steps and the same model passes.
