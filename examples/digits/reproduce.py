@@ -1463,6 +1463,25 @@ def summary_table(rows: list[tuple[Claim, Decision | None, str]]) -> str:
     return "\n".join(lines) + f"\n\nHolm's family: the {tested} claims of this page that have paired runs."
 
 
+def decided_list(rows: list[tuple[Claim, Decision | None, str]]) -> str:
+    """Every claim the rule decides, per comparison: the higher run above the lower on the metric, the mean
+    difference with its 95% interval, the number of seeds and the verdict against the paper's direction."""
+    from fieldkit.eval.verdict import WITHIN_NOISE
+
+    lines = []
+    for claim, dec, word in rows:
+        if dec is None or word == WITHIN_NOISE:
+            continue
+        a, b = (f"{n} ({m})" if m != "-" else n for n, m in (claim.a, claim.b))
+        lo, hi = dec.interval
+        above, below, low, high = (a, b, lo, hi) if dec.diff.mean > 0 else (b, a, -hi, -lo)
+        lines.append(
+            f"- {claim.comparison}: {above} above {below} on {claim.metric}, by {abs(dec.diff.mean):.3f} "
+            f"[{low:.3f}, {high:.3f}] over {dec.diff.n} seeds: **{word}** ({claim.paper})"
+        )
+    return "\n".join(lines) or "- none"
+
+
 def status_table(results: list[dict[str, Any]]) -> str:
     """Per comparison, how much of the study's plan (every run at every seed of ``SEEDS``, matched steps
     and compute) ``results`` holds: runs planned, landed, and the seeds at which every run has landed; then
@@ -1553,6 +1572,7 @@ def page_tables(results: list[dict[str, Any]], images: str = "") -> dict[str, st
     verdicts = verdict_rows(results)
     tables = {
         "summary": summary_table(verdicts),
+        "decided": decided_list(verdicts),
         "status": status_table(results),
         "cost": cost_table(results),
         "references": references_table(results, teachers),
