@@ -1589,10 +1589,12 @@ def page_tables(results: list[dict[str, Any]], images: str = "") -> dict[str, st
             continue
         own = [v for v in verdicts if v[0].comparison == comp]
         if comp == "composition":  # the specialist's pair apart: its own block, after the paper's pairs
-            mine = [v for v in own if v[0].a[0].startswith(f"{SPECIALIST}/")]
-            special = [r for r in rows if r["name"].startswith(f"{SPECIALIST}/")]
+            ours = f"{SPECIALIST}/"
+            mine = [v for v in own if v[0].a[0].startswith(ours)]
+            special = [r for r in rows if r["name"].startswith(ours)]
             tables["specialist"] = _with_verdicts(runs_table(comp, special, teachers), mine)
-            rows, own = [r for r in rows if r not in special], [v for v in own if v not in mine]
+            rows = [r for r in rows if not r["name"].startswith(ours)]
+            own = [v for v in own if not v[0].a[0].startswith(ours)]
         tables[comp] = _with_verdicts(runs_table(comp, rows, teachers), own)
     return tables
 
