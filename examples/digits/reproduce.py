@@ -1255,13 +1255,32 @@ def _run_one(
 
 
 def _git_commit(results_path: Path, key: str) -> None:
-    """Commit ``results_path`` alone (``--git-commit``): a study that stops keeps every finished run."""
+    """Commit ``results_path`` alone (``--git-commit``): a study that stops keeps every finished run. The
+    processes sharing a plan take turns (a lock file among the claims: two at once would meet on git's
+    index lock), and a commit that fails is a warning, not the end of the study: the run is in the file,
+    and the next commit takes it along (as it does when another process's commit already took it)."""
+    import fcntl
     import subprocess
 
-    subprocess.run(["git", "add", str(results_path)], check=True)
-    subprocess.run(
-        ["git", "commit", "-q", "-m", f"study: {key.split('|')[0]} {key}", "--", str(results_path)]
-    )
+    claims = results_path.parent / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    message = f"study: {key.split('|')[0]} {key}"
+    with (claims / "commit.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for cmd in (
+            ["git", "add", str(results_path)],
+            ["git", "commit", "-q", "-m", message, "--", str(results_path)],
+        ):
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            said = done.stdout + done.stderr
+            if done.returncode != 0 and not (
+                "nothing to commit" in said or "nothing added to commit" in said
+            ):
+                why = (done.stderr or done.stdout).strip()[:200]
+                print(
+                    f"  warning: {' '.join(cmd[:2])} failed ({why}); the run is in {results_path}", flush=True
+                )
+                return
 
 
 def _reference_budget(results: list[dict[str, Any]], ref_key: str, matched: str) -> float | None:

@@ -180,6 +180,55 @@ def test_claims_share_the_plan_between_processes(tmp_path: Path) -> None:
     assert repro._claim(tmp_path, "a")
 
 
+def test_processes_committing_results_at_once_take_turns_and_a_failed_commit_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Study processes sharing a plan commit results.jsonl as their runs land: at once, they take turns
+    (without the lock one met the other's git index lock and the study stopped), every line ends up
+    committed; outside a git repository a commit is a warning and the study goes on."""
+    import subprocess
+    import threading
+
+    repro = _load()
+    for name, value in (("NAME", "study"), ("EMAIL", "study@example.org")):
+        monkeypatch.setenv(f"GIT_AUTHOR_{name}", value)
+        monkeypatch.setenv(f"GIT_COMMITTER_{name}", value)
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo)
+    results = repo / "out" / "results.jsonl"
+    results.parent.mkdir()
+    results.write_text("")
+    errors: list[BaseException] = []
+
+    def land(i: int) -> None:
+        try:
+            with results.open("a") as fh:
+                fh.write(f'{{"run": {i}}}\n')
+            repro._git_commit(results, f"run/{i}|seed=0|steps|k{i}")
+        except BaseException as exc:  # any failure of a thread fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=land, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert "warning" not in capsys.readouterr().out
+    committed = subprocess.run(
+        ["git", "show", "HEAD:out/results.jsonl"], capture_output=True, text=True, check=True
+    ).stdout
+    assert sorted(committed.splitlines()) == sorted(f'{{"run": {i}}}' for i in range(6))
+    elsewhere = tmp_path / "not-a-repo" / "results.jsonl"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("{}\n")
+    monkeypatch.chdir(elsewhere.parent)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    repro._git_commit(elsewhere, "run/x|seed=0|steps|kx")
+    assert "warning: git add failed" in capsys.readouterr().out
+
+
 def test_report_without_results_says_so_and_writes_nothing(tmp_path: Path) -> None:
     repro = _load()
     with pytest.raises(SystemExit) as err:
