@@ -40,7 +40,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from fieldkit.eval.report_plots import Band
@@ -1482,6 +1482,16 @@ def summary_table(rows: list[tuple[Claim, Decision | None, str]]) -> str:
     return "\n".join(lines) + f"\n\nHolm's family: the {tested} claims of this page that have paired runs."
 
 
+T = TypeVar("T")
+
+
+def higher_first(a: T, b: T, dec: Decision) -> tuple[T, T, float, float]:
+    """The two runs of a decided claim ``a - b``, the higher first, with the 95% interval of the higher
+    minus the lower."""
+    lo, hi = dec.interval
+    return (a, b, lo, hi) if dec.diff.mean > 0 else (b, a, -hi, -lo)
+
+
 def decided_list(rows: list[tuple[Claim, Decision | None, str]]) -> str:
     """Every claim the rule decides, per comparison: the higher run above the lower on the metric, the mean
     difference with its 95% interval, the number of seeds and the verdict against the paper's direction."""
@@ -1492,8 +1502,7 @@ def decided_list(rows: list[tuple[Claim, Decision | None, str]]) -> str:
         if dec is None or word == WITHIN_NOISE:
             continue
         a, b = (f"{n} ({m})" if m != "-" else n for n, m in (claim.a, claim.b))
-        lo, hi = dec.interval
-        above, below, low, high = (a, b, lo, hi) if dec.diff.mean > 0 else (b, a, -hi, -lo)
+        above, below, low, high = higher_first(a, b, dec)
         lines.append(
             f"- {claim.comparison}: {above} above {below} on {claim.metric}, by {abs(dec.diff.mean):.3f} "
             f"[{low:.3f}, {high:.3f}] over {dec.diff.n} seeds: **{word}** ({claim.paper})"
@@ -1533,7 +1542,7 @@ def cost_table(results: list[dict[str, Any]]) -> str:
     for r in results:
         if r["kind"] != "train" or r["comparison"] not in ("composition", "cheap_states", "frontier"):
             continue
-        label = r["name"].split("/", 1)[1]
+        label = method_label(r["name"])
         if r["matched"] == "steps":
             per[label].append(r["passes_per_sample"])
         elif r["matched"] == "compute":
@@ -1827,8 +1836,7 @@ def choice_table(results: list[dict[str, Any]]) -> str:
     decided = []
     for (a, b), dec in decisions.items():
         if a in where and b in where and dec.verdict != WITHIN_NOISE:
-            lo, hi = dec.interval  # of a - b; below, of the higher run minus the lower
-            above, below, low, high = (a, b, lo, hi) if dec.diff.mean > 0 else (b, a, -hi, -lo)
+            above, below, low, high = higher_first(a, b, dec)
             decided.append(
                 f"- {where[above]} above {where[below]}: {abs(dec.diff.mean):.3f} [{low:.3f}, {high:.3f}]"
             )

@@ -26,9 +26,8 @@ class EngineView:
 
     def __init__(self, engine: Engine) -> None:
         self._engine, self._s = engine, engine.session
-        self._copy: tuple[int, nn.Module] | None = (
-            None  # (step, the inference copy the step's callbacks share)
-        )
+        # (step, the inference copy that step's callbacks share), or None between steps
+        self._copy: tuple[int, nn.Module] | None = None
 
     @property
     def graph(self) -> Graph:
