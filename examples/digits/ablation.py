@@ -282,12 +282,14 @@ def main_run(
     folder: Path = MAIN_RUNS,
     steps: int = MAIN_STEPS,
     weights: dict[str, float] | None = None,
+    schedule: str = "constant",
 ) -> Path:
     """Train the main job (``graph.yaml``, ``student.init=init``, the routes' routing ``weights`` where given,
-    seed ``seed``; the engine's own EMA off, side EMAs at ``MAIN_DECAYS`` instead) and record, every
-    ``MAIN_EVERY`` updates and at the end, every copy of the weights and the teachers on the validation and
-    the test halves of the held-out digits (the seed's evaluation draw). The record (``CANDIDATE-seedN.json``,
-    the candidate named by :func:`candidate_name`) is rewritten at every checkpoint; complete at the end."""
+    the learning rate's ``schedule`` over the ``steps``, seed ``seed``; the engine's own EMA off, side EMAs at
+    ``MAIN_DECAYS`` instead) and record, every ``MAIN_EVERY`` updates and at the end, every copy of the
+    weights and the teachers on the validation and the test halves of the held-out digits (the seed's
+    evaluation draw). The record (``CANDIDATE-seedN.json``, the candidate named by :func:`candidate_name`) is
+    rewritten at every checkpoint; complete at the end."""
     from fieldkit import load_graph
     from fieldkit.distill.ema import EMA
     from fieldkit.distill.engine import Engine
@@ -295,7 +297,9 @@ def main_run(
     weights = weights or {}
     overrides = [f"student.init={init}", "student.ema=null", f"run.seed={seed}", f"run.steps={steps}"]
     overrides += [f"routes.{route}.weight={w:g}" for route, w in sorted(weights.items())]
-    name = candidate_name(init, weights)
+    if schedule != "constant":  # the protocol's runs set no schedule: their records keep their overrides
+        overrides.append(f"run.lr_schedule={schedule}")
+    name = candidate_name(init, weights, schedule)
     graph = load_graph(GRAPH, [*overrides, "run.device=cpu"])
     engine = Engine(graph, None, show_progress=False, write=False)
     emas = {f"ema{d:g}": EMA(engine.session.student, d) for d in MAIN_DECAYS}
@@ -328,9 +332,11 @@ def main_run(
     return path
 
 
-def candidate_name(init: str, weights: dict[str, float]) -> str:
-    """A candidate's name: its init, then each route weight it sets (``arith+global2``)."""
-    return init + "".join(f"+{route}{w:g}" for route, w in sorted(weights.items()))
+def candidate_name(init: str, weights: dict[str, float], schedule: str = "constant") -> str:
+    """A candidate's name: its init, then each route weight it sets, then a learning-rate schedule other than
+    constant (``arith+global2``, ``arith+cosine``)."""
+    name = init + "".join(f"+{route}{w:g}" for route, w in sorted(weights.items()))
+    return name if schedule == "constant" else f"{name}+{schedule}"
 
 
 def _candidate(record: dict[str, Any]) -> str:
@@ -501,6 +507,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="ROUTE=W",
         help="a route's routing weight (default 1 each; the candidate is named for it: arith+global2)",
     )
+    m.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine", "linear"),
+        default="constant",
+        help="the learning rate's decay over --steps (run.lr_schedule; the candidate is named for it: "
+        "arith+cosine)",
+    )
     m.add_argument("--seed", type=int, choices=MAIN_SEEDS, required=True)
     steps_help = f"updates per run (default {MAIN_STEPS}; another length keeps its records apart)"
     m.add_argument("--steps", type=_updates, default=MAIN_STEPS, help=steps_help)
@@ -513,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(main_job_table(json.loads(MAIN_JOB.read_text())), end="")
     if args.command == "main-run":
         weights = dict(args.route_weight)
-        print(main_run(args.init, args.seed, main_runs(args.steps), args.steps, weights))
+        print(main_run(args.init, args.seed, main_runs(args.steps), args.steps, weights, args.lr_schedule))
     if args.command == "main-seeds":
         print(main_seeds_table(read_main(main_runs(args.steps)), args.steps), end="")
     if args.command == "run":

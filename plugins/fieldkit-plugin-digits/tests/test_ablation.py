@@ -110,6 +110,8 @@ def test_a_route_weight_candidate_competes_under_its_own_name(capsys):
     ablation = _load()
     assert ablation.candidate_name("arith", {"global": 2.0}) == "arith+global2"
     assert ablation.candidate_name("arith", {}) == "arith"
+    assert ablation.candidate_name("arith", {}, "cosine") == "arith+cosine"
+    assert ablation.candidate_name("arith", {"global": 2.0}, "cosine") == "arith+global2+cosine"
     base = [_main_record("arith", s, {400: (0.84, 0.84)}) for s in ablation.MAIN_SEEDS]
     weighted = [
         {**_main_record("arith", s, {400: (0.87, 0.86)}), "candidate": "arith+global2"}
@@ -124,6 +126,9 @@ def test_a_route_weight_candidate_competes_under_its_own_name(capsys):
         with pytest.raises(SystemExit):
             ablation.main(["main-run", "--init", "arith", "--seed", "0", "--route-weight", bad])
         assert "give ROUTE=W" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation.main(["main-run", "--init", "arith", "--seed", "0", "--lr-schedule", "step"])
+    assert "invalid choice: 'step'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("steps", [1600, 2400])
