@@ -269,11 +269,25 @@ MAIN_DECAYS = (0.99, 0.995, 0.999)
 MAIN_STEPS, MAIN_EVERY, MAIN_SAMPLES = 1600, 400, 256
 SEED_FLOOR = 0.93  # no seed's route below 0.93x its teacher
 SPLITS = ("validation", "test")
+SCHEDULES = ("constant", "cosine", "linear")  # run.lr_schedule's choices
 
 
-def main_runs(steps: int = MAIN_STEPS) -> Path:
-    """The folder of the main job's records at ``steps`` updates per run (``MAIN_RUNS`` at ``MAIN_STEPS``)."""
-    return MAIN_RUNS if steps == MAIN_STEPS else MAIN_RUNS.with_name(f"{MAIN_RUNS.name}-{steps}")
+def main_runs(steps: int = MAIN_STEPS, schedule: str = "constant") -> Path:
+    """The folder of the main job's records at ``steps`` updates per run and learning-rate ``schedule``
+    (``MAIN_RUNS`` at ``MAIN_STEPS`` and a constant rate: the declared protocol's)."""
+    name = MAIN_RUNS.name + ("" if steps == MAIN_STEPS else f"-{steps}")
+    return MAIN_RUNS.with_name(name + ("" if schedule == "constant" else f"-{schedule}"))
+
+
+def every_main_run() -> list[dict[str, Any]]:
+    """The records of every folder of the main job's runs, each candidate named with its run length
+    (``arith (2400-update runs)``): a longer run is another candidate, even where its first updates repeat a
+    shorter run's."""
+    records = []
+    for folder in sorted(MAIN_RUNS.parent.glob(f"{MAIN_RUNS.name}*")):
+        runs = read_main(folder)
+        records += [{**r, "candidate": f"{_candidate(r)} ({r['steps']}-update runs)"} for r in runs]
+    return records
 
 
 def main_run(
@@ -371,7 +385,7 @@ def select(records: Sequence[dict[str, Any]]) -> tuple[str, str, int]:
     return best[2]
 
 
-def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS) -> str:
+def main_seeds_table(records: Sequence[dict[str, Any]], folder: str = MAIN_RUNS.name) -> str:
     """The main job over seeds (docs/digits.md): the choice made on validation, then per route the mean and
     95% interval over the seeds of student / teacher on the test half, each seed's value, and the bars."""
     from fieldkit.eval.verdict import Paired
@@ -382,7 +396,7 @@ def main_seeds_table(records: Sequence[dict[str, Any]], steps: int = MAIN_STEPS)
         done = ", ".join(f"{_candidate(r)} seed {r['seed']}" for r in records if r.get("complete")) or "none"
         return (
             f"Pending: the main job over seeds needs a complete record for every seed of {MAIN_SEEDS} "
-            f"under `docs/digits/{main_runs(steps).name}/` (complete so far: {done})."
+            f"under `docs/digits/{folder}/` (complete so far: {done})."
         )
     chosen = (r for r in records if _candidate(r) == candidate and r.get("complete"))
     runs = sorted(chosen, key=lambda r: r["seed"])
@@ -509,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     m.add_argument(
         "--lr-schedule",
-        choices=("constant", "cosine", "linear"),
+        choices=SCHEDULES,
         default="constant",
         help="the learning rate's decay over --steps (run.lr_schedule; the candidate is named for it: "
         "arith+cosine)",
@@ -519,6 +533,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     m.add_argument("--steps", type=_updates, default=MAIN_STEPS, help=steps_help)
     ms = sub.add_parser("main-seeds", help="print the main job over seeds (docs/digits.md) from its records")
     ms.add_argument("--steps", type=_updates, default=MAIN_STEPS, help=steps_help)
+    ms.add_argument("--lr-schedule", choices=SCHEDULES, default="constant", help="the runs' schedule")
+    sub.add_parser(
+        "main-choice",
+        help="print the main job's recipe chosen on validation over every candidate run of every length",
+    )
     args = parser.parse_args(argv)
     if args.command == "report":
         print(report(read()), end="")
@@ -526,9 +545,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(main_job_table(json.loads(MAIN_JOB.read_text())), end="")
     if args.command == "main-run":
         weights = dict(args.route_weight)
-        print(main_run(args.init, args.seed, main_runs(args.steps), args.steps, weights, args.lr_schedule))
+        folder = main_runs(args.steps, args.lr_schedule)
+        print(main_run(args.init, args.seed, folder, args.steps, weights, args.lr_schedule))
     if args.command == "main-seeds":
-        print(main_seeds_table(read_main(main_runs(args.steps)), args.steps), end="")
+        folder = main_runs(args.steps, args.lr_schedule)
+        print(main_seeds_table(read_main(folder), folder.name), end="")
+    if args.command == "main-choice":
+        print(main_seeds_table(every_main_run(), f"{MAIN_RUNS.name}*"), end="")
     if args.command == "run":
         decays = [float(d) for d in args.ema.split(",") if d]
         run(args.name, args.overrides, decays, args.every, args.curve_samples)

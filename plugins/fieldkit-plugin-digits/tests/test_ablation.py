@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,10 +136,35 @@ def test_a_route_weight_candidate_competes_under_its_own_name(capsys):
 def test_the_digits_page_holds_the_main_job_over_seeds(steps: int):
     """The declared protocol (1600 updates) and its longer follow-up each have their generated block."""
     ablation = _load()
-    table = ablation.main_seeds_table(ablation.read_main(ablation.main_runs(steps)), steps)
+    folder = ablation.main_runs(steps)
+    table = ablation.main_seeds_table(ablation.read_main(folder), folder.name)
     page = (ROOT / "docs" / "digits.md").read_text()
     flag = "" if steps == ablation.MAIN_STEPS else f" --steps {steps}"
     assert f"<!-- generated: python examples/digits/ablation.py main-seeds{flag} -->\n{table}" in page
+
+
+def test_the_digits_page_holds_the_choice_over_every_candidate_run():
+    ablation = _load()
+    table = ablation.main_seeds_table(ablation.every_main_run(), f"{ablation.MAIN_RUNS.name}*")
+    page = (ROOT / "docs" / "digits.md").read_text()
+    assert f"<!-- generated: python examples/digits/ablation.py main-choice -->\n{table}" in page
+
+
+def test_the_choice_over_every_run_tells_a_longer_run_from_a_shorter_one(tmp_path, monkeypatch):
+    """A 2400-update run of ``arith`` is its own candidate beside the 1600-update one: the later look's
+    better validation score at 2000 updates wins, and the table names the run length it came from."""
+    ablation = _load()
+    monkeypatch.setattr(ablation, "MAIN_RUNS", tmp_path / "main-job-seeds")
+    for steps, curve in ((1600, {1600: (0.86, 0.86)}), (2400, {1600: (0.86, 0.86), 2000: (0.87, 0.85)})):
+        folder = ablation.main_runs(steps)
+        folder.mkdir()
+        for seed in ablation.MAIN_SEEDS:
+            record = {**_main_record("arith", seed, curve), "steps": steps}
+            (folder / f"arith-seed{seed}.json").write_text(json.dumps(record))
+    assert ablation.select(ablation.every_main_run()) == ("arith (2400-update runs)", "online", 2000)
+    assert "`arith (2400-update runs)`, weights `online`, 2000 updates" in ablation.main_seeds_table(
+        ablation.every_main_run()
+    )
 
 
 def test_main_run_lengths_keep_their_records_apart_and_bad_lengths_are_refused(capsys):
@@ -146,6 +172,8 @@ def test_main_run_lengths_keep_their_records_apart_and_bad_lengths_are_refused(c
     assert ablation.main_runs() == ablation.MAIN_RUNS
     assert ablation.main_runs(2400).name == f"{ablation.MAIN_RUNS.name}-2400"
     assert ablation.main_runs(2400).parent == ablation.MAIN_RUNS.parent
+    assert ablation.main_runs(2400, "cosine").name == f"{ablation.MAIN_RUNS.name}-2400-cosine"
+    assert ablation.main_runs(1600, "cosine").name == f"{ablation.MAIN_RUNS.name}-cosine"
     for bad in ("0", "-400", "1000", "many"):
         with pytest.raises(SystemExit) as err:
             ablation.main(["main-seeds", "--steps", bad])
