@@ -19,6 +19,12 @@ scored every ``MAIN_EVERY`` updates on the validation half of the held-out digit
 
     python examples/digits/ablation.py main-run --init arith --seed 0     # one candidate on one seed
     python examples/digits/ablation.py main-seeds                         # the table in docs/digits.md
+
+Later looks keep their records apart by run length and schedule (``--steps``, ``--lr-schedule``);
+``main-choice`` makes the same choice on validation over every candidate of every folder, a candidate at
+each run length counting as its own.
+
+    python examples/digits/ablation.py main-choice
 """
 
 from __future__ import annotations
