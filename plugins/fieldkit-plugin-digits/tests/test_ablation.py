@@ -132,9 +132,9 @@ def test_a_route_weight_candidate_competes_under_its_own_name(capsys):
     assert "invalid choice: 'step'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("steps", [1600, 2400])
+@pytest.mark.parametrize("steps", [1600, 2400, 4000])
 def test_the_digits_page_holds_the_main_job_over_seeds(steps: int):
-    """The declared protocol (1600 updates) and its longer follow-up each have their generated block."""
+    """The declared protocol (1600 updates) and its longer follow-ups each have their generated block."""
     ablation = _load()
     folder = ablation.main_runs(steps)
     table = ablation.main_seeds_table(ablation.read_main(folder), folder.name)
@@ -181,19 +181,21 @@ def test_main_run_lengths_keep_their_records_apart_and_bad_lengths_are_refused(c
         assert "positive multiple of 400" in capsys.readouterr().err
 
 
-def test_the_longer_main_job_runs_repeat_the_protocol_runs_exactly_up_to_their_length():
-    """docs/digits.md says the 2400-update runs' first 1600 updates are the protocol's runs exactly (constant
-    learning rate, same seed): every shared checkpoint's scores, on both halves, are equal."""
+@pytest.mark.parametrize(("shorter", "longer"), [(1600, 2400), (2400, 4000)])
+def test_longer_main_job_runs_repeat_the_shorter_runs_exactly_up_to_their_length(shorter: int, longer: int):
+    """docs/digits.md says each longer look's runs repeat the shorter runs exactly up to their length
+    (constant learning rate, same seed; the 4000-update runs on a later code version than the 2400-update
+    ones): every shared checkpoint's scores, on both halves, are equal."""
     ablation = _load()
-    short = {(ablation._candidate(r), r["seed"]): r for r in ablation.read_main(ablation.main_runs())}
-    long = [  # the longer runs of a protocol candidate (a new candidate, arith+global2, has no shorter run)
+    short = {(ablation._candidate(r), r["seed"]): r for r in ablation.read_main(ablation.main_runs(shorter))}
+    long = [  # the longer runs of a shorter look's candidate (arith+global2 has no shorter run)
         r
-        for r in ablation.read_main(ablation.main_runs(2400))
+        for r in ablation.read_main(ablation.main_runs(longer))
         if (ablation._candidate(r), r["seed"]) in short
     ]
-    assert len(long) == 3, "docs/digits/main-job-seeds-2400 holds no longer run of arith on each seed"
+    assert len(long) == 3, f"docs/digits/main-job-seeds-{longer} holds no longer run of arith on each seed"
     for record in long:
         base = short[(ablation._candidate(record), record["seed"])]
         assert record["teachers"] == base["teachers"]
-        shared = [p for p in record["curve"] if p["step"] <= ablation.MAIN_STEPS]
+        shared = [p for p in record["curve"] if p["step"] <= shorter]
         assert shared == base["curve"]
