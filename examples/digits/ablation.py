@@ -36,7 +36,9 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from fieldkit.graph.schema import RunSpec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -275,7 +277,8 @@ MAIN_DECAYS = (0.99, 0.995, 0.999)
 MAIN_STEPS, MAIN_EVERY, MAIN_SAMPLES = 1600, 400, 256
 SEED_FLOOR = 0.93  # no seed's route below 0.93x its teacher
 SPLITS = ("validation", "test")
-SCHEDULES = ("constant", "cosine", "linear")  # run.lr_schedule's choices
+# run.lr_schedule's choices, read from the schema
+SCHEDULES: tuple[str, ...] = get_args(RunSpec.model_fields["lr_schedule"].annotation)
 
 
 def main_runs(steps: int = MAIN_STEPS, schedule: str = "constant") -> Path:
