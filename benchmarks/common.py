@@ -90,13 +90,18 @@ def sync(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize(device)
 
 
-def clock(fn: Callable[[], Any], device: torch.device | str | None = None) -> float:
-    """Seconds ``fn()`` takes, device work included."""
+def clock(
+    fn: Callable[[], Any],
+    device: torch.device | str | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Seconds ``fn()`` takes, device work included, on ``timer`` (wall-clock; ``time.process_time`` for the
+    CPU time of this process, steadier on a loaded machine)."""
     sync(device)
-    start = time.perf_counter()
+    start = timer()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return timer() - start
 
 
 def interleaved(
@@ -105,15 +110,17 @@ def interleaved(
     *,
     warmup: int = 2,
     device: torch.device | str | None = None,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Seconds of each step in ``rounds`` interleaved rounds (each round runs every step once, in turn)."""
+    """Seconds of each step in ``rounds`` interleaved rounds (each round runs every step once, in turn), on
+    ``timer`` (see :func:`clock`)."""
     for _ in range(warmup):
         for step in steps.values():
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            times[name].append(clock(step, device))
+            times[name].append(clock(step, device, timer))
     return times
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import parser, setup
+from common import interleaved, parser, setup
 from sd3 import TINY_SD3
 
 CASES = {  # name: (batch, text tokens)
@@ -34,8 +34,8 @@ CASES = {  # name: (batch, text tokens)
 }
 
 
-def forward(model: torch.nn.Module, batch: int, tokens: int) -> Callable[[], None]:
-    """One no-grad forward at ``batch`` rows and ``tokens`` text tokens (fixed random inputs)."""
+def forwards(model: torch.nn.Module, batch: int, tokens: int, calls: int) -> Callable[[], None]:
+    """``calls`` no-grad forwards at ``batch`` rows and ``tokens`` text tokens (fixed random inputs)."""
     gen = torch.Generator().manual_seed(0)
     inputs = {
         "hidden_states": torch.randn(batch, 16, 32, 32, generator=gen),
@@ -46,17 +46,10 @@ def forward(model: torch.nn.Module, batch: int, tokens: int) -> Callable[[], Non
 
     def run() -> None:
         with torch.no_grad():
-            model(**inputs, return_dict=False)
+            for _ in range(calls):
+                model(**inputs, return_dict=False)
 
     return run
-
-
-def cpu_ms(fn: Callable[[], None], calls: int) -> float:
-    """CPU milliseconds of this process per call of ``fn``, over ``calls`` calls."""
-    start = time.process_time()
-    for _ in range(calls):
-        fn()
-    return 1e3 * (time.process_time() - start) / calls
 
 
 def main() -> None:
@@ -68,13 +61,9 @@ def main() -> None:
     from fieldkit_sd3.field import SD3Field
 
     model = SD3Field.build_transformer(TINY_SD3, seed=0).eval()
-    runs = {name: forward(model, *shape) for name, shape in CASES.items()}
-    for run in runs.values():  # warm-up
-        cpu_ms(run, 3)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            times[name].append(cpu_ms(run, args.calls))
+    runs = {name: forwards(model, *shape, args.calls) for name, shape in CASES.items()}
+    rounds = interleaved(runs, args.rounds, warmup=1, timer=time.process_time)
+    times = {name: [1e3 * t / args.calls for t in ts] for name, ts in rounds.items()}  # ms per forward
     med = {name: statistics.median(t) for name, t in times.items()}
     print("\n| forward | CPU ms (median) | IQR |\n|---|---|---|")
     for name, t in times.items():
