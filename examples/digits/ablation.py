@@ -405,7 +405,7 @@ def main_seeds_table(records: Sequence[dict[str, Any]], folder: str = MAIN_RUNS.
         done = ", ".join(f"{_candidate(r)} seed {r['seed']}" for r in records if r.get("complete")) or "none"
         return (
             f"Pending: the main job over seeds needs a complete record for every seed of {MAIN_SEEDS} "
-            f"under `docs/digits/{folder}/` (complete so far: {done})."
+            f"under `docs/digits/{folder}/` (complete so far: {done}).\n"
         )
     chosen = (r for r in records if _candidate(r) == candidate and r.get("complete"))
     runs = sorted(chosen, key=lambda r: r["seed"])
