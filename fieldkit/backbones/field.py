@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Self, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
+from fieldkit.backbones import traced
 from fieldkit.backbones.loading import SCHEDULER_FILE, build_model, load_model
 from fieldkit.backbones.schedule import linear_sigmas, pipeline_sigmas
 from fieldkit.cond import Cond
@@ -74,6 +75,10 @@ class SharedAdapterField(ModuleField):
     cond_hint: ClassVar[str] = ""
     #: What the error of a folder without this transformer tells the user to point ``path`` at.
     load_hint: ClassVar[str] = "point `path` at a pipeline folder or a transformer folder saved by diffusers"
+    #: Whether the transformer's forward branches on shapes and structure alone, never on tensor values, so
+    #: that :meth:`run_transformer` may replay its no-grad passes (``run.trace``, fieldkit.backbones.traced).
+    #: Set it only with a test that the replayed pass equals the eager one.
+    traceable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -123,6 +128,13 @@ class SharedAdapterField(ModuleField):
     def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         """``v = eps - x0`` at ``x`` ``[B, C, H, W]``, ``sigma`` ``[B]`` (checked, adapter active)."""
         raise NotImplementedError(f"{type(self).__name__} must define velocity(x, sigma, cond)")
+
+    def run_transformer(self, **kwargs: Any) -> Any:
+        """``self.transformer(**kwargs)``: what :meth:`velocity` calls, replayed where ``run.trace`` can
+        (a :attr:`traceable` backbone's no-grad pass on the CPU inside an update), else eager."""
+        if self.traceable:
+            return traced.call(self.transformer, **kwargs)
+        return self.transformer(**kwargs)
 
     def input_layer(self) -> nn.Module | None:
         """The layer that first sees ``x`` (its weight dtype is the compute dtype); ``None``: diffusers'."""

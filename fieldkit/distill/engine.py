@@ -33,6 +33,7 @@ from rich.markup import escape
 from torch import Tensor, nn
 
 from fieldkit.attention import use_backend
+from fieldkit.backbones.traced import replayed_passes
 from fieldkit.distill.callbacks import Callback, StepReport, every, state_key
 from fieldkit.distill.interval import IntervalMeans
 from fieldkit.distill.outputs import RunLogger, default_callbacks
@@ -155,7 +156,7 @@ class Engine:
         timings: dict[str, float] = defaultdict(float)
         nfe = rollout_samples = 0
         t_start = time.perf_counter()
-        with count_passes(s.student, s.teachers) as passes:
+        with count_passes(s.student, s.teachers) as passes, replayed_passes(s.replay):
             for i, index in enumerate(plan):
                 route, n = routes[index], run.batch_size * s.shard.world
                 batch = check_batch(route.data.sample(n, s.generators["data"]), n, s.who_data[route.name])

@@ -288,6 +288,8 @@ class Session:
         )
         #: FSDP: the student's parameters are shards; reading its full weights is a collective.
         self.sharded: bool = acc.distributed_type == DistributedType.FSDP
+        #: run.trace: the update's no-grad passes replayed (fieldkit.backbones.traced), on eager models only.
+        self.replay: bool = spec.run.trace and spec.run.compile == "off" and not self.sharded
         self.shard = Shard(acc.process_index, acc.num_processes, lockstep=self.sharded)
         self._plain: PlainCopy | None = None
         if self.sharded:

@@ -189,6 +189,12 @@ class RunSpec(Strict):
         description="torch.compile the student's and teachers' forwards, per block: off or a mode "
         "(reduce-overhead and max-autotune record CUDA graphs and need CUDA)",
     )
+    trace: bool = Field(
+        True,
+        description="replay the no-grad passes of traceable diffusers backbones (the rollout, the teachers) "
+        "on the CPU from a recording of their ops, checked equal to the eager pass "
+        "(fieldkit.backbones.traced); off with run.compile or run.parallel: fsdp",
+    )
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="with several processes: ddp (every process holds the whole student) or fsdp (its "

@@ -47,6 +47,7 @@ class SD3Field(SharedAdapterField):
         "as 'pooled'"
     )
     load_hint = "point `path` at an SD3 / SD3.5 pipeline folder or a transformer folder saved by diffusers"
+    traceable = True  # its forward branches on shapes only (tests/test_traced.py)
 
     @classmethod
     def build_transformer(
@@ -63,7 +64,7 @@ class SD3Field(SharedAdapterField):
 
     def velocity(self, x: Tensor, sigma: Tensor, cond: Cond) -> Tensor:
         dtype = self.compute_dtype()
-        out: Tensor = self.transformer(
+        out: Tensor = self.run_transformer(
             hidden_states=x.to(dtype),
             timestep=sigma * TIMESTEP_SCALE,
             encoder_hidden_states=cond["text"].to(dtype),
