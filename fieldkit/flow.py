@@ -201,8 +201,20 @@ def generate(
     sigmas: Tensor,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
+    rows: int | None = None,
 ) -> Tensor:
-    """Clean samples ``[B, *shape]``: Euler along ``sigmas`` from noise drawn with ``generator``."""
+    """Clean samples ``[B, *shape]``: Euler along ``sigmas`` from noise drawn with ``generator`` (all of it
+    first, so the samples do not depend on ``rows``), ``rows`` samples at a time (``None``: all at once).
+    Fields act per sample: smaller chunks lower the memory a call needs, not what it computes."""
+    if rows is not None and rows < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
     batch = cond.batch_size or 0
     noise = torch.randn((batch, *shape), generator=generator).to(device)
-    return euler_sample(field, noise, cond.to(device), sigmas).final.clone()
+    cond = cond.to(device)
+    if rows is None or rows >= batch:
+        return euler_sample(field, noise, cond, sigmas).final.clone()
+    chunks = [
+        euler_sample(field, noise[i : i + rows], cond.index(slice(i, i + rows)), sigmas).final
+        for i in range(0, batch, rows)
+    ]
+    return torch.cat(chunks)

@@ -112,9 +112,11 @@ def test_a_routes_field_row_is_drawn_once_per_run_and_equals_a_fresh_draw(
 
     calls: list[tuple[Any, ...]] = []
 
-    def counting(field: Any, cond: Any, shape: Any, sigmas: Any, noise: Any, device: Any) -> torch.Tensor:
-        calls.append((field, cond, shape, sigmas, device))
-        return generate(field, cond, shape, sigmas, noise, device)
+    def counting(
+        field: Any, cond: Any, shape: Any, sigmas: Any, noise: Any, device: Any, rows: Any
+    ) -> torch.Tensor:
+        calls.append((field, cond, shape, sigmas, device, rows))
+        return generate(field, cond, shape, sigmas, noise, device, rows)
 
     monkeypatch.setattr(outputs, "generate", counting)
     grids = outputs.SampleGrids()
@@ -122,8 +124,9 @@ def test_a_routes_field_row_is_drawn_once_per_run_and_equals_a_fresh_draw(
     run.run(replace={"samples": grids})
     teacher = run.session.router.routes[0].field
     assert [c[0] is teacher for c in calls] == [True, False, False]  # teacher and student, then student
-    field, cond, shape, sigmas, device = calls[0]
-    fresh = generate(field, cond, shape, sigmas, torch.Generator().manual_seed(grids.seed), device)
+    field, cond, shape, sigmas, device, rows = calls[0]
+    assert rows == run.session.run_spec.batch_size  # a grid is drawn a training micro-batch at a time
+    fresh = generate(field, cond, shape, sigmas, torch.Generator().manual_seed(grids.seed), device, rows)
     assert torch.equal(grids.field_rows["r"], fresh)
 
 

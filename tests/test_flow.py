@@ -15,6 +15,7 @@ from fieldkit.flow import (
     Trajectory,
     euler_sample,
     euler_step,
+    generate,
     interpolate,
     rollout_states,
     shift_sigma,
@@ -189,6 +190,26 @@ def test_constant_field_lands_for_any_schedule(steps, shift, seed):
     sigmas = sigma_schedule(steps, shift, dtype=torch.float64)
     traj = euler_sample(lambda x, s, c: v.expand_as(x), eps, Cond(), sigmas)
     assert torch.allclose(traj.final, x0, atol=1e-12)
+
+
+@FAST
+@given(batch=st.integers(1, 9), rows=st.integers(1, 10))
+def test_generate_in_chunks_draws_the_same_samples_with_smaller_calls(counting, batch, rows):
+    """The noise is drawn whole before the chunks: chunked samples equal the whole batch's (a per-sample
+    field), and no call sees more than ``rows`` samples."""
+    _, cond = setup(batch)
+    sigmas = sigma_schedule(4, 3.0, dtype=torch.float64)
+    whole = generate(wiggly, cond, (2, 3, 3), sigmas, torch.Generator().manual_seed(1))
+    field = counting(wiggly)
+    chunked = generate(field, cond, (2, 3, 3), sigmas, torch.Generator().manual_seed(1), rows=rows)
+    assert torch.equal(chunked, whole.to(chunked.dtype))
+    assert max(field.batch_sizes) == min(rows, batch) and field.calls == 4 * math.ceil(batch / rows)
+
+
+def test_generate_refuses_chunks_of_no_rows():
+    _, cond = setup(2)
+    with pytest.raises(ValueError, match="rows must be at least 1, got 0"):
+        generate(wiggly, cond, (2, 3, 3), sigma_schedule(4, 3.0), torch.Generator(), rows=0)
 
 
 def test_record_keeps_pre_step_states_only(counting):

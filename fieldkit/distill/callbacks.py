@@ -110,6 +110,12 @@ class RunView(Protocol):
         ...
 
     @property
+    def replays(self) -> bool:
+        """Whether no-grad passes may be replayed from recordings (``run.trace``:
+        :func:`fieldkit.backbones.traced.replayed_passes`); off with ``run.compile`` and FSDP."""
+        ...
+
+    @property
     def device(self) -> torch.device:
         """Where the student lives."""
         ...

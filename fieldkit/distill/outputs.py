@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.markup import escape
+from torch import nn
 
 from fieldkit.atomic import atomic_path, atomic_write
+from fieldkit.backbones.traced import replayed_passes
 from fieldkit.data import batch_captions, evaluation_bucket
 from fieldkit.distill.callbacks import Callback, RunView, SampleGrid, StepReport, every
 from fieldkit.distill.rundir import graph_changes, previous_graph
@@ -95,7 +98,8 @@ class SampleGrids(Callback):
     when it is 0) and noise drawn with ``seed``. Under FSDP every process computes them (sharded forwards
     are collectives); the main process writes ``samples/step-STEP-ROUTE.png``. Publishes the grids
     (``on_samples``). The fields are frozen and the conditions and noise the same at every grid, so a
-    route's field row is drawn once per run and kept."""
+    route's field row is drawn once per run and kept. A grid is sampled ``run.batch_size`` conditions at a
+    time, so it never needs more memory than a training micro-batch (a large model trained at batch 1)."""
 
     def __init__(self, n: int | None = None, seed: int = 1234) -> None:
         self.n, self.seed = n, seed
@@ -114,9 +118,20 @@ class SampleGrids(Callback):
         """Draw, write and publish every route's grid at this step."""
         self.drawn_at = run.step
         n = run.run_spec.grid_samples if self.n is None else self.n
-        if n == 0 or run.out is None or not (run.is_main or run.sharded):
+        out = run.out
+        if n == 0 or out is None or not (run.is_main or run.sharded):
             return
         policy = run.inference_model()
+        chunk = run.run_spec.batch_size  # a grid never needs more memory than a training micro-batch
+        with replayed_passes(run.replays):  # the teachers' rows replay what training recorded
+            grids = self._route_grids(run, out, policy, n, chunk)
+        if grids:
+            run.publish_samples(grids)
+
+    def _route_grids(
+        self, run: RunView, out: Path, policy: nn.Module, n: int, chunk: int
+    ) -> list[SampleGrid]:
+        """Each route's grid of ``n`` conditions (written by the main process), drawn ``chunk`` at a time."""
         grids = []
         for route in run.routes:
             bucket = evaluation_bucket(route.data)
@@ -131,23 +146,22 @@ class SampleGrids(Callback):
                 if route.name not in self.field_rows:
                     noise = torch.Generator().manual_seed(self.seed)
                     self.field_rows[route.name] = generate(
-                        route.field, batch.cond, shape, sigmas, noise, run.device
+                        route.field, batch.cond, shape, sigmas, noise, run.device, chunk
                     )
                 rows.append(self.field_rows[route.name])
             elif batch.target is not None:
                 rows.append(batch.target)
                 labels.append("data")
             noise = torch.Generator().manual_seed(self.seed)
-            rows.append(generate(policy, batch.cond, shape, sigmas, noise, run.device))
+            rows.append(generate(policy, batch.cond, shape, sigmas, noise, run.device, chunk))
             labels.append("student")
             if run.is_main:
                 captions = batch_captions(bucket, batch)
                 image = labelled_grid(rows, labels, captions)
-                path = run.out / "samples" / f"step-{run.step:08d}-{route.name}.png"
+                path = out / "samples" / f"step-{run.step:08d}-{route.name}.png"
                 write_grid(image, path, labels, captions)
                 grids.append(SampleGrid(route.name, run.step, np.asarray(image.convert("RGB")), path))
-        if grids:
-            run.publish_samples(grids)
+        return grids
 
 
 class Checkpoints(Callback):

@@ -58,6 +58,10 @@ class EngineView:
         return self._s.sharded
 
     @property
+    def replays(self) -> bool:
+        return self._s.replay
+
+    @property
     def device(self) -> torch.device:
         device: torch.device = self._s.accelerator.device
         return device
