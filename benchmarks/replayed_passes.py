@@ -11,7 +11,8 @@ DanceOPD step, per recording, and in memory.
 - **Recording**: the CPU seconds of each engine's first step (which records the student's merged rollout
   pass and the teacher's pass and checks them) against a later step.
 - **Memory**: how much the resident set of a fresh process grows over ``--memory-steps`` steps after the
-  engine is built, per setting (median of ``--memory-runs`` processes): what recording and replaying add.
+  engine is built, per setting (median of ``--memory-runs`` processes): what recording and replaying add;
+  and, for scale, what recording and replaying a two-layer MLP adds to a process (TorchScript's own cost).
 
     python benchmarks/replayed_passes.py [--threads 1] [--rounds 15] [--steps 5]
 """
@@ -153,6 +154,24 @@ print(json.dumps(rss() - built))
 """
 
 
+FIXED = """
+import json
+import diffusers, peft, torch  # what a run imports anyway
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
+torch.set_num_threads(1)
+m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 8))
+x = torch.randn(2, 8)
+before = rss()
+with torch.no_grad():
+    recording = torch.jit.trace(m, x, check_trace=False)
+with torch.inference_mode():
+    for _ in range(3):
+        recording(x)
+print(json.dumps(rss() - before))
+"""
+
+
 def memory_table(root: Path, runs: int, steps: int) -> None:
     bench = str(Path(__file__).resolve().parent)
     growth: dict[str, list[float]] = {"false": [], "true": []}
@@ -168,6 +187,14 @@ def memory_table(root: Path, runs: int, steps: int) -> None:
     for trace, label in (("false", "run.trace: false"), ("true", "run.trace: true")):
         g = growth[trace]
         print(f"| {label} | {statistics.median(g):.1f} ({min(g):.1f}-{max(g):.1f}) |")
+    fixed = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", FIXED], capture_output=True, text=True, check=True)
+        fixed.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(
+        f"| recording and replaying a two-layer MLP (8 x 8) instead | {statistics.median(fixed):.1f} "
+        f"({min(fixed):.1f}-{max(fixed):.1f}) |"
+    )
     diff = statistics.median(growth["true"]) - statistics.median(growth["false"])
     print(
         f"\nreplayed - eager: {diff:+.1f} MiB ({runs} processes each; the resident set after the steps less "

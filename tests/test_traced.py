@@ -3,6 +3,9 @@ the random stream of the eager passes, and is keyed by the non-tensor arguments.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -87,3 +90,15 @@ def test_a_new_input_shape_is_a_new_recording_and_tensor_subclasses_are_refused(
     assert traced.walk(weird).refusal is None  # a dtype is no reason; a device or a tensor subclass is
     weird.register_buffer("meta", torch.empty(2, device="meta"))
     assert traced.walk(weird).refusal == "module (root) holds meta, which is not a plain CPU tensor"
+
+
+def test_recordings_die_with_their_model() -> None:
+    """A model made per call (an inference copy for each sample grid) is not kept alive by its recordings."""
+    model = Scaled().eval()
+    with torch.no_grad(), traced.replayed_passes():
+        traced.call(model, x=torch.randn(2, 3))
+    assert [r is not None for r in traced._REPLAYS[model].by_key.values()] == [True]
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # and with it its entry of the recordings (a weak key)

@@ -232,14 +232,17 @@ def _first_call(
 ) -> tuple[Recording | None, Any]:
     """Record ``model``'s pass, check two replays against the eager pass (same random state) and return the
     recording (``None`` if any output differs) with the eager output."""
-    slots = structure.slots
+    # The recording keeps the function it traced: ``live`` is emptied after tracing, so that it keeps
+    # neither the model nor its parameters alive (recordings die with their model).
+    live: list[Any] = [model, structure.slots]
 
     def forward(*flat: Tensor) -> Any:
+        module, slots = live
         kept = [d[k] for d, k in slots]
         for (d, k), t in zip(slots, flat, strict=False):
             d[k] = t
         try:
-            return model(**dict(zip(names, flat[len(slots) :], strict=True)), **constants)
+            return module(**dict(zip(names, flat[len(slots) :], strict=True)), **constants)
         finally:
             for (d, k), t in zip(slots, kept, strict=True):
                 d[k] = t
@@ -256,6 +259,8 @@ def _first_call(
             torch.set_rng_state(state)
             _warn(model, f"it could not be recorded ({type(exc).__name__}: {exc})")
             return None, model(**dict(zip(names, tensors, strict=True)), **constants)
+        finally:
+            live.clear()
         replays = []
         for _ in range(2):
             torch.set_rng_state(state)
