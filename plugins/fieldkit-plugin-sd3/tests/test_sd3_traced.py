@@ -161,3 +161,30 @@ def test_a_run_with_replayed_passes_trains_the_same_student_bit_for_bit(
     assert runs[True][1].keys() == runs[False][1].keys()
     for name, tensor in runs[False][1].items():
         assert torch.equal(runs[True][1][name], tensor), name
+
+
+def test_adapter_fields_sharing_one_transformer_replay_each_their_own_adapter(
+    sd3_plugin, tiny: Path, prompt_cond: Cond
+) -> None:
+    """LoRA teachers over one shared transformer: each call switches the adapter (peft state, part of the
+    key), so each field's passes have their own recording and equal its eager passes bit for bit."""
+    ctx = BuildContext(
+        loads_graph(
+            f"""
+fields:
+  base: {{type: sd3, path: '{tiny / "sd3"}'}}
+  a: {{type: sd3.lora, base: base, path: '{tiny / "lora-a"}'}}
+  b: {{type: sd3.lora, base: base, path: '{tiny / "lora-b"}', scale: 0.5}}
+"""
+        )
+    )
+    fields = {name: ctx.field(name) for name in ("base", "a", "b")}
+    x, sigma, cond = _inputs(prompt_cond, 2)
+    with torch.inference_mode():
+        eager = {name: field(x, sigma, cond) for name, field in fields.items()}
+        with traced.replayed_passes():
+            for _ in range(2):  # interleaved: every call switches the shared transformer
+                for name in ("a", "base", "b", "a"):
+                    assert torch.equal(fields[name](x, sigma, cond), eager[name]), name
+    assert len(_keys(fields["base"])) == 3 and all(r is not None for r in _keys(fields["base"]).values())
+    assert not torch.equal(eager["a"], eager["base"]) and not torch.equal(eager["a"], eager["b"])
