@@ -42,7 +42,7 @@ def test_a_replay_that_differs_from_the_eager_pass_is_not_used() -> None:
         with pytest.warns(RuntimeWarning, match="Counting's pass with these inputs runs eager: its replay"):
             first = traced.call(model, x=x)
         second = traced.call(model, x=x)
-    assert list(traced._REPLAYS[model].by_key.values()) == [None]
+    assert list(traced._REPLAYS[model].values()) == [None]
     with torch.no_grad():
         base = model.lin(x)
     # recording ran the Python once (count 1, frozen in), the check's eager pass gave the caller count 2, and
@@ -61,7 +61,7 @@ def test_replays_keep_the_random_stream_of_the_eager_passes() -> None:
 
     eager, eager_state = outputs(False)
     replayed, replayed_state = outputs(True)
-    assert [r is not None for r in traced._REPLAYS[model].by_key.values()] == [True]
+    assert [r is not None for r in traced._REPLAYS[model].values()] == [True]
     assert all(torch.equal(a, b) for a, b in zip(eager, replayed, strict=True))
     assert torch.equal(eager_state, replayed_state)
     assert not torch.equal(eager[0], eager[1])  # dropout did draw
@@ -75,7 +75,7 @@ def test_non_tensor_arguments_key_their_own_recordings() -> None:
             for scale in (1, 2, 1, 2):
                 assert torch.equal(traced.call(model, x=x, scale=scale), expected[scale])
             assert torch.equal(traced.call(model, x=x, options={"a": 1}), expected[1])  # unhashable: eager
-    assert len(traced._REPLAYS[model].by_key) == 2
+    assert len(traced._REPLAYS[model]) == 2
 
 
 def test_a_new_input_shape_is_a_new_recording_and_tensor_subclasses_are_refused() -> None:
@@ -84,7 +84,7 @@ def test_a_new_input_shape_is_a_new_recording_and_tensor_subclasses_are_refused(
         for rows in (1, 2, 1):
             x = torch.randn(rows, 3)
             assert torch.equal(traced.call(model, x=x), model(x))
-    assert len(traced._REPLAYS[model].by_key) == 2
+    assert len(traced._REPLAYS[model]) == 2
     weird = Scaled()
     weird.lin.weight = nn.Parameter(torch.randn(3, 3).to(torch.float64))
     assert traced.walk(weird).refusal is None  # a dtype is no reason; a device or a tensor subclass is
@@ -97,7 +97,7 @@ def test_recordings_die_with_their_model() -> None:
     model = Scaled().eval()
     with torch.no_grad(), traced.replayed_passes():
         traced.call(model, x=torch.randn(2, 3))
-    assert [r is not None for r in traced._REPLAYS[model].by_key.values()] == [True]
+    assert [r is not None for r in traced._REPLAYS[model].values()] == [True]
     alive = weakref.ref(model)
     del model
     gc.collect()

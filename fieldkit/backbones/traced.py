@@ -94,7 +94,7 @@ def walk(model: nn.Module) -> Structure:
             for key, tensor in slots.items():
                 if tensor is None:
                     continue
-                if type(tensor) not in _PLAIN or not tensor.is_cpu:
+                if not _plain_cpu(tensor):
                     return _refused(model, m, f"holds {key}, which is not a plain CPU tensor")
                 s.slots.append((slots, key))
                 parts.append((id(slots), key))
@@ -153,15 +153,9 @@ def _constant(value: Any) -> Hashable | None:
     return None
 
 
-class Replays:
-    """The recordings of one model, by key (``None``: that key runs eager)."""
-
-    def __init__(self) -> None:
-        self.by_key: dict[Hashable, Recording | None] = {}
-
-
-#: Recordings outlive a scope (one update) and die with their model.
-_REPLAYS: weakref.WeakKeyDictionary[nn.Module, Replays] = weakref.WeakKeyDictionary()
+#: Each model's recordings by key (``None``: that key runs eager); they outlive a scope (one update) and die
+#: with their model.
+_REPLAYS: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, Recording | None]] = weakref.WeakKeyDictionary()
 #: The scope of replayed passes, while one is open: the models walked in it.
 _SCOPE: ContextVar[dict[int, Structure] | None] = ContextVar("fieldkit_traced_scope", default=None)
 
@@ -212,25 +206,27 @@ def call(model: nn.Module, **kwargs: Any) -> Any:
         tuple((k, tuple(t.shape), t.dtype) for k, t in zip(names, tensors, strict=True)),
         tuple(sorted(parts.items())),
     )
-    replays = _REPLAYS.setdefault(model, Replays())
+    replays = _REPLAYS.setdefault(model, {})
     weights = [slots[k] for slots, k in structure.slots]
-    if key in replays.by_key:
-        recording = replays.by_key[key]
+    if key in replays:
+        recording = replays[key]
         return model(**kwargs) if recording is None else recording(*weights, *tensors)
-    recording, out = _first_call(model, structure, names, constants, weights, tensors)
-    replays.by_key[key] = recording
+    recording, out = _first_call(model, structure, kwargs, names, constants, weights, tensors)
+    replays[key] = recording
     return out
 
 
 def _first_call(
     model: nn.Module,
     structure: Structure,
+    kwargs: dict[str, Any],
     names: list[str],
     constants: dict[str, Any],
     weights: list[Tensor],
     tensors: list[Tensor],
 ) -> tuple[Recording | None, Any]:
-    """Record ``model``'s pass, check two replays against the eager pass (same random state) and return the
+    """Record ``model(**kwargs)`` (its tensor arguments ``names``, in that order, are ``tensors``; the rest
+    are ``constants``), check two replays against the eager pass (same random state) and return the
     recording (``None`` if any output differs) with the eager output."""
     # The recording keeps the function it traced: ``live`` is emptied after tracing, so that it keeps
     # neither the model nor its parameters alive (recordings die with their model).
@@ -258,7 +254,7 @@ def _first_call(
         except Exception as exc:  # any failure to record leaves this key eager
             torch.set_rng_state(state)
             _warn(model, f"it could not be recorded ({type(exc).__name__}: {exc})")
-            return None, model(**dict(zip(names, tensors, strict=True)), **constants)
+            return None, model(**kwargs)
         finally:
             live.clear()
         replays = []
@@ -266,7 +262,7 @@ def _first_call(
             torch.set_rng_state(state)
             replays.append(recording(*weights, *tensors))
     torch.set_rng_state(state)
-    out = model(**dict(zip(names, tensors, strict=True)), **constants)
+    out = model(**kwargs)
     if all(_equal(r, out) for r in replays):
         return recording, out
     _warn(model, "its replay differs from the eager pass")

@@ -191,8 +191,8 @@ class RunSpec(Strict):
     )
     trace: bool = Field(
         True,
-        description="replay the no-grad passes of traceable diffusers backbones (the rollout, the teachers) "
-        "on the CPU from a recording of their ops, checked equal to the eager pass "
+        description="replay the no-grad passes of traceable diffusers backbones (the rollout, the teachers, "
+        "sample grids) on the CPU from a recording of their ops, checked equal to the eager pass "
         "(fieldkit.backbones.traced); off with run.compile or run.parallel: fsdp",
     )
     parallel: Literal["ddp", "fsdp"] = Field(

@@ -47,7 +47,7 @@ class SD3Field(SharedAdapterField):
         "as 'pooled'"
     )
     load_hint = "point `path` at an SD3 / SD3.5 pipeline folder or a transformer folder saved by diffusers"
-    traceable = True  # its forward branches on shapes only (tests/test_traced.py)
+    traceable = True  # its forward branches on shapes only (tests/test_sd3_traced.py)
 
     @classmethod
     def build_transformer(

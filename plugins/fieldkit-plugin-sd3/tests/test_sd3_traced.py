@@ -44,7 +44,7 @@ def _inputs(cond: Cond, batch: int) -> tuple[torch.Tensor, torch.Tensor, Cond]:
 
 
 def _keys(field) -> dict:
-    return traced._REPLAYS[field.transformer].by_key
+    return traced._REPLAYS[field.transformer]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -152,7 +152,7 @@ def test_a_run_with_replayed_passes_trains_the_same_student_bit_for_bit(
         losses = [(r.update.loss, r.update.grad_norm, r.update.rollout_nfe) for r in engine.steps()]
         replays = traced._REPLAYS.get(engine.session.student.transformer)
         if trace:  # the rollout's merged passes were recorded and replayed
-            assert replays is not None and any(r is not None for r in replays.by_key.values())
+            assert replays is not None and any(r is not None for r in replays.values())
         else:
             assert replays is None
         runs[trace] = (losses, {k: v.clone() for k, v in engine.session.student.state_dict().items()})
