@@ -55,13 +55,13 @@ class Panel:
 
 def linear_ticks(low: float, high: float, count: int = 5) -> list[float]:
     """Ticks at multiples of the smallest step ``{1, 2, 5} x 10^k`` that gives at most ``count`` + 1 of them
-    in ``[low, high]``."""
+    in ``[low, high]``, at any magnitude (each rounded to 12 significant digits, not to 12 decimals)."""
     raw = (high - low) / count
     magnitude = 10.0 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
     first = math.ceil(low / step - 1e-9)
     last = math.floor(high / step + 1e-9)
-    return [round(i * step, 12) for i in range(first, last + 1)]
+    return [float(f"{i * step:.12g}") for i in range(first, last + 1)]
 
 
 def log_ticks(low: float, high: float) -> list[float]:
@@ -75,9 +75,10 @@ def log_ticks(low: float, high: float) -> list[float]:
 
 
 def _limits(values: Sequence[float]) -> tuple[float, float]:
-    """``[min, max]`` of ``values`` widened by 5% on each side (by 1, or 10% of the value, when flat)."""
+    """``[min, max]`` of ``values`` widened by 5% on each side (by 1, or 10% of the value, when flat: equal to
+    12 significant digits, so that losses of 1e-14 that vary still get an axis of their own)."""
     low, high = min(values), max(values)
-    if high - low <= 1e-12 * max(1.0, abs(high)):
+    if high - low <= 1e-12 * max(abs(low), abs(high)):
         pad = abs(high) * 0.1 or 1.0
         return low - pad, high + pad
     pad = 0.05 * (high - low)
