@@ -22,7 +22,14 @@ counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a use
 
     python benchmarks/release_side_by_side.py --release-python PATH/bin/python \\
         [--rounds 33] [--steps 30] [--drop 3] [--threads 1] [--t5-tokens 256] [--work DIR] \\
-        [--fieldkit-set run.grid_samples=0]
+        [--fieldkit-python F/bin/python] [--fieldkit-set run.grid_samples=0]
+
+fieldkit runs from ``--fieldkit-python`` (default: the interpreter running this script). Compare memory
+from two venvs that each hold only their program: a library another imports when it is installed counts
+in a run's peak (transformers imports scipy when scipy is there: a development venv with scikit-learn adds
+about 40 MiB to fieldkit's peak). Make fieldkit's with ``python3 -m venv F && F/bin/pip install
+torch==2.13.0``, then ``F/bin/pip install -e CHECKOUT -e CHECKOUT/plugins/fieldkit-plugin-sd3``. The first
+line of the output gives both venvs' number of packages.
 
 ``--fieldkit-set`` overrides fieldkit's graph: ``run.grid_samples=0`` gives it the release's outputs (its
 weights, no sample grid), for the time after the last step like for like.
@@ -164,6 +171,29 @@ def check_release(python: str, config: Path) -> str | None:
     return (result.stderr.strip().splitlines() or ["no output"])[-1]
 
 
+def check_fieldkit(python: str) -> str | None:
+    """Why ``python`` cannot run fieldkit on the tiny SD3 pipeline, or None: it imports this checkout's
+    fieldkit, its SD3 plugin and the libraries the run loads."""
+    code = "import fieldkit, fieldkit_sd3, diffusers, peft, transformers, accelerate; print('ok')"
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, env=fieldkit_env(1))
+    if result.returncode == 0 and result.stdout.strip() == "ok":
+        return None
+    return (result.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+#: Counts the distributions a venv holds: installed libraries that another imports when present (scipy,
+#: beside transformers) are part of a run's memory, so a comparison names both venvs' sizes.
+COUNT_PACKAGES = (
+    "import importlib.metadata as m; print(len({d.metadata['Name'].lower() for d in m.distributions()}))"
+)
+
+
+def packages(python: str, env: dict[str, str]) -> int:
+    """How many distributions the venv of ``python`` holds."""
+    out = subprocess.run([python, "-c", COUNT_PACKAGES], capture_output=True, text=True, env=env, check=True)
+    return int(out.stdout)
+
+
 def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -298,6 +328,12 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("FIELDKIT_RELEASE_PYTHON"),
         help="python of the venv the release is installed in (default: $FIELDKIT_RELEASE_PYTHON)",
     )
+    p.add_argument(
+        "--fieldkit-python",
+        default=os.environ.get("FIELDKIT_PYTHON", sys.executable),
+        help="python of the venv fieldkit runs from (default: $FIELDKIT_PYTHON, else this one); for memory, "
+        "one with only fieldkit and its SD3 plugin installed, as the release's holds only the release",
+    )
     p.add_argument("--rounds", type=int, default=33, help="counted rounds, each runs both programs once")
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     p.add_argument(
@@ -325,8 +361,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (args.rounds >= 1 and args.steps >= args.drop + 3 and args.drop >= 1 and args.threads >= 1):
         fail("need --rounds >= 1, --drop >= 1, --steps >= --drop + 3 and --threads >= 1")
-    if not shutil.which(args.release_python):
-        fail(f"--release-python {args.release_python} is not an executable")
+    for flag, python in (
+        ("--release-python", args.release_python),
+        ("--fieldkit-python", args.fieldkit_python),
+    ):
+        if not shutil.which(python):
+            fail(f"{flag} {python} is not an executable")
     with tempfile.TemporaryDirectory() as tmp:
         root = (args.work or Path(tmp)).resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -341,6 +381,8 @@ def compare(args: argparse.Namespace, root: Path) -> None:
     release_cfg, graph = write_configs(root, args.steps, args.t5_tokens)
     if problem := check_release(args.release_python, release_cfg):
         fail(f"{args.release_python} cannot run the release on {release_cfg.name}: {problem}")
+    if problem := check_fieldkit(args.fieldkit_python):
+        fail(f"--fieldkit-python {args.fieldkit_python} cannot run fieldkit: {problem}")
     commands = {
         "release": [
             args.release_python,
@@ -355,7 +397,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
             str(release_cfg),
         ],
         "fieldkit": [
-            sys.executable,
+            args.fieldkit_python,
             "-m",
             "fieldkit",
             "distill",
@@ -373,6 +415,8 @@ def compare(args: argparse.Namespace, root: Path) -> None:
         f"fp32, batch 1, K 1, LoRA r {LORA_RANK}, {ROLLOUT_STEPS}-step rollout, {args.steps} steps per run, "
         f"first {args.drop} dropped, {args.rounds} rounds + 1 warm-up"
         + (f", fieldkit with {' '.join(args.fieldkit_set)}" if args.fieldkit_set else "")
+        + f"; venvs of {packages(args.release_python, envs['release'])} (release) and "
+        f"{packages(args.fieldkit_python, envs['fieldkit'])} (fieldkit) packages"
     )
     runs: dict[str, list[Run]] = {"release": [], "fieldkit": []}
     print(
