@@ -102,3 +102,17 @@ def test_recordings_die_with_their_model() -> None:
     del model
     gc.collect()
     assert alive() is None  # and with it its entry of the recordings (a weak key)
+
+
+@pytest.mark.parametrize("optimise", [True, False])
+def test_replays_run_torchscripts_plain_plan_and_leave_the_callers_flag_as_it_was(optimise: bool) -> None:
+    """Replays turn TorchScript's optimising passes off for themselves only (the flag is the caller's
+    again after each call), and equal the eager pass whatever the caller set."""
+    model, x = Scaled().eval(), torch.randn(2, 3)
+    with torch.no_grad():
+        eager = model(x)
+        with torch.jit.optimized_execution(optimise), traced.replayed_passes():  # type: ignore[attr-defined]
+            outs = [traced.call(model, x=x) for _ in range(3)]
+            assert torch._C._get_graph_executor_optimize() is optimise
+    assert all(torch.equal(out, eager) for out in outs)
+    assert [r is not None for r in traced._REPLAYS[model].values()] == [True]

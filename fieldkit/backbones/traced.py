@@ -19,14 +19,18 @@ A recording is only valid for what it saw, so one is made per **key** and used o
 - the attention backend (:mod:`fieldkit.attention`) and inference mode.
 
 Parameters and buffers are *inputs* of the recording, read from their slots at each call: weights the
-optimizer changed and the merged copies ``merged_lora`` swaps in are what the replay uses. On its first
-call under a key the recording is replayed twice (PyTorch profiles the first run and optimises the second)
-and compared with the eager forward under the same random state; if any output differs in any bit, that
-key stays eager and a warning says so. Recording runs the model's Python once more than the caller asked
-for (a side effect in a forward happens once extra). Only backbones whose forward branches on shapes and
-structure alone, never on tensor values, opt in (:attr:`SharedAdapterField.traceable`, tested equal to
-eager): a value-dependent branch would be frozen into the recording. CPU only, no autocast: elsewhere (and
-with ``run.compile``, which replaces the eager path) every pass is eager.
+optimizer changed and the merged copies ``merged_lora`` swaps in are what the replay uses. A replay runs
+TorchScript's plain plan, without its optimising passes (``torch.jit.optimized_execution(False)``, set per
+replay; the flag is thread-local): with no CPU fusion in PyTorch's CPU builds they buy no speed here, and
+skipping them makes the first call cheaper, keeps no profiling and optimised plans beside the plain one and
+runs the same plan from the first replay on (docs/performance.md, section 14). On its first call under a key
+the recording is replayed once and compared with the eager forward under the same random state; if any
+output differs in any bit, that key stays eager and a warning says so. Recording runs the model's Python
+once more than the caller asked for (a side effect in a forward happens once extra). Only backbones whose
+forward branches on shapes and structure alone, never on tensor values, opt in
+(:attr:`SharedAdapterField.traceable`, tested equal to eager): a value-dependent branch would be frozen into
+the recording. CPU only, no autocast: elsewhere (and with ``run.compile``, which replaces the eager path)
+every pass is eager.
 """
 
 from __future__ import annotations
@@ -210,7 +214,7 @@ def call(model: nn.Module, **kwargs: Any) -> Any:
     weights = [slots[k] for slots, k in structure.slots]
     if key in replays:
         recording = replays[key]
-        return model(**kwargs) if recording is None else recording(*weights, *tensors)
+        return model(**kwargs) if recording is None else _replay(recording, weights, tensors)
     recording, out = _first_call(model, structure, kwargs, names, constants, weights, tensors)
     replays[key] = recording
     return out
@@ -226,8 +230,8 @@ def _first_call(
     tensors: list[Tensor],
 ) -> tuple[Recording | None, Any]:
     """Record ``model(**kwargs)`` (its tensor arguments ``names``, in that order, are ``tensors``; the rest
-    are ``constants``), check two replays against the eager pass (same random state) and return the
-    recording (``None`` if any output differs) with the eager output."""
+    are ``constants``), check a replay against the eager pass (same random state) and return the recording
+    (``None`` if any output differs) with the eager output."""
     # The recording keeps the function it traced: ``live`` is emptied after tracing, so that it keeps
     # neither the model nor its parameters alive (recordings die with their model).
     live: list[Any] = [model, structure.slots]
@@ -257,16 +261,21 @@ def _first_call(
             return None, model(**kwargs)
         finally:
             live.clear()
-        replays = []
-        for _ in range(2):
-            torch.set_rng_state(state)
-            replays.append(recording(*weights, *tensors))
+        torch.set_rng_state(state)
+        replayed = _replay(recording, weights, tensors)
     torch.set_rng_state(state)
     out = model(**kwargs)
-    if all(_equal(r, out) for r in replays):
+    if _equal(replayed, out):
         return recording, out
     _warn(model, "its replay differs from the eager pass")
     return None, out
+
+
+def _replay(recording: Recording, weights: list[Tensor], tensors: list[Tensor]) -> Any:
+    """Run ``recording`` on ``weights`` and ``tensors`` with TorchScript's plain plan (no optimising passes:
+    one plan, built at the first replay)."""
+    with torch.jit.optimized_execution(False):  # type: ignore[attr-defined]  # not in torch.jit.__all__
+        return recording(*weights, *tensors)
 
 
 def _equal(a: Any, b: Any) -> bool:
