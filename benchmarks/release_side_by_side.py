@@ -26,10 +26,11 @@ counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a use
 
 fieldkit runs from ``--fieldkit-python`` (default: the interpreter running this script). Compare memory
 from two venvs that each hold only their program: a library another imports when it is installed counts
-in a run's peak (transformers imports scipy when scipy is there: a development venv with scikit-learn adds
-about 40 MiB to fieldkit's peak). Make fieldkit's with ``python3 -m venv F && F/bin/pip install
-torch==2.13.0``, then ``F/bin/pip install -e CHECKOUT -e CHECKOUT/plugins/fieldkit-plugin-sd3``. The first
-line of the output gives both venvs' number of packages.
+in a run's peak (transformers imports scipy when scipy is there: scipy put into the release's venv adds
+57 MiB to its peak, and fieldkit's development venv 71 MiB to fieldkit's; docs/performance.md, section
+11). Make fieldkit's with ``python3 -m venv F && F/bin/pip install torch==2.13.0``, then ``F/bin/pip
+install -e CHECKOUT -e CHECKOUT/plugins/fieldkit-plugin-sd3``. The first line of the output gives both
+venvs' number of packages.
 
 ``--fieldkit-set`` overrides fieldkit's graph: ``run.grid_samples=0`` gives it the release's outputs (its
 weights, no sample grid), for the time after the last step like for like.
