@@ -96,16 +96,26 @@ def test_a_setting_added_after_the_study_keeps_its_keys_at_the_value_it_ran_with
 
 def test_a_committed_run_reruns_from_head_to_its_scores() -> None:
     """tests/data/quick-run.jsonl holds one run of the study as the driver wrote it (the quick settings): run
-    again from HEAD it gives the same scores to the last bit, the same steps and the same model passes.
-    Regenerate it only when a change is meant to change the numbers: ``python examples/digits/reproduce.py
-    --quick --only composition --runs local_global/danceopd --matched steps --out DIR``, then copy
+    again from HEAD it gives the same success rates, the same steps and the same model passes, and the same
+    PSNRs and scores to 1e-5 (relative): the last bits of a float result differ between CPUs (MKL picks its
+    kernels by CPU: on an AMD EPYC the record's PSNRs come back ~3e-6 off), while another seed moves them by
+    1.6e-2 (global PSNR) to 1.6 (combined score). On one machine a rerun is equal to the last bit. Regenerate
+    it only when a change is meant to change the numbers: ``python examples/digits/reproduce.py --quick
+    --only composition --runs local_global/danceopd --matched steps --out DIR``, then copy
     ``DIR/results.jsonl`` here."""
     repro = _load()
     record = json.loads((Path(__file__).parent / "data" / "quick-run.jsonl").read_text())
     run = repro._run_named(record["name"])
     assert record["overrides"] == repro.overrides_of(run, record["seed"], record["matched"], repro.QUICK)
     again = repro.execute(run, record["seed"], record["matched"], repro.QUICK, None)
-    assert again["scores"] == record["scores"]
+    assert again["scores"].keys() == record["scores"].keys()
+    for who, scores in record["scores"].items():
+        assert again["scores"][who].keys() == scores.keys()
+        for name, value in scores.items():
+            if name.endswith("/success"):
+                assert again["scores"][who][name] == value, name
+            else:
+                assert again["scores"][who][name] == pytest.approx(value, rel=1e-5), name
     assert (again["steps"], again["passes"]) == (record["steps"], record["passes"])
 
 
