@@ -91,6 +91,19 @@ def test_losses_of_1e_14_that_vary_get_an_axis_of_their_own(log: bool) -> None:
     assert len(labels) >= 2 and all(min(ys) * 0.9 <= t <= max(ys) * 1.1 for t in labels)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_points_that_are_not_finite_are_left_out_of_the_lines_and_the_axes(bad: float) -> None:
+    """A NaN or an infinity among the values draws the finite points on the axis they alone would get (an
+    infinity once made the log axis raise, a NaN wrote "nan" into the SVG)."""
+    for log in (True, False):
+        clean = chart([Panel([Line([0, 2], [1.0, 0.5], "#000", markers=True)], log=log)])
+        svg = chart([Panel([Line([0, 1, 2], [1.0, bad, 0.5], "#000", markers=True)], log=log)])
+        assert "nan" not in svg and "inf" not in svg
+        [points] = _points(svg)
+        assert len(points) == 2 and svg.count("<circle") == 2
+        assert svg == clean  # the same chart as without the point
+
+
 def test_the_legend_lists_each_label_once_and_text_is_escaped() -> None:
     lines = [
         Line([0, 1], [1, 2], "#111", label="run <a>: t2i"),

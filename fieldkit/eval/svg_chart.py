@@ -4,7 +4,8 @@ plots with it, so that writing ``report.html`` at the end of a run imports nothi
 
 A panel maps data to pixels linearly, ``px = left + (x - x0) / (x1 - x0) * width``, on ``log10`` of the
 values when its y axis is logarithmic; ticks sit at ``{1, 2, 5} x 10^k`` (linear) or at powers of ten
-(logarithmic, with their 2x and 5x when the range spans less than two decades)."""
+(logarithmic, with their 2x and 5x when the range spans less than two decades). Points that are not finite
+(NaN, infinities) are left out of the lines and the axes."""
 
 from __future__ import annotations
 
@@ -85,6 +86,15 @@ def _limits(values: Sequence[float]) -> tuple[float, float]:
     return low - pad, high + pad
 
 
+def _finite(line: Line) -> list[tuple[float, float]]:
+    """The points of ``line`` whose ``x`` and ``y`` are both finite (a NaN or an infinity is left out)."""
+    return [
+        (float(x), float(y))
+        for x, y in zip(line.x, line.y, strict=True)
+        if math.isfinite(float(x)) and math.isfinite(float(y))
+    ]
+
+
 def _number(value: float) -> str:
     return f"{value:.1f}"
 
@@ -103,11 +113,12 @@ def _text(content: str, place: str, anchor: str = "middle") -> str:
 
 def _panel(panel: Panel, left: float, width: float, height: float) -> list[str]:
     """The SVG elements of ``panel`` in the box at ``left`` (plot area inside the margins)."""
-    lines = [line for line in panel.lines if len(line.x) > 0]
+    drawn = [(line, _finite(line)) for line in panel.lines]
+    drawn = [(line, points) for line, points in drawn if points]
     x0, y0 = left + MARGIN["left"], MARGIN["top"]
     w, h = width - MARGIN["left"] - MARGIN["right"], height - MARGIN["top"] - MARGIN["bottom"]
-    xs = [float(v) for line in lines for v in line.x]
-    ys = [float(v) for line in lines for v in line.y]
+    xs = [x for _, points in drawn for x, _ in points]
+    ys = [y for _, points in drawn for _, y in points]
     log = panel.log and all(v > 0 for v in ys)
     ty = [math.log10(v) for v in ys] if log else ys
     (xa, xb), (ya, yb) = _limits(xs or [0.0]), _limits(ty or [0.0])
@@ -130,16 +141,16 @@ def _panel(panel: Panel, left: float, width: float, height: float) -> list[str]:
         y = _number(py(tick))
         out.append(f'<line x1="{x0}" x2="{_number(x0 + w)}" y1="{y}" y2="{y}" stroke="#ddd"/>')
         out.append(_text(_label(tick), f'x="{x0 - 4}" y="{y}" dy="0.35em"', anchor="end"))
-    for line in lines:
-        points = " ".join(f"{_number(px(x))},{_number(py(y))}" for x, y in zip(line.x, line.y, strict=True))
+    for line, points in drawn:
+        path = " ".join(f"{_number(px(x))},{_number(py(y))}" for x, y in points)
         out.append(
-            f'<polyline points="{points}" fill="none" stroke="{line.colour}" stroke-width="{line.width}"'
+            f'<polyline points="{path}" fill="none" stroke="{line.colour}" stroke-width="{line.width}"'
             f' stroke-opacity="{line.opacity}"{_dash(line)}/>'
         )
         if line.markers:
             out += [
                 f'<circle cx="{_number(px(x))}" cy="{_number(py(y))}" r="2.5" fill="{line.colour}"/>'
-                for x, y in zip(line.x, line.y, strict=True)
+                for x, y in points
             ]
     middle = _number(x0 + w / 2)
     if panel.title:
