@@ -164,19 +164,19 @@ def write_configs(root: Path, steps: int, t5_tokens: int) -> tuple[Path, Path]:
 def check_release(python: str, config: Path) -> str | None:
     """Why ``python`` cannot run the release on ``config``, or None: it imports the release, every key of
     ``config`` is one the release's defaults have, and the release's validation passes."""
-    result = subprocess.run(
-        [python, "-c", RELEASE_CHECK, str(config)], capture_output=True, text=True, env=release_env(1)
-    )
-    if result.returncode == 0 and result.stdout.strip() == "ok":
-        return None
-    return (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return problem([python, "-c", RELEASE_CHECK, str(config)], release_env(1))
 
 
 def check_fieldkit(python: str) -> str | None:
     """Why ``python`` cannot run fieldkit on the tiny SD3 pipeline, or None: it imports this checkout's
     fieldkit, its SD3 plugin and the libraries the run loads."""
     code = "import fieldkit, fieldkit_sd3, diffusers, peft, transformers, accelerate; print('ok')"
-    result = subprocess.run([python, "-c", code], capture_output=True, text=True, env=fieldkit_env(1))
+    return problem([python, "-c", code], fieldkit_env(1))
+
+
+def problem(check: list[str], env: dict[str, str]) -> str | None:
+    """None if ``check`` exits 0 printing ``ok``; else the last line of its stderr (what went wrong)."""
+    result = subprocess.run(check, capture_output=True, text=True, env=env)
     if result.returncode == 0 and result.stdout.strip() == "ok":
         return None
     return (result.stderr.strip().splitlines() or ["no output"])[-1]
