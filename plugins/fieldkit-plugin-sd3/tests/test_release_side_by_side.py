@@ -48,6 +48,10 @@ def test_without_the_release_it_says_so_and_exits_0() -> None:
     ("args", "message"),
     [
         (["--release-python", "/nonexistent/bin/python"], "is not an executable"),
+        (
+            ["--release-python", sys.executable, "--fieldkit-python", "/nonexistent/bin/python"],
+            "--fieldkit-python /nonexistent/bin/python is not an executable",
+        ),
         (["--release-python", sys.executable, "--steps", "3"], "--steps >= --drop + 3"),
     ],
 )
@@ -78,6 +82,13 @@ def test_both_configurations_have_the_same_settings_and_the_graph_validates(
     assert release["data"]["prompts_csv"] == str(tmp_path / "prompts.csv")
     assert Path(str(data.file)) == tmp_path / "prompts.csv"
     assert training["resolution"] // 8 == data.shape[-1]  # the release's latents: resolution / 8
+
+
+def test_fieldkit_is_checked_before_it_runs(script) -> None:
+    """This interpreter runs fieldkit; a check that fails names its last line of stderr."""
+    assert script.check_fieldkit(sys.executable) is None
+    failing = [sys.executable, "-c", "import sys; print('ok'); sys.exit('no fieldkit here')"]
+    assert script.problem(failing, dict(os.environ)) == "no fieldkit here"
 
 
 @pytest.mark.skipif(not os.environ.get("FIELDKIT_RELEASE_PYTHON"), reason="set FIELDKIT_RELEASE_PYTHON")
