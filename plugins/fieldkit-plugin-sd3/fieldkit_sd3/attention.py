@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 
 class FieldkitJointAttnProcessor:
-    """A diffusers attention processor for SD3 / SD3.5 ``Attention`` layers (joint and self attention)."""
+    """A diffusers attention processor for SD3 / SD3.5 ``Attention`` layers (joint and self attention).
+
+    In a ``context_pre_only`` layer (the last joint block, whose block keeps only the image stream) only the
+    image tokens query: ``softmax(q_image [k_image, k_text]^T / sqrt(d)) [v_image, v_text]``; the text
+    queries' rows, which that block discards, are not computed and the text output is ``None``. The image
+    output is the same, bit for bit, as with every token querying."""
 
     def __call__(
         self,
@@ -32,7 +37,7 @@ class FieldkitJointAttnProcessor:
         attention_mask: Tensor | None = None,
         *args: Any,
         **kwargs: Any,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
         batch, image_tokens = hidden_states.shape[0], hidden_states.shape[1]
 
         def heads(t: Tensor) -> Tensor:
@@ -48,22 +53,23 @@ class FieldkitJointAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
         if encoder_hidden_states is not None:
-            cq = heads(attn.add_q_proj(encoder_hidden_states))
             ck = heads(attn.add_k_proj(encoder_hidden_states))
             cv = heads(attn.add_v_proj(encoder_hidden_states))
-            if attn.norm_added_q is not None:
-                cq = attn.norm_added_q(cq)
             if attn.norm_added_k is not None:
                 ck = attn.norm_added_k(ck)
-            q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
+            k, v = torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
+            if not attn.context_pre_only:
+                cq = heads(attn.add_q_proj(encoder_hidden_states))
+                if attn.norm_added_q is not None:
+                    cq = attn.norm_added_q(cq)
+                q = torch.cat([q, cq], dim=2)
         out = attention(q, k, v).transpose(1, 2).flatten(2).to(q.dtype)
         image: Tensor = attn.to_out[1](attn.to_out[0](out[:, :image_tokens]))
         if encoder_hidden_states is None:
             return image
-        text = out[:, image_tokens:]
-        if not attn.context_pre_only:
-            text = attn.to_add_out(text)
-        return image, text
+        if attn.context_pre_only:
+            return image, None
+        return image, attn.to_add_out(out[:, image_tokens:])
 
 
 def use_fieldkit_attention(transformer: SD3Transformer2DModel) -> None:

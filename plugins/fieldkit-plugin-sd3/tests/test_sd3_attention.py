@@ -36,6 +36,38 @@ def test_processor_is_set_everywhere_and_matches_the_stock_one(
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("folder", ["sd3", "sd3-v1"])
+def test_the_last_block_computes_no_text_queries_and_keeps_the_velocity_and_gradients(
+    tiny: Path, prompt_cond: Cond, folder: str
+) -> None:
+    """The last joint block (``context_pre_only``) throws its text stream away: its text queries are never
+    projected, the velocity is the stock processor's bit for bit, and the gradients are the stock ones (to
+    float rounding: the key and value gradients now sum over fewer query rows)."""
+    stock = SD3Field.load_transformer(tiny / folder)
+    ours = copy.deepcopy(stock)
+    use_fieldkit_attention(ours)
+    last = ours.transformer_blocks[-1].attn
+    assert last.context_pre_only and not ours.transformer_blocks[0].attn.context_pre_only
+    called: dict[str, int] = {}
+    for name, module in ours.named_modules():
+        if name.endswith("add_q_proj"):
+            called[name] = 0
+            module.register_forward_hook(lambda *_, name=name: called.__setitem__(name, called[name] + 1))
+    with torch.inference_mode():
+        assert torch.equal(SD3Field(ours)(X, SIGMA, prompt_cond), SD3Field(stock)(X, SIGMA, prompt_cond))
+    last_name = f"transformer_blocks.{len(ours.transformer_blocks) - 1}.attn"
+    assert called.pop(f"{last_name}.add_q_proj") == 0 and called and all(n == 1 for n in called.values())
+    for model in (stock, ours):
+        SD3Field(model)(X, SIGMA, prompt_cond).square().mean().backward()
+    theirs = dict(stock.named_parameters())
+    for name, param in ours.named_parameters():
+        if name.startswith((f"{last_name}.add_q_proj.", f"{last_name}.norm_added_q.")):
+            # the text queries' projection (and SD3.5's norm of them): stock gives them zeros
+            assert param.grad is None and not theirs[name].grad.any()
+        else:
+            torch.testing.assert_close(param.grad, theirs[name].grad, rtol=1e-5, atol=1e-9)
+
+
 def test_the_processor_goes_through_fieldkits_dispatcher(tiny: Path, prompt_cond: Cond) -> None:
     """A backend that cannot run on CPU is refused by fieldkit: proof that the kernel is fieldkit's choice
     (SD3's stock processor calls SDPA directly and ignores it)."""
