@@ -292,7 +292,14 @@ def attention_processors(rounds: int, t5_tokens: int, device: torch.device, amp,
     from fieldkit_sd3.field import SD3Field
 
     table = Table(
-        "transformer", "stock fwd ms", "fieldkit fwd ms", "stock f+b ms", "fieldkit f+b ms", "fwd", "f+b"
+        "transformer",
+        "stock fwd ms",
+        "fieldkit fwd ms",
+        "stock f+b ms",
+        "fieldkit f+b ms",
+        "fwd",
+        "f+b",
+        "output",
     )
     for label, config in (("tiny 2 x 64", TINY_SD3), ("4 x 256", WIDE_SD3)):
         model = SD3Field.build_transformer(config, seed=0).to(device)
@@ -322,6 +329,8 @@ def attention_processors(rounds: int, t5_tokens: int, device: torch.device, amp,
 
             steps[f"{name} fwd"], steps[f"{name} f+b"] = fwd, both
         t = interleaved(steps, rounds, warmup=2, device=device)
+        with torch.inference_mode(), amp():
+            same = torch.equal(*(m(**inputs)[0] for m in models.values()))
         table.add_row(
             label,
             f"{median_ms(t['stock fwd']):.2f}",
@@ -330,6 +339,7 @@ def attention_processors(rounds: int, t5_tokens: int, device: torch.device, amp,
             f"{median_ms(t['fieldkit f+b']):.2f}",
             f"{paired_ratio(t['fieldkit fwd'], t['stock fwd']):.2f}",
             f"{paired_ratio(t['fieldkit f+b'], t['stock f+b']):.2f}",
+            "bit for bit" if same else "differs",
         )
     console.print(f"2. SD3 attention processors (fieldkit / stock; {rounds} interleaved rounds, batch 1)")
     console.print(table)
