@@ -356,7 +356,8 @@ def against_authors(root: Path, t5_tokens: int, steps: int, device, bf16: bool, 
     engine = make_engine(root, t5_tokens, device, bf16)
     unmerged = make_engine(root, t5_tokens, device, bf16)
     before = make_engine(root, t5_tokens, device, bf16)
-    for field in (before.student, before.ctx.field("teacher")):  # diffusers' dtype walk on every call
+    # diffusers' dtype walk on every call
+    for field in (before.session.student, before.session.ctx.field("teacher")):
         field.compute_dtype = lambda field=field: field.transformer.dtype
 
     def without_merge(engine: Engine):  # fieldkit's step as it was before rollouts merged the LoRA adapters
