@@ -17,8 +17,10 @@ is timed, and the CPU seconds of its process tree are read from the kernel's own
 its wall-clock time does not. The first ``--drop`` steps of each run are dropped. Printed: per round the
 median seconds per step (wall and CPU) of each program and their ratio; the medians pooled over every kept
 step; the ratio's median and interquartile range over rounds; the peak RSS of each run (``ru_maxrss`` of
-its process tree); launch to the end of step 1 and the last step's line to the exit. A warm-up round (not
-counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a user's earlier run would::
+its process tree); launch to the end of step 1 and the last step's line to the exit; and sign tests over
+the rounds as the table prints them (the CPU ratio against 2.0; fieldkit sooner or later at launch and at
+exit). A warm-up round (not counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a
+user's earlier run would::
 
     python benchmarks/release_side_by_side.py --release-python PATH/bin/python \\
         [--rounds 33] [--steps 30] [--drop 3] [--threads 1] [--t5-tokens 256] [--work DIR] \\
@@ -47,6 +49,7 @@ import contextlib
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -64,6 +67,7 @@ from typing import Any, NoReturn
 import yaml
 
 ROLLOUT_STEPS = 16
+GOAL = 2.0  # the release / fieldkit CPU ratio per step that issue 26 asks for
 LORA_RANK = 4
 LR = 1.0e-4
 RESOLUTION = 256  # the release's latents are resolution / 8 = 32 x 32, as sd3.py's
@@ -420,6 +424,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
         f"{packages(args.fieldkit_python, envs['fieldkit'])} (fieldkit) packages"
     )
     runs: dict[str, list[Run]] = {"release": [], "fieldkit": []}
+    rows: list[str] = []  # the per-round table's rows, as printed
     print(
         "| round | load 1 min | release s/step | fieldkit s/step | ratio | release CPU s/step | "
         "fieldkit CPU s/step | CPU ratio | RSS MiB (rel / fk) | to step 1 s | after last s |"
@@ -439,16 +444,17 @@ def compare(args: argparse.Namespace, root: Path) -> None:
         (rw, rc), (fw, fc) = rel.per_step(args.drop), fk.per_step(args.drop)
         for name in runs:
             runs[name].append(done[name])
-        print(
+        rows.append(
             f"| {r} | {load:.1f} | {statistics.median(rw):.4f} | {statistics.median(fw):.4f} | "
             f"{statistics.median(rw) / statistics.median(fw):.2f} | {statistics.median(rc):.4f} | "
             f"{statistics.median(fc):.4f} | {statistics.median(rc) / statistics.median(fc):.2f} | "
             f"{rel.max_rss_mib:.0f} / {fk.max_rss_mib:.0f} | "
             f"{rel.to_first_step:.1f} / {fk.to_first_step:.1f} | "
-            f"{rel.after_last_step:.1f} / {fk.after_last_step:.1f} |",
-            flush=True,
+            f"{rel.after_last_step:.1f} / {fk.after_last_step:.1f} |"
         )
+        print(rows[-1], flush=True)
     summarise(runs, args.drop)
+    print("\n".join(sign_lines(rows)))
 
 
 def summarise(runs: dict[str, list[Run]], drop: int) -> None:
@@ -484,6 +490,45 @@ def summarise(runs: dict[str, list[Run]], drop: int) -> None:
         meds = [statistics.median(getattr(r, attr) for r in runs[n]) for n in ("release", "fieldkit")]
         print(f"| {label} | {cells[0]} | {cells[1]} | {meds[0] / meds[1]:.2f} |")
     print("load average at the end (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+
+
+def sign_test(above: int, below: int) -> float:
+    """Two-sided sign test, levels left out: ``2 P(X <= min(above, below))``, ``X ~ Binomial(above + below,
+    1/2)`` (capped at 1)."""
+    n = above + below
+    tail = sum(math.comb(n, i) for i in range(min(above, below) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def sign_lines(rows: list[str], goal: float = GOAL) -> list[str]:
+    """Per-round sign tests from the per-round table's rows as printed: the CPU ratio against ``goal``, and
+    whether fieldkit reached the end of step 1 and exited sooner than the release."""
+    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
+
+    def line(what: str, more: tuple[str, int], less: tuple[str, int]) -> str:
+        (more_label, m), (less_label, n) = more, less
+        return (
+            f"per round, as printed: {what} {more_label} in {m}, {less_label} in {n}, level in "
+            f"{len(cells) - m - n} of {len(cells)} rounds (two-sided sign test, levels left out: "
+            f"p = {sign_test(m, n):.2g})"
+        )
+
+    cpu = [float(c[7]) for c in cells]
+    launch, exit_ = ([tuple(map(float, c[i].split("/"))) for c in cells] for i in (9, 10))
+    return [
+        line(
+            "CPU ratio",
+            (f"above {goal:.2f}", sum(x > goal for x in cpu)),
+            ("below", sum(x < goal for x in cpu)),
+        ),
+        line("fieldkit at the end of step 1", *_sooner(launch)),
+        line("fieldkit exited", *_sooner(exit_)),
+    ]
+
+
+def _sooner(pairs: list[tuple[float, ...]]) -> tuple[tuple[str, int], tuple[str, int]]:
+    """How many (release, fieldkit) pairs of seconds have fieldkit's fewer, and how many more."""
+    return ("sooner", sum(fk < rel for rel, fk in pairs)), ("later", sum(fk > rel for rel, fk in pairs))
 
 
 if __name__ == "__main__":
