@@ -431,6 +431,23 @@ def test_the_console_script_turns_the_hub_libraries_progress_bars_off():
     assert done.stdout.splitlines()[-1] == "True"
 
 
+@pytest.mark.parametrize("entry", ["main()", "cli(prog_name='fieldkit')"])
+def test_the_console_script_freezes_the_heap_at_exit_and_only_then(entry):
+    """main() leaves the teardown's collections nothing to traverse (benchmarks/exit_cost.py); the click
+    group alone, and main() itself until the interpreter exits, leave gc as it was."""
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('at exit', gc.get_freeze_count() > 0))\n"
+        "sys.argv = ['fieldkit', '--version']\n"
+        "from fieldkit.cli import cli, main\n"
+        f"try:\n    {entry}\nexcept SystemExit:\n    pass\n"
+        "print('after the command', gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    frozen_at_exit = entry == "main()"
+    assert done.stdout.splitlines()[-2:] == ["after the command False", f"at exit {frozen_at_exit}"]
+
+
 def test_validate_build_catches_a_shape_mismatch_with_the_route_line(tmp_path):
     model = "{sample_size: [4, 4], patch_size: 2, hidden: 8, heads: 2, depth: 1, num_classes: 3}"
     path = tmp_path / "g.yaml"
