@@ -19,12 +19,14 @@ median seconds per step (wall and CPU) of each program and their ratio; the medi
 step; the ratio's median and interquartile range over rounds; the peak RSS of each run (``ru_maxrss`` of
 its process tree); launch to the end of step 1 and the last step's line to the exit; and sign tests over
 the rounds as the table prints them (the CPU ratio against 2.0; fieldkit sooner or later at launch and at
-exit). A warm-up round (not counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a
-user's earlier run would::
+exit), with each median's interval (``side_by_side_results.py``). ``--results FILE`` appends the run, its
+rows as printed, to a JSON-lines file that ``side_by_side_results.py`` summarises over runs. A warm-up
+round (not counted) fills the OS page cache and fieldkit's prompt-embedding cache, as a user's earlier run
+would::
 
     python benchmarks/release_side_by_side.py --release-python PATH/bin/python \\
         [--rounds 33] [--steps 30] [--drop 3] [--threads 1] [--t5-tokens 256] [--work DIR] \\
-        [--fieldkit-python F/bin/python] [--fieldkit-set run.grid_samples=0]
+        [--fieldkit-python F/bin/python] [--fieldkit-set run.grid_samples=0] [--results FILE]
 
 fieldkit runs from ``--fieldkit-python`` (default: the interpreter running this script). Compare memory
 from two venvs that each hold only their program: a library another imports when it is installed counts
@@ -49,7 +51,6 @@ import contextlib
 import datetime
 import itertools
 import json
-import math
 import os
 import platform
 import re
@@ -65,9 +66,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from side_by_side_results import append_run, record, sign_lines, summary_lines
 
 ROLLOUT_STEPS = 16
-GOAL = 2.0  # the release / fieldkit CPU ratio per step that issue 26 asks for
 LORA_RANK = 4
 LR = 1.0e-4
 RESOLUTION = 256  # the release's latents are resolution / 8 = 32 x 32, as sd3.py's
@@ -357,6 +358,14 @@ def main(argv: list[str] | None = None) -> None:
         help="an override of fieldkit's graph (repeatable), e.g. run.grid_samples=0: the release's outputs "
         "(no sample grid)",
     )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append this run (its header and per-round rows) to a JSON-lines results file, which "
+        "side_by_side_results.py summarises with the runs before it",
+    )
     args = p.parse_args(argv)
     if not args.release_python:
         print(
@@ -415,7 +424,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
     envs = {"release": release_env(args.threads), "fieldkit": fieldkit_env(args.threads)}
     outs = {"release": root / "release-out", "fieldkit": root / "fieldkit-out"}
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    print(
+    header = (
         f"{stamp}  {os.cpu_count()} cores ({platform.machine()}), {args.threads} thread(s) each, tiny SD3, "
         f"fp32, batch 1, K 1, LoRA r {LORA_RANK}, {ROLLOUT_STEPS}-step rollout, {args.steps} steps per run, "
         f"first {args.drop} dropped, {args.rounds} rounds + 1 warm-up"
@@ -423,6 +432,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
         + f"; venvs of {packages(args.release_python, envs['release'])} (release) and "
         f"{packages(args.fieldkit_python, envs['fieldkit'])} (fieldkit) packages"
     )
+    print(header)
     runs: dict[str, list[Run]] = {"release": [], "fieldkit": []}
     rows: list[str] = []  # the per-round table's rows, as printed
     print(
@@ -449,12 +459,17 @@ def compare(args: argparse.Namespace, root: Path) -> None:
             f"{statistics.median(rw) / statistics.median(fw):.2f} | {statistics.median(rc):.4f} | "
             f"{statistics.median(fc):.4f} | {statistics.median(rc) / statistics.median(fc):.2f} | "
             f"{rel.max_rss_mib:.0f} / {fk.max_rss_mib:.0f} | "
-            f"{rel.to_first_step:.1f} / {fk.to_first_step:.1f} | "
-            f"{rel.after_last_step:.1f} / {fk.after_last_step:.1f} |"
+            f"{rel.to_first_step:.2f} / {fk.to_first_step:.2f} | "
+            f"{rel.after_last_step:.2f} / {fk.after_last_step:.2f} |"
         )
         print(rows[-1], flush=True)
     summarise(runs, args.drop)
     print("\n".join(sign_lines(rows)))
+    run_record = record(header, args.fieldkit_set, rows)
+    print("\n" + "\n".join(summary_lines([run_record])[:-2]))
+    if args.results is not None:
+        append_run(args.results, run_record)
+        print(f"\nthis run is the last line of {args.results}")
 
 
 def summarise(runs: dict[str, list[Run]], drop: int) -> None:
@@ -490,45 +505,6 @@ def summarise(runs: dict[str, list[Run]], drop: int) -> None:
         meds = [statistics.median(getattr(r, attr) for r in runs[n]) for n in ("release", "fieldkit")]
         print(f"| {label} | {cells[0]} | {cells[1]} | {meds[0] / meds[1]:.2f} |")
     print("load average at the end (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
-
-
-def sign_test(above: int, below: int) -> float:
-    """Two-sided sign test, levels left out: ``2 P(X <= min(above, below))``, ``X ~ Binomial(above + below,
-    1/2)`` (capped at 1)."""
-    n = above + below
-    tail = sum(math.comb(n, i) for i in range(min(above, below) + 1))
-    return min(1.0, 2 * tail / 2**n)
-
-
-def sign_lines(rows: list[str], goal: float = GOAL) -> list[str]:
-    """Per-round sign tests from the per-round table's rows as printed: the CPU ratio against ``goal``, and
-    whether fieldkit reached the end of step 1 and exited sooner than the release."""
-    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
-
-    def line(what: str, more: tuple[str, int], less: tuple[str, int]) -> str:
-        (more_label, m), (less_label, n) = more, less
-        return (
-            f"per round, as printed: {what} {more_label} in {m}, {less_label} in {n}, level in "
-            f"{len(cells) - m - n} of {len(cells)} rounds (two-sided sign test, levels left out: "
-            f"p = {sign_test(m, n):.2g})"
-        )
-
-    cpu = [float(c[7]) for c in cells]
-    launch, exit_ = ([tuple(map(float, c[i].split("/"))) for c in cells] for i in (9, 10))
-    return [
-        line(
-            "CPU ratio",
-            (f"above {goal:.2f}", sum(x > goal for x in cpu)),
-            ("below", sum(x < goal for x in cpu)),
-        ),
-        line("fieldkit at the end of step 1", *_sooner(launch)),
-        line("fieldkit exited", *_sooner(exit_)),
-    ]
-
-
-def _sooner(pairs: list[tuple[float, ...]]) -> tuple[tuple[str, int], tuple[str, int]]:
-    """How many (release, fieldkit) pairs of seconds have fieldkit's fewer, and how many more."""
-    return ("sooner", sum(fk < rel for rel, fk in pairs)), ("later", sum(fk > rel for rel, fk in pairs))
 
 
 if __name__ == "__main__":

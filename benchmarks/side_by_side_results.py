@@ -1,0 +1,204 @@
+"""The side-by-side benchmark's results (``release_side_by_side.py``): each run's per-round rows as it printed
+them, kept one run per line of a JSON-lines file, and the tests drawn from them.
+
+    python benchmarks/side_by_side_results.py [benchmarks/results/release_side_by_side.jsonl]
+
+A run's line holds its header (date, machine, settings) and its rows, verbatim. Each row gives the round's
+CPU ratio (release / fieldkit CPU seconds per step, medians of the round) and the seconds from launch to the
+end of step 1 and from the last step to the exit, release / fieldkit. Per run it prints the sign tests of
+the three goals of issue 26 (the CPU ratio against 2.0, fieldkit sooner at launch, sooner at the exit) and
+a distribution-free interval for each median: the order statistics that a sign test at the same level does
+not reject, at 1 - 0.05 / 3 (three goals tested). Then over runs: a run's rounds share the machine's state
+in that hour, so the runs themselves are the units of the last test, the per-round median CPU ratio of each
+run against 2.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GOAL = 2.0  # the release / fieldkit CPU ratio per step that issue 26 asks for
+CLAIMS = 3  # the goals tested per run: the CPU ratio, the launch and the exit
+LEVEL = 1 - 0.05 / CLAIMS
+DEFAULT_FILE = Path(__file__).resolve().parent / "results" / "release_side_by_side.jsonl"
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one printed row of the per-round table says: the CPU ratio, and (release, fieldkit) seconds from
+    launch to the end of step 1 and from the last step to the exit."""
+
+    cpu_ratio: float
+    launch: tuple[float, float]
+    exit: tuple[float, float]
+
+
+def parse_row(row: str) -> Round:
+    """A per-round row as printed (11 cells: round, load, wall and CPU seconds with their ratios, RSS, launch,
+    exit)."""
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    if len(cells) != 11:
+        raise ValueError(f"a per-round row has 11 cells, this one {len(cells)}: {row!r}")
+    launch, exit_ = (tuple(float(x) for x in cells[i].split("/")) for i in (9, 10))
+    return Round(float(cells[7]), (launch[0], launch[1]), (exit_[0], exit_[1]))
+
+
+def sign_test(above: int, below: int) -> float:
+    """Two-sided sign test, levels left out: ``2 P(X <= min(above, below))``, ``X ~ Binomial(above + below,
+    1/2)`` (capped at 1)."""
+    n = above + below
+    tail = sum(math.comb(n, i) for i in range(min(above, below) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def median_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
+    """The distribution-free interval for the median of ``values`` at ``level``: ``[x_(k), x_(n+1-k)]`` of
+    the sorted values with the largest ``k`` whose ``2 P(Binomial(n, 1/2) <= k - 1) <= 1 - level`` (its
+    coverage is at least ``level``); ``None`` when ``n`` is too small for any."""
+    xs, n = sorted(values), len(values)
+    k, tail = 0, 0.0
+    while k < n // 2 and 2 * (tail + math.comb(n, k) / 2**n) <= 1 - level:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    return None if k == 0 else (xs[k - 1], xs[n - k])
+
+
+def sign_lines(rows: Sequence[str], goal: float = GOAL) -> list[str]:
+    """Per-round sign tests from the per-round table's rows as printed: the CPU ratio against ``goal``, and
+    whether fieldkit reached the end of step 1 and exited sooner than the release."""
+    rounds = [parse_row(r) for r in rows]
+
+    def line(what: str, more: tuple[str, int], less: tuple[str, int]) -> str:
+        (more_label, m), (less_label, n) = more, less
+        return (
+            f"per round, as printed: {what} {more_label} in {m}, {less_label} in {n}, level in "
+            f"{len(rounds) - m - n} of {len(rounds)} rounds (two-sided sign test, levels left out: "
+            f"p = {sign_test(m, n):.2g})"
+        )
+
+    cpu = [r.cpu_ratio for r in rounds]
+    return [
+        line(
+            "CPU ratio",
+            (f"above {goal:.2f}", sum(x > goal for x in cpu)),
+            ("below", sum(x < goal for x in cpu)),
+        ),
+        line("fieldkit at the end of step 1", *_sooner([r.launch for r in rounds])),
+        line("fieldkit exited", *_sooner([r.exit for r in rounds])),
+    ]
+
+
+def _sooner(pairs: list[tuple[float, float]]) -> tuple[tuple[str, int], tuple[str, int]]:
+    """How many (release, fieldkit) pairs of seconds have fieldkit's fewer, and how many more."""
+    return ("sooner", sum(fk < rel for rel, fk in pairs)), ("later", sum(fk > rel for rel, fk in pairs))
+
+
+def record(header: str, fieldkit_set: Sequence[str], rows: Sequence[str]) -> dict[str, Any]:
+    """One run's line of the results file: its header and rows as printed, and fieldkit's overrides."""
+    for row in rows:
+        parse_row(row)  # refuse a row the summary could not read
+    return {"header": header, "fieldkit_set": list(fieldkit_set), "rows": list(rows)}
+
+
+def append_run(path: Path, run: dict[str, Any]) -> None:
+    """Add ``run`` as one line at the end of the results file ``path`` (made with its folder if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(run) + "\n")
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of the results file ``path``, oldest first."""
+    runs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {n}: not JSON ({exc.msg})") from None
+    return runs
+
+
+def _fmt(interval: tuple[float, float] | None, digits: int) -> str:
+    return "n too small" if interval is None else f"{interval[0]:.{digits}f} to {interval[1]:.{digits}f}"
+
+
+def run_row(run: dict[str, Any], goal: float = GOAL) -> str:
+    """One run as a row of the summary table: its rounds' medians, their intervals and sign tests."""
+    rounds = [parse_row(r) for r in run["rows"]]
+    cpu = [r.cpu_ratio for r in rounds]
+    gained = {  # release - fieldkit seconds: above 0 where fieldkit was sooner
+        what: [rel - fk for rel, fk in (getattr(r, what) for r in rounds)] for what in ("launch", "exit")
+    }
+    above, below = sum(x > goal for x in cpu), sum(x < goal for x in cpu)
+    cells = [
+        run["header"][:16],
+        " ".join(run["fieldkit_set"]) or "default",
+        str(len(rounds)),
+        f"{statistics.median(cpu):.2f} ({_fmt(median_interval(cpu), 2)}); {above} / {below}, "
+        f"p = {sign_test(above, below):.2g}",
+    ]
+    for what in ("launch", "exit"):
+        d = gained[what]
+        sooner, later = sum(x > 0 for x in d), sum(x < 0 for x in d)
+        cells.append(
+            f"{statistics.median(d):+.2f} ({_fmt(median_interval(d), 2)}); {sooner} / {later}, "
+            f"p = {sign_test(sooner, later):.2g}"
+        )
+    return "| " + " | ".join(cells) + " |"
+
+
+def summary_lines(runs: Sequence[dict[str, Any]], goal: float = GOAL) -> list[str]:
+    """The summary of ``runs``: a row each (:func:`run_row`), then the test over runs of the per-round median
+    CPU ratio against ``goal``."""
+    lines = [
+        f"per run: medians over its rounds with their {LEVEL:.1%} intervals (order statistics), and the sign "
+        "tests (counts above / below, or sooner / later; levels left out); seconds are release - fieldkit, "
+        "above 0 where fieldkit was sooner",
+        "",
+        f"| run | fieldkit outputs | rounds | CPU ratio (above / below {goal:.2f}) | launch to step 1, s "
+        "(sooner / later) | last step to exit, s (sooner / later) |",
+        "|---|---|---|---|---|---|",
+        *(run_row(run, goal) for run in runs),
+    ]
+    medians = [statistics.median(parse_row(r).cpu_ratio for r in run["rows"]) for run in runs]
+    above, below = sum(m > goal for m in medians), sum(m < goal for m in medians)
+    lines += [
+        "",
+        f"over runs: the per-round median CPU ratio is above {goal:.2f} in {above}, below in {below}, level "
+        f"in {len(medians) - above - below} of {len(medians)} runs (two-sided sign test, levels left out: "
+        f"p = {sign_test(above, below):.2g}; the level for {CLAIMS} goals is {1 - LEVEL:.3f})",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_FILE,
+        help="a results file written by release_side_by_side.py --results (default: the committed one)",
+    )
+    args = p.parse_args(argv)
+    try:
+        runs = read_runs(args.file)
+        lines = summary_lines(runs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"error: {args.file} is not a side-by-side results file ({type(exc).__name__}: {exc})")
+    if not runs:
+        sys.exit(f"error: {args.file} holds no runs")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
