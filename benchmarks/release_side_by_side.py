@@ -238,12 +238,29 @@ class Run:
     exit: float = 0.0
     max_rss_mib: float = 0.0
 
-    def per_step(self, drop: int) -> tuple[list[float], list[float]]:
-        """Wall and CPU seconds of each step after the first ``drop`` (step 1 also holds the start-up)."""
-        marks = self.steps[max(drop, 1) - 1 :]
-        wall = [b[0] - a[0] for a, b in itertools.pairwise(marks)]
-        cpu = [b[1] - a[1] for a, b in itertools.pairwise(marks)]
-        return wall, cpu
+    def kept(self, drop: int) -> list[tuple[float, float]]:
+        """The step marks from the end of step ``drop`` on (step 1 also holds the start-up)."""
+        return self.steps[max(drop, 1) - 1 :]
+
+    def wall_per_step(self, drop: int) -> list[float]:
+        """Wall-clock seconds of each step after the first ``drop``."""
+        return [b[0] - a[0] for a, b in itertools.pairwise(self.kept(drop))]
+
+    def cpu_per_step(self, drop: int) -> float:
+        """CPU seconds per step after the first ``drop``: their total over their number. Not per step: the
+        kernel brings a running task's CPU time up to date at its scheduler ticks (every 4 ms at 250 Hz), so
+        one step's share is whole ticks (5% of a 0.08 s step); over all the kept steps it is within a tick."""
+        marks = self.kept(drop)
+        return (marks[-1][1] - marks[0][1]) / (len(marks) - 1)
+
+    def raw(self) -> dict[str, Any]:
+        """The run's marks from its launch (wall and CPU seconds at each step line, the exit) and its peak
+        RSS, as kept in the results file."""
+        return {
+            "steps": [[round(w - self.launch, 4), round(c, 4)] for w, c in self.steps],
+            "exit": round(self.exit - self.launch, 4),
+            "max_rss_mib": round(self.max_rss_mib, 1),
+        }
 
     @property
     def to_first_step(self) -> float:
@@ -435,9 +452,10 @@ def compare(args: argparse.Namespace, root: Path) -> None:
     print(header)
     runs: dict[str, list[Run]] = {"release": [], "fieldkit": []}
     rows: list[str] = []  # the per-round table's rows, as printed
+    raw: list[dict[str, Any]] = []  # each round's marks, for the results file
     print(
-        "| round | load 1 min | release s/step | fieldkit s/step | ratio | release CPU s/step | "
-        "fieldkit CPU s/step | CPU ratio | RSS MiB (rel / fk) | to step 1 s | after last s |"
+        "| round | load 1 min | release s/step | fieldkit s/step | ratio | release CPU s/step (mean) | "
+        "fieldkit CPU s/step (mean) | CPU ratio | RSS MiB (rel / fk) | to step 1 s | after last s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in range(args.rounds + 1):
@@ -451,13 +469,14 @@ def compare(args: argparse.Namespace, root: Path) -> None:
         if r == 0:
             continue  # the warm-up round
         rel, fk = done["release"], done["fieldkit"]
-        (rw, rc), (fw, fc) = rel.per_step(args.drop), fk.per_step(args.drop)
+        rw, fw = (statistics.median(x.wall_per_step(args.drop)) for x in (rel, fk))
+        rc, fc = (x.cpu_per_step(args.drop) for x in (rel, fk))
         for name in runs:
             runs[name].append(done[name])
+        raw.append({name: done[name].raw() for name in runs})
         rows.append(
-            f"| {r} | {load:.1f} | {statistics.median(rw):.4f} | {statistics.median(fw):.4f} | "
-            f"{statistics.median(rw) / statistics.median(fw):.2f} | {statistics.median(rc):.4f} | "
-            f"{statistics.median(fc):.4f} | {statistics.median(rc) / statistics.median(fc):.2f} | "
+            f"| {r} | {load:.1f} | {rw:.4f} | {fw:.4f} | {rw / fw:.2f} | "
+            f"{rc:.4f} | {fc:.4f} | {rc / fc:.2f} | "
             f"{rel.max_rss_mib:.0f} / {fk.max_rss_mib:.0f} | "
             f"{rel.to_first_step:.2f} / {fk.to_first_step:.2f} | "
             f"{rel.after_last_step:.2f} / {fk.after_last_step:.2f} |"
@@ -465,7 +484,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
         print(rows[-1], flush=True)
     summarise(runs, args.drop)
     print("\n".join(sign_lines(rows)))
-    run_record = record(header, args.fieldkit_set, rows)
+    run_record = record(header, args.fieldkit_set, rows, raw)
     print("\n" + "\n".join(summary_lines([run_record])[:-2]))
     if args.results is not None:
         append_run(args.results, run_record)
@@ -473,26 +492,30 @@ def compare(args: argparse.Namespace, root: Path) -> None:
 
 
 def summarise(runs: dict[str, list[Run]], drop: int) -> None:
-    """The table of medians and ratios over every counted round."""
-    pooled = {name: [r.per_step(drop) for r in rs] for name, rs in runs.items()}
-
-    def row(label: str, values: dict[str, list[float]], per_round: list[float] | None, unit: str) -> None:
-        rel, fk = (statistics.median(values[n]) for n in ("release", "fieldkit"))
-        ratio = f"**{rel / fk:.2f}**"
-        if per_round:
-            lo, hi = quartiles(per_round)
-            ratio += f" (per round median {statistics.median(per_round):.2f}, IQR {lo:.2f}-{hi:.2f})"
-        print(f"| {label} | {rel:{unit}} | {fk:{unit}} | {ratio} |")
-
-    wall = {n: [s for w, _ in ps for s in w] for n, ps in pooled.items()}
-    cpu = {n: [s for _, c in ps for s in c] for n, ps in pooled.items()}
-    ratios = {
-        i: [statistics.median(r[i]) / statistics.median(f[i]) for r, f in zip(*pooled.values(), strict=True)]
-        for i in (0, 1)
+    """The table of pooled figures and ratios over every counted round."""
+    names = ("release", "fieldkit")
+    wall = {n: [s for r in runs[n] for s in r.wall_per_step(drop)] for n in names}
+    cpu = {  # every kept step's CPU seconds over their number, all rounds together
+        n: sum(r.cpu_per_step(drop) * (len(r.kept(drop)) - 1) for r in runs[n])
+        / sum(len(r.kept(drop)) - 1 for r in runs[n])
+        for n in names
     }
+    pairs = list(zip(runs["release"], runs["fieldkit"], strict=True))
+    wall_ratios = [
+        statistics.median(r.wall_per_step(drop)) / statistics.median(f.wall_per_step(drop)) for r, f in pairs
+    ]
+    cpu_ratios = [r.cpu_per_step(drop) / f.cpu_per_step(drop) for r, f in pairs]
+
+    def row(label: str, rel: float, fk: float, per_round: list[float]) -> None:
+        lo, hi = quartiles(per_round)
+        print(
+            f"| {label} | {rel:.4f} | {fk:.4f} | **{rel / fk:.2f}** (per round median "
+            f"{statistics.median(per_round):.2f}, IQR {lo:.2f}-{hi:.2f}) |"
+        )
+
     print("\n| | release | fieldkit | release / fieldkit |\n|---|---|---|---|")
-    row("s/step, pooled median (wall)", wall, ratios[0], ".4f")
-    row("CPU s/step, pooled median", cpu, ratios[1], ".4f")
+    row("s/step, pooled median (wall)", *(statistics.median(wall[n]) for n in names), wall_ratios)
+    row("CPU s/step, mean over every kept step", cpu["release"], cpu["fieldkit"], cpu_ratios)
     for label, attr in (
         ("peak RSS MiB, median (min-max)", "max_rss_mib"),
         ("launch to end of step 1, s, median (min-max)", "to_first_step"),

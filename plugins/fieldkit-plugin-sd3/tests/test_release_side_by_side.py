@@ -4,9 +4,7 @@ the graph validates; the release's own loader accepts its config where the relea
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,27 +98,3 @@ def test_the_release_accepts_its_config_key_by_key(script, tmp_path: Path) -> No
     release_file.write_text(release_file.read_text().replace("lora_rank:", "lora_rnak:"))
     problem = script.check_release(os.environ["FIELDKIT_RELEASE_PYTHON"], release_file)
     assert problem == "keys the release does not know: student.lora_rnak"
-
-
-def test_the_sign_test_is_the_binomial_tail(script) -> None:
-    assert script.sign_test(10, 0) == script.sign_test(0, 10) == 2 / 2**10
-    assert script.sign_test(5, 5) == 1.0 and script.sign_test(0, 0) == 1.0
-    assert script.sign_test(24, 7) == pytest.approx(2 * sum(math.comb(31, i) for i in range(8)) / 2**31)
-
-
-def test_the_pages_sign_tests_are_what_the_script_prints_from_its_rounds(script) -> None:
-    """docs/performance.md, section 11: after each per-round table, the lines ``sign_lines`` gives for it."""
-    page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
-    section = page[page.index("## 11. Against the authors' release") : page.index("## 12. A profiled step")]
-    # the script's per-round rows: a round number and ten more cells (benchmarks/exit_cost.py's have two)
-    tables = re.findall(r"(?:^\| \d+ \|(?:[^|\n]*\|){10}\n)+", section, flags=re.M)
-    # default outputs: 33 rounds, then 15; like for like: 10, then 15; after the exit change: 33 and 15
-    assert len(tables) == 6
-    for table in tables:
-        rows = table.rstrip("\n").split("\n")
-        lines = script.sign_lines(rows)
-        assert len(lines) == 3 and all(line in section for line in lines), lines
-    made_up = ["| 1 | 1.0 | 0.2 | 0.1 | 2.00 | 0.2 | 0.1 | 1.90 | 419 / 447 | 6.0 / 5.0 | 1.0 / 2.0 |"]
-    assert script.sign_lines(made_up)[0].startswith(
-        "per round, as printed: CPU ratio above 2.00 in 0, below in 1"
-    )
