@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from side_by_side_results import append_run, record, sign_lines, summary_lines
+from side_by_side_results import append_run, record, results_problem, run_table, sign_lines
 
 ROLLOUT_STEPS = 16
 LORA_RANK = 4
@@ -246,12 +246,17 @@ class Run:
         """Wall-clock seconds of each step after the first ``drop``."""
         return [b[0] - a[0] for a, b in itertools.pairwise(self.kept(drop))]
 
-    def cpu_per_step(self, drop: int) -> float:
-        """CPU seconds per step after the first ``drop``: their total over their number. Not per step: the
-        kernel brings a running task's CPU time up to date at its scheduler ticks (every 4 ms at 250 Hz), so
-        one step's share is whole ticks (5% of a 0.08 s step); over all the kept steps it is within a tick."""
+    def cpu_kept(self, drop: int) -> tuple[float, int]:
+        """CPU seconds of the steps after the first ``drop``, and their number. Only as a total: the kernel
+        brings a running task's CPU time up to date at its scheduler ticks (every 4 ms at 250 Hz), so one
+        step's share is whole ticks (5% of a 0.08 s step); over all the kept steps it is within a tick."""
         marks = self.kept(drop)
-        return (marks[-1][1] - marks[0][1]) / (len(marks) - 1)
+        return marks[-1][1] - marks[0][1], len(marks) - 1
+
+    def cpu_per_step(self, drop: int) -> float:
+        """CPU seconds per step after the first ``drop``: their total over their number."""
+        seconds, steps = self.cpu_kept(drop)
+        return seconds / steps
 
     def raw(self) -> dict[str, Any]:
         """The run's marks from its launch (wall and CPU seconds at each step line, the exit) and its peak
@@ -398,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     ):
         if not shutil.which(python):
             fail(f"{flag} {python} is not an executable")
+    if args.results is not None and (why := results_problem(args.results)):
+        fail(f"--results {args.results} {why}; give a new file or one this script wrote")
     with tempfile.TemporaryDirectory() as tmp:
         root = (args.work or Path(tmp)).resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -485,7 +492,7 @@ def compare(args: argparse.Namespace, root: Path) -> None:
     summarise(runs, args.drop)
     print("\n".join(sign_lines(rows)))
     run_record = record(header, args.fieldkit_set, rows, raw)
-    print("\n" + "\n".join(summary_lines([run_record])[:-2]))
+    print("\n" + "\n".join(run_table([run_record])))
     if args.results is not None:
         append_run(args.results, run_record)
         print(f"\nthis run is the last line of {args.results}")
@@ -495,11 +502,8 @@ def summarise(runs: dict[str, list[Run]], drop: int) -> None:
     """The table of pooled figures and ratios over every counted round."""
     names = ("release", "fieldkit")
     wall = {n: [s for r in runs[n] for s in r.wall_per_step(drop)] for n in names}
-    cpu = {  # every kept step's CPU seconds over their number, all rounds together
-        n: sum(r.cpu_per_step(drop) * (len(r.kept(drop)) - 1) for r in runs[n])
-        / sum(len(r.kept(drop)) - 1 for r in runs[n])
-        for n in names
-    }
+    kept = {n: [r.cpu_kept(drop) for r in runs[n]] for n in names}
+    cpu = {n: sum(s for s, _ in kept[n]) / sum(k for _, k in kept[n]) for n in names}  # all rounds together
     pairs = list(zip(runs["release"], runs["fieldkit"], strict=True))
     wall_ratios = [
         statistics.median(r.wall_per_step(drop)) / statistics.median(f.wall_per_step(drop)) for r, f in pairs

@@ -80,29 +80,30 @@ def sign_lines(rows: Sequence[str], goal: float = GOAL) -> list[str]:
     whether fieldkit reached the end of step 1 and exited sooner than the release."""
     rounds = [parse_row(r) for r in rows]
 
-    def line(what: str, more: tuple[str, int], less: tuple[str, int]) -> str:
-        (more_label, m), (less_label, n) = more, less
+    def line(what: str, more: str, less: str, counts: tuple[int, int]) -> str:
+        m, n = counts
         return (
-            f"per round, as printed: {what} {more_label} in {m}, {less_label} in {n}, level in "
+            f"per round, as printed: {what} {more} in {m}, {less} in {n}, level in "
             f"{len(rounds) - m - n} of {len(rounds)} rounds (two-sided sign test, levels left out: "
             f"p = {sign_test(m, n):.2g})"
         )
 
-    cpu = [r.cpu_ratio for r in rounds]
+    launch, exit_ = (_gained([getattr(r, what) for r in rounds]) for what in ("launch", "exit"))
     return [
-        line(
-            "CPU ratio",
-            (f"above {goal:.2f}", sum(x > goal for x in cpu)),
-            ("below", sum(x < goal for x in cpu)),
-        ),
-        line("fieldkit at the end of step 1", *_sooner([r.launch for r in rounds])),
-        line("fieldkit exited", *_sooner([r.exit for r in rounds])),
+        line("CPU ratio", f"above {goal:.2f}", "below", _above_below([r.cpu_ratio for r in rounds], goal)),
+        line("fieldkit at the end of step 1", "sooner", "later", _above_below(launch, 0.0)),
+        line("fieldkit exited", "sooner", "later", _above_below(exit_, 0.0)),
     ]
 
 
-def _sooner(pairs: list[tuple[float, float]]) -> tuple[tuple[str, int], tuple[str, int]]:
-    """How many (release, fieldkit) pairs of seconds have fieldkit's fewer, and how many more."""
-    return ("sooner", sum(fk < rel for rel, fk in pairs)), ("later", sum(fk > rel for rel, fk in pairs))
+def _above_below(values: Sequence[float], at: float) -> tuple[int, int]:
+    """How many of ``values`` are above ``at``, and how many below (the sign test's counts)."""
+    return sum(x > at for x in values), sum(x < at for x in values)
+
+
+def _gained(pairs: Sequence[tuple[float, float]]) -> list[float]:
+    """Release - fieldkit seconds of each (release, fieldkit) pair: above 0 where fieldkit was sooner."""
+    return [rel - fk for rel, fk in pairs]
 
 
 def record(
@@ -144,36 +145,41 @@ def _fmt(interval: tuple[float, float] | None, digits: int) -> str:
     return "n too small" if interval is None else f"{interval[0]:.{digits}f} to {interval[1]:.{digits}f}"
 
 
+def _measured_as_mean(run: dict[str, Any]) -> bool:
+    return bool(run.get("cpu_per_step", MEDIAN) == MEAN)
+
+
 def run_row(run: dict[str, Any], goal: float = GOAL) -> str:
     """One run as a row of the summary table: its rounds' medians, their intervals and sign tests."""
     rounds = [parse_row(r) for r in run["rows"]]
-    cpu = [r.cpu_ratio for r in rounds]
-    gained = {  # release - fieldkit seconds: above 0 where fieldkit was sooner
-        what: [rel - fk for rel, fk in (getattr(r, what) for r in rounds)] for what in ("launch", "exit")
-    }
-    above, below = sum(x > goal for x in cpu), sum(x < goal for x in cpu)
-    cells = [
-        run["header"][:16],
-        " ".join(run["fieldkit_set"]) or "default",
-        str(len(rounds)),
-        "mean" if run.get("cpu_per_step", MEDIAN) == MEAN else "median, in ticks",
-        f"{statistics.median(cpu):.2f} ({_fmt(median_interval(cpu), 2)}); {above} / {below}, "
-        f"p = {sign_test(above, below):.2g}",
-    ]
-    for what in ("launch", "exit"):
-        d = gained[what]
-        sooner, later = sum(x > 0 for x in d), sum(x < 0 for x in d)
-        cells.append(
-            f"{statistics.median(d):+.2f} ({_fmt(median_interval(d), 2)}); {sooner} / {later}, "
-            f"p = {sign_test(sooner, later):.2g}"
+
+    def cell(values: list[float], at: float, fmt: str) -> str:
+        above, below = _above_below(values, at)
+        return (
+            f"{statistics.median(values):{fmt}} ({_fmt(median_interval(values), 2)}); {above} / {below}, "
+            f"p = {sign_test(above, below):.2g}"
         )
-    return "| " + " | ".join(cells) + " |"
+
+    return (
+        "| "
+        + " | ".join(
+            [
+                run["header"][:16],
+                " ".join(run["fieldkit_set"]) or "default",
+                str(len(rounds)),
+                "mean" if _measured_as_mean(run) else "median, in ticks",
+                cell([r.cpu_ratio for r in rounds], goal, ".2f"),
+                cell(_gained([r.launch for r in rounds]), 0.0, "+.2f"),
+                cell(_gained([r.exit for r in rounds]), 0.0, "+.2f"),
+            ]
+        )
+        + " |"
+    )
 
 
-def summary_lines(runs: Sequence[dict[str, Any]], goal: float = GOAL) -> list[str]:
-    """The summary of ``runs``: a row each (:func:`run_row`), then the test over runs of the per-round median
-    CPU ratio against ``goal``."""
-    lines = [
+def run_table(runs: Sequence[dict[str, Any]], goal: float = GOAL) -> list[str]:
+    """The per-run table: what it holds, then a row per run (:func:`run_row`)."""
+    return [
         f"per run: medians over its rounds with their {LEVEL:.1%} intervals (order statistics), and the sign "
         "tests (counts above / below, or sooner / later; levels left out); seconds are release - fieldkit, "
         "above 0 where fieldkit was sooner",
@@ -183,17 +189,55 @@ def summary_lines(runs: Sequence[dict[str, Any]], goal: float = GOAL) -> list[st
         "|---|---|---|---|---|---|---|",
         *(run_row(run, goal) for run in runs),
     ]
-    counted = [run for run in runs if run.get("cpu_per_step", MEDIAN) == MEAN]
+
+
+def over_runs(runs: Sequence[dict[str, Any]], goal: float = GOAL) -> str:
+    """The test over runs: each run measured with the mean is one unit, its per-round median CPU ratio
+    against ``goal``."""
+    counted = [run for run in runs if _measured_as_mean(run)]
     medians = [statistics.median(parse_row(r).cpu_ratio for r in run["rows"]) for run in counted]
-    above, below = sum(m > goal for m in medians), sum(m < goal for m in medians)
-    lines += [
-        "",
+    above, below = _above_below(medians, goal)
+    return (
         f"over runs (the {len(counted)} with CPU s/step as a mean; the others' ratios move in ticks): the "
         f"per-round median CPU ratio is above {goal:.2f} in {above}, below in {below}, level in "
         f"{len(medians) - above - below} of {len(medians)} runs (two-sided sign test, levels left out: "
-        f"p = {sign_test(above, below):.2g}; the level for {CLAIMS} goals is {1 - LEVEL:.3f})",
-    ]
-    return lines
+        f"p = {sign_test(above, below):.2g}; the level for {CLAIMS} goals is {1 - LEVEL:.3f})"
+    )
+
+
+def summary_lines(runs: Sequence[dict[str, Any]], goal: float = GOAL) -> list[str]:
+    """The summary of ``runs``: the per-run table, then the test over runs."""
+    return [*run_table(runs, goal), "", over_runs(runs, goal)]
+
+
+class ResultsError(ValueError):
+    """A file that does not read as a side-by-side results file; the message says why."""
+
+
+def load_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of the results file ``path``, each checked to have what the summary reads; a
+    :class:`ResultsError` if any does not (or the file cannot be read)."""
+    try:
+        runs = read_runs(path)
+        run_table(runs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ResultsError(f"is not a side-by-side results file ({type(exc).__name__}: {exc})") from None
+    return runs
+
+
+def results_problem(path: Path) -> str | None:
+    """Why ``--results path`` cannot take a run, or None: it is missing (it will be made), or a regular file
+    that reads as a results file. Checked before a run, so that neither an hour of rounds nor a file the
+    benchmark did not write is lost to a bad path."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_file():
+        return "is not a regular file"
+    try:
+        load_runs(path)
+    except ResultsError as exc:
+        return str(exc)
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,13 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     try:
-        runs = read_runs(args.file)
-        lines = summary_lines(runs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        sys.exit(f"error: {args.file} is not a side-by-side results file ({type(exc).__name__}: {exc})")
+        runs = load_runs(args.file)
+    except ResultsError as exc:
+        sys.exit(f"error: {args.file} {exc}")
     if not runs:
         sys.exit(f"error: {args.file} holds no runs")
-    print("\n".join(lines))
+    print("\n".join(summary_lines(runs)))
 
 
 if __name__ == "__main__":

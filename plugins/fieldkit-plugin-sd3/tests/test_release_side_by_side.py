@@ -98,3 +98,43 @@ def test_the_release_accepts_its_config_key_by_key(script, tmp_path: Path) -> No
     release_file.write_text(release_file.read_text().replace("lora_rank:", "lora_rnak:"))
     problem = script.check_release(os.environ["FIELDKIT_RELEASE_PYTHON"], release_file)
     assert problem == "keys the release does not know: student.lora_rnak"
+
+
+def test_the_committed_rows_are_what_the_script_computes_from_their_marks(script) -> None:
+    """Every run of the results file measured with the mean: each printed row's CPU ratio, launch and exit
+    are what ``Run`` gives from that round's kept marks (3 steps dropped, as the runs were made)."""
+    from side_by_side_results import DEFAULT_FILE, MEAN, parse_row, read_runs
+
+    runs = [run for run in read_runs(DEFAULT_FILE) if run["cpu_per_step"] == MEAN]
+    assert runs
+    for run in runs:
+        assert len(run["rounds"]) == len(run["rows"])
+        for marks, row in zip(run["rounds"], run["rows"], strict=True):
+            rel, fk = (
+                script.Run(0.0, [tuple(m) for m in marks[n]["steps"]], marks[n]["exit"])
+                for n in ("release", "fieldkit")
+            )
+            printed = parse_row(row)
+            assert printed.cpu_ratio == pytest.approx(rel.cpu_per_step(3) / fk.cpu_per_step(3), abs=0.006)
+            assert printed.launch == pytest.approx((rel.to_first_step, fk.to_first_step), abs=0.006)
+            assert printed.exit == pytest.approx((rel.after_last_step, fk.after_last_step), abs=0.006)
+
+
+def test_a_results_path_that_is_not_a_results_file_is_refused_before_any_round(tmp_path: Path) -> None:
+    """A folder, a symlink or a file the script did not write: one error before the rounds, the file as it
+    was. A missing file, or one the script wrote, is taken."""
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("my own notes\n")
+    (tmp_path / "link.jsonl").symlink_to(foreign)
+    for path, why in (
+        (tmp_path, "is not a regular file"),
+        (tmp_path / "link.jsonl", "is not a regular file"),
+        (foreign, "is not a side-by-side results file (ValueError: "),
+    ):
+        result = _run("--release-python", sys.executable, "--results", str(path))
+        assert result.returncode == 2 and f"--results {path} {why}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert foreign.read_text() == "my own notes\n"
+    from side_by_side_results import DEFAULT_FILE, results_problem
+
+    assert results_problem(tmp_path / "new.jsonl") is None and results_problem(DEFAULT_FILE) is None
