@@ -51,7 +51,7 @@ class GaussianMixtureParams(Params):
     classes: int = Field(ge=1, le=1000)
     shape: list[int] = Field(min_length=1, description="per-sample shape, e.g. [1, 8, 8]")
     std: float = Field(0.1, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the components' means")
 
 
 def build_gaussian_mixture(p: GaussianMixtureParams, ctx: BuildContext) -> GaussianMixtureField:
@@ -79,7 +79,7 @@ class MMDiTParams(Params):
     """A fresh MMDiT (zero output at start) built from its config."""
 
     config: MMDiTConfig = Field(default_factory=MMDiTConfig)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="initialisation seed")
 
 
 def build_checkpoint(p: CheckpointParams, ctx: BuildContext) -> PretrainedField:

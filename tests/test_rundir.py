@@ -155,6 +155,41 @@ def test_a_run_that_died_before_its_first_checkpoint_restarts_with_a_note(tmp_pa
     again.release()
 
 
+@pytest.mark.parametrize("resume", [None, "latest"])
+@pytest.mark.parametrize("output", ["student", "results.json"])
+def test_a_finished_run_whose_checkpoints_were_removed_is_refused_not_replaced(tmp_path, resume, output):
+    run = open_run_folder(tmp_path / "run", None)
+    (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
+    if output == "student":
+        (run.path / "student").mkdir()
+        (run.path / "student" / "model.safetensors").write_bytes(b"weights")
+    else:
+        (run.path / "results.json").write_text("{}")
+    run.release()
+    before = snapshot(run.path)
+    with pytest.raises(FieldkitError, match="finished run's outputs") as err:
+        open_run_folder(run.path, resume)
+    assert output in err.value.message and "--out" in err.value.hint
+    after = snapshot(run.path)
+    after.pop(LOCK, None), before.pop(LOCK, None)  # the lock file is emptied on release
+    assert after == before
+
+
+def test_abandoning_a_folder_it_made_removes_it_and_nothing_else(tmp_path):
+    fresh = open_run_folder(tmp_path / "fresh", None)
+    fresh.abandon()
+    assert not fresh.path.exists()
+    (tmp_path / "empty").mkdir()
+    kept = open_run_folder(tmp_path / "empty", None)  # the user's folder: it stays, marked, unlocked
+    kept.abandon()
+    assert sorted(p.name for p in kept.path.iterdir()) == [LOCK, MARKER]
+    assert (kept.path / LOCK).read_text() == ""
+    written = open_run_folder(tmp_path / "written", None)
+    (written.path / "metrics.jsonl").write_text('{"step": 1}\n')
+    written.abandon()  # it wrote something: left as a run folder a restart settles
+    assert (written.path / "metrics.jsonl").is_file()
+
+
 def test_temporary_folders_of_an_interrupted_write_are_removed_on_resume(tmp_path):
     run = open_run_folder(tmp_path / "run", None)
     good = run.path / "checkpoints" / "step-00000002"

@@ -35,7 +35,7 @@ class TransformerParams(Params):
     config: dict[str, Any] | None = Field(
         None, description="build a freshly initialised transformer from these model config keys"
     )
-    seed: int = Field(0, description="initialisation seed when built from `config`")
+    seed: int = Field(0, ge=0, lt=2**63, description="initialisation seed when built from `config`")
     dtype: DType | None = Field(None, description="load or cast to this dtype (checked); default: as stored")
     gradient_checkpointing: bool = Field(
         False, description="recompute each block's activations in the backward pass (a student that trains)"

@@ -45,6 +45,9 @@ OUTPUTS = (
     "report.html",
     "sessions.jsonl",
 )
+# What only the end of a run writes, after its last checkpoint: a folder with these and no checkpoint is a
+# finished run whose checkpoints were removed, not one that failed before its first checkpoint.
+FINISHED = ("student", "results.json")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class RunFolder:
     path: Path
     resume: str | None
     notes: list[str] = field(default_factory=list)
+    created: bool = False  # this process made the folder (it did not exist before)
     _fd: int | None = None
 
     def release(self) -> None:
@@ -64,6 +68,18 @@ class RunFolder:
         with contextlib.suppress(OSError):  # the lock is dropped with the descriptor either way
             os.ftruncate(fd, 0)
         os.close(fd)
+
+    def abandon(self) -> None:
+        """Release the folder of a run that failed before it wrote anything: a folder this process made,
+        holding only the run marker and the lock file, is removed with them (no debris of a failed start)."""
+        self.release()
+        if not self.created or self._fd is not None:
+            return
+        with contextlib.suppress(OSError):  # a folder that cannot be tidied stays a valid empty run folder
+            if {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
+                for name in (MARKER, LOCK):
+                    (self.path / name).unlink(missing_ok=True)
+                self.path.rmdir()
 
     def __del__(self) -> None:
         self.release()
@@ -77,11 +93,12 @@ def open_run_folder(out: str | os.PathLike[str], resume: str | None) -> RunFolde
     """
     folder = _checked_path(out)
     _refuse_foreign(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(exc, f"cannot create the output folder {folder}") or exc from None
-    run = RunFolder(folder, resume)
+    run = RunFolder(folder, resume, created=created)
     run._fd = _lock(folder, run.notes)
     try:
         _refuse_foreign(folder)  # another process may have written it before we held the lock
@@ -184,6 +201,13 @@ def _settle(run: RunFolder) -> None:
         run.notes.append(f"{folder} has no checkpoint to resume from: starting the run afresh")
         run.resume = None
     if run.resume is None:
+        finished = [name for name in FINISHED if (folder / name).exists()]
+        if finished and not has_checkpoint:
+            raise FieldkitError(
+                f"{folder} holds a finished run's outputs ({', '.join(finished)}) but none of its "
+                "checkpoints (they were removed); starting afresh would replace them, so nothing was touched",
+                hint="choose another output folder with --out, or move that run's outputs away first",
+            )
         stale = [name for name in OUTPUTS if (folder / name).exists()]
         if stale and is_run_folder(folder):
             run.notes.append(

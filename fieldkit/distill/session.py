@@ -258,7 +258,16 @@ class Session:
         # Checked and locked before anything is built; only the main process writes into it.
         self.folder = open_for_processes(_output_path(graph, out), resume, acc) if write else None
         self.out = self.folder.path if self.folder is not None else None
-        resume = self.folder.resume if self.folder is not None else None
+        try:
+            self._build(graph, self.folder.resume if self.folder is not None else None)
+        except BaseException:
+            if self.folder is not None:  # a start that failed frees the folder (and leaves no debris)
+                self.folder.abandon()
+            raise
+
+    def _build(self, graph: Graph, resume: str | None) -> None:
+        """Build the fields, the student, its optimizer and the random streams; restore ``resume``."""
+        spec, acc = graph.spec, self.accelerator
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: Router = self.ctx.router()
         self.method: Method = self.ctx.method()
@@ -307,8 +316,10 @@ class Session:
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.ema = EMA(self.student, spec.student.ema) if spec.student.ema else None
         # Same streams on every process: the global batch is drawn everywhere and sharded (see Shard).
+        # Wrapped to the generator's 64-bit seed (the same streams for every seed below 2**64 / 1000).
         self.generators = {
-            name: torch.Generator().manual_seed(seed * 1000 + i) for i, name in enumerate(GENERATORS)
+            name: torch.Generator().manual_seed((seed * 1000 + i) % 2**64)
+            for i, name in enumerate(GENERATORS)
         }
         self.step = 0
         self.bad_steps = 0
