@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_cli_run import DISTILL, files_under, invoke
-from test_run_folders import one_line
+from test_cli_run import DISTILL, files_under
+from test_run_folders import invoke, one_line
 
 from fieldkit.distill.rundir import LOCK
 
@@ -56,3 +56,45 @@ def test_a_resume_that_fails_releases_the_lock(graph: Path, tmp_path: Path) -> N
     assert files_under(out / "checkpoints") == before
     again = invoke("distill", str(graph), "--out", str(out), "--no-progress", "--resume", "latest", *changed)
     assert "took over the lock" not in again.output
+
+
+@pytest.mark.parametrize(
+    ("out", "says"),
+    [("~/runs/x", "does not expand"), ("runs/{other}", "{graph} and no other"), ("runs/a\nb", "line break")],
+)
+def test_out_is_checked_as_run_out_is(graph: Path, tmp_path: Path, out: str, says: str) -> None:
+    for dry in ([], ["--dry-run"]):
+        result = invoke("distill", str(graph), "--out", out, "--no-progress", *dry, cwd=tmp_path)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "--out" in result.output and says in one_line(result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph.yaml"]
+
+
+def test_out_fills_in_the_graph_name(graph: Path, tmp_path: Path) -> None:
+    result = invoke(
+        "distill", str(graph), "--out", "runs/{graph}-a", "--no-progress", "--set", "run.steps=1",
+        "--set", "run.grid_samples=0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "graph-a" / "student").is_dir()
+
+
+def test_a_dry_run_refuses_what_the_run_would_and_writes_nothing(graph: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = invoke("distill", str(graph), "--out", str(out), "--no-progress", "--set", "run.steps=2")
+    assert first.exit_code == 0, first.output
+    before = files_under(tmp_path)
+    cases = [
+        ([], "already holds a run"),  # a finished run, not resumed
+        (["--resume", str(tmp_path / "nowhere")], "no such checkpoint folder"),
+        (["--out", str(tmp_path / "run" / "metrics.jsonl")], "is a file"),
+    ]
+    for extra, says in cases:
+        args = ["distill", str(graph), "--dry-run", "--no-progress", "--out", str(out), *extra]
+        result = invoke(*args)
+        assert result.exit_code == 2 and says in one_line(result.output), (extra, result.output)
+    resumed = invoke("distill", str(graph), "--dry-run", "--out", str(out), "--resume", "latest")
+    assert resumed.exit_code == 0 and "Nothing written" in resumed.output, resumed.output
+    fresh = invoke("distill", str(graph), "--dry-run", "--out", str(tmp_path / "new"))
+    assert fresh.exit_code == 0, fresh.output
+    assert files_under(tmp_path) == before and not (tmp_path / "new").exists()

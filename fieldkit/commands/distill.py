@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ def run_graph(
 ) -> None:
     """:func:`_run_graph`; a dry run builds a backbone's missing feature caches in a temporary folder (removed
     after it), so that it writes nothing beside the user's data either."""
+    if out is not None:
+        out = out_folder(str(out), graph)
     if not dry_run:
         _run_graph(graph, resume, dry_run, out, progress, quiet)
         return
@@ -33,6 +36,17 @@ def run_graph(
 
     with caches_in_scratch():
         _run_graph(graph, resume, dry_run, out, progress, quiet)
+
+
+def out_folder(out: str, graph: Graph) -> str:
+    """``--out`` checked as ``run.out`` is, with ``{graph}`` (the graph file's stem) filled in."""
+    from fieldkit.graph.schema import check_out
+
+    try:
+        check_out(out, "--out")
+    except ValueError as exc:
+        raise FieldkitError(str(exc)) from None
+    return out.format(graph=graph.name)
 
 
 def _run_graph(
@@ -49,6 +63,7 @@ def _run_graph(
     import sys
 
     from rich.console import Console
+    from rich.markup import escape
 
     from fieldkit.distill.console import ConsoleOutput
     from fieldkit.distill.engine import Engine
@@ -64,8 +79,15 @@ def _run_graph(
     elif not quiet:
         console.print(f"{loading} ...")
     if dry_run:
+        from fieldkit.distill.rundir import check_run_folder
+        from fieldkit.distill.session import output_path
+
+        # what the run would refuse about its folder and --resume, refused now (nothing written)
+        notes = check_run_folder(output_path(graph, out), resume)
         with status:
             engine = Engine(graph, write=False, show_progress=False)
+        for note in notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
         dry_run_estimate(engine, graph, console)
         return
     try:
@@ -115,13 +137,38 @@ def dry_run_estimate(engine: Any, graph: Graph, console: Any) -> None:
     )
 
 
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--resume``, ``--dry-run`` and ``--out``, of every command that runs a graph (distill, train)."""
+    for option in reversed(RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
+RUN_OPTIONS = [
+    click.option(
+        "--resume",
+        metavar="latest|PATH",
+        help="Continue the run in the output folder from its newest good checkpoint, or from the checkpoint "
+        "folder PATH (RUN/checkpoints/step-N, of this run or another).",
+    ),
+    click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Build everything and time one update; write nothing (the output folder and --resume are "
+        "checked as the run would check them).",
+    ),
+    click.option(
+        "--out",
+        type=click.Path(path_type=str),
+        help="Output folder (default: run.out of the graph); {graph} is the graph file's stem, as in "
+        "run.out.",
+    ),
+]
+
+
 @click.command(short_help="Distill the routed fields of a graph into its student.")
 @graph_options
-@click.option(
-    "--resume", metavar="latest|PATH", help="Continue a run from its newest good checkpoint or PATH."
-)
-@click.option("--dry-run", is_flag=True, help="Build everything and time one update; write nothing.")
-@click.option("--out", type=click.Path(path_type=str), help="Output folder (default: run.out of the graph).")
+@run_options
 @click.option(
     "--no-progress",
     is_flag=True,
@@ -136,10 +183,10 @@ def distill(
     """Train the student of GRAPH on its own rollouts against the routed fields (DanceOPD by default).
 
     Prints a start line (device, precision, processes, parameters, global batch, steps, output folder), then
-    progress: a bar in a terminal, one line per run.log_every updates in a log file. Writes metrics.jsonl,
-    sample grids, checkpoints and the exported student under run.out, then prints (on stdout) a table of
-    every route's field and the student on the routes' metrics, with the student's pass or FAIL. Ctrl-C
-    writes a checkpoint of the last update and prints the command that resumes.
+    progress: a bar in a terminal, else (output to a file or a pipe) a line per run.log_every updates.
+    Writes metrics.jsonl, sample grids, checkpoints and the exported student under run.out, then prints (on
+    stdout) a table of every route's field and the student on the routes' metrics, with the student's pass
+    or FAIL. Ctrl-C writes a checkpoint of the last update and prints the command that resumes.
 
     \b
     Examples:

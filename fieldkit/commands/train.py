@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fieldkit.commands.distill import run_graph
+from fieldkit.commands.distill import run_graph, run_options
 from fieldkit.commands.options import graph_options
 from fieldkit.errors import GraphError
 from fieldkit.graph.loader import Graph
@@ -12,11 +12,7 @@ from fieldkit.graph.loader import Graph
 
 @click.command(short_help="Train a field by flow matching on data (a recipe).")
 @graph_options
-@click.option(
-    "--resume", metavar="latest|PATH", help="Continue a run from its newest good checkpoint or PATH."
-)
-@click.option("--dry-run", is_flag=True, help="Build everything and time one update; write nothing.")
-@click.option("--out", type=click.Path(path_type=str), help="Output folder (default: run.out of the recipe).")
+@run_options
 @click.option("--no-progress", is_flag=True, help="No progress bar or lines (the tables still print).")
 def train(graph: Graph, resume: str | None, dry_run: bool, out: str | None, no_progress: bool) -> None:
     """Train the student of GRAPH, a training recipe (a graph whose method is sft), on its routes' data.

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldkit.atomic import atomic_write, leftovers
-from fieldkit.distill.checkpoint import list_checkpoints
+from fieldkit.distill.checkpoint import list_checkpoints, verify_checkpoint
 from fieldkit.errors import FieldkitError
 from fieldkit.files import read_text
 from fieldkit.owned import check_name, kind, open_owned, write_error
@@ -191,32 +191,57 @@ def _settle(run: RunFolder) -> None:
     folder = run.path
     _refuse_links(folder)
     _remove_temporaries(folder, run.notes)
+    run.resume, stale, notes = _decide(folder, run.resume)
+    run.notes.extend(notes)
+    for name in stale:
+        _remove(folder / name)
+    _write_marker(folder)
+
+
+def _decide(folder: Path, resume: str | None) -> tuple[str | None, list[str], list[str]]:
+    """What a run asking for ``resume`` does with the run folder ``folder``, deciding only (nothing
+    written): the resume it gets, the earlier outputs a fresh start removes, and the notes that say so.
+    Raises a FieldkitError for a folder it must not touch."""
     has_checkpoint = bool(list_checkpoints(folder / "checkpoints"))
-    if run.resume is None and has_checkpoint:
+    if resume is None and has_checkpoint:
         raise FieldkitError(
             f"{folder} already holds a run",
             hint="continue it with --resume latest, or choose another output folder with --out PATH",
         )
-    if run.resume == "latest" and not has_checkpoint:
-        run.notes.append(f"{folder} has no checkpoint to resume from: starting the run afresh")
-        run.resume = None
-    if run.resume is None:
-        finished = [name for name in FINISHED if (folder / name).exists()]
-        if finished and not has_checkpoint:
-            raise FieldkitError(
-                f"{folder} holds a finished run's outputs ({', '.join(finished)}) but none of its "
-                "checkpoints (they were removed); starting afresh would replace them, so nothing was touched",
-                hint="choose another output folder with --out, or move that run's outputs away first",
-            )
-        stale = [name for name in OUTPUTS if (folder / name).exists()]
-        if stale and is_run_folder(folder):
-            run.notes.append(
-                f"{folder}: the earlier run there wrote no checkpoint; its outputs are replaced "
-                f"({', '.join(stale)})"
-            )
-        for name in stale:
-            _remove(folder / name)
-    _write_marker(folder)
+    notes = []
+    if resume == "latest" and not has_checkpoint:
+        notes.append(f"{folder} has no checkpoint to resume from: starting the run afresh")
+        resume = None
+    if resume is not None:
+        return resume, [], notes
+    finished = [name for name in FINISHED if (folder / name).exists()]
+    if finished:
+        raise FieldkitError(
+            f"{folder} holds a finished run's outputs ({', '.join(finished)}) but none of its "
+            "checkpoints (they were removed); starting afresh would replace them, so nothing was touched",
+            hint="choose another output folder with --out, or move that run's outputs away first",
+        )
+    stale = [name for name in OUTPUTS if (folder / name).exists()]
+    if stale and is_run_folder(folder):
+        notes.append(
+            f"{folder}: the earlier run there wrote no checkpoint; its outputs are replaced "
+            f"({', '.join(stale)})"
+        )
+    return resume, stale, notes
+
+
+def check_run_folder(out: str | os.PathLike[str], resume: str | None) -> list[str]:
+    """What :func:`open_run_folder` would refuse, checked without writing, locking or creating anything
+    (``--dry-run``), and an explicit ``resume`` checkpoint verified; the notes the run would print."""
+    folder = _checked_path(out)
+    _refuse_foreign(folder)
+    if resume not in (None, "latest"):
+        verify_checkpoint(Path(resume))
+    if not folder.is_dir():
+        fresh = f"{folder} has no checkpoint to resume from: starting the run afresh"
+        return [fresh] if resume == "latest" else []
+    _refuse_links(folder)
+    return _decide(folder, resume)[2]
 
 
 def _refuse_links(folder: Path) -> None:

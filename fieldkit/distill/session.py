@@ -209,7 +209,8 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _output_path(graph: Graph, out: str | Path | None) -> str:
+def output_path(graph: Graph, out: str | Path | None) -> str:
+    """The run's folder: ``out`` as given, else the graph's ``run.out`` with ``{graph}`` filled in."""
     return str(out) if out is not None else graph.spec.run.out.format(graph=graph.name)
 
 
@@ -256,7 +257,7 @@ class Session:
         )
         acc = self.accelerator
         # Checked and locked before anything is built; only the main process writes into it.
-        self.folder = open_for_processes(_output_path(graph, out), resume, acc) if write else None
+        self.folder = open_for_processes(output_path(graph, out), resume, acc) if write else None
         self.out = self.folder.path if self.folder is not None else None
         try:
             self._build(graph, self.folder.resume if self.folder is not None else None)

@@ -161,6 +161,31 @@ class TrackerSpec(Strict):
     )
 
 
+def check_out(value: str, key: str) -> None:
+    """Check an output folder ``value`` (``run.out`` or ``--out``): raises a ValueError, naming ``key``,
+    for a placeholder other than ``{graph}``, a NUL byte or line break, a leading ``~`` (never
+    expanded by fieldkit) or a name longer than a file system allows."""
+    try:
+        formatted = value.format(graph="graph")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"{key} may hold the placeholder {{graph}} and no other ({type(exc).__name__}: {exc}); "
+            "write a literal brace as {{ or }}"
+        ) from None
+    if "\0" in formatted or any(c in formatted for c in "\n\r"):
+        raise ValueError(f"{key} holds a NUL byte or a line break; remove it")
+    if formatted.startswith("~"):
+        raise ValueError(
+            f"{key} starts with '~', which fieldkit does not expand (it would make a folder named '~'; a "
+            "shell expands it only at the start of a word, not after '='); write the full path"
+        )
+    longest = max((len(part.encode()) for part in formatted.split("/")), default=0)
+    if longest > 255:
+        raise ValueError(
+            f"{key} has a name of {longest} bytes, more than the 255 a file system allows; shorten it"
+        )
+
+
 class RunSpec(Strict):
     """Optimisation and bookkeeping of a run."""
 
@@ -274,25 +299,7 @@ class RunSpec(Strict):
     @field_validator("out")
     @classmethod
     def _out_placeholders(cls, value: str) -> str:
-        try:
-            formatted = value.format(graph="graph")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"run.out may hold the placeholder {{graph}} and no other ({type(exc).__name__}: {exc}); "
-                "write a literal brace as {{ or }}"
-            ) from None
-        if "\0" in formatted or any(c in formatted for c in "\n\r"):
-            raise ValueError("run.out holds a NUL byte or a line break; remove it")
-        if formatted.startswith("~"):
-            raise ValueError(
-                "run.out starts with '~', which fieldkit does not expand (it would make a folder named '~'); "
-                "write the full path"
-            )
-        longest = max((len(part.encode()) for part in formatted.split("/")), default=0)
-        if longest > 255:
-            raise ValueError(
-                f"run.out has a name of {longest} bytes, more than the 255 a file system allows; shorten it"
-            )
+        check_out(value, "run.out")
         return value
 
     @field_validator("warmup_steps")
