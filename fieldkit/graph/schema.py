@@ -24,10 +24,39 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 MAX_SAMPLES_PER_STEP = 2**20
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether ``annotation`` takes numbers and not booleans (``int``, ``float``, their lists, optionals)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    return bool(args) and bool not in args and any(_numeric(arg) for arg in args)
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+
+
+def refuse_booleans(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A field's ``value``, refused where the field takes numbers and it is ``true`` or ``false`` (or a list
+    holding one): pydantic would read them as 1 and 0. For a ``field_validator("*", mode="before")``."""
+    name = info.field_name
+    if name is not None and _has_bool(value) and _numeric(model.model_fields[name].annotation):
+        raise ValueError("a number belongs here, not a boolean (true or false); write the number")
+    return value
+
+
 class Strict(BaseModel):
-    """Unknown keys are errors, and so are non-finite numbers (``.inf``, ``.nan``)."""
+    """Unknown keys are errors, and so are non-finite numbers (``.inf``, ``.nan``) and booleans where a
+    number belongs."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_booleans(cls, value, info)
 
 
 class TypedSpec(BaseModel):
@@ -313,10 +342,10 @@ class RunSpec(Strict):
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_switch(cls, value: Any) -> Any:
-        """YAML reads ``off`` / ``on`` as booleans: false is off, true the default mode."""
+        """``on`` (or true) is the default mode, false is off (``off`` is a mode name already)."""
         if isinstance(value, bool):
             return "default" if value else "off"
-        return value
+        return "default" if value == "on" else value
 
     @field_validator("compile")
     @classmethod

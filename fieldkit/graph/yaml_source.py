@@ -1,7 +1,9 @@
 """Safe YAML reading that remembers the line of every key, so errors can point into the file.
 
 Only the safe loader is used: tags such as ``!!python/object`` are refused, and so are duplicate keys
-(which a plain loader would silently overwrite). Reading is bounded: the file's size, how deep values nest,
+(which a plain loader would silently overwrite). Booleans are YAML 1.2's, ``true`` and ``false`` only:
+``yes``, ``no``, ``on`` and ``off`` stay words (YAML 1.1 made them booleans, so a route named ``on`` became
+``True`` and ``steps: on`` a 1). Reading is bounded: the file's size, how deep values nest,
 and how many values the document holds once aliases are expanded (a few hundred bytes of nested aliases
 would otherwise expand to billions of values).
 """
@@ -68,6 +70,7 @@ _PLAIN_TAGS: dict[type[yaml.Node], str] = {
 
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+BOOL_TAG = "tag:yaml.org,2002:bool"
 
 
 def _refuse_tag(node: yaml.Node, path: str) -> GraphError:
@@ -135,6 +138,8 @@ def _to_python(
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, (*loc, i), lines, path, budget) for i, item in enumerate(node.value)]
+    if node.tag == BOOL_TAG and node.value.lower() not in ("true", "false"):
+        return node.value  # YAML 1.2: yes, no, on and off are words, not booleans
     try:
         return budget.scalars.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError:
