@@ -87,3 +87,21 @@ def test_graph_json_records_the_out_the_run_wrote_to(graph, tmp_path):
     out = tmp_path / "elsewhere"
     assert invoke("distill", str(graph), "--out", str(out), "--no-progress").exit_code == 0
     assert json.loads((out / "graph.json").read_text())["run"]["out"] == str(out)
+
+
+def test_a_typed_node_or_section_that_is_no_mapping_says_what_to_write(tmp_path):
+    text = DISTILL.replace("student: {init: init}", "student: {init: init}\nrouter: hard\nmethod: danceopd")
+    path = tmp_path / "graph.yaml"
+    path.write_text(text.replace("flow: {steps: 4}", "flow:"))
+    result = invoke("validate", str(path))
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "TypedSpec" not in out and "Input should be" not in out
+    assert "router: expected a mapping with a type, got 'hard'; write {type: hard}" in out
+    assert "method: expected a mapping with a type, got 'danceopd'; write {type: danceopd}" in out
+    assert "flow: expected a mapping of keys, got None; an empty section needs {} or its keys" in out
+
+
+def test_a_fixed_length_list_with_too_few_values_says_so(graph):
+    result = invoke("validate", str(graph), "--set", "run.optimizer.betas=[0.9]")
+    assert result.exit_code == 2
+    assert "run.optimizer.betas.1: too few values: item 1 (counting from 0) is missing" in result.output

@@ -163,7 +163,16 @@ def _describe(err: ErrorDetails, model: type[BaseModel], loc: tuple[Any, ...]) -
         valid = f"; valid keys: {', '.join(keys)}" if keys else ""
         return f"unknown key {loc[-1]!r}" + (f"; did you mean {guess!r}?" if guess else "") + valid
     if kind == "missing":
+        if loc and isinstance(loc[-1], int):  # a fixed-length list (betas, a size) given too few items
+            return f"too few values: item {loc[-1]} (counting from 0) is missing"
         return f"missing required key {loc[-1]!r}" if loc else "missing required value"
+    if kind == "model_type":  # a section or a typed node that is not a mapping
+        given = err.get("input")
+        if "TypedSpec" in err["msg"] and isinstance(given, str):
+            return f"expected a mapping with a type, got {given!r}; write {{type: {given}}}"
+        return f"expected a mapping of keys, got {given!r}" + (
+            "; an empty section needs {} or its keys" if given is None else ""
+        )
     message = err["msg"].removeprefix("Value error, ")  # a validator's own sentence needs no prefix
     if "input" in err and not isinstance(err["input"], dict | list):
         message += f" (got {err['input']!r})"
