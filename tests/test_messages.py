@@ -105,3 +105,18 @@ def test_a_fixed_length_list_with_too_few_values_says_so(graph):
     result = invoke("validate", str(graph), "--set", "run.optimizer.betas=[0.9]")
     assert result.exit_code == 2
     assert "run.optimizer.betas.1: too few values: item 1 (counting from 0) is missing" in result.output
+
+
+@pytest.mark.parametrize(
+    ("method", "raise_"),
+    [
+        ("{type: danceopd, k: 5}", "flow.steps"),
+        ("{type: danceopd, k: 3, rollout_steps: 2}", "method.rollout_steps"),
+    ],
+)
+def test_more_queries_than_rollout_steps_are_refused(graph, method, raise_):
+    result = invoke("validate", str(graph), "--set", f"method={method}")
+    assert result.exit_code == 2, result.output
+    assert "method.k is" in result.output and f"raise {raise_}" in " ".join(result.output.split())
+    every = invoke("validate", str(graph), "--set", "method={type: danceopd, k: 4}")
+    assert every.exit_code == 0, every.output

@@ -30,10 +30,12 @@ def check_graph(
     datasets: dict[str, Typed],
     root: Path,
     metrics: dict[str, list[Typed]] | None = None,
+    method: Typed | None = None,
 ) -> list[Problem]:
     """Every cross-section problem of a graph whose keys, types and references are valid."""
     return [
         *_attention(spec),
+        *_queries(spec, method),
         *_labels(spec, nodes, datasets, root),
         *_metrics(datasets, metrics or {}, root),
     ]
@@ -48,6 +50,20 @@ def _attention(spec: GraphSpec) -> Iterator[Problem]:
     known = known_backends()
     if name not in known:
         yield ("run", "attention"), f"unknown attention backend {name!r}; known: {', '.join(known)}"
+
+
+def _queries(spec: GraphSpec, method: Typed | None) -> Iterator[Problem]:
+    """A method's ``k`` queries per rollout are at most the rollout's steps (``query: all`` ignores k)."""
+    params = method.params if method is not None else None
+    k = getattr(params, "k", None)
+    if not isinstance(k, int) or getattr(params, "query", None) == "all":
+        return
+    steps = getattr(params, "rollout_steps", None) or spec.flow.steps
+    if k > steps:
+        yield ("method", "k"), (
+            f"method.k is {k}, more than the rollout's {steps} steps it queries; lower method.k, or raise "
+            + ("method.rollout_steps" if getattr(params, "rollout_steps", None) else "flow.steps")
+        )
 
 
 def _label_capacity(typed: Typed, root: Path) -> int | None:

@@ -305,7 +305,7 @@ def validate_source(source: YamlSource, registry: Registry) -> Graph:
         _check_cycles(nodes, problems)
     if not problems.items:
         root = Path.cwd() if source.path.startswith("<") else Path(source.path).parent
-        for loc, message in check_graph(spec, nodes, datasets, root, metrics):
+        for loc, message in check_graph(spec, nodes, datasets, root, metrics, method):
             problems.add(loc, message)
     problems.raise_if_any()
     assert router is not None and method is not None
