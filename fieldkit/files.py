@@ -1,8 +1,12 @@
-"""Reading small files a user hands us (graphs, model configs, manifests) without hanging or blowing up.
+"""Reading small files a user hands us (graphs, model configs, manifests) without hanging or blowing up,
+and checking the paths a command is about to write before it writes anything.
 
 Only regular files are read: a FIFO, a device (a link to ``/dev/zero``) or a folder is refused before a
 single byte is read (the file is opened non-blocking, so even opening a FIFO cannot wait for a writer),
 and a file larger than the caller's bound is refused instead of read into memory.
+
+A command writes a model folder only where nothing is (:func:`check_new_folder`: a new or empty folder,
+not inside what it reads), and replaces a file only when it wrote it (:func:`check_replaceable`).
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fieldkit.errors import FieldkitError
-from fieldkit.owned import kind
+from fieldkit.owned import check_target, kind
 
 MiB = 1 << 20
 
@@ -111,3 +116,56 @@ def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str], **kw
             raise
         code = int(found.group(1))
         raise OSError(code, os.strerror(code), str(path)) from exc
+
+
+def read_head(path: str | os.PathLike[str], size: int, what: str) -> bytes:
+    """The first ``size`` bytes of regular file ``path`` (fewer when it is shorter), however large it is;
+    ``what`` names it in the FieldkitError for a file that cannot be read or is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise FieldkitError(f"{path}: the {what} is {kind(mode)}, not a regular file")
+            return os.read(fd, size)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise FieldkitError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+
+
+def check_new_folder(
+    path: str | os.PathLike[str], what: str, sources: Sequence[str | os.PathLike[str]] = ()
+) -> Path:
+    """Refuse to write the folder ``path`` (``what`` names it) unless it is new or empty, and outside every
+    folder of ``sources`` (what the command reads): a link, a file, a folder that holds anything (a user's
+    files, another model) and the source itself are refused before anything is read or written."""
+    target = check_target(path, what, folder=True)
+    resolved = target.resolve()
+    for source in sources:
+        folder = Path(source).resolve()
+        if resolved == folder or folder in resolved.parents:
+            where = "is" if resolved == folder else "is inside"
+            raise FieldkitError(
+                f"{target}: the {what} {where} {source}, the folder it is made from; nothing was written",
+                hint=f"give the {what} a new path outside {source}",
+            )
+    if target.is_dir() and any(target.iterdir()):
+        raise FieldkitError(
+            f"{target}: the {what} already exists and is not empty; nothing was written",
+            hint=f"give the {what} a new path, or remove this folder first",
+        )
+    return target
+
+
+def check_replaceable(path: str | os.PathLike[str], what: str, ours: Callable[[Path], bool]) -> Path:
+    """Refuse to write the file ``path`` (``what`` names it) when it exists and ``ours(path)`` says it is not
+    a ``what`` that fieldkit wrote: a command rewrites its own output, never a user's file (nor a link, a
+    folder or a device, :func:`fieldkit.owned.check_target`)."""
+    target = check_target(path, what)
+    if target.exists() and not ours(target):
+        raise FieldkitError(
+            f"{target} already exists and is not a {what} fieldkit wrote; nothing was written",
+            hint=f"choose another path for the {what} with -o, or remove that file first",
+        )
+    return target

@@ -21,25 +21,36 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def merge_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    """Weights divided by their sum (equal when ``None``): finite, any sign, with a positive sum."""
+    """Weights divided by their sum (equal when ``None``): finite, any sign, with a positive sum.
+
+    Weights whose sum overflows (``1e308, 1e308``) are scaled by the largest first, so that they are the
+    average they mean; errors quote the weights as given."""
     values = [1.0] * count if weights is None else [float(w) for w in weights]
     if len(values) != count:
         raise FieldkitError(f"{count} models to merge but {len(values)} weights", hint="give one weight each")
     if not all(math.isfinite(w) for w in values):
-        raise FieldkitError(f"merge weights must be finite numbers, got {values}")
-    total = sum(values)
+        raise FieldkitError(
+            f"merge weights must be finite numbers, got {values}",
+            hint="give one number per model, e.g. -w 0.5 -w 0.5 (not nan or inf)",
+        )
+    # unscaled when the sum is finite: the same bits as ever for every merge that worked before
+    scale = 1.0 if math.isfinite(sum(values)) else max(abs(w) for w in values)
+    scaled = [w / scale for w in values]
+    total = sum(scaled)
     if total <= 0:
         raise FieldkitError(
-            f"merge weights must have a positive sum (they are divided by it), got {values} (sum {total:g})",
+            f"merge weights must have a positive sum (they are divided by it), got {values} "
+            f"(sum {total * scale:g})",
             hint="an average has weights >= 0; task arithmetic a + b - base is weights [1, 1, -1]",
         )
-    return [w / total for w in values]
+    return [w / total for w in scaled]
 
 
 def merge_state_dicts(
     states: Sequence[dict[str, Tensor]], weights: Sequence[float] | None = None
 ) -> dict[str, Tensor]:
-    """``sum_i w_i state_i`` over floating tensors (others from the first); keys and shapes must match."""
+    """``sum_i w_i state_i`` over floating tensors (others from the first); keys and shapes must match, and
+    every floating tensor must be finite, in the states and in the merge (a sum may overflow its dtype)."""
     if not states:
         raise FieldkitError("nothing to merge")
     ws = merge_weights(weights, len(states))
@@ -60,11 +71,32 @@ def merge_state_dicts(
     merged = {}
     for key, value in first.items():
         if value.is_floating_point():
+            _check_finite([s[key] for s in states], key)
             acc = torch.stack([w * s[key].to(torch.float32) for w, s in zip(ws, states, strict=True)]).sum(0)
             merged[key] = acc.to(value.dtype)
+            if not _finite(merged[key]):
+                raise FieldkitError(
+                    f"the merge overflows {value.dtype} at {key}: its weights are too large for the models",
+                    hint="merge with smaller weights (they are divided by their sum; negative ones add up)",
+                )
         else:
             merged[key] = value.clone()
     return merged
+
+
+def _finite(tensor: Tensor) -> bool:
+    """Whether every value of ``tensor`` is finite (a meta tensor, a shape without values, is)."""
+    return tensor.is_meta or bool(torch.isfinite(tensor).all())
+
+
+def _check_finite(tensors: Sequence[Tensor], key: str) -> None:
+    """Refuse a NaN or infinite value at ``key`` in any of the models (named by their index)."""
+    for i, tensor in enumerate(tensors):
+        if not _finite(tensor):
+            raise FieldkitError(
+                f"model {i} holds NaN or infinite values at {key}: a merge with it would be NaN",
+                hint="leave that model out of the merge; a model trained into NaNs must be trained again",
+            )
 
 
 def standalone(model: M) -> M:

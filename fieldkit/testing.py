@@ -316,3 +316,19 @@ def distill_tiny_graph(cli: click.Group, graph: Path, run: Path) -> None:
     assert grid.is_file()
     invoke(cli, "export", str(run), "--format", "peft", "-o", str(run / "lora"))
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def assert_make_tiny_refuses(cli: click.Group, command: str, tmp_path: Path, subfolder: str) -> None:
+    """A plugin's ``make-tiny`` ``command`` writes nothing into a folder holding a user's file (at
+    ``FOLDER/subfolder/model_index.json``, where it would write) and refuses a seed torch cannot take."""
+    from click.testing import CliRunner
+
+    mine = tmp_path / "m" / subfolder / "model_index.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    refused = CliRunner().invoke(cli, [command, str(tmp_path / "m")])
+    assert refused.exit_code == 2 and "already exists and is not empty" in refused.output, refused.output
+    assert mine.read_text() == "mine" and len(list(tmp_path.rglob("*"))) == 3  # m, its folder, the file
+    seed = CliRunner().invoke(cli, [command, "--seed", str(2**64), str(tmp_path / "new")])
+    assert seed.exit_code == 2 and "0<=x<=9223372036854775807" in seed.output, seed.output
+    assert not (tmp_path / "new").exists()

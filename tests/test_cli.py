@@ -302,6 +302,22 @@ def test_schema_is_a_valid_json_schema_naming_every_registered_type(tmp_path, go
     assert list(out.parent.iterdir()) == [out]
 
 
+def test_schema_rewrites_its_own_file_but_never_a_users(tmp_path):
+    own = tmp_path / "graph.schema.json"
+    assert invoke("schema", "-o", str(own)).exit_code == 0
+    own.write_text(own.read_text().replace('"type"', '"type" ', 1))  # an older schema: rewritten
+    assert invoke("schema", "-o", str(own)).exit_code == 0
+    assert own.read_text() == invoke("schema").stdout
+    for name, text in (("notes.txt", "my notes\n"), ("other.json", '{"title": "not ours"}'), ("a.json", "{")):
+        theirs = tmp_path / name
+        theirs.write_text(text)
+        refused = invoke("schema", "-o", str(theirs))
+        assert refused.exit_code == 2, name
+        assert "is not a graph schema fieldkit wrote; nothing was written" in refused.output
+        assert "choose another path" in refused.output and "Traceback" not in refused.output
+        assert theirs.read_text() == text
+
+
 def test_schema_includes_plugin_types(use_plugins):
     use_plugins("example")
     schema = json.loads(invoke("schema").stdout)

@@ -85,6 +85,24 @@ def test_bad_weights_are_refused(weights: list[float], count: int, message: str)
         merge_weights(weights, count)
 
 
+def test_weights_near_the_float_limit_are_the_average_they_mean() -> None:
+    assert merge_weights([1e308, 1e308], 2) == [0.5, 0.5]
+    assert merge_weights([1e308, 1e308, -1e308], 3) == [1.0, 1.0, -1.0]
+    with pytest.raises(FieldkitError, match=r"got \[-1e\+308, -1e\+308\]"):  # the weights as given
+        merge_weights([-1e308, -1e308], 2)
+
+
+def test_non_finite_values_in_a_model_or_the_merge_are_refused() -> None:
+    good = {"w": torch.ones(2)}
+    with pytest.raises(FieldkitError, match="model 1 holds NaN or infinite values at w"):
+        merge_state_dicts([good, {"w": torch.tensor([1.0, float("nan")])}])
+    with pytest.raises(FieldkitError, match="model 0 holds NaN or infinite values at w"):
+        merge_state_dicts([{"w": torch.tensor([float("inf"), 1.0])}, good])
+    big, zero = ({"w": torch.full((2,), v, dtype=torch.float16)} for v in (60000.0, 0.0))
+    with pytest.raises(FieldkitError, match=r"the merge overflows torch\.float16 at w"):
+        merge_state_dicts([big, zero], [2.0, -1.0])  # 120000 is past float16's largest, 65504
+
+
 def test_models_of_other_shapes_are_refused() -> None:
     bigger = MMDiTConfig(
         sample_size=(4, 4), patch_size=2, hidden=32, depth=1, heads=2, text_dim=8, pooled_dim=8
@@ -144,6 +162,37 @@ def test_merge_command_refuses_weights_without_a_positive_sum(tmp_path) -> None:
     assert result.exit_code == 2, result.output
     assert "positive sum" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (("nan", "1"), "must be finite numbers, got [nan, 1.0]"),
+        (("-1e308", "-1e308"), "got [-1e+308, -1e+308]"),
+    ],
+)
+def test_merge_command_names_the_weights_it_was_given(tmp_path, weights, message) -> None:
+    result = CliRunner().invoke(cli, merge_args(tmp_path, *weights))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "hint:" in result.output
+    assert not (tmp_path / "ab").exists()
+
+
+def test_merge_command_averages_weights_near_the_float_limit(tmp_path) -> None:
+    result = CliRunner().invoke(cli, merge_args(tmp_path, "1e308", "1e308"))
+    assert result.exit_code == 0, result.output
+    assert "0.5 x" in result.output
+    merged, a, b = (load_pretrained(tmp_path / n).state_dict()["proj_out.weight"] for n in ("ab", "a", "b"))
+    torch.testing.assert_close(merged, (a + b) / 2)
+
+
+def test_merge_command_refuses_an_output_inside_a_model_it_reads(tmp_path) -> None:
+    args = merge_args(tmp_path)
+    args[-1] = str(tmp_path / "a" / "merged")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "is inside" in result.output and "nothing was written" in result.output
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_merge_command_writes_a_loadable_folder_and_never_overwrites(tmp_path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -13,7 +12,13 @@ from fieldkit.graph.loader import Graph
 
 @click.command("eval", short_help="Score fields and checkpoints with the routes' metrics.")
 @graph_options
-@click.option("--samples", default=64, show_default=True, type=click.IntRange(1, 100000))
+@click.option(
+    "--samples",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 100000),
+    help="Samples per route that every field is scored on.",
+)
 @field_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON instead of a table.")
 def evaluate(
@@ -31,10 +36,11 @@ def evaluate(
     from rich.console import Console
 
     from fieldkit.commands.sources import collect_fields, default_device, sampling_sigmas
+    from fieldkit.distill.runlog import strict_json
     from fieldkit.errors import FieldkitError
     from fieldkit.eval.report import evaluate as score
     from fieldkit.eval.report import results_table
-    from fieldkit.eval.results import Results, route_teachers
+    from fieldkit.eval.results import LEGEND, Results, route_teachers
     from fieldkit.graph.builder import BuildContext
 
     ctx = BuildContext(graph, device=default_device())
@@ -49,8 +55,9 @@ def evaluate(
     scores = score(fields, routes, sigmas, samples, seed, ctx.device)
     results = Results(scores, route_teachers(graph.spec.routes), graph.spec.run.pass_ratio)
     if as_json:
-        click.echo(json.dumps(results.to_json(), indent=1))
-    else:
-        Console().print(
-            results_table(results, f"{graph.source.path}: {samples} samples per route, seed {seed}")
-        )
+        click.echo(strict_json(results.to_json(), indent=1))  # a NaN score is null, as in results.json
+        return
+    table = results_table(results, f"{graph.source.path}: {samples} samples per route, seed {seed}")
+    if not results.verdicts:  # no student judged against a teacher: the bar's footnote explains nothing shown
+        table.caption = LEGEND
+    Console().print(table)

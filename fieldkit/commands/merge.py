@@ -35,16 +35,13 @@ def merge(models: tuple[Path, ...], weights: tuple[float, ...], output: Path) ->
     """
     from rich.console import Console
 
-    from fieldkit.errors import FieldkitError
+    from fieldkit.files import check_new_folder
     from fieldkit.merge import merge_models, merge_weights
     from fieldkit.models import load_pretrained
-    from fieldkit.owned import check_target
 
-    check_target(output, "merged model folder", folder=True)
-    if output.exists() and any(output.iterdir()):
-        raise FieldkitError(f"{output} already exists and is not empty", hint="choose a new output folder")
-    normalised = merge_weights(weights or None, len(models))
-    merged = merge_models([load_pretrained(m) for m in models], normalised)
+    check_new_folder(output, "merged model folder", models)
+    normalised = merge_weights(weights or None, len(models))  # checked before any model is read; shown below
+    merged = merge_models([load_pretrained(m) for m in models], weights or None)  # divides them by their sum
     merged.save_pretrained(output)
     parts = ", ".join(f"{w:.3g} x {m}" for w, m in zip(normalised, models, strict=True))
     Console(stderr=True).print(f"wrote {output} = {parts}")

@@ -1,4 +1,5 @@
-"""Options shared by commands: every command that takes a graph reads ``GRAPH`` and ``--set`` the same way."""
+"""Options shared by commands: every command that takes a graph reads ``GRAPH`` and ``--set`` the same way,
+and every ``--seed`` (plugins' commands too: :func:`seed_option`) takes the same range."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ import click
 from fieldkit import load_graph
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+SEED_MAX = 2**63 - 1
+"""The largest ``--seed``: torch takes seeds below 2**64, and commands seed with small offsets of it (the
+noise of ``sample`` and ``eval`` with ``seed + 1``, a tiny pipeline's text encoders with ``seed + 3``)."""
+
+
+def seed_option(text: str = "Seed of the random weights.") -> Callable[[F], F]:
+    """The ``--seed`` option (default 0, from 0 to :data:`SEED_MAX`); ``text`` is its help: what it seeds."""
+    return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_MAX), help=text)
 
 
 def graph_options(command: F) -> F:
@@ -54,9 +64,7 @@ def field_options(command: F) -> F:
                 type=click.Path(path_type=Path, exists=True, file_okay=False),
                 help="A model folder, e.g. RUN/student (repeatable).",
             ),
-            click.option(
-                "--seed", default=0, show_default=True, type=int, help="Seed of conditions and noise."
-            ),
+            seed_option("Seed of conditions and noise."),
         )
     ):
         command = option(command)

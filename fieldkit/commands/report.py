@@ -6,6 +6,11 @@ from pathlib import Path
 
 import click
 
+MARKER = b"<title>fieldkit report: "
+"""What the head of every page ``fieldkit report`` and ``fieldkit distill`` write holds: a file without it is
+not one that ``report`` may replace."""
+HEAD_BYTES = 1024
+
 
 @click.command(short_help="Write an HTML report of one run, or a comparison of runs.")
 @click.argument("runs", metavar="RUN [RUN ...]", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -31,7 +36,16 @@ def report(runs: tuple[Path, ...], output: Path | None) -> None:
     from rich.console import Console
 
     from fieldkit.eval.run_report import write_report
+    from fieldkit.files import check_replaceable
 
     target = output or (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
+    check_replaceable(target, "report", is_report)
     write_report(list(runs), target)
     Console(stderr=True, highlight=False).print(f"wrote {target}")
+
+
+def is_report(path: Path) -> bool:
+    """Whether the file ``path`` is a report page fieldkit wrote (:data:`MARKER` in its head)."""
+    from fieldkit.files import read_head
+
+    return MARKER in read_head(path, HEAD_BYTES, "report")

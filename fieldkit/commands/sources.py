@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
 
 from fieldkit.errors import CheckpointError, FieldkitError
+from fieldkit.eval.results import STUDENT
 from fieldkit.field import ModuleField, VelocityField
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Graph
@@ -18,9 +20,12 @@ def collect_fields(
 ) -> dict[str, VelocityField]:
     """``{label: field}`` for graph nodes ``names`` and model folders ``checkpoints`` (loaded, frozen).
 
-    Model folders are loaded in float32, the dtype fields are sampled in, whatever dtype they were saved
-    in (a student saved in float16 or bfloat16 would otherwise meet float32 states): fieldkit's own models
-    with :func:`fieldkit.models.load_pretrained`, a diffusers model folder (an sd3 or zimage student) as the
+    A field is labelled by its name, a model folder by :func:`checkpoint_labels` (never a field's name, so
+    that no two columns or rows share a label); a folder given twice is loaded once.
+
+    Model folders are loaded in float32, the dtype fields are sampled in, whatever dtype they were saved in
+    (a student saved in float16 or bfloat16 would otherwise meet float32 states): fieldkit's own models with
+    :func:`fieldkit.models.load_pretrained`, a diffusers model folder (an sd3 or zimage student) as the
     graph's student would be (:func:`diffusers_student`).
     """
     from fieldkit.models import load_pretrained
@@ -32,18 +37,34 @@ def collect_fields(
                 f"no field {name!r} in {graph.source.path}", hint=f"known fields: {', '.join(graph.nodes)}"
             )
         fields[name] = ctx.field(name)
-    for folder in checkpoints:
+    folders = list({folder.resolve(): folder for folder in checkpoints}.values())
+    for folder, label in zip(folders, checkpoint_labels(folders, graph.nodes), strict=True):
         if (folder / "graph.json").is_file() and (folder / "student").is_dir():
             raise FieldkitError(
                 f"--checkpoint {folder}: a run folder, not a model folder",
                 hint=f"give the run's student: --checkpoint {folder / 'student'}",
             )
-        label = folder.name if folder.name != "student" else str(folder)
         if _is_diffusers_folder(folder):
             fields[label] = diffusers_student(graph, ctx, folder)
         else:
             fields[label] = load_pretrained(folder, dtype=torch.float32).to(ctx.device).freeze()
     return fields
+
+
+def checkpoint_labels(folders: Sequence[Path], fields: Collection[str]) -> list[str]:
+    """One label per model folder (the folders are distinct): the shortest ending of its path that no other
+    folder's path ends with and that is neither a name in ``fields`` nor ``student`` (the run's own column
+    in results): ``model`` alone, ``a/model`` and ``b/model`` together, ``run1/student``, ``ckpt/guided``."""
+    paths = [Path(os.path.abspath(folder)).parts for folder in folders]
+    labels = []
+    for i, parts in enumerate(paths):
+        others = paths[:i] + paths[i + 1 :]
+        for k in range(1, len(parts) + 1):
+            label = str(Path(*parts[-k:]))
+            if label not in fields and label != STUDENT and all(o[-k:] != parts[-k:] for o in others):
+                break
+        labels.append(label)
+    return labels
 
 
 def _is_diffusers_folder(folder: Path) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from fieldkit.cli import cli
-from fieldkit.testing import entry_point_report
+from fieldkit.testing import assert_make_tiny_refuses, entry_point_report
 
 TYPES = {"source": ["flux", "flux.kontext", "flux.lora"], "dataset": ["flux.prompts", "flux.edits"]}
 
@@ -33,3 +33,9 @@ def test_make_tiny_writes_both_pipelines(flux_plugin, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "FluxPipeline" in (tmp_path / "m" / "t2i" / "model_index.json").read_text()
     assert "FluxKontextPipeline" in (tmp_path / "m" / "kontext" / "model_index.json").read_text()
+
+
+def test_make_tiny_refuses_a_folder_with_files_and_a_seed_torch_cannot_take(
+    flux_plugin, tmp_path: Path
+) -> None:
+    assert_make_tiny_refuses(cli, "flux-make-tiny", tmp_path, "t2i")

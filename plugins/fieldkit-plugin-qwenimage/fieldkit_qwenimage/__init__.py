@@ -91,14 +91,18 @@ def fieldkit_register_datasets(register: RegisterDataset) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
+    from fieldkit.commands.options import seed_option
+
     @cli.command(name="qwenimage-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
-    @click.option("--seed", default=0, show_default=True, type=int)
+    @seed_option()
     def qwenimage_make_tiny(folder: Path, seed: int) -> None:
         """Write tiny random Qwen-Image pipelines to FOLDER: FOLDER/t2i (QwenImagePipeline) and FOLDER/edit
         (QwenImageEditPipeline). examples/qwenimage/make_tiny.py builds the examples' whole tiny workspace."""
+        from fieldkit.files import check_new_folder
         from fieldkit_qwenimage.tiny import make_tiny_pipeline
 
+        check_new_folder(folder, "folder of tiny models")
         t2i = make_tiny_pipeline(folder / "t2i", seed=seed)
         edit = make_tiny_pipeline(folder / "edit", edit=True, seed=seed)
         click.echo(f"wrote {t2i} and {edit}")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from fieldkit.cli import cli
-from fieldkit.testing import entry_point_report
+from fieldkit.testing import assert_make_tiny_refuses, entry_point_report
 
 TYPES = {
     "source": ["qwenimage", "qwenimage.edit", "qwenimage.lora"],
@@ -37,3 +37,9 @@ def test_make_tiny_writes_both_pipelines(qwenimage_plugin, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "QwenImagePipeline" in (tmp_path / "m" / "t2i" / "model_index.json").read_text()
     assert "QwenImageEditPipeline" in (tmp_path / "m" / "edit" / "model_index.json").read_text()
+
+
+def test_make_tiny_refuses_a_folder_with_files_and_a_seed_torch_cannot_take(
+    qwenimage_plugin, tmp_path: Path
+) -> None:
+    assert_make_tiny_refuses(cli, "qwenimage-make-tiny", tmp_path, "t2i")

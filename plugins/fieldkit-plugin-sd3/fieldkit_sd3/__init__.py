@@ -78,16 +78,20 @@ def fieldkit_register_datasets(register: RegisterDataset) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
+    from fieldkit.commands.options import seed_option
+
     @cli.command(name="sd3-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
-    @click.option("--seed", default=0, show_default=True, type=int)
+    @seed_option()
     def sd3_make_tiny(folder: Path, seed: int) -> None:
         """Write tiny random SD3.5 models to FOLDER: FOLDER/sd3 (a pipeline) and FOLDER/edit-lora (a LoRA).
 
         What examples/sd3/tiny.yaml runs on, on a CPU, in seconds (the samples are noise: nothing is trained).
         """
+        from fieldkit.files import check_new_folder
         from fieldkit_sd3.tiny import make_tiny_lora, make_tiny_pipeline
 
+        check_new_folder(folder, "folder of tiny models")
         pipeline = make_tiny_pipeline(folder / "sd3", seed=seed)
         make_tiny_lora(pipeline, folder / "edit-lora", seed=seed + 1)
         click.echo(f"wrote {pipeline} and {folder / 'edit-lora'}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from importlib import metadata
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from fieldkit.cli import cli
-from fieldkit.testing import entry_point_report
+from fieldkit.testing import assert_make_tiny_refuses, entry_point_report
 
 
 def test_the_entry_point_is_declared_by_the_installed_distribution() -> None:
@@ -32,3 +33,9 @@ def test_plugins_command_lists_the_types_and_commands(sd3_plugin) -> None:
     (info,) = [p for p in json.loads(result.output)["plugins"] if p["name"] == "sd3"]
     assert info["types"]["command"] == ["sd3-make-tiny"]
     assert info["version"] == "0.1.0"
+
+
+def test_make_tiny_refuses_a_folder_with_files_and_a_seed_torch_cannot_take(
+    sd3_plugin, tmp_path: Path
+) -> None:
+    assert_make_tiny_refuses(cli, "sd3-make-tiny", tmp_path, "sd3")

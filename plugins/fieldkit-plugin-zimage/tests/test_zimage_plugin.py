@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from fieldkit.cli import cli
-from fieldkit.testing import entry_point_report
+from fieldkit.testing import assert_make_tiny_refuses, entry_point_report
 
 TYPES = {
     "source": ["zimage", "zimage.edit", "zimage.lora"],
@@ -38,3 +38,9 @@ def test_make_tiny_writes_both_pipelines(zimage_plugin, tmp_path: Path) -> None:
     for name in ("t2i", "omni"):
         assert (tmp_path / "m" / name / "model_index.json").is_file()
     assert "ZImageOmniPipeline" in (tmp_path / "m" / "omni" / "model_index.json").read_text()
+
+
+def test_make_tiny_refuses_a_folder_with_files_and_a_seed_torch_cannot_take(
+    zimage_plugin, tmp_path: Path
+) -> None:
+    assert_make_tiny_refuses(cli, "zimage-make-tiny", tmp_path, "t2i")
