@@ -7,19 +7,25 @@ optionally pushed to the Hugging Face Hub (``fieldkit export``).
   loads it. Without a pipeline it is the model folder (``<Class>.from_pretrained``). fieldkit's own MMDiT has
   no diffusers pipeline or model class, so it exports in diffusers' single-model layout (``config.json`` +
   ``model.safetensors``) that ``fieldkit.models.load_pretrained`` reads.
-- ``peft``: the LoRA adapter alone (EMA weights when the run kept them) from the newest good checkpoint,
-  written by :func:`fieldkit.models.lora.save_lora`: ``adapter_config.json`` +
-  ``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained(base, folder)`` and, for a diffusers
-  student, ``pytorch_lora_weights.safetensors`` for a pipeline's ``load_lora_weights(folder)``; the rank is
-  read from the tensors and the student's init source is named as the base model.
+- ``peft``: the LoRA adapter alone (EMA weights when the run kept them) from the newest good checkpoint (or
+  the one ``--checkpoint`` names), written by :func:`fieldkit.models.lora.save_lora`:
+  ``adapter_config.json`` + ``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained(base,
+  folder)`` and, for a diffusers student, ``pytorch_lora_weights.safetensors`` for a pipeline's
+  ``load_lora_weights(folder)``; the rank is read from the tensors and the student's init source is named as
+  the base model.
 
-Every export gets a ``README.md`` model card: how to load it, the routes and teachers, the results table, the
-newest sample grid of each route, and the graph.
+Every export gets a ``README.md`` model card: how to load it, which weights these are (RUN/student, or a
+checkpoint's step), the routes and teachers, the results table (only when it was measured on these weights),
+the newest sample grid of each route, and the graph. Everything is checked before anything is written: the
+license, the checkpoint (a newer one that fails to load is skipped, and the export says so), and the student
+folder (its config and its safetensors headers).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -29,21 +35,35 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fieldkit.atomic import atomic_path
-from fieldkit.errors import FieldkitError
+from fieldkit.errors import CheckpointError, FieldkitError
 from fieldkit.eval.results import markdown
 from fieldkit.eval.run_report import RunFolder, read_run
 from fieldkit.files import check_regular
 from fieldkit.models.lora import DIFFUSERS_WEIGHTS, WRAPPER, lora_tensors, save_lora
 
 if TYPE_CHECKING:
+    from fieldkit.distill.checkpoint import TrainState
     from fieldkit.plugins.registry import Registry
 
 FORMATS = ("diffusers", "peft")
+#: A license id as the Hub's model cards take it: SPDX-like (apache-2.0, cc-by-nc-4.0, gpl-3.0+, other).
+LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The training checkpoint an export's weights come from."""
+
+    path: Path
+    step: int
+    ema: bool  # the weights are the checkpoint's EMA of the student
+    skipped: tuple[str, ...] = ()  # why newer checkpoints were passed over (``latest``), newest first
 
 
 @dataclass(frozen=True)
 class Exported:
-    """What an export wrote: the folder, what it holds, and the Python that loads it."""
+    """What an export wrote: the folder, what it holds, the Python that loads it, and where its weights
+    come from (a checkpoint, or RUN/student when ``checkpoint`` is None)."""
 
     folder: Path
     kind: str
@@ -51,6 +71,17 @@ class Exported:
     library: str
     pipeline: str = ""  # the diffusers pipeline class of a pipeline folder
     model_class: str = ""  # the diffusers model class of a model folder
+    checkpoint: Checkpoint | None = None
+
+
+def check_license(license: str) -> str:
+    """``license`` when it is an SPDX-like id (letters, digits, ``.``, ``-``, ``+``), else a FieldkitError."""
+    if LICENSE.fullmatch(license) is None:
+        raise FieldkitError(
+            f"--license {license!r} is not a license id (letters, digits, '.', '-' and '+', no spaces)",
+            hint="give an SPDX id such as apache-2.0, mit or cc-by-nc-4.0, or leave it out for `other`",
+        )
+    return license
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -95,12 +126,87 @@ def _component_of(pipeline: Path, class_name: str) -> str | None:
     )
 
 
-def student_from_checkpoint(run: RunFolder, which: str, into: Path, registry: Registry) -> Path:
-    """Write the student of checkpoint ``which`` (``latest``: the newest that verifies; or a checkpoint
-    folder) as a model folder under ``into``, as the run's end writes RUN/student: the student built from
-    the graph (its types looked up in ``registry``), the checkpoint's EMA weights when it kept them (else its
-    weights), LoRA merged."""
-    from fieldkit.distill.checkpoint import load_weights, resolve_resume
+def _checkpoint_hint(run: RunFolder) -> str:
+    """How to name a checkpoint of ``run`` to export."""
+    from fieldkit.distill.checkpoint import list_checkpoints
+
+    root = run.folder / "checkpoints"
+    names = ", ".join(p.name for p in list_checkpoints(root)[-3:]) or "none"
+    return (
+        "give --checkpoint latest (the newest checkpoint that loads) or a checkpoint folder in "
+        f"{root} (the newest: {names})"
+    )
+
+
+def _check_checkpoint_folder(run: RunFolder, path: Path) -> None:
+    """Refuse a ``--checkpoint`` that is no training checkpoint, saying what it is: no folder (a bare name
+    of one of the run's checkpoints gets its path), a model folder or a diffusers pipeline folder."""
+    from fieldkit.distill.checkpoint import MANIFEST
+
+    if not path.is_dir():
+        near = run.folder / "checkpoints" / path.name
+        raise CheckpointError(
+            f"{path}: no such checkpoint folder",
+            hint=f"give its path: --checkpoint {near}" if near.is_dir() else _checkpoint_hint(run),
+        )
+    if (path / MANIFEST).is_file():
+        return
+    if (path / "model_index.json").is_file():
+        what = "a diffusers pipeline folder"
+    elif (path / "config.json").is_file():
+        what = "a model folder"
+    else:
+        return  # verify_checkpoint says what is missing
+    raise CheckpointError(
+        f"{path}: {what}, not a training checkpoint (RUN/checkpoints/step-N)",
+        hint=f"{_checkpoint_hint(run)}; without --checkpoint, export takes {run.folder / 'student'}",
+    )
+
+
+def _no_checkpoint(run: RunFolder, fmt: str, skipped: list[CheckpointError]) -> CheckpointError:
+    """The error for a run with no checkpoint that loads, with what to export instead."""
+    root, student = run.folder / "checkpoints", run.folder / "student"
+    message = (
+        f"{root}: no checkpoint that loads (the newest: {skipped[0].message})"
+        if skipped
+        else f"{run.folder}: the run has no checkpoints ({root} is empty or missing)"
+    )
+    if fmt == "peft":
+        hint = "a LoRA adapter is read from a checkpoint; " + (
+            f"export the merged student {student} with --format diffusers"
+            if student.is_dir()
+            else "run the graph again so that it writes checkpoints (run.checkpoint_every)"
+        )
+    else:
+        hint = f"leave out --checkpoint to export {student}" if student.is_dir() else "run the graph again"
+    return CheckpointError(message, hint=hint)
+
+
+def _read_checkpoint(run: RunFolder, which: str, fmt: str) -> tuple[Checkpoint, TrainState]:
+    """The checkpoint ``which`` of ``run`` (``latest``: the newest that loads, newer ones that fail skipped
+    with their reasons; or a checkpoint folder, which must load) and its state, its weights whole."""
+    from fieldkit.distill.checkpoint import load_resumable, load_weights
+
+    if which != "latest":
+        _check_checkpoint_folder(run, Path(which))
+    try:
+        path, state, skipped = load_resumable(run.folder / "checkpoints", which, lambda _path, _state: None)
+    except CheckpointError as err:  # the folder given fails to load
+        raise CheckpointError(err.message, hint=_checkpoint_hint(run)) from None
+    if path is None or state is None:
+        raise _no_checkpoint(run, fmt, skipped)
+    if state.sharded:  # FSDP: the weights are in its shards
+        state = load_weights(path)
+    reasons = tuple(err.message for err in skipped)
+    return Checkpoint(path, state.step, state.ema is not None, reasons), state
+
+
+def student_from_checkpoint(
+    run: RunFolder, checkpoint: Checkpoint, state: TrainState, into: Path, registry: Registry
+) -> Path:
+    """Write the student of ``checkpoint`` (read as ``state``) as a model folder under ``into``, as the run's
+    end writes RUN/student: the student built from the graph (its types looked up in ``registry``), the
+    checkpoint's EMA weights when it kept them (else its weights), LoRA merged."""
     from fieldkit.distill.student import make_student
     from fieldkit.graph.builder import BuildContext
     from fieldkit.graph.loader import validate_parsed
@@ -108,24 +214,19 @@ def student_from_checkpoint(run: RunFolder, which: str, into: Path, registry: Re
     from fieldkit.models.lora import merge_and_strip
     from fieldkit.models.pretrained import save_model_folder
 
-    path, _ = resolve_resume(run.folder / "checkpoints", which)
-    if path is None:
-        raise FieldkitError(
-            f"{run.folder}: no checkpoint that verifies", hint="this run has nothing to export"
-        )
     graph = validate_parsed(YamlSource(run.graph, str(_graph_root(run) / "graph.json")), (), registry)
     spec = graph.spec.student
     if spec is None:
         raise FieldkitError(f"{run.folder}: its graph has no student")
     model = make_student(BuildContext(graph).field(str(spec.init)), spec)
-    state = load_weights(path)
     try:
         unexpected = model.load_state_dict(state.student, strict=False).unexpected_keys
     except RuntimeError:  # shape mismatches raise even when not strict
         unexpected = ["(a tensor of another shape)"]
     if unexpected:
         raise FieldkitError(
-            f"{path}: its weights do not fit the run's student", hint="is it this run's checkpoint?"
+            f"{checkpoint.path}: its weights do not fit the run's student",
+            hint="is it this run's checkpoint?",
         )
     if state.ema is not None:
         model.load_state_dict(state.ema, strict=False)
@@ -136,9 +237,32 @@ def student_from_checkpoint(run: RunFolder, which: str, into: Path, registry: Re
     return folder
 
 
-def _diffusers(run: RunFolder, out: Path, base: Path | None, student: Path) -> Exported:
-    config_file = student / "config.json"
-    if not config_file.is_file():
+#: What to export when RUN/student is damaged.
+DAMAGED_STUDENT = "export a checkpoint of the run instead: --checkpoint latest"
+
+
+def _check_header(file: Path) -> None:
+    """Refuse a weights file that is not a regular file with a readable safetensors header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        check_regular(file, "weights file", CheckpointError)
+        with safe_open(str(file), framework="pt") as fh:
+            fh.keys()
+    except CheckpointError as err:
+        raise CheckpointError(err.message, hint=DAMAGED_STUDENT) from None
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{file}: not a readable safetensors file (truncated or corrupted?): {err}", hint=DAMAGED_STUDENT
+        ) from None
+
+
+def _student_config(run: RunFolder, student: Path) -> dict[str, Any]:
+    """The config of the model folder ``student``, checked before anything is copied: its config.json is a
+    JSON object and its weights' safetensors headers read (weights are not loaded)."""
+    from fieldkit.models.pretrained import CONFIG_NAME, WEIGHTS_NAME, read_config_json
+
+    if not (student / CONFIG_NAME).exists():
         checkpoints = run.folder / "checkpoints"
         stopped = checkpoints.is_dir() and any(checkpoints.iterdir())
         raise FieldkitError(
@@ -148,7 +272,40 @@ def _diffusers(run: RunFolder, out: Path, base: Path | None, student: Path) -> E
             if stopped
             else "export a run that finished",
         )
-    config = json.loads(config_file.read_text())
+    try:
+        config = read_config_json(student / CONFIG_NAME)
+    except CheckpointError as err:
+        raise CheckpointError(err.message, hint=DAMAGED_STUDENT) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{student / CONFIG_NAME}: not a model config (a JSON {type(config).__name__}, not an object)",
+            hint=DAMAGED_STUDENT,
+        )
+    diffusers = "_diffusers_version" in config
+    weights = sorted(student.glob("*.safetensors")) if diffusers else [student / WEIGHTS_NAME]
+    if not weights:
+        raise CheckpointError(
+            f"{student}: no weights (*.safetensors) beside its config",
+            hint=DAMAGED_STUDENT,
+        )
+    for file in weights:
+        _check_header(file)
+    return config
+
+
+def _check_base(base: Path | None, config: dict[str, Any]) -> None:
+    """Refuse ``--base`` for a student that goes into no diffusers pipeline (fieldkit's own model)."""
+    if base is not None and "_diffusers_version" not in config:
+        raise FieldkitError(
+            f"--base {base}: the student is fieldkit's own {config.get('_class_name')}, which goes into no "
+            "diffusers pipeline (it exports as its own model folder)",
+            hint="leave out --base",
+        )
+
+
+def _diffusers(
+    run: RunFolder, out: Path, base: Path | None, student: Path, config: dict[str, Any]
+) -> Exported:
     class_name = str(config.get("_class_name"))
     if "_diffusers_version" not in config:
         _copy_tree(student, out)
@@ -207,21 +364,18 @@ def _pipeline_snippet(out: str, pipeline_class: str) -> str:
     return f'from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained("{out}")'
 
 
-def _peft(run: RunFolder, out: Path) -> Exported:
-    from fieldkit.distill.checkpoint import load_weights, resolve_resume
-
-    student = run.graph.get("student") or {}
-    if student.get("train") != "lora":
+def _check_lora(run: RunFolder) -> None:
+    """Refuse a peft export of a run whose student was not trained as a LoRA."""
+    if (run.graph.get("student") or {}).get("train") != "lora":
         raise FieldkitError(
             f"{run.folder}: the student was trained in full, so there is no LoRA adapter to export",
             hint="use --format diffusers",
         )
-    path, _ = resolve_resume(run.folder / "checkpoints", "latest")
-    if path is None:
-        raise FieldkitError(f"{run.folder}: no good checkpoint to take the adapter from")
-    state = load_weights(path)
+
+
+def _peft(run: RunFolder, out: Path, checkpoint: Checkpoint, state: TrainState) -> Exported:
     weights = state.ema if state.ema is not None else state.student
-    lora = student.get("lora") or {}
+    lora = (run.graph.get("student") or {}).get("lora") or {}
     base = _init_path(run)
     config = save_lora(
         out,
@@ -236,7 +390,8 @@ def _peft(run: RunFolder, out: Path) -> Exported:
         loads += "; a diffusers pipeline's load_lora_weights(folder)"
     return Exported(
         out,
-        f"peft LoRA adapter (rank {config['r']}, {len(config['target_modules'])} modules, from {path.name}; "
+        f"peft LoRA adapter (rank {config['r']}, {len(config['target_modules'])} modules, "
+        f"from {checkpoint.path.name}; "
         f"loads with {loads})",
         f'from peft import PeftModel\n\nmodel = PeftModel.from_pretrained(base_model, "{out.name}")',
         "peft",
@@ -328,6 +483,34 @@ def base_model(run: RunFolder, base: Path | None) -> str | None:
     return str(path) if isinstance(path, str) else None
 
 
+def _weights(run: RunFolder, checkpoint: Checkpoint | None) -> str:
+    """Which weights an export holds, in words: RUN/student's, or a checkpoint's (its step)."""
+    if checkpoint is None:
+        return run.evaluated_weights
+    steps = (run.graph.get("run") or {}).get("steps")
+    of = f" of the run's {steps}" if isinstance(steps, int) else ""
+    what = (
+        "an EMA of the student's weights at that step"
+        if checkpoint.ema
+        else "the student's weights after that step's update (no EMA)"
+    )
+    return f"from the training checkpoint {checkpoint.path.name} (step {checkpoint.step}{of}): {what}"
+
+
+def _results(run: RunFolder, checkpoint: Checkpoint | None) -> str:
+    """The card's results: the run's table when it was measured on these weights (RUN/student's, which a
+    checkpoint of the run's last step holds too), else why it is not shown."""
+    if not run.results.scores:
+        return "No route had metrics in this run, so there are no results."
+    steps = (run.graph.get("run") or {}).get("steps")
+    if checkpoint is None or checkpoint.step == steps:
+        return markdown([("", run.results)])
+    return (
+        f"The run's results were measured on its student at the end of the run (step {steps}), not on these "
+        f"weights from step {checkpoint.step}, so they are not shown here."
+    )
+
+
 def model_card(
     run: RunFolder,
     exported: Exported,
@@ -370,7 +553,8 @@ def model_card(
         f"# {run.name}",
         "",
         f"A student distilled with fieldkit (method `{method}`): "
-        f"{training}. This folder is a {exported.kind}. Its weights are {run.evaluated_weights}.",
+        f"{training}. This folder is a {exported.kind}. Its weights are "
+        f"{_weights(run, exported.checkpoint)}.",
         "",
         f"License: `{license}`"
         + (" (set it with `fieldkit export --license`)." if license == "other" else ".")
@@ -401,9 +585,7 @@ def model_card(
         "",
         "## Results",
         "",
-        markdown([("", run.results)])
-        if run.results.scores
-        else "No route had metrics in this run, so there are no results.",
+        _results(run, exported.checkpoint),
         "",
         "## Samples",
         "",
@@ -417,7 +599,7 @@ def model_card(
             parts += [
                 f"![samples of route {grid.route}]({samples[grid.route]})",
                 "",
-                f"{rows} {captions}",
+                f"Sampled during the run at step {grid.step}. {rows} {captions}",
                 "",
             ]
     parts += [
@@ -456,24 +638,37 @@ def export_run(
     registry: Registry | None = None,
 ) -> Exported:
     """Export the run in ``run_folder`` as ``fmt`` (diffusers or peft) to the new folder ``out`` (default:
-    :func:`default_folder`), with its model card and the graph it ran (``graph.yaml``); ``checkpoint``
+    :func:`default_folder`), with its model card and the graph it ran (``graph.yaml``). ``checkpoint``
     (``latest`` or a checkpoint folder) exports that checkpoint's student instead of RUN/student, rebuilt
-    from the run's graph with the types of ``registry`` (the command passes the plugin host's). Nothing is
-    left at ``out`` if the export fails."""
+    from the run's graph with the types of ``registry`` (the command passes the plugin host's); a peft
+    adapter is read from it (default: ``latest``). The exported's ``checkpoint`` says which one, and which
+    newer ones were skipped. Everything is checked first; nothing is left at ``out`` if the export fails."""
     if fmt not in FORMATS:
         raise FieldkitError(f"unknown export format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
+    check_license(license)
     run = read_run(run_folder)
+    if fmt == "peft":
+        _check_lora(run)
     with tempfile.TemporaryDirectory() as scratch:
+        source: Checkpoint | None = None
         student = run.folder / "student"
-        if checkpoint is not None and fmt != "peft":
-            if registry is None:
-                raise ValueError("export_run(checkpoint=...) needs the registry of the run's types")
-            student = student_from_checkpoint(run, checkpoint, Path(scratch), registry)
+        if fmt == "peft":
+            source, state = _read_checkpoint(run, checkpoint or "latest", fmt)
+            write = functools.partial(_peft, run, checkpoint=source, state=state)
+        else:
+            if checkpoint is not None:
+                if registry is None:
+                    raise ValueError("export_run(checkpoint=...) needs the registry of the run's types")
+                source, state = _read_checkpoint(run, checkpoint, fmt)
+                student = student_from_checkpoint(run, source, state, Path(scratch), registry)
+            config = _student_config(run, student)
+            _check_base(base, config)
+            write = functools.partial(_diffusers, run, base=base, student=student, config=config)
         out = out or default_folder(run_folder, fmt, base, student)
         if out.exists():
             raise FieldkitError(f"{out} already exists", hint="choose a new folder with -o, or remove it")
         with atomic_path(out) as tmp:  # the exporters create the folder
-            exported = _peft(run, tmp) if fmt == "peft" else _diffusers(run, tmp, base, student)
+            exported = replace(write(out=tmp), checkpoint=source)
             _finish(run, exported, tmp, out, license, base_model(run, base))
     return replace(exported, folder=out, load=exported.load.replace(tmp.name, out.name))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import click
@@ -155,7 +156,7 @@ def test_sample_and_eval_read_the_exported_student(graph: Path, tmp_path: Path) 
     image = Image.open(png)
     assert image.width > image.height > 0
     labels = json.loads(png.with_suffix(".json").read_text())  # labelled as the run's own grids are
-    assert labels["rows"] == ["guided", str(out / "student")]
+    assert labels["rows"] == ["guided", "run/student"]  # never "student", the run's own column in results
     assert len(labels["captions"]) == 5 and labels["captions"][0].startswith("component ")
     scored = invoke("eval", str(graph), "--checkpoint", str(out / "student"), "--samples", "8", "--json")
     assert scored.exit_code == 0, scored.output
@@ -169,6 +170,60 @@ def test_sample_names_an_unknown_route_or_field(graph: Path, tmp_path: Path) -> 
     result = invoke("sample", str(graph), "--field", "nope", "-o", str(tmp_path / "x.png"))
     assert result.exit_code == 2 and "known fields" in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("name", ["out.json", "model.safetensors", "grid.jpg", "grid.txt", "grid"])
+def test_sample_writes_only_a_png_path(graph: Path, tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b"mine")
+    result = invoke("sample", str(graph), "--field", "guided", "-n", "2", "-o", str(tmp_path / name))
+    assert result.exit_code == 2 and "must end in .png" in result.output
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == {
+        "graph.yaml": graph.read_bytes(),
+        name: b"mine",
+    }
+
+
+def test_sample_replaces_only_a_grid_it_wrote(graph: Path, quickstart_runs, tmp_path: Path) -> None:
+    def sample(png: Path) -> click.testing.Result:
+        return invoke("sample", str(graph), "--field", "guided", "-n", "2", "-o", str(png))
+
+    folder = tmp_path / "model"
+    shutil.copytree(quickstart_runs[0] / "student", folder)
+    before = files_under(folder)
+    result = sample(folder / "config.png")  # its labels would be the model's config.json
+    assert result.exit_code == 2 and "config.json exists and is not the labels of a grid" in result.output
+    assert files_under(folder) == before
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"a user's picture")
+    result = sample(photo)  # no labels beside it: not a grid fieldkit wrote
+    assert result.exit_code == 2 and "photo.png exists and is not a grid fieldkit wrote" in result.output
+    assert photo.read_bytes() == b"a user's picture" and not photo.with_suffix(".json").exists()
+    png = tmp_path / "grid.png"
+    assert sample(png).exit_code == 0
+    assert json.loads(png.with_suffix(".json").read_text())["format"] == "fieldkit.grid-labels/1"
+    assert sample(png).exit_code == 0  # its own grid is replaced
+    old = tmp_path / "old.png"  # labels written before they named their format
+    old.write_bytes(png.read_bytes())
+    old.with_suffix(".json").write_text(json.dumps({"rows": ["guided"], "captions": ["a", "b"]}))
+    assert sample(old).exit_code == 0
+
+
+def test_sample_says_what_a_checkpoint_that_is_no_model_folder_is(
+    graph: Path, quickstart_runs, tmp_path: Path
+) -> None:
+    run = quickstart_runs[0]
+    step = run / "checkpoints" / "step-00000004"
+    result = invoke("sample", str(graph), "--checkpoint", str(step), "-o", str(tmp_path / "s.png"))
+    assert result.exit_code == 2 and "a training checkpoint, not a model folder" in result.output
+    assert f"fieldkitexport{run}--checkpoint{step}" in "".join(result.output.split())  # however wrapped
+    assert "class None" not in result.output
+    pipeline = tmp_path / "pipeline"
+    (pipeline / "transformer").mkdir(parents=True)
+    (pipeline / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    result = invoke("sample", str(graph), "--checkpoint", str(pipeline), "-o", str(tmp_path / "s.png"))
+    assert result.exit_code == 2 and "a diffusers pipeline folder, not a model folder" in result.output
+    assert str(pipeline / "transformer") in result.output
+    assert not (tmp_path / "s.png").exists()
 
 
 def test_a_bad_value_in_set_is_reported_before_anything_runs(graph: Path, tmp_path: Path) -> None:
@@ -185,6 +240,104 @@ def test_the_python_api_distill_graph_matches_the_command(graph: Path, tmp_path:
     assert result.step == 2 and result.out == tmp_path / "api"
     assert (tmp_path / "api" / "student" / "model.safetensors").is_file()
     assert {s.field for s in result.scores} == {"guided", "student"}
+
+
+def save_model(folder: Path, seed: int = 0, value: float | None = None) -> Path:
+    """A random MMDiT of the test world saved to ``folder`` (every weight ``value`` when given)."""
+    import torch
+
+    from fieldkit.models import MMDiT, MMDiTConfig
+
+    torch.manual_seed(seed)
+    model = MMDiT(
+        MMDiTConfig(
+            in_channels=1, sample_size=(4, 4), patch_size=2, hidden=16, depth=1, heads=2, num_classes=3
+        )
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3) if value is None else p.fill_(value)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_checkpoint_labels_are_unique_path_endings_and_never_a_field_name(tmp_path: Path) -> None:
+    from fieldkit.commands.sources import checkpoint_labels
+
+    def labels(*folders: str, fields: tuple[str, ...] = ("guided",)) -> list[str]:
+        return checkpoint_labels([tmp_path / f for f in folders], fields)
+
+    assert labels("a/model") == ["model"]
+    assert labels("a/model", "b/model") == ["a/model", "b/model"]
+    assert labels("x/a/model", "y/a/model", "z/b/model") == ["x/a/model", "y/a/model", "b/model"]
+    assert labels("some/guided", "model") == ["some/guided", "model"]
+    assert labels("run1/student") == ["run1/student"]
+    assert labels("model", "model/model") == [f"{tmp_path.name}/model", "model/model"]
+
+
+def test_eval_and_sample_give_every_checkpoint_its_own_column_and_row(graph: Path, tmp_path: Path) -> None:
+    for i, folder in enumerate(("a/model", "b/model", "some/guided")):
+        save_model(tmp_path / folder, seed=i)
+    folders = [str(tmp_path / f) for f in ("a/model", "b/model", "some/guided")]
+    checkpoints = [arg for f in folders for arg in ("--checkpoint", f)]
+    scored = invoke("eval", str(graph), "--field", "guided", *checkpoints, "--samples", "8", "--json")
+    assert scored.exit_code == 0, scored.output
+    rows = json.loads(scored.output)["rows"]
+    assert [r["field"] for r in rows] == ["guided", "a/model", "b/model", "some/guided"]
+    assert rows[0]["accuracy"] == 1.0  # the teacher keeps its own scores under its own name
+    assert rows[1]["spread"] != rows[2]["spread"]
+    png = tmp_path / "grid.png"
+    sampled = invoke("sample", str(graph), "--field", "guided", *checkpoints, "-n", "2", "-o", str(png))
+    assert sampled.exit_code == 0, sampled.output
+    assert json.loads(png.with_suffix(".json").read_text())["rows"] == [
+        "guided",
+        "a/model",
+        "b/model",
+        "some/guided",
+    ]
+
+
+def test_eval_json_writes_a_nan_score_as_null(graph: Path, tmp_path: Path) -> None:
+    folder = save_model(tmp_path / "broken", value=float("nan"))
+    result = invoke("eval", str(graph), "--checkpoint", str(folder), "--samples", "8", "--json")
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    rows = json.loads(result.output, parse_constant=refuse)["rows"]
+    assert [r["spread"] for r in rows if r["field"] == "broken"] == [None]
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "9223372036854775808", "-1"])
+def test_a_seed_out_of_range_is_a_usage_error(command: str, seed: str, graph: Path, tmp_path: Path) -> None:
+    output = ["-o", str(tmp_path / "x.png")] if command == "sample" else ["--json"]
+    result = invoke(command, str(graph), "--seed", seed, *output)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--seed'" in result.output and "0<=x<=9223372036854775807" in result.output
+    assert "Traceback" not in result.output and not list(tmp_path.glob("x.*"))
+
+
+def test_the_largest_seed_samples_and_scores(graph: Path, tmp_path: Path) -> None:
+    from fieldkit.commands.options import SEED_MAX
+
+    png = tmp_path / "x.png"
+    seed = str(SEED_MAX)  # the noise is seeded with seed + 1
+    assert invoke("sample", str(graph), "--seed", seed, "-n", "1", "-o", str(png)).exit_code == 0
+    assert invoke("eval", str(graph), "--seed", seed, "--samples", "1", "--json").exit_code == 0
+
+
+def test_eval_explains_the_bar_only_when_a_student_is_judged(graph: Path) -> None:
+    from fieldkit.eval.results import LEGEND
+
+    result = invoke("eval", str(graph), "--field", "init", "--samples", "8")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "pass:" not in text and LEGEND in text
+    assert "Samples per route that every field is scored on." in " ".join(
+        invoke("eval", "--help").output.split()
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

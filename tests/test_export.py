@@ -20,10 +20,19 @@ from test_cli_run import DISTILL, invoke
 
 from fieldkit import loads_graph
 from fieldkit.cond import Cond
+from fieldkit.distill.checkpoint import load_checkpoint
 from fieldkit.errors import FieldkitError
 from fieldkit.export import export_run, push_to_hub
 from fieldkit.graph.builder import BuildContext
 from fieldkit.models import load_pretrained
+from fieldkit.plugins.manager import ALLOW_ENV, reset_host
+
+
+def said(output: str, *fragments: str) -> bool:
+    """Whether the command's ``output`` holds every fragment, whatever the console's line wrapping (which
+    may break a long path anywhere)."""
+    flat = "".join(output.split())
+    return all("".join(fragment.split()) in flat for fragment in fragments)
 
 
 def test_a_fieldkit_student_exports_in_its_own_layout_with_a_card(quickstart_runs, tmp_path: Path) -> None:
@@ -87,6 +96,105 @@ def test_a_run_that_stopped_before_its_end_exports_from_a_checkpoint(quickstart_
         torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
 
 
+def test_latest_skips_a_damaged_newest_checkpoint_says_so_and_the_card_names_the_step(
+    quickstart_runs, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(quickstart_runs[0], run)
+    final = invoke("export", str(run), "--checkpoint", "latest", "-o", str(tmp_path / "final"))
+    assert final.exit_code == 0, final.output
+    assert "skipped" not in final.output
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert "step-00000004 (step 4 of the run's 4)" in card  # the run's end: its results are these weights'
+    assert "| route: metric | guided (serves t2i) | student |" in card
+    with (run / "checkpoints" / "step-00000004" / "student.safetensors").open("ab") as fh:
+        fh.write(b"x")
+    result = invoke("export", str(run), "--checkpoint", "latest", "-o", str(tmp_path / "e"))
+    assert result.exit_code == 0, result.output
+    assert said(
+        result.output,
+        "skipped a checkpoint that does not load",
+        "step-00000004: student.safetensors is truncated",
+        "its weights:",
+        "step-00000002 (step 2)",
+    )
+    card = (tmp_path / "e" / "README.md").read_text()
+    assert "Its weights are from the training checkpoint step-00000002 (step 2 of the run's 4)" in card
+    assert "after the last update" not in card
+    assert "| route: metric |" not in card and "not on these weights from step 2" in card
+    assert "Sampled during the run at step 4." in card
+    exported, saved = load_pretrained(tmp_path / "e"), load_checkpoint(run / "checkpoints" / "step-00000002")
+    for name, value in saved.student.items():
+        torch.testing.assert_close(exported.state_dict()[name], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("which", "says", "hint"),
+    [
+        (
+            "step-00000002",
+            "step-00000002: no such checkpoint folder",
+            "--checkpoint RUN/checkpoints/step-00000002",
+        ),
+        ("nonexist", "nonexist: no such checkpoint folder", "--checkpoint latest"),
+        ("RUN/student", "a model folder, not a training checkpoint", "export takes RUN/student"),
+        ("PIPELINE", "a diffusers pipeline folder, not a training checkpoint", "--checkpoint latest"),
+    ],
+)
+def test_a_checkpoint_that_is_no_checkpoint_gets_a_message_for_export(
+    quickstart_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str, says: str, hint: str
+) -> None:
+    run = quickstart_runs[0]
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    which = which.replace("RUN", str(run)).replace("PIPELINE", str(tmp_path / "pipe"))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("export", str(run), "--checkpoint", which, "-o", str(tmp_path / "e"))
+    assert result.exit_code == 2
+    assert said(result.output, says, hint.replace("RUN", str(run)))
+    assert "--resume" not in result.output and "interrupted" not in result.output
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (
+            lambda s: (s / "model.safetensors").write_bytes(b""),
+            "model.safetensors: not a readable safetensors",
+        ),
+        (lambda s: (s / "model.safetensors").unlink(), "model.safetensors: no such weights file"),
+        (lambda s: (s / "config.json").write_text("{not json"), "config.json is not readable JSON"),
+        (lambda s: (s / "config.json").write_text("[1]"), "not a model config (a JSON list"),
+    ],
+)
+def test_a_damaged_student_is_refused_before_anything_is_copied(
+    quickstart_runs, tmp_path: Path, damage, says: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(quickstart_runs[0], run)
+    damage(run / "student")
+    result = invoke("export", str(run))
+    assert result.exit_code == 2
+    assert said(result.output, says, "--checkpoint latest")
+    assert not (run / "fieldkit-model").exists() and not (run / "diffusers-model").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--license", "not a license!!"], ["--license", ""], ["--license", "mit;rm"], ["--base", "BASE"]],
+)
+def test_a_bad_license_and_a_base_for_a_fieldkit_student_are_refused(
+    quickstart_runs, tmp_path: Path, args: list[str]
+) -> None:
+    (tmp_path / "base").mkdir()
+    args = [a.replace("BASE", str(tmp_path / "base")) for a in args]
+    result = invoke("export", str(quickstart_runs[0]), *args, "-o", str(tmp_path / "e"))
+    assert result.exit_code == 2
+    assert said(result.output, "apache-2.0" if args[0] == "--license" else "leave out --base")
+    assert not (tmp_path / "e").exists()
+
+
 def test_export_refuses_an_existing_folder_and_a_peft_export_of_a_full_student(
     quickstart_runs, tmp_path: Path
 ) -> None:
@@ -101,16 +209,29 @@ def test_export_refuses_an_existing_folder_and_a_peft_export_of_a_full_student(
     assert not (tmp_path / "p").exists() and not any(p.name.startswith(".p") for p in tmp_path.iterdir())
 
 
-def test_a_lora_student_exports_a_peft_adapter_that_computes_the_merged_student(tmp_path: Path) -> None:
+LORA = DISTILL.replace("student: {init: init}", "student: {init: init, train: lora, lora: {rank: 2}}")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of the quickstart world with a LoRA student, checkpoints at steps 2 and 4 (read-only)."""
+    root = tmp_path_factory.mktemp("lora")
+    (root / "graph.yaml").write_text(LORA)
+    with pytest.MonkeyPatch.context() as patch:  # set up before the autouse fixtures: no installed plugin
+        patch.setenv(ALLOW_ENV, "")
+        reset_host()
+        result = invoke("distill", str(root / "graph.yaml"), "--out", str(root / "run"), "--no-progress")
+    reset_host()
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_a_lora_student_exports_a_peft_adapter_that_computes_the_merged_student(
+    lora_run: Path, tmp_path: Path
+) -> None:
     from peft import PeftModel
 
-    graph_text = DISTILL.replace(
-        "student: {init: init}", "student: {init: init, train: lora, lora: {rank: 2}}"
-    )
-    graph = tmp_path / "graph.yaml"
-    graph.write_text(graph_text)
-    run = tmp_path / "run"
-    assert invoke("distill", str(graph), "--out", str(run), "--no-progress").exit_code == 0
+    graph_text, run = LORA, lora_run
     out = tmp_path / "adapter"
     result = invoke("export", str(run), "--format", "peft", "-o", str(out))
     assert result.exit_code == 0, result.output
@@ -132,6 +253,39 @@ def test_a_lora_student_exports_a_peft_adapter_that_computes_the_merged_student(
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     ruff = [sys.executable, "-m", "ruff", "format", "--check", "--stdin-filename", "card.py", "-"]
     assert subprocess.run(ruff, input=snippet, text=True, capture_output=True).returncode == 0, snippet
+
+
+def test_a_peft_export_takes_the_checkpoint_it_is_given(lora_run: Path, tmp_path: Path) -> None:
+    newest = invoke("export", str(lora_run), "--format", "peft", "-o", str(tmp_path / "newest"))
+    assert newest.exit_code == 0, newest.output
+    step2 = lora_run / "checkpoints" / "step-00000002"
+    result = invoke(
+        "export", str(lora_run), "--format", "peft", "--checkpoint", str(step2), "-o", str(tmp_path / "a")
+    )
+    assert result.exit_code == 0, result.output
+    assert said(result.output, "from step-00000002")
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "training checkpoint step-00000002 (step 2 of the run's 4)" in card
+    assert "| route: metric |" not in card and "not on these weights from step 2" in card
+    adapter, latest = (load_file(tmp_path / f / "adapter_model.safetensors") for f in ("a", "newest"))
+    assert adapter.keys() == latest.keys()
+    assert any(not torch.equal(adapter[k], latest[k]) for k in adapter)  # step 2's, not the newest's
+    refused = invoke(
+        "export", str(lora_run), "--format", "peft", "--checkpoint", "nope", "-o", str(tmp_path / "b")
+    )
+    assert refused.exit_code == 2 and said(refused.output, "nope: no such checkpoint folder")
+    assert "--resume" not in refused.output and not (tmp_path / "b").exists()
+
+
+def test_a_peft_export_of_a_run_without_checkpoints_says_what_to_export_instead(
+    lora_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    result = invoke("export", str(run), "--format", "peft")
+    assert result.exit_code == 2
+    assert said(result.output, "the run has no checkpoints", "--format diffusers")
+    assert not (run / "peft-lora").exists()
 
 
 def test_a_diffusers_student_goes_back_into_its_pipeline_which_diffusers_loads(

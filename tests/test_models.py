@@ -220,6 +220,28 @@ def test_broken_checkpoints_raise_checkpoint_error(tmp_path: Path, how: str, mes
         MMDiT.from_pretrained(folder)
 
 
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        ({"hidden": "abc"}, "hidden: Input should be a valid integer"),
+        ({"patch_size": 0}, "patch_size: Input should be greater than or equal to 1 (got 0)"),
+        ({"bogus": 1}, "bogus: Extra inputs are not permitted"),
+        ({"heads": 3}, "must be a multiple of heads 3"),
+    ],
+)
+def test_an_invalid_config_value_is_one_line_naming_the_file_and_key(
+    tmp_path: Path, edit: dict[str, object], says: str
+) -> None:
+    folder = _model().save_pretrained(tmp_path / "student")
+    config = folder / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **edit}))
+    with pytest.raises(CheckpointError) as err:
+        MMDiT.from_pretrained(folder)
+    assert err.value.message.startswith(f"{config} is not a valid MMDiTConfig: ")
+    assert says in err.value.message and "\n" not in err.value.message and "http" not in err.value.message
+    assert err.value.hint and "config.json" in err.value.hint
+
+
 def test_missing_folder_and_file_target_raise_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no model folder"):
         MMDiT.from_pretrained(tmp_path / "absent")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from test_cli_run import invoke
 
-from fieldkit.eval.grid import BACKGROUND, grid, labelled_grid, save_grid
+from fieldkit.eval.grid import BACKGROUND, LABELS_FORMAT, grid, labelled_grid, save_grid
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -160,6 +160,23 @@ def test_report_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -
     assert not (tmp_path / "r.html").exists()
 
 
+def test_report_rewrites_a_report_but_never_a_users_file(
+    quickstart_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    page = tmp_path / "page.html"
+    for _ in range(2):  # a report fieldkit wrote is rewritten
+        result = invoke("report", str(quickstart_runs[0]), "-o", str(page))
+        assert result.exit_code == 0, result.output
+    for name, text in (("existing.txt", "my notes\n"), ("index.html", "<!DOCTYPE html><title>mine</title>")):
+        theirs = tmp_path / name
+        theirs.write_text(text)
+        refused = invoke("report", str(quickstart_runs[0]), "-o", str(theirs))
+        assert refused.exit_code == 2, name
+        assert "is not a report fieldkit wrote; nothing was written" in refused.output
+        assert "choose another path" in refused.output and "Traceback" not in refused.output
+        assert theirs.read_text() == text
+
+
 def test_a_run_without_metrics_says_there_are_no_results(
     quickstart_runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -190,6 +207,7 @@ def test_labelled_grid_keeps_the_tiles_and_adds_ink_for_labels(tmp_path: Path) -
     assert ink[top + tiles.shape[0] :].any()  # the captions below
     path = save_grid(rows, tmp_path / "g.png", row_labels=["teacher", "student"], captions=["a", "b", "c"])
     assert json.loads(path.with_suffix(".json").read_text()) == {
+        "format": LABELS_FORMAT,
         "rows": ["teacher", "student"],
         "captions": ["a", "b", "c"],
     }

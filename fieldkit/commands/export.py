@@ -27,20 +27,24 @@ import click
 @click.option(
     "--checkpoint",
     metavar="latest|DIR",
-    help="Export this checkpoint's student (latest: the newest that verifies) instead of RUN/student, e.g. "
-    "for a run that stopped before its end.",
+    help="A training checkpoint of RUN (latest: the newest that loads; or a folder such as "
+    "RUN/checkpoints/step-00000100). diffusers: export its student instead of RUN/student, e.g. for a run "
+    "that stopped before its end; peft: read the adapter from it (default: latest). Newer checkpoints "
+    "that fail to load are skipped with a note, and the model card names the step the weights are from.",
 )
 @click.option(
     "--license",
     "license_id",
     default="other",
     show_default=True,
-    help="The license in the model card's metadata (an SPDX id such as apache-2.0).",
+    help="The license in the model card's metadata: an SPDX id such as apache-2.0 (letters, digits, "
+    "'.', '-' and '+').",
 )
 @click.option(
     "--base",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
-    help="The diffusers pipeline folder to put the student in (default: the student's init source's path).",
+    help="The diffusers pipeline folder to put a diffusers student in (default: the student's init "
+    "source's path); refused for fieldkit's own model, which exports as its own folder.",
 )
 @click.option("--push-to-hub", "repo", metavar="REPO", help="Also upload the folder to this Hub repository.")
 @click.option("--private", is_flag=True, help="Create the Hub repository as private.")
@@ -71,6 +75,7 @@ def export(
       fieldkit export runs/stopped --checkpoint latest
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from fieldkit.export import export_run, push_to_hub
     from fieldkit.plugins.manager import get_host
@@ -80,6 +85,10 @@ def export(
     exported = export_run(
         run, fmt, output, base, checkpoint=checkpoint, license=license_id, registry=registry
     )
+    for reason in exported.checkpoint.skipped if exported.checkpoint else ():
+        console.print(f"[yellow]skipped a checkpoint that does not load:[/] {escape(reason)}")
     console.print(f"wrote {exported.folder}: {exported.kind}")
+    if exported.checkpoint:
+        console.print(f"its weights: {exported.checkpoint.path} (step {exported.checkpoint.step})")
     if repo:
         console.print(f"pushed to {push_to_hub(exported.folder, repo, private=private)}")

@@ -13,10 +13,24 @@ from fieldkit.graph.loader import Graph
 @click.command(short_help="Sample fields or checkpoints on a route's conditions into a PNG grid.")
 @graph_options
 @click.option("--route", help="Route whose conditions are sampled (default: the first).")
-@click.option("-n", "--samples", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "-n",
+    "--samples",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Samples per field (the grid's columns), each on its own condition.",
+)
 @field_options
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), default=Path("samples.png"), show_default=True
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("samples.png"),
+    show_default=True,
+    help="The grid, a PNG (the path must end in .png); its labels (row names, captions) are written beside "
+    "it as JSON (for grid.png, grid.json). An existing PNG is replaced only when it is a grid fieldkit "
+    "wrote, with its labels beside it; any other file at either path is refused and left as it is.",
 )
 def sample(
     graph: Graph,
@@ -40,13 +54,11 @@ def sample(
     from fieldkit.commands.sources import collect_fields, default_device, sampling_sigmas
     from fieldkit.data import batch_captions, evaluation_bucket
     from fieldkit.errors import FieldkitError
-    from fieldkit.eval.grid import save_grid
+    from fieldkit.eval.grid import check_grid_path, save_grid
     from fieldkit.flow import generate
     from fieldkit.graph.builder import BuildContext
-    from fieldkit.owned import check_target
 
-    check_target(output, "sample grid")  # before any work: a link, a device or a folder is refused
-    check_target(output.with_suffix(".json"), "grid labels")
+    check_grid_path(output)  # before any work: only a new path or a grid fieldkit wrote is written
     ctx = BuildContext(graph, device=default_device())
     routes = ctx.routes()
     names = [r.name for r in routes]

@@ -269,6 +269,7 @@ class Session:
     def _build(self, graph: Graph, resume: str | None) -> None:
         """Build the fields, the student, its optimizer and the random streams; restore ``resume``."""
         spec, acc = graph.spec, self.accelerator
+        assert spec.student is not None  # refused in __init__
         self.ctx = BuildContext(graph, device=acc.device)
         self.router: Router = self.ctx.router()
         self.method: Method = self.ctx.method()

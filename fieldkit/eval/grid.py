@@ -2,7 +2,9 @@
 
 A saved grid is labelled: each row's name (source / teacher / student ...) on its left, column numbers
 above, and each column's caption (its prompt or instruction) below. The labels are also written beside the
-PNG as JSON (``step-...-route.json``), so a report can show them as text.
+PNG as JSON (``step-...-route.json``), so a report can show them as text; the JSON names its format
+(:data:`LABELS_FORMAT`), so a grid fieldkit wrote is told apart from a user's files of the same name.
+:func:`check_grid_path` refuses, before any work, an output that would overwrite anything else.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,12 +20,17 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from fieldkit.atomic import atomic_path, atomic_write
+from fieldkit.errors import FieldkitError
+from fieldkit.files import MiB, read_text
+from fieldkit.owned import check_target
 
 BACKGROUND = (32, 32, 32)
 INK = (235, 235, 235)
 FONT_SIZE = 12
 LINE = FONT_SIZE + 4
 MARGIN = 6
+LABELS_FORMAT = "fieldkit.grid-labels/1"
+MAX_LABELS = 16 * MiB  # far above the labels of 256 columns of long captions
 
 
 def to_image(x: Tensor) -> Tensor:
@@ -97,6 +105,11 @@ def save_grid(
     return path
 
 
+def labels_path(path: Path) -> Path:
+    """Where the labels of the grid PNG ``path`` are written: beside it, as ``.json``."""
+    return path.with_suffix(".json")
+
+
 def write_grid(
     image: Image.Image, path: Path, row_labels: Sequence[str] = (), captions: Sequence[str] = ()
 ) -> None:
@@ -104,5 +117,53 @@ def write_grid(
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     if row_labels or captions:
-        labels = {"rows": list(row_labels), "captions": list(captions)}
-        atomic_write(path.with_suffix(".json"), json.dumps(labels, indent=1))
+        labels = {"format": LABELS_FORMAT, "rows": list(row_labels), "captions": list(captions)}
+        atomic_write(labels_path(path), json.dumps(labels, indent=1))
+
+
+def is_grid_labels(data: Any) -> bool:
+    """Whether ``data`` is the labels :func:`write_grid` writes: its format, rows and captions (lists of
+    strings) and nothing else; labels written before the format was named hold exactly rows and captions."""
+    if not isinstance(data, dict) or set(data) - {"format"} != {"rows", "captions"}:
+        return False
+    lists = (data["rows"], data["captions"])
+    return data.get("format", LABELS_FORMAT) == LABELS_FORMAT and all(
+        isinstance(items, list) and all(isinstance(item, str) for item in items) for items in lists
+    )
+
+
+def _ours(labels: Path) -> bool:
+    """Whether the file ``labels`` holds a grid's labels that fieldkit wrote (a bounded, regular file)."""
+    try:
+        return is_grid_labels(json.loads(read_text(labels, MAX_LABELS, "grid labels")))
+    except (FieldkitError, ValueError, RecursionError):
+        return False
+
+
+def check_grid_path(path: Path) -> Path:
+    """Refuse, before any work, a grid output that would damage a file fieldkit did not write: ``path``
+    must end in ``.png``; neither it nor its labels file may be a link, a device or a folder; an existing
+    labels file must be a grid's labels, and an existing PNG is replaced only with its labels beside it
+    (then the pair is a grid fieldkit wrote)."""
+    check_target(path, "sample grid")  # a link, a device or a folder is refused
+    if path.suffix.lower() != ".png":
+        raise FieldkitError(
+            f"{path}: a sample grid is a PNG, so its path must end in .png (its labels are written beside "
+            "it as .json); nothing was written",
+            hint=f"give a path such as {path.with_suffix('.png').name}",
+        )
+    labels = labels_path(path)
+    check_target(labels, "grid labels")
+    if labels.exists() and not _ours(labels):
+        raise FieldkitError(
+            f"{labels} exists and is not the labels of a grid fieldkit wrote; the grid's labels would "
+            "replace it, so nothing was written",
+            hint="choose another path for the grid with -o (or move that file away)",
+        )
+    if path.exists() and not labels.exists():
+        raise FieldkitError(
+            f"{path} exists and is not a grid fieldkit wrote (there are no grid labels {labels.name} "
+            "beside it), so nothing was written",
+            hint="choose another path for the grid with -o (or move that file away)",
+        )
+    return path

@@ -132,7 +132,29 @@ def _read_config(file: Path, class_name: str, config_class: type[BaseModel]) -> 
     try:
         return config_class.model_validate(raw)
     except ValidationError as err:
-        raise CheckpointError(f"{file} is not a valid {config_class.__name__}: {err}") from err
+        raise CheckpointError(
+            f"{file} is not a valid {config_class.__name__}: {_problems(err)}",
+            hint=f"fix {file.name}, or save the model again with save_pretrained",
+        ) from err
+
+
+def _problems(error: ValidationError) -> str:
+    """A pydantic error on one line: each problem as ``key: what is wrong (the value given)``."""
+    parts = []
+    for problem in error.errors(include_url=False):
+        key = ".".join(str(part) for part in problem["loc"])
+        if not key:  # a check of several keys together: the input is the whole config
+            parts.append(problem["msg"])
+            continue
+        given = "" if problem["type"] == "missing" else f" (got {_short(problem.get('input'))})"
+        parts.append(f"{key}: {problem['msg']}{given}")
+    return "; ".join(parts)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_size(expected: int, file: Path) -> None:

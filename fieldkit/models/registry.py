@@ -20,9 +20,28 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> Pretr
     name = raw.get("_class_name") if isinstance(raw, dict) else None
     cls = MODEL_CLASSES.get(str(name))
     if cls is None:
-        known = ", ".join(MODEL_CLASSES)
-        raise CheckpointError(
-            f"{path}: not a fieldkit model folder ({CONFIG_NAME} missing, unreadable or of class {name!r})",
-            hint=f"point at a folder written by save_pretrained of one of: {known}",
-        )
+        raise _not_a_model_folder(Path(path), name)
     return cls.from_pretrained(path, dtype=dtype)
+
+
+def _not_a_model_folder(path: Path, name: object) -> CheckpointError:
+    """Why ``path`` (whose config names class ``name``) loads as no fieldkit model, said for what it is: a
+    training checkpoint, a diffusers pipeline folder, or another folder."""
+    from fieldkit.distill.checkpoint import MANIFEST
+
+    if (path / MANIFEST).is_file() or (path / "state.json").is_file():
+        run = path.parent.parent if path.parent.name == "checkpoints" else Path("RUN")
+        return CheckpointError(
+            f"{path}: a training checkpoint, not a model folder",
+            hint=f"export its student as a model folder with `fieldkit export {run} --checkpoint {path}`, "
+            f"or use the student a finished run wrote, {run / 'student'}",
+        )
+    if (path / "model_index.json").is_file():
+        return CheckpointError(
+            f"{path}: a diffusers pipeline folder, not a model folder",
+            hint=f"give the model folder inside it, e.g. {path / 'transformer'}",
+        )
+    return CheckpointError(
+        f"{path}: not a fieldkit model folder ({CONFIG_NAME} missing, unreadable or of class {name!r})",
+        hint=f"point at a folder written by save_pretrained of one of: {', '.join(MODEL_CLASSES)}",
+    )
