@@ -25,9 +25,10 @@ annotations need under ``if TYPE_CHECKING:`` and import torch-using names inside
   :func:`sigma_schedule`, :func:`shift_sigma`, :func:`sample_indices`, :func:`broadcast_sigma`. In a method,
   predict with ``inputs.student`` (the forward with gradients) and roll out with ``inputs.policy``.
 - **Files**: :func:`atomic_path` (write a cache or an asset whole or not at all), :func:`load_pretrained`
-  (fieldkit's own model folders), :func:`read_rows`, :func:`read_texts` and :func:`fill` (prompt files).
+  (fieldkit's own model folders), :func:`read_rows`, :func:`read_texts` and :func:`fill` (prompt files),
+  :func:`check_new_folder` (refuse to write a model folder over anything already there).
 - **Commands**: :func:`graph_options` gives a plugin's click command ``GRAPH`` and ``--set`` and passes it
-  the validated :class:`Graph`.
+  the validated :class:`Graph`; :func:`seed_option` is ``--seed`` bounded to what torch's generators take.
 - **Backbones** (with :mod:`fieldkit.backbones`): :class:`Guidance` and :func:`cond_and_uncond` (the
   batched cond + uncond call), :func:`uncond_of`, :func:`attention` (fieldkit's attention dispatcher),
   :class:`AdapterSwitch` and :func:`random_lora` (LoRA adapters over a shared base).
@@ -58,11 +59,12 @@ from fieldkit.plugins.registry import Params
 if TYPE_CHECKING:
     from fieldkit.atomic import atomic_path
     from fieldkit.attention import attention
-    from fieldkit.commands.options import graph_options
+    from fieldkit.commands.options import graph_options, seed_option
     from fieldkit.cond import Cond
     from fieldkit.data import Batch, Shard, batch_captions, evaluation_bucket
     from fieldkit.distill.queries import sample_indices
     from fieldkit.field import ModuleField, VelocityField, as_field, broadcast_sigma, uncond_of
+    from fieldkit.files import check_new_folder
     from fieldkit.flow import (
         euler_sample,
         euler_step,
@@ -100,10 +102,11 @@ if TYPE_CHECKING:
 _LAZY = {
     "fieldkit.atomic": ("atomic_path",),
     "fieldkit.attention": ("attention",),
-    "fieldkit.commands.options": ("graph_options",),
+    "fieldkit.commands.options": ("graph_options", "seed_option"),
     "fieldkit.cond": ("Cond",),
     "fieldkit.data": ("Batch", "Shard", "batch_captions", "evaluation_bucket"),
     "fieldkit.distill.queries": ("sample_indices",),
+    "fieldkit.files": ("check_new_folder",),
     "fieldkit.field": ("ModuleField", "VelocityField", "as_field", "broadcast_sigma", "uncond_of"),
     "fieldkit.flow": (
         "euler_sample",
@@ -183,6 +186,7 @@ __all__ = [
     "attention",
     "batch_captions",
     "broadcast_sigma",
+    "check_new_folder",
     "cond_and_uncond",
     "euler_sample",
     "euler_step",
@@ -198,6 +202,7 @@ __all__ = [
     "read_texts",
     "rollout_states",
     "sample_indices",
+    "seed_option",
     "shift_sigma",
     "sigma_schedule",
     "target_velocity",

@@ -60,10 +60,9 @@ def _queries(spec: GraphSpec, method: Typed | None) -> Iterator[Problem]:
         return
     steps = getattr(params, "rollout_steps", None) or spec.flow.steps
     if k > steps:
-        yield ("method", "k"), (
-            f"method.k is {k}, more than the rollout's {steps} steps it queries; lower method.k, or raise "
-            + ("method.rollout_steps" if getattr(params, "rollout_steps", None) else "flow.steps")
-        )
+        raise_ = "method.rollout_steps" if getattr(params, "rollout_steps", None) else "flow.steps"
+        message = f"method.k is {k}, more than the rollout's {steps} steps it queries"
+        yield ("method", "k"), f"{message}; lower method.k, or raise {raise_}"
 
 
 def _label_capacity(typed: Typed, root: Path) -> int | None:

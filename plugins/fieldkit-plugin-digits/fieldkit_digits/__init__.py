@@ -117,8 +117,7 @@ def fieldkit_register_commands(cli: click.Group) -> None:
         """
         import torch
 
-        from fieldkit.files import check_new_folder
-        from fieldkit.plugin_api import atomic_path, load_pretrained
+        from fieldkit.plugin_api import atomic_path, check_new_folder, load_pretrained
 
         check_new_folder(dst, "packed model folder", [src])
         model = load_pretrained(src, dtype=getattr(torch, dtype))

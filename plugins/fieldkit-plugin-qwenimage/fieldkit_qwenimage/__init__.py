@@ -91,7 +91,7 @@ def fieldkit_register_datasets(register: RegisterDataset) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
-    from fieldkit.commands.options import seed_option
+    from fieldkit.plugin_api import seed_option
 
     @cli.command(name="qwenimage-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
@@ -99,7 +99,7 @@ def fieldkit_register_commands(cli: click.Group) -> None:
     def qwenimage_make_tiny(folder: Path, seed: int) -> None:
         """Write tiny random Qwen-Image pipelines to FOLDER: FOLDER/t2i (QwenImagePipeline) and FOLDER/edit
         (QwenImageEditPipeline). examples/qwenimage/make_tiny.py builds the examples' whole tiny workspace."""
-        from fieldkit.files import check_new_folder
+        from fieldkit.plugin_api import check_new_folder
         from fieldkit_qwenimage.tiny import make_tiny_pipeline
 
         check_new_folder(folder, "folder of tiny models")

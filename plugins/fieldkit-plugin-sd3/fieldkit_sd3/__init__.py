@@ -78,7 +78,7 @@ def fieldkit_register_datasets(register: RegisterDataset) -> None:
 
 @hookimpl
 def fieldkit_register_commands(cli: click.Group) -> None:
-    from fieldkit.commands.options import seed_option
+    from fieldkit.plugin_api import seed_option
 
     @cli.command(name="sd3-make-tiny")
     @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
@@ -88,7 +88,7 @@ def fieldkit_register_commands(cli: click.Group) -> None:
 
         What examples/sd3/tiny.yaml runs on, on a CPU, in seconds (the samples are noise: nothing is trained).
         """
-        from fieldkit.files import check_new_folder
+        from fieldkit.plugin_api import check_new_folder
         from fieldkit_sd3.tiny import make_tiny_lora, make_tiny_pipeline
 
         check_new_folder(folder, "folder of tiny models")
