@@ -121,12 +121,15 @@ def first_sentence(text: str) -> str:
 
 
 def _plugin_notes() -> str:
-    """Notes for a graph error that a broken plugin or a registration mistake may explain."""
+    """Notes for a graph error that a broken plugin, a clash (a plugin, command or type ignored) or a
+    registration mistake may explain."""
     host = get_host()
     notes = ""
     if host.failures:
         names = ", ".join(sorted({f.name for f in host.failures}))
         notes += f"\n  note: some plugins failed to load ({names}); see `fieldkit plugins`"
+    for problem in host.problems():
+        notes += f"\n  note: plugin problem: {problem}"
     for warning in host.warnings():
         notes += f"\n  note: plugin {warning}"
     return notes

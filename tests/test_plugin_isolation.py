@@ -1,21 +1,33 @@
 """A plugin that calls ``sys.exit`` (at import, in a registration hook, in a factory) is contained and
-reported by name; the other plugins and every command keep working. Ctrl-C still stops everything."""
+reported by name; the other plugins and every command keep working. Ctrl-C still stops everything. A
+``sys.exit`` in a plugin object the build checks or the final evaluation call (a field, data bucket, metric)
+is an error naming it, never a quiet exit. What a plugin prints while it loads goes to stderr, and what its
+errors say is printed as written."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
+from test_build_checks import GRAPH
 
 from fieldkit import loads_graph
+from fieldkit.analytic import GaussianMixtureData, GaussianMixtureField
 from fieldkit.cli import cli
-from fieldkit.errors import GraphError
+from fieldkit.distill.engine import Engine
+from fieldkit.distill.memory import training_bytes
+from fieldkit.errors import GraphError, PluginError
+from fieldkit.eval.report import evaluate
 from fieldkit.graph.builder import BuildContext
 from fieldkit.plugins import Params, get_host, hookimpl
+from fieldkit.plugins.exits import exit_is_error
 from fieldkit.plugins.manager import ALLOW_ENV, PluginHost, reset_host
+from fieldkit.protocols import Route
 
 GOOD = """\
 fields:
@@ -116,3 +128,146 @@ def test_a_factory_that_exits_is_a_graph_error_naming_the_plugin():
             BuildContext(graph).field("bad")
     finally:
         host.unregister("exits-in-factory")
+
+
+def exit_zero(*args: Any) -> Any:
+    """Plugin code that gives up the hard way, with the status of success."""
+    sys.exit(0)
+
+
+class ExitingField(torch.nn.Module):
+    """A field (with a weight, so that it can be a student) whose forward exits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Any, sigma: Any, cond: Any) -> Any:
+        return exit_zero()
+
+
+class ExitingData:
+    """A data bucket whose sample exits."""
+
+    shape = (1, 4, 4)
+    sample = staticmethod(exit_zero)
+
+
+class ExitsWhenCalled:
+    """A field, a data bucket and a metric whose calls exit, each under its own type name."""
+
+    @hookimpl
+    def fieldkit_register_sources(self, register: Any) -> None:
+        register("exiting.field", lambda params, ctx: ExitingField(), Params)
+
+    @hookimpl
+    def fieldkit_register_datasets(self, register: Any) -> None:
+        register("exiting.data", lambda params, ctx: ExitingData(), Params)
+
+    @hookimpl
+    def fieldkit_register_metrics(self, register: Any) -> None:
+        register("exiting.metric", lambda params, ctx: exit_zero, Params)
+
+
+DATA = "data: {type: gaussian_mixture, classes: 3, shape: [1, 4, 4]}"
+ROUTE_GRAPH = GRAPH  # the build checks' graph: an affine teacher on a Gaussian-mixture route
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        (
+            "teacher: {type: affine, seed: 1}",
+            "teacher: {type: exiting.field}",
+            "<string>:2: fields.teacher: source type 'exiting.field' (plugin 'exits-when-called')",
+        ),
+        (
+            DATA,
+            "data: {type: exiting.data}",
+            "<string>:7: routes.r.data: dataset type 'exiting.data' (plugin 'exits-when-called')",
+        ),
+        (
+            DATA,
+            f"{DATA}\n    metrics: [{{type: exiting.metric}}]",
+            "<string>:8: routes.r.metrics.0: metric type 'exiting.metric' (plugin 'exits-when-called')",
+        ),
+    ],
+    ids=["field", "data", "metric"],
+)
+def test_an_exit_in_the_build_checks_is_an_error_naming_the_plugin_object(distill_world, old, new, named):
+    distill_world.register(ExitsWhenCalled(), "exits-when-called")
+    try:
+        graph = loads_graph(ROUTE_GRAPH.replace(old, new))
+        with pytest.raises(PluginError) as err:
+            Engine(graph, write=False, show_progress=False)
+    finally:
+        distill_world.unregister("exits-when-called")
+    message = str(err.value)
+    assert message.startswith(named), message
+    assert "sys.exit(0) was called" in message and f"{__file__}:" in message and "(in exit_zero)" in message
+    assert "must raise an exception, not exit the process" in message
+
+
+def test_an_exit_in_the_final_evaluation_is_an_error_naming_the_metric_or_field():
+    field = GaussianMixtureField.random(2, (1, 2, 2), std=0.1, seed=0)
+    route = Route("t2i", field, GaussianMixtureData(field), metrics=(exit_zero,))
+    metric_exit = r"^routes\.t2i\.metrics\.0: sys\.exit\(0\) was called on 4 samples"
+    with pytest.raises(PluginError, match=metric_exit):
+        evaluate({"teacher": field}, [route], torch.linspace(1, 0, 3), samples=4)
+    with pytest.raises(PluginError, match=r"^field 'broken': sys\.exit\(0\) was called while it generated"):
+        evaluate({"broken": ExitingField()}, [route], torch.linspace(1, 0, 3), samples=4)
+
+
+def test_an_exit_in_the_memory_count_is_left_to_the_build_checks_that_name_it(distill_world):
+    distill_world.register(ExitsWhenCalled(), "exits-when-called")
+    try:
+        init = "init: {type: exiting.field}"
+        graph = loads_graph(ROUTE_GRAPH.replace("init: {type: affine, seed: 2}", init))
+        assert training_bytes(graph) > 0  # the weights and states; the activations the forward would save: 0
+        with pytest.raises(PluginError, match=r"^<string>:8: student\.init: the student .* sys\.exit\(0\)"):
+            Engine(graph, write=False, show_progress=False)
+    finally:
+        distill_world.unregister("exits-when-called")
+
+
+def test_exit_is_error_keeps_every_exit_code_and_lets_ctrl_c_through():
+    exit_none = r"^the thing: sys\.exit\(None\) was called now, at .*\(in test_"
+    with pytest.raises(PluginError, match=exit_none), exit_is_error("the thing", "now"):
+        sys.exit()
+    with pytest.raises(KeyboardInterrupt), exit_is_error("the thing", "now"):
+        raise KeyboardInterrupt
+
+
+CHATTY = """\
+from fieldkit.plugin_api import Params, hookimpl
+print("chatty loaded")
+
+
+@hookimpl
+def fieldkit_register_sources(register):
+    print("chatty registers")
+    register("chatty.zero", lambda params, ctx: None, Params)
+"""
+
+
+def test_what_a_plugin_prints_goes_to_stderr_and_plugins_json_stays_valid(site, monkeypatch):
+    install(site, "exiting_chatty", CHATTY)
+    monkeypatch.setenv(ALLOW_ENV, "exiting_chatty")
+    reset_host()
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {p["name"]: p["types"] for p in data["plugins"]}["exiting_chatty"] == {"source": ["chatty.zero"]}
+    assert result.stderr.split("\n")[:2] == ["chatty loaded", "chatty registers"]
+
+
+@pytest.mark.parametrize(
+    "error", ["needs the extra: pip install 'x[cuda]'", "weights not found under [/data/models] (set X)"]
+)
+def test_a_plugins_error_is_printed_as_written_not_as_markup(site, monkeypatch, error):
+    install(site, "exiting_markup", f"raise ImportError({error!r})\n")
+    monkeypatch.setenv(ALLOW_ENV, "exiting_markup")
+    reset_host()
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output  # the listing of failures is not itself a failure
+    assert f"failed: exiting_markup (import): ImportError: {error}" in " ".join(result.stdout.split())

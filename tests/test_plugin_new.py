@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_plugin_warnings import fake_distribution
 
 from fieldkit.cli import cli
 
@@ -80,6 +81,40 @@ def test_an_existing_folder_is_left_untouched_and_exit_2(tmp_path):
     result = CliRunner().invoke(cli, ["plugin", "new", "myfield", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "already exists" in result.stderr
     assert [p.name for p in (tmp_path / "fieldkit-plugin-myfield").iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "hint"),
+    [
+        (
+            "fieldkit",
+            "'fieldkit' is fieldkit's own plugin name: a plugin of that name would never load",
+            "choose another NAME: myfield",
+        ),
+        (
+            "acme",
+            "'acme' is the name of an installed plugin (the entry point of fieldkit-plugin-anvil): of two "
+            "plugins with one name, one is ignored",
+            "choose another NAME, or `pip uninstall fieldkit-plugin-anvil` first if you mean to replace it",
+        ),
+        (
+            "anvil",
+            "fieldkit-plugin-anvil is installed: installing the new fieldkit-plugin-anvil would replace it",
+            "choose another NAME, or `pip uninstall fieldkit-plugin-anvil` first if you mean to replace it",
+        ),
+    ],
+)
+def test_fieldkit_or_an_installed_plugins_name_is_refused_and_nothing_written(
+    tmp_path, monkeypatch, name, message, hint
+):
+    fake_distribution(tmp_path / "site", "fieldkit-plugin-anvil", "[fieldkit]\nacme = fieldkit_acme\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(cli, ["plugin", "new", name, "--out", str(out)])
+    assert result.exit_code == 2
+    assert f"Error: {message}\n  hint: {hint}" in result.stderr
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from fieldkit import PluginError, loads_graph
+from fieldkit.errors import GraphError
 from fieldkit.graph import FieldRef
 from fieldkit.ops import Scale
 from fieldkit.plugins import Params, get_host, hookimpl
@@ -161,20 +163,61 @@ def test_a_hook_that_raises_is_reported_and_the_rest_still_register():
         host.unregister("raising")
 
 
+class LooseParams(BaseModel):
+    """Pydantic's default: unknown keys are dropped without a word."""
+
+    strength: float = 1.0
+
+
+class OpenParams(Params):
+    """Unknown keys are kept, and the factory never reads them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    strength: float = 1.0
+
+
+@pytest.mark.parametrize("params", [LooseParams, OpenParams])
+def test_params_that_would_take_unknown_keys_refuse_them(params):
+    class Loose:
+        @hookimpl
+        def fieldkit_register_operators(self, register):
+            register("loose.op", build_zero, params)
+
+    host = get_host()
+    host.register(Loose(), "loose")
+    try:
+        with pytest.raises(GraphError, match=r"fields\.h\.strenght") as err:
+            loads_graph("fields:\n  h: {type: loose.op, strenght: 2}\n")
+        assert "'strength'" in str(err.value)  # did you mean
+        given = loads_graph("fields:\n  h: {type: loose.op, strength: 2}\n").nodes["h"].params
+        assert isinstance(given, params) and type(given).__name__ == params.__name__ and given.strength == 2
+        assert host.failures == []
+    finally:
+        host.unregister("loose")
+    assert params.model_validate({"strenght": 2}).strength == 1  # the plugin's own class is left as it is
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "description", "message"),
     [
-        (("", build_zero, ZeroParams), "empty or non-string name"),
-        (("bad.factory", "not callable", ZeroParams), "factory that is not callable"),
-        (("bad.params", build_zero, dict), "whose params is not a pydantic model"),
-        (("bad.arity", lambda params: params, ZeroParams), "cannot be called as factory(params, ctx)"),
+        (("", build_zero, ZeroParams), "", "empty or non-string name"),
+        (("bad.factory", "not callable", ZeroParams), "", "factory that is not callable"),
+        (("bad.params", build_zero, dict), "", "whose params is not a pydantic model"),
+        (("bad.arity", lambda params: params, ZeroParams), "", "cannot be called as factory(params, ctx)"),
+        (
+            ("bad.description", build_zero, ZeroParams),
+            123,
+            "plugin 'invalid' registered source 'bad.description' with a description that is not a string "
+            "(int)",
+        ),
     ],
 )
-def test_invalid_registration_is_reported_as_a_plugin_error(args, message):
+def test_invalid_registration_is_reported_as_a_plugin_error(args, description, message):
     class Invalid:
         @hookimpl
         def fieldkit_register_sources(self, register):
-            register(*args)
+            register(*args, description=description)
 
     host = get_host()
     host.register(Invalid(), "invalid")

@@ -55,3 +55,9 @@ def test_a_list_of_numbers_holding_a_boolean_is_refused() -> None:
 def test_the_numeric_fields_found_are_the_numbers() -> None:
     assert {"steps", "lr", "batch_size", "seed"} <= set(numeric_fields(RunSpec))
     assert "trace" not in numeric_fields(RunSpec) and "shift" in numeric_fields(FlowSpec)
+
+
+@pytest.mark.parametrize("override", ["fields.mixture.shape=[1, 4, true]", "fields.guided.w=true"])
+def test_a_boolean_in_a_types_params_where_a_number_belongs_is_refused(override: str) -> None:
+    with pytest.raises(GraphError, match="a number belongs here, not a boolean"):
+        loads_graph(DISTILL, [override])

@@ -33,6 +33,7 @@ def validate(graph: Graph, build: bool) -> None:
     --dry-run` also times one update.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from fieldkit.graph.readiness import check_trainable
@@ -50,7 +51,9 @@ def validate(graph: Graph, build: bool) -> None:
     console = Console(highlight=False)
     console.print(f"[green]valid:[/green] {graph.source.path}")
     for warning in get_host().warnings():
-        console.print(f"[yellow]warning:[/yellow] plugin {warning}")
+        console.print(f"[yellow]warning:[/yellow] plugin {escape(str(warning))}")
+    for problem in get_host().problems():  # a clash lost a plugin, a command or a type: the graph may differ
+        console.print(f"[yellow]plugin problem:[/yellow] {escape(problem)} (see `fieldkit plugins`)")
 
     fields = Table(title="fields", title_justify="left")
     for column in ("name", "type", "kind", "plugin", "uses"):

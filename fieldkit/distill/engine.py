@@ -45,6 +45,7 @@ from fieldkit.eval.report import Score
 from fieldkit.graph.loader import Graph
 from fieldkit.graph.schema import RunSpec
 from fieldkit.plugin_outputs import check_batch, check_gradient_reaches, check_loss, check_plan
+from fieldkit.plugins.exits import EXIT_HINT, raised_at
 from fieldkit.protocols import LossInputs
 
 
@@ -352,19 +353,8 @@ def plugin_code(call: Any, step: int) -> Update:
         result: Update = call()
     except SystemExit as exc:
         raise PluginError(
-            f"{_raised_at(exc)}: sys.exit({exc.code!r}) was called during training (update {step + 1}); "
+            f"{raised_at(exc)}: sys.exit({exc.code!r}) was called during training (update {step + 1}); "
             "fieldkit treats it as an error: the run stopped without finishing",
-            hint="a field, method, router or data bucket must raise an exception, not exit the process",
+            hint=EXIT_HINT,
         ) from exc
     return result
-
-
-def _raised_at(exc: BaseException) -> str:
-    """``file:line (in function)`` of the innermost frame of ``exc``'s traceback."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "<unknown>"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    return f"{code.co_filename}:{tb.tb_lineno} (in {code.co_name})"

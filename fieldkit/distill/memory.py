@@ -88,10 +88,11 @@ def _saved_bytes(student: nn.Module, data: Any, meta: torch.device) -> int:
     try:
         saved(1)  # a first forward may save one-off tensors (caches built on first use): not per sample
         return max(saved(2) - saved(1), 0)
-    except Exception:
+    except (Exception, SystemExit):
         # a forward that reads its inputs' values (Z-Image unpacks text by its lengths) cannot run on the
-        # meta device, and a student that does not take this route's data is the build's checks' to report
-        # (with the lines): their activations are not counted, the rest of the update still is
+        # meta device, and a student or bucket that does not take this route's data, or exits the process,
+        # is the build's checks' to report (route_checks, with the lines and the plugin): their activations
+        # are not counted, the rest of the update still is
         return 0
 
 

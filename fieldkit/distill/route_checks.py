@@ -18,7 +18,8 @@ from fieldkit.field import VelocityField
 from fieldkit.graph.builder import BuildContext
 from fieldkit.graph.loader import Typed
 from fieldkit.plugin_outputs import check_batch, check_metric_values, check_velocity, who
-from fieldkit.protocols import Route
+from fieldkit.plugins.exits import exit_is_error
+from fieldkit.protocols import DataBucket, Route
 
 PROBE = 2  # samples per check
 
@@ -52,8 +53,7 @@ def check_routes(
         for route in routes:
             shape = tuple(route.data.shape)
             data = ctx.where(("routes", route.name, "data"))
-            drawn = route.data.sample(PROBE, torch.Generator().manual_seed(0))
-            batch = check_batch(drawn, PROBE, data_who(ctx, route.name)).to(device)
+            batch = _draw(route.data, data_who(ctx, route.name)).to(device)
             x = torch.randn((PROBE, *shape), generator=torch.Generator().manual_seed(0)).to(device)
             sigma = sigmas[route.name][:1].expand(PROBE)
             node = graph.spec.routes[route.name].field
@@ -81,32 +81,39 @@ def _check_metrics(ctx: BuildContext, route: Route, samples: Tensor, batch: Batc
     broken metric fails before training, not after it."""
     if not route.metrics:
         return
-    bucket = evaluation_bucket(route.data)
-    drawn = check_batch(
-        bucket.sample(PROBE, torch.Generator().manual_seed(0)), PROBE, data_who(ctx, route.name)
-    )
+    drawn = _draw(evaluation_bucket(route.data), data_who(ctx, route.name))
     for i, metric in enumerate(route.metrics):
         where = who_at(ctx, ("routes", route.name, "metrics", i), ctx.graph.metrics[route.name][i])
-        try:
-            values = metric(samples.cpu(), drawn)
-        except FieldkitError as exc:
-            raise PluginError(
-                f"{where}: failed on {PROBE} samples of route {route.name!r}: {exc.message}"
-            ) from exc
-        except Exception as exc:
-            raise PluginError(
-                f"{where}: failed on {PROBE} samples of route {route.name!r}: {type(exc).__name__}: {exc}",
-                hint="a metric takes samples [B, *shape] and the batch they were drawn for",
-            ) from exc
+        with exit_is_error(where, f"on {PROBE} samples of route {route.name!r} before training"):
+            try:
+                values = metric(samples.cpu(), drawn)
+            except FieldkitError as exc:
+                raise PluginError(
+                    f"{where}: failed on {PROBE} samples of route {route.name!r}: {exc.message}"
+                ) from exc
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                raise PluginError(
+                    f"{where}: failed on {PROBE} samples of route {route.name!r}: {error}",
+                    hint="a metric takes samples [B, *shape] and the batch they were drawn for",
+                ) from exc
         check_metric_values(values, where)
+
+
+def _draw(bucket: DataBucket, what: str) -> Batch:
+    """A checked batch of ``PROBE`` samples of ``bucket`` (the data bucket ``what``)."""
+    with exit_is_error(what, f"when {PROBE} samples were drawn before training"):
+        drawn = bucket.sample(PROBE, torch.Generator().manual_seed(0))
+    return check_batch(drawn, PROBE, what)
 
 
 def _call(model: VelocityField, what: str, x: Tensor, sigma: Tensor, batch: Batch, context: str) -> Tensor:
     head = f"{what} failed on states of shape {list(x.shape)}{context}"
     hint = "check that the route's data (its shape and Cond keys) is what this field expects"
-    try:
-        return model(x, sigma, batch.cond)
-    except FieldkitError as exc:
-        raise GraphError(f"{head}: {exc.message}", hint=exc.hint or hint) from exc
-    except Exception as exc:
-        raise GraphError(f"{head}: {type(exc).__name__}: {exc}", hint=hint) from exc
+    with exit_is_error(what, f"on states of shape {list(x.shape)}{context}"):
+        try:
+            return model(x, sigma, batch.cond)
+        except FieldkitError as exc:
+            raise GraphError(f"{head}: {exc.message}", hint=exc.hint or hint) from exc
+        except Exception as exc:
+            raise GraphError(f"{head}: {type(exc).__name__}: {exc}", hint=hint) from exc

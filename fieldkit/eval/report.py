@@ -14,6 +14,7 @@ from fieldkit.eval.results import Results, Score, column_header, combined_scores
 from fieldkit.field import VelocityField
 from fieldkit.flow import generate
 from fieldkit.plugin_outputs import check_metric_values
+from fieldkit.plugins.exits import exit_is_error
 from fieldkit.protocols import Route
 
 __all__ = ["Score", "combined_scores", "evaluate", "results_table"]
@@ -37,15 +38,18 @@ def evaluate(
         if not route.metrics:
             continue
         bucket = evaluation_bucket(route.data)
-        batch = bucket.sample(samples, torch.Generator().manual_seed(seed))
+        with exit_is_error(f"routes.{route.name}.data", f"when {samples} samples were drawn for evaluation"):
+            batch = bucket.sample(samples, torch.Generator().manual_seed(seed))
         for name, field in fields.items():
             noise_gen = torch.Generator().manual_seed(seed + 1)
-            out = generate(field, batch.cond, tuple(route.data.shape), sigmas, noise_gen, device).cpu()
+            with exit_is_error(f"field {name!r}", f"while it generated samples of route {route.name!r}"):
+                out = generate(field, batch.cond, tuple(route.data.shape), sigmas, noise_gen, device).cpu()
             values: dict[str, float] = {}
             for i, metric in enumerate(route.metrics):
                 who = f"routes.{route.name}.metrics.{i}"
                 try:
-                    result = metric(out, batch)
+                    with exit_is_error(who, f"on {samples} samples of field {name!r}"):
+                        result = metric(out, batch)
                 except FieldkitError:
                     raise
                 except Exception as exc:  # a plugin's metric: an error naming it, not an unexpected one

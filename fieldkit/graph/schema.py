@@ -38,6 +38,18 @@ def _has_bool(value: Any) -> bool:
     return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
 
 
+def boolean_keys(model: type[BaseModel], data: Any) -> list[str]:
+    """The keys of ``data`` (a mapping for ``model``) whose field takes numbers and whose value is ``true``
+    or ``false`` (or a list holding one)."""
+    if not isinstance(data, dict):
+        return []
+    return [
+        name
+        for name, info in model.model_fields.items()
+        if _has_bool(data.get(info.alias or name)) and _numeric(info.annotation)
+    ]
+
+
 def refuse_booleans(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
     """A field's ``value``, refused where the field takes numbers and it is ``true`` or ``false`` (or a list
     holding one): pydantic would read them as 1 and 0. For a ``field_validator("*", mode="before")``."""

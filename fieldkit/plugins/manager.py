@@ -5,19 +5,26 @@ registers inside its own try/except: a broken plugin is reported by name and the
 except clauses catch BaseException, so a plugin that calls ``sys.exit`` is contained too; only
 KeyboardInterrupt (the user's Ctrl-C) goes through.
 ``FIELDKIT_LOAD_PLUGINS=a,b`` limits loading to the named entry points or distributions (empty: none).
+What plugin code prints while it loads or registers goes to stderr, so stdout (``fieldkit plugins --json``,
+``fieldkit schema``) stays the command's own.
 
 Mistakes that would otherwise be silent are kept as warnings (:meth:`PluginHost.warnings`): a
 ``fieldkit_*`` function without ``@hookimpl`` (pluggy never calls it), a hook that registered nothing, an
 installed ``fieldkit-plugin-*`` distribution with no entry point in the ``fieldkit`` group, and a
-``FIELDKIT_LOAD_PLUGINS`` name that matches no installed plugin.
+``FIELDKIT_LOAD_PLUGINS`` name that matches no installed plugin. Clashes that lose a plugin, an entry point
+or a type are problems (:meth:`PluginHost.problems`): two distributions with one entry-point name (or one
+named ``fieldkit``), a command named like one of fieldkit's own or another plugin's type name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -76,6 +83,7 @@ class PluginHost:
     pm: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
     failures: list[PluginFailure] = field(default_factory=list)
     _warnings: list[PluginWarning] = field(default_factory=list)
+    _problems: list[PluginWarning] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     _registry: Registry | None = None
     _commands: dict[str, tuple[str, Any]] | None = None
@@ -110,18 +118,24 @@ class PluginHost:
         self._commands = None
 
     def load_entry_points(self) -> None:
-        """Load every allowed entry point of the ``fieldkit`` group, each in its own try/except."""
+        """Load every allowed entry point of the ``fieldkit`` group, each in its own try/except. Of two
+        distributions with one entry-point name the first is loaded and the second is a problem, as is an
+        entry point named ``fieldkit`` (fieldkit's own plugin)."""
         allowed = _allow_list()
         entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         self._warnings += _entry_point_warnings(entry_points, allowed)
+        owners = {BUILTIN_NAME: BUILTIN_NAME}  # entry-point name -> the distribution it loads from
         for ep in entry_points:
             dist = _canonical(ep.dist.name) if ep.dist is not None else ""
             if allowed is not None and ep.name not in allowed and dist not in allowed:
                 continue
-            if self.pm.has_plugin(ep.name):
+            if ep.name in owners:
+                self._problems.append(_entry_point_clash(ep.name, owners[ep.name], dist))
                 continue
+            owners[ep.name] = dist
             try:
-                plugin = ep.load()
+                with _output_to_stderr():
+                    plugin = ep.load()
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # a broken plugin, even one calling sys.exit, spares the rest
@@ -150,7 +164,8 @@ class PluginHost:
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 before = len(registry.problems) + sum(len(table) for table in registry.entries.values())
                 try:
-                    impl.function(register=make_register(registry, kind, impl.plugin_name))
+                    with _output_to_stderr():
+                        impl.function(register=make_register(registry, kind, impl.plugin_name))
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:
@@ -165,7 +180,8 @@ class PluginHost:
         """The click commands plugins add, by name.
 
         A plugin whose command hook raises is reported in ``failures``, not fatal; of two plugins that add
-        one name, the first wins and the second is reported.
+        one name, the first wins and the second is reported; a command named like one of fieldkit's own is
+        ignored and is a problem.
         """
         return {name: command for name, (_, command) in self._plugin_commands().items()}
 
@@ -176,12 +192,14 @@ class PluginHost:
 
             self.failures = [f for f in self.failures if f.stage != "register commands"]
             self._warnings = [w for w in self._warnings if w.stage != "register commands"]
+            self._problems = [p for p in self._problems if p.stage != "register commands"]
             group = click.Group("fieldkit")
             owners: dict[str, tuple[str, Any]] = {}
             for impl in self.pm.hook.fieldkit_register_commands.get_hookimpls():
                 before = dict(group.commands)
                 try:
-                    impl.function(cli=group)
+                    with _output_to_stderr():
+                        impl.function(cli=group)
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:
@@ -193,22 +211,43 @@ class PluginHost:
                         self._warnings.append(
                             _registered_nothing(impl.plugin_name, "register commands", hook)
                         )
-                for name, command in list(group.commands.items()):
-                    if name not in owners:
-                        owners[name] = (impl.plugin_name, command)
-                    elif command is not owners[name][1]:
-                        first = owners[name][0]
-                        msg = f"command {name!r} is ignored: plugin {first!r} added that name first"
-                        self.failures.append(PluginFailure(impl.plugin_name, "register commands", msg))
-                        group.commands[name] = owners[name][1]
+                self._claim_commands(group, owners, impl.plugin_name)
             self._commands = owners
         return self._commands
+
+    def _claim_commands(self, group: Any, owners: dict[str, tuple[str, Any]], plugin: str) -> None:
+        """Give the commands ``plugin`` added to ``group`` to it in ``owners``; a name fieldkit or an earlier
+        plugin has is ignored and reported."""
+        from fieldkit.cli import BUILTIN_COMMANDS  # here: the CLI module imports this one
+
+        builtin = {command.name for command in BUILTIN_COMMANDS}
+        for name, command in list(group.commands.items()):
+            if name in builtin:
+                message = (
+                    f"command {name!r} from plugin {plugin!r} is ignored: fieldkit has a command of that "
+                    f"name; the plugin must give its command another name (e.g. {plugin}-{name})"
+                )
+                self._problems.append(PluginWarning(plugin, "register commands", message))
+                del group.commands[name]
+            elif name not in owners:
+                owners[name] = (plugin, command)
+            elif command is not owners[name][1]:
+                msg = f"command {name!r} is ignored: plugin {owners[name][0]!r} added that name first"
+                self.failures.append(PluginFailure(plugin, "register commands", msg))
+                group.commands[name] = owners[name][1]
 
     def warnings(self) -> list[PluginWarning]:
         """The registration mistakes found so far, with every hook run (types and commands) first."""
         _ = self.registry
         self._plugin_commands()
         return list(self._warnings)
+
+    def problems(self) -> list[str]:
+        """The clashes that lose a plugin, an entry point, a command or a type, with every hook run first:
+        entry points and commands (here), then types (:attr:`Registry.problems`)."""
+        registry = self.registry
+        self._plugin_commands()
+        return [problem.message for problem in self._problems] + registry.problems
 
     def plugins(self) -> list[PluginInfo]:
         """Name, version, implemented hooks and registered types of every plugin."""
@@ -244,6 +283,27 @@ def _unmarked_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
         and callable(inspect.getattr_static(plugin, name, None))
         and pm.parse_hookimpl_opts(plugin, name) is None
     )
+
+
+def _entry_point_clash(name: str, first: str, dist: str) -> PluginWarning:
+    """The problem of an entry point ``name`` of distribution ``dist`` that is not loaded: fieldkit's own
+    plugin or the distribution ``first`` has that name."""
+    where = f"[project.entry-points.{ENTRY_POINT_GROUP}] of {dist}'s pyproject.toml"
+    if first == BUILTIN_NAME:
+        taken = f"{BUILTIN_NAME!r} is fieldkit's own plugin"
+        fix = f"rename the entry point in {where}"
+    else:
+        taken = f"distribution {first!r} has an entry point of that name, loaded first"
+        fix = f"uninstall one of them (pip uninstall {dist}) or rename the entry point in {where}"
+    message = f"entry point {name!r} of distribution {dist!r} is not loaded: {taken}; {fix}"
+    return PluginWarning(name, "entry points", message)
+
+
+@contextlib.contextmanager
+def _output_to_stderr() -> Iterator[None]:
+    """What plugin code prints while the block runs goes to stderr: stdout is the command's own output."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _registered_nothing(plugin: str, stage: str, hook: str) -> PluginWarning:

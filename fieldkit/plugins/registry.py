@@ -7,12 +7,13 @@ plugin registered it, so listings and errors can name the plugin.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from fieldkit.errors import PluginError
 
@@ -25,9 +26,23 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
 
 class Params(BaseModel):
     """Base of every type's parameters: unknown keys are errors, never silently ignored, and so are
-    non-finite numbers (``.inf``, ``.nan``)."""
+    non-finite numbers (``.inf``, ``.nan``) and booleans where a number belongs (``shape: [1, 8, true]``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans(cls, data: Any) -> Any:
+        # a model validator: the JSON schema adds a discriminator ``type`` field, which field validators
+        # must not touch
+        from fieldkit.graph.schema import boolean_keys
+
+        found = boolean_keys(cls, data)
+        if found:
+            raise ValueError(
+                f"{', '.join(found)}: a number belongs here, not a boolean (true or false); write the number"
+            )
+        return data
 
 
 @dataclass(frozen=True)
@@ -93,8 +108,10 @@ def unknown_type_message(kind: str, name: str, known: list[str]) -> str:
 
 def make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., None]:
     """The ``register`` callback handed to one plugin's hook for one kind (typed for plugins as
-    :class:`~fieldkit.protocols.Register` of that kind). A factory that cannot take the arguments its kind
-    is called with (``(params, ctx)``; routers ``(params, routes, ctx)``) is refused here, by name."""
+    :class:`~fieldkit.protocols.Register` of that kind). What cannot work is refused here, naming the plugin
+    and the type: a factory that cannot take the arguments its kind is called with (``(params, ctx)``;
+    routers ``(params, routes, ctx)``), params that are not a pydantic model, a description that is not a
+    string. Params that would take unknown keys are made to refuse them (:func:`_forbidding`)."""
 
     def register(
         name: str,
@@ -105,24 +122,50 @@ def make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., N
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r} registered a {kind} with an empty or non-string name")
-        if not callable(factory):
-            raise PluginError(
-                f"plugin {plugin!r} registered {kind} {name!r} with a factory that is not callable"
-            )
-        if not _takes(factory, FACTORY_ARGS[kind]):
-            raise PluginError(
-                f"plugin {plugin!r} registered {kind} {name!r} with a factory that cannot be called as "
-                f"factory({', '.join(FACTORY_ARGS[kind])})"
-            )
-        if not (isinstance(params, type) and issubclass(params, BaseModel)):
-            raise PluginError(
-                f"plugin {plugin!r} registered {kind} {name!r} whose params is not a pydantic model"
-            )
-        doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
-        text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-        registry.add(Registration(kind, name, factory, params, plugin, text))
+        mistake = _mistake(kind, factory, params, description)
+        if mistake is not None:
+            raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} {mistake}")
+        text = description or _first_line(factory.__doc__)
+        registry.add(Registration(kind, name, factory, _forbidding(params), plugin, text))
 
     return register
+
+
+def _mistake(kind: str, factory: object, params: object, description: object) -> str | None:
+    """What is wrong with one registration's arguments (``with a factory that ...``), or None."""
+    if not callable(factory):
+        return "with a factory that is not callable"
+    if not _takes(factory, FACTORY_ARGS[kind]):
+        return f"with a factory that cannot be called as factory({', '.join(FACTORY_ARGS[kind])})"
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        return "whose params is not a pydantic model"
+    if not isinstance(description, str):
+        return f"with a description that is not a string ({type(description).__name__})"
+    return None
+
+
+@functools.cache
+def _forbidding(params: type[BaseModel]) -> type[BaseModel]:
+    """``params`` if it refuses unknown keys (every :class:`Params` does), else a subclass of the same name
+    that does. A plugin's plain ``BaseModel`` (pydantic drops unknown keys) or ``extra="allow"`` model would
+    let a misspelled key in a graph be ignored silently; it is tightened here rather than refused, so that
+    the plugin still loads and its factory still gets an instance of its class (a subclass). The plugin's
+    class itself is left as it is."""
+    if params.model_config.get("extra") == "forbid":
+        return params
+    namespace = {
+        "model_config": ConfigDict(extra="forbid"),
+        "__module__": params.__module__,
+        "__qualname__": params.__qualname__,
+        "__doc__": params.__doc__,
+    }
+    return type(params.__name__, (params,), namespace)
+
+
+def _first_line(doc: str | None) -> str:
+    """The first line of a docstring ("" for none)."""
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _takes(factory: Callable[..., Any], names: tuple[str, ...]) -> bool:
