@@ -10,6 +10,5 @@ names=("$@")
 for name in "${names[@]}"; do
   rm -rf "runs/teachers/$name"
   "$BIN/fieldkit" train "examples/digits/teachers/$name.yaml" --out "runs/teachers/$name" --no-progress
-  rm -rf "examples/digits/teachers/$name"  # digits-pack writes only a new folder: the old teacher goes first
   "$BIN/fieldkit" digits-pack "runs/teachers/$name/student" "examples/digits/teachers/$name"
 done

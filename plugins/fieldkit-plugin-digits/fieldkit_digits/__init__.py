@@ -103,25 +103,14 @@ def fieldkit_register_commands(cli: click.Group) -> None:
     @cli.command(name="digits-pack")
     @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
     @click.argument("dst", type=click.Path(path_type=Path))
-    @click.option(
-        "--dtype",
-        type=click.Choice(["float16", "bfloat16", "float32"]),
-        default="float16",
-        show_default=True,
-        help="The dtype DST stores the weights in (they are read back as float32).",
-    )
+    @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16")
     def digits_pack(src: Path, dst: Path, dtype: str) -> None:
-        """Copy the model folder SRC (e.g. RUN/student) to DST with weights stored as DTYPE.
-
-        DST must be a new (or empty) folder outside SRC; it is written whole or not at all.
-        """
+        """Copy the model folder SRC (e.g. RUN/student) to DST with weights stored as DTYPE."""
         import torch
 
-        from fieldkit.plugin_api import atomic_path, check_new_folder, load_pretrained
+        from fieldkit.plugin_api import load_pretrained
 
-        check_new_folder(dst, "packed model folder", [src])
         model = load_pretrained(src, dtype=getattr(torch, dtype))
-        with atomic_path(dst, folder=True, what="packed model folder") as tmp:
-            model.save_pretrained(tmp)
+        model.save_pretrained(dst)
         size = sum(f.stat().st_size for f in dst.iterdir())
         click.echo(f"wrote {dst} ({size / 1e6:.2f} MB, {dtype})")

@@ -74,29 +74,3 @@ def test_tiny_distillation_on_the_digits_graph(tmp_path):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["route"] for r in rows} == {"t2i", "local", "global"}
     assert {r["field"] for r in rows} == {"t2i", "local", "global", "student"}
-
-
-def test_digits_pack_stores_a_half_precision_copy_in_a_new_folder_only(tmp_path):
-    from fieldkit.models import MMDiT, MMDiTConfig, load_pretrained
-
-    src = tmp_path / "student"
-    MMDiT(MMDiTConfig(hidden=16, depth=1, heads=2, text_dim=8, pooled_dim=8)).save_pretrained(src)
-    before = {p.name: p.read_bytes() for p in src.iterdir()}
-    for dst, message in (
-        (src, "is " + str(src) + ", the folder it is made from"),
-        (src / "packed", "is inside"),
-        (tmp_path / "mine", "already exists and is not empty"),
-    ):
-        (tmp_path / "mine").mkdir(exist_ok=True)
-        (tmp_path / "mine" / "notes.txt").write_text("mine")
-        refused = CliRunner().invoke(cli, ["digits-pack", str(src), str(dst)])
-        assert refused.exit_code == 2 and message in refused.output, refused.output
-        assert "nothing was written" in refused.output and "Traceback" not in refused.output
-    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
-    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
-    packed = CliRunner().invoke(cli, ["digits-pack", str(src), str(tmp_path / "packed")])
-    assert packed.exit_code == 0, packed.output
-    assert load_pretrained(tmp_path / "packed").proj_out.weight.dtype == torch.float16
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "packed", "student"]  # no temporary left
-    usage = " ".join(CliRunner().invoke(cli, ["digits-pack", "--help"]).output.split())
-    assert "The dtype DST stores the weights in" in usage and "[default: float16]" in usage
