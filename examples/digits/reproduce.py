@@ -798,7 +798,9 @@ def overrides_of(run: Run, seed: int, matched: str, settings: Settings) -> list[
 # Settings the graph schema gained after study v3 keyed its runs, with the value that gives the runs as they
 # ran: at that value a setting is left out of the key, so that the study keeps its keys (any other value is
 # in it, and re-keys the run). A setting added to the schema with a default that changes no run goes here.
-KEYED_BEFORE: dict[tuple[str, str], Any] = {("run", "grid_samples"): 8}
+# run.trace replays only diffusers backbones' passes (SharedAdapterField.traceable); the digits world's own
+# models always ran eager, so its default changes no run of the study.
+KEYED_BEFORE: dict[tuple[str, str], Any] = {("run", "grid_samples"): 8, ("run", "trace"): True}
 
 
 @functools.cache
