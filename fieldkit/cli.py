@@ -31,7 +31,7 @@ from fieldkit.commands.train import train
 from fieldkit.commands.validate import validate
 from fieldkit.errors import FieldkitError, GraphError
 from fieldkit.owned import write_error
-from fieldkit.plugins.manager import get_host
+from fieldkit.plugins.manager import get_host, reserve_commands
 from fieldkit.quiet import drop_unactionable_messages
 
 __all__ = ["cli", "graph_options", "main"]
@@ -176,6 +176,7 @@ def cli(debug: bool) -> None:
 
 for _command in BUILTIN_COMMANDS:
     cli.add_command(_command)
+reserve_commands(command.name for command in BUILTIN_COMMANDS if command.name)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "fieldkit.training_params",
         "fieldkit.plugins.registry",
         "fieldkit.plugins.hookspecs",
+        "fieldkit.plugins.exits",
     ),
     # the YAML schema, validation against a registry of types, and building the nodes
     "graph": ("fieldkit.graph",),

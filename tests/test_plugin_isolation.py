@@ -230,10 +230,30 @@ def test_an_exit_in_the_memory_count_is_left_to_the_build_checks_that_name_it(di
         distill_world.unregister("exits-when-called")
 
 
+class ExitHook:
+    """A library's replacement of ``sys.exit`` (as wandb installs one): it records the code and exits."""
+
+    def __init__(self) -> None:
+        self.original, self.code = sys.exit, None
+
+    def exit(self, code: object = 0) -> None:
+        self.code = code
+        self.original(code)
+
+
+def test_the_exit_is_placed_where_the_plugin_called_it_past_a_replaced_sys_exit(monkeypatch):
+    hook = ExitHook()
+    monkeypatch.setattr(sys, "exit", hook.exit)
+    with pytest.raises(PluginError) as err, exit_is_error("the thing", "now"):
+        sys.exit(3)
+    assert "sys.exit(3) was called now" in err.value.message and hook.code == 3
+    assert f"{__file__}:" in err.value.message and "(in test_the_exit_is_placed" in err.value.message
+
+
 def test_exit_is_error_keeps_every_exit_code_and_lets_ctrl_c_through():
     exit_none = r"^the thing: sys\.exit\(None\) was called now, at .*\(in test_"
     with pytest.raises(PluginError, match=exit_none), exit_is_error("the thing", "now"):
-        sys.exit()
+        raise SystemExit(None)
     with pytest.raises(KeyboardInterrupt), exit_is_error("the thing", "now"):
         raise KeyboardInterrupt
 

@@ -12,8 +12,9 @@ from test_cli_run import DISTILL
 
 from fieldkit import loads_graph
 from fieldkit.errors import GraphError
-from fieldkit.graph.schema import FlowSpec, RunSpec, _numeric
+from fieldkit.graph.schema import FlowSpec, RunSpec
 from fieldkit.graph.yaml_source import parse_yaml
+from fieldkit.plugins.registry import _numeric
 
 
 @pytest.mark.parametrize("word", ["yes", "no", "on", "off", "Yes", "ON", "y", "n"])

@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fieldkit.graph.refs import FieldRef
+from fieldkit.plugins.registry import refuse_booleans
 
 NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 #: the longest field or route name: a route's name is part of file names in the run folder (samples/)
@@ -22,41 +23,6 @@ CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "max-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 #: batch_size x grad_accum: the samples of one optimizer step (each under its own cap is not enough).
 MAX_SAMPLES_PER_STEP = 2**20
-
-
-def _numeric(annotation: Any) -> bool:
-    """Whether ``annotation`` takes numbers and not booleans (``int``, ``float``, their lists, optionals)."""
-    if annotation is bool:
-        return False
-    if annotation in (int, float):
-        return True
-    args = get_args(annotation)
-    return bool(args) and bool not in args and any(_numeric(arg) for arg in args)
-
-
-def _has_bool(value: Any) -> bool:
-    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
-
-
-def boolean_keys(model: type[BaseModel], data: Any) -> list[str]:
-    """The keys of ``data`` (a mapping for ``model``) whose field takes numbers and whose value is ``true``
-    or ``false`` (or a list holding one)."""
-    if not isinstance(data, dict):
-        return []
-    return [
-        name
-        for name, info in model.model_fields.items()
-        if _has_bool(data.get(info.alias or name)) and _numeric(info.annotation)
-    ]
-
-
-def refuse_booleans(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    """A field's ``value``, refused where the field takes numbers and it is ``true`` or ``false`` (or a list
-    holding one): pydantic would read them as 1 and 0. For a ``field_validator("*", mode="before")``."""
-    name = info.field_name
-    if name is not None and _has_bool(value) and _numeric(model.model_fields[name].annotation):
-        raise ValueError("a number belongs here, not a boolean (true or false); write the number")
-    return value
 
 
 class Strict(BaseModel):

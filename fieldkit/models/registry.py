@@ -27,9 +27,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None) -> Pretr
 def _not_a_model_folder(path: Path, name: object) -> CheckpointError:
     """Why ``path`` (whose config names class ``name``) loads as no fieldkit model, said for what it is: a
     training checkpoint, a diffusers pipeline folder, or another folder."""
-    from fieldkit.distill.checkpoint import MANIFEST
-
-    if (path / MANIFEST).is_file() or (path / "state.json").is_file():
+    if (path / "state.json").is_file():  # every training checkpoint holds one (fieldkit.distill.checkpoint)
         run = path.parent.parent if path.parent.name == "checkpoints" else Path("RUN")
         return CheckpointError(
             f"{path}: a training checkpoint, not a model folder",

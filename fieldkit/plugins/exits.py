@@ -34,11 +34,17 @@ def exit_is_error(what: str, during: str, hint: str = EXIT_HINT) -> Iterator[Non
 
 
 def raised_at(exc: BaseException) -> str:
-    """``file:line (in function)`` of the innermost frame of ``exc``'s traceback."""
+    """``file:line (in function)`` of the innermost frame of ``exc``'s traceback that called ``sys.exit``:
+    functions named ``exit`` at the inner end, libraries' replacements of ``sys.exit`` that call the one
+    before them (wandb installs one), are passed over."""
+    frames = []
     tb = exc.__traceback__
-    if tb is None:
-        return "<unknown>"
-    while tb.tb_next is not None:
+    while tb is not None:
+        frames.append(tb)
         tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    return f"{code.co_filename}:{tb.tb_lineno} (in {code.co_name})"
+    while len(frames) > 1 and frames[-1].tb_frame.f_code.co_name == "exit":
+        frames.pop()
+    if not frames:
+        return "<unknown>"
+    code = frames[-1].tb_frame.f_code
+    return f"{code.co_filename}:{frames[-1].tb_lineno} (in {code.co_name})"

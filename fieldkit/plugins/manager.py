@@ -24,7 +24,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -40,6 +40,16 @@ ALLOW_ENV = "FIELDKIT_LOAD_PLUGINS"
 BUILTIN_NAME = "fieldkit"
 
 _HOOKS = {kind: f"fieldkit_register_{kind}s" for kind in KINDS}
+
+
+#: The names of fieldkit's own commands (the CLI reserves them, :func:`reserve_commands`): a plugin command of
+#: one of these names is ignored and reported. Filled from above, so that the host never imports the CLI.
+RESERVED_COMMANDS: set[str] = set()
+
+
+def reserve_commands(names: Iterable[str]) -> None:
+    """Reserve fieldkit's own command ``names`` (the CLI calls it before plugin commands are collected)."""
+    RESERVED_COMMANDS.update(names)
 
 
 @dataclass(frozen=True)
@@ -218,11 +228,8 @@ class PluginHost:
     def _claim_commands(self, group: Any, owners: dict[str, tuple[str, Any]], plugin: str) -> None:
         """Give the commands ``plugin`` added to ``group`` to it in ``owners``; a name fieldkit or an earlier
         plugin has is ignored and reported."""
-        from fieldkit.cli import BUILTIN_COMMANDS  # here: the CLI module imports this one
-
-        builtin = {command.name for command in BUILTIN_COMMANDS}
         for name, command in list(group.commands.items()):
-            if name in builtin:
+            if name in RESERVED_COMMANDS:
                 message = (
                     f"command {name!r} from plugin {plugin!r} is ignored: fieldkit has a command of that "
                     f"name; the plugin must give its command another name (e.g. {plugin}-{name})"

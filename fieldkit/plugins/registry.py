@@ -11,9 +11,9 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
 
 from fieldkit.errors import PluginError
 
@@ -22,6 +22,41 @@ KINDS: tuple[str, ...] = ("source", "operator", "router", "method", "dataset", "
 FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     kind: ("params", "routes", "ctx") if kind == "router" else ("params", "ctx") for kind in KINDS
 }
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether ``annotation`` takes numbers and not booleans (``int``, ``float``, their lists, optionals)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    return bool(args) and bool not in args and any(_numeric(arg) for arg in args)
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+
+
+def boolean_keys(model: type[BaseModel], data: Any) -> list[str]:
+    """The keys of ``data`` (a mapping for ``model``) whose field takes numbers and whose value is ``true``
+    or ``false`` (or a list holding one)."""
+    if not isinstance(data, dict):
+        return []
+    return [
+        name
+        for name, info in model.model_fields.items()
+        if _has_bool(data.get(info.alias or name)) and _numeric(info.annotation)
+    ]
+
+
+def refuse_booleans(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A field's ``value``, refused where the field takes numbers and it is ``true`` or ``false`` (or a list
+    holding one): pydantic would read them as 1 and 0. For a ``field_validator("*", mode="before")``."""
+    name = info.field_name
+    if name is not None and _has_bool(value) and _numeric(model.model_fields[name].annotation):
+        raise ValueError("a number belongs here, not a boolean (true or false); write the number")
+    return value
 
 
 class Params(BaseModel):
@@ -35,8 +70,6 @@ class Params(BaseModel):
     def _no_booleans(cls, data: Any) -> Any:
         # a model validator: the JSON schema adds a discriminator ``type`` field, which field validators
         # must not touch
-        from fieldkit.graph.schema import boolean_keys
-
         found = boolean_keys(cls, data)
         if found:
             raise ValueError(
