@@ -33,7 +33,10 @@ USER_ERRNOS = {
     errno.ELOOP: "a path component is a symbolic link fieldkit does not follow",
     errno.EXDEV: "the path crosses file systems",
 }
-_WRITE_HINT = "free some space or choose a writable folder with --out, then resume with --resume latest"
+_WRITE_HINT = (
+    "free some space or make the folder writable, then resume with --resume latest (in the same folder: a "
+    "new --out starts afresh)"
+)
 NAME_MAX = 255  # bytes of one path component on the file systems fieldkit writes to
 
 

@@ -145,4 +145,11 @@ def check_velocity(v: object, x: Tensor, who: str, context: str = "") -> Tensor:
             f"{who}: returned {_kind(v)} for states of shape {list(x.shape)}{context}",
             hint="a field returns a floating-point velocity tensor shaped like its input x",
         )
+    if not bool(torch.isfinite(v).all()):
+        raise PluginError(
+            f"{who}: returned NaN or infinite velocities for states of shape {list(x.shape)}{context}; "
+            "every update against it would be non-finite",
+            hint="check the field's weights (a checkpoint trained into NaNs?) and its dtype (float16 "
+            "overflows)",
+        )
     return v

@@ -88,7 +88,7 @@ def test_data_labels_beyond_a_teachers_are_refused(tmp_path):
     assert "field 'other' takes only 2 classes" in " ".join(result.output.split())
 
 
-def test_a_nan_teacher_fails_the_dry_run(tmp_path):
+def test_a_nan_teacher_fails_the_build_checks_naming_it(tmp_path):
     config = MMDiTConfig(
         in_channels=1, sample_size=(4, 4), patch_size=2, hidden=16, depth=1, heads=2, num_classes=3
     )
@@ -101,9 +101,11 @@ def test_a_nan_teacher_fails_the_dry_run(tmp_path):
     )
     path = tmp_path / "graph.yaml"
     path.write_text(text)
-    result = CliRunner().invoke(cli, ["distill", str(path), "--dry-run"])
-    assert result.exit_code == 2, result.output
-    assert "dry run failed" in result.output and "dry run ok" not in result.output
+    for args in (["distill", str(path), "--dry-run"], ["validate", str(path), "--build"]):
+        result = CliRunner().invoke(cli, args)
+        out = " ".join(result.output.split())
+        assert result.exit_code == 2 and "dry run ok" not in out and "valid:" not in out, result.output
+        assert "fields.nan_teacher" in out and "returned NaN or infinite velocities" in out
 
 
 def test_a_launcher_mixed_precision_that_disagrees_with_the_graph_is_refused(monkeypatch):

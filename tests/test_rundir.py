@@ -209,4 +209,6 @@ def test_write_errors_the_user_can_fix_are_named():
 
     full = write_error(OSError(errno.ENOSPC, "No space left on device", "run/metrics.jsonl"))
     assert full is not None and "disk is full" in full.message and "run/metrics.jsonl" in full.message
+    # resuming is done in the same folder: --resume latest in a new --out would start the run afresh
+    assert full.hint is not None and "--resume latest (in the same folder" in full.hint
     assert write_error(OSError(errno.EIO, "I/O error")) is None
